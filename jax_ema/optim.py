@@ -1,0 +1,245 @@
+"""Optimizers, learning-rate schedules, lr scaling and the loss, with timm's semantics.
+
+Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
+`LabelSmoothingCrossEntropy` (timm 1.0.x):
+
+* `resolve_lr`: `--lr` derived from `--lr-base` when `--lr` is unset.
+* `create_lr_schedule`: `schedule(u)` is the lr timm's scheduler has set on the optimizer
+    when optimizer update `u` (0-based, i.e. the step count before the update) runs, given
+    that train.py steps it with `step(epoch + 1)` at each epoch end and
+    `step_update(num_updates)` after each update.
+* `create_optimizer`: sgd (nesterov) / momentum / adam / adamw as the torch optimizers timm
+    builds, with timm's weight-decay param groups (no decay for biases and ndim <= 1 leaves).
+    The lr used by the last update (what timm logs) is `current_lr(opt_state)`.
+* `cross_entropy`: mean label-smoothing cross entropy.
+"""
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jax_ema.errors import UserError
+
+OPTIMIZER_NAMES = ('sgd', 'nesterov', 'momentum', 'adam', 'adamw')
+SCHEDULE_NAMES = ('cosine', 'step', 'constant', 'none')
+
+# torch.optim.Adam / AdamW defaults, used by timm when --opt-eps / --opt-betas are unset.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def _float_dtype():
+    """float64 when jax x64 is enabled (at trace time), else float32."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+# --------------------------------------------------------------------------- lr scaling
+
+
+def resolve_lr(lr: Optional[float], lr_base: float, lr_base_size: int, lr_base_scale: str,
+               global_batch_size: int, opt: str) -> float:
+    """timm train.py: if `lr` is unset (None or 0), lr = lr_base * ratio, ratio = global batch / lr_base_size.
+
+    `lr_base_scale` '' picks 'sqrt' for adaptive optimizers (name contains 'ada' or 'lamb')
+    and 'linear' otherwise; with 'sqrt' the ratio is square-rooted. Global batch size is
+    batch_size * world_size * grad_accum_steps (the caller computes it).
+    """
+    if lr:
+        return float(lr)
+    if lr_base_scale not in ('', 'linear', 'sqrt'):
+        raise UserError(f"unknown lr_base_scale {lr_base_scale!r}; use '', 'linear' or 'sqrt'")
+    if lr_base_size <= 0 or global_batch_size <= 0:
+        raise UserError(f'lr_base_size ({lr_base_size}) and the global batch size '
+                        f'({global_batch_size}) must be positive; fix --lr-base-size / --batch-size')
+    batch_ratio = global_batch_size / lr_base_size
+    if not lr_base_scale:
+        name = opt.lower()
+        lr_base_scale = 'sqrt' if any(o in name for o in ('ada', 'lamb')) else 'linear'
+    if lr_base_scale == 'sqrt':
+        batch_ratio = batch_ratio ** 0.5
+    return lr_base * batch_ratio
+
+
+# --------------------------------------------------------------------------- lr schedule
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    if int(value) != value or value < minimum:
+        raise UserError(f'{name} must be an integer >= {minimum}, got {value!r}')
+    return int(value)
+
+
+def create_lr_schedule(
+        sched: str,
+        lr: float,
+        epochs: int,
+        updates_per_epoch: int,
+        warmup_epochs: int,
+        warmup_lr: float,
+        min_lr: float,
+        sched_on_updates: bool = False,
+        decay_epochs: float = 90,
+        decay_rate: float = 0.1,
+        cooldown_epochs: int = 0,
+        warmup_prefix: bool = False,
+) -> Tuple[Callable[[jax.Array], jax.Array], int]:
+    """Returns (schedule, num_epochs) as timm's `create_scheduler_v2` + train.py's stepping.
+
+    schedule(u) -> lr for optimizer update u (0-based). Per-epoch schedules (the default)
+    depend on epoch = u // updates_per_epoch, per-update ones (`sched_on_updates`) on u.
+    num_epochs is what timm trains for: cosine adds cooldown (and the warmup prefix), the
+    other schedules add only the warmup prefix.
+    Schedules: 'cosine', 'step', 'constant' (warmup, then lr), 'none' (lr, no warmup).
+    """
+    if sched not in SCHEDULE_NAMES:
+        raise UserError(f'unknown lr schedule {sched!r}; known: {", ".join(SCHEDULE_NAMES)}')
+    upe = _check_count('updates_per_epoch', updates_per_epoch, 1)
+    epochs = _check_count('epochs', epochs, 1)
+    warmup_epochs = _check_count('warmup_epochs', warmup_epochs, 0)
+    cooldown_epochs = _check_count('cooldown_epochs', cooldown_epochs, 0)
+    if min_lr < 0:
+        raise UserError(f'min_lr must be >= 0, got {min_lr}')
+    if sched == 'step' and not decay_epochs > 0:
+        raise UserError(f'decay_epochs must be > 0 for the step schedule, got {decay_epochs}')
+    lr, warmup_lr, min_lr = float(lr), float(warmup_lr), float(min_lr)
+
+    if sched == 'none':  # timm returns no scheduler: the optimizer keeps lr throughout.
+        num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
+        return (lambda count: jnp.full((), lr, _float_dtype())), num_epochs
+    if sched == 'constant':  # timm: StepLRScheduler(decay_t=1, decay_rate=1.)
+        decay_epochs, decay_rate = 1, 1.
+
+    # Lengths in schedule units (epochs, or updates when stepping per update).
+    scale = upe if sched_on_updates else 1
+    t_initial = epochs * scale
+    warmup_t = warmup_epochs * scale
+    decay_t = decay_epochs * scale
+    cooldown_t = cooldown_epochs * scale
+    if sched == 'cosine':
+        total_t = t_initial + (warmup_t if warmup_prefix else 0) + cooldown_t
+        num_epochs = total_t if not sched_on_updates else total_t // upe
+    else:
+        num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
+
+    # Host float64 constants; timm's scheduler __init__ sets warmup_lr (or lr) before any step.
+    warmup_step = (lr - warmup_lr) / warmup_t if warmup_t else 0.
+    initial_lr = warmup_lr if warmup_t else lr
+    half_pi_over_t = np.pi / (2 * t_initial)
+    decay_t_is_int = float(decay_t).is_integer()
+
+    def schedule(count):
+        dtype = _float_dtype()
+        u = jnp.asarray(count).astype(jnp.int32)
+        t = u if sched_on_updates else u // upe
+        tt = t - warmup_t if warmup_prefix else t
+        if sched == 'cosine':
+            # timm: min + 0.5 (lr - min)(1 + cos(pi tt / T)) == min + (lr - min) sin^2(pi (T - tt) / 2T),
+            # the latter without cancellation near the end of the schedule (matters in float32).
+            remaining = (t_initial - tt).astype(dtype)
+            cos_lr = min_lr + (lr - min_lr) * jnp.square(jnp.sin(remaining * half_pi_over_t))
+            after_warmup = jnp.where(tt < t_initial, cos_lr, jnp.asarray(min_lr, dtype))
+        else:  # step / constant
+            if decay_t_is_int:
+                k = (tt // int(decay_t)).astype(dtype)
+            else:
+                k = jnp.floor_divide(tt.astype(dtype), decay_t)
+            after_warmup = lr * jnp.power(jnp.asarray(decay_rate, dtype), k)
+        warm = warmup_lr + t.astype(dtype) * warmup_step
+        value = jnp.where(t < warmup_t, warm, after_warmup)
+        return jnp.where(t == 0, jnp.asarray(initial_lr, dtype), value).astype(dtype)
+
+    return schedule, num_epochs
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def weight_decay_mask(params):
+    """timm `param_groups_weight_decay`: decay only leaves with ndim > 1 not named 'bias'."""
+    def decays(path, leaf):
+        name = getattr(path[-1], 'key', getattr(path[-1], 'name', None)) if path else None
+        return not (jnp.ndim(leaf) <= 1 or name == 'bias')
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _scale_by_neg_lr(learning_rate) -> optax.GradientTransformation:
+    """updates -> -lr * updates, lr cast to each update's dtype (keeps float32 float32)."""
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g: -jnp.asarray(learning_rate, g.dtype) * g, updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def create_optimizer(
+        opt: str,
+        lr_schedule: Callable[[jax.Array], jax.Array],
+        weight_decay: float,
+        momentum: float = 0.9,
+        opt_eps: Optional[float] = None,
+        opt_betas: Optional[Sequence[float]] = None,
+) -> optax.GradientTransformation:
+    """optax twin of timm `create_optimizer_v2(model, opt, lr, weight_decay, momentum, eps, betas)`.
+
+    sgd/nesterov: torch SGD, nesterov, dampening 0; momentum: same without nesterov;
+    adam: torch Adam (L2 decay added to the gradient); adamw: torch AdamW (decoupled decay,
+    multiplied by lr). eps/betas only apply to adam/adamw (torch defaults 1e-8, (0.9, 0.999)).
+    Weight decay is masked with `weight_decay_mask`. Call `update(grads, state, params)` with
+    params; the state's `hyperparams['learning_rate']` is the lr of the last update
+    (`current_lr`), in the params' dtype.
+    """
+    name = opt.lower()
+    if name not in OPTIMIZER_NAMES:
+        raise UserError(f'unknown optimizer {opt!r}; known: {", ".join(OPTIMIZER_NAMES)}')
+    if weight_decay < 0:
+        raise UserError(f'weight_decay must be >= 0, got {weight_decay}')
+    nesterov = name in ('sgd', 'nesterov')
+    if nesterov and momentum <= 0:
+        raise UserError(f"opt {opt!r} uses nesterov momentum, which needs momentum > 0 "
+                        f"(got {momentum}); set --momentum or use --opt momentum")
+    if opt_betas is not None and len(opt_betas) != 2:
+        raise UserError(f'opt_betas needs two values (beta1 beta2), got {list(opt_betas)}')
+    b1, b2 = ADAM_BETAS if opt_betas is None else (float(opt_betas[0]), float(opt_betas[1]))
+    eps = ADAM_EPS if opt_eps is None else float(opt_eps)
+
+    def decay():
+        if not weight_decay:
+            return optax.identity()
+        return optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)
+
+    def build(learning_rate):
+        if name in ('sgd', 'nesterov', 'momentum'):
+            steps = [decay(), optax.trace(decay=momentum, nesterov=nesterov)]
+        elif name == 'adam':
+            steps = [decay(), optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+        else:  # adamw
+            steps = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps), decay()]
+        return optax.chain(*steps, _scale_by_neg_lr(learning_rate))
+
+    return optax.inject_hyperparams(build)(learning_rate=lr_schedule)
+
+
+def current_lr(opt_state) -> jax.Array:
+    """The lr used by the most recent update (before any update: the lr of update 0)."""
+    return opt_state.hyperparams['learning_rate']
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    """Mean cross entropy with timm's label smoothing, in float32 (float64 for float64 logits).
+
+    loss_i = (1 - s) * nll_i + s * mean_c(-log p_ic); s == 0 is plain cross entropy.
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise UserError(f'smoothing must be in [0, 1), got {smoothing}')
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logprobs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    if smoothing == 0.0:
+        return nll.mean()
+    smooth = -logprobs.mean(axis=-1)
+    return ((1.0 - smoothing) * nll + smoothing * smooth).mean()
