@@ -1,0 +1,103 @@
+"""Checkpoints: orbax, one folder per saved update count under `RUN/checkpoints/`.
+
+Each step folder holds two items:
+  state/     params, batch_stats, opt_state, step (+ ema_params, ema_batch_stats when EMA is on)
+  metadata/  JSON: model, num_classes, img_size, ema settings, epoch, position, metrics, score
+so no tool needs `--model` to read it. Orbax writes into a temporary folder and renames it when
+complete, so a crash mid-save leaves the previous checkpoints intact.
+
+Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from jax_ema.errors import UserError
+
+EMA_KEYS = ('ema_params', 'ema_batch_stats')
+
+
+def state_tree(state) -> dict:
+    """The arrays of a TrainState worth saving, as host numpy (EMA keys only when EMA is on)."""
+    tree = dict(step=state.step, params=state.params, batch_stats=state.batch_stats, opt_state=state.opt_state)
+    if state.ema_params is not None:
+        tree.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
+    return jax.device_get(tree)
+
+
+def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:
+    """A manager that keeps the `keep_best` best checkpoints by score plus the latest one."""
+    keep = policies.AnyPreservationPolicy([
+        policies.LatestN(1),
+        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=True, n=keep_best),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=keep, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float) -> Path:
+    """Write one checkpoint (atomically) keyed by the update count; returns its folder."""
+    step = int(jax.device_get(state.step))
+    metadata = dict(metadata, score=float(score), step=step)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
+                                               metadata=ocp.args.JsonSave(metadata)),
+                 metrics={'score': float(score)}, force=True)
+    manager.wait_until_finished()
+    return Path(manager.directory) / str(step)
+
+
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    return sorted((p for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / 'metadata').exists()),
+                  key=lambda p: int(p.name))
+
+
+def resolve(path) -> Path:
+    """Run folder / checkpoints folder / step folder / `.../last` / `.../best` -> one step folder."""
+    path = Path(path)
+    name = 'last'
+    if path.name in ('last', 'best') and not path.exists():
+        name, path = path.name, path.parent
+    if (path / 'state').is_dir() and (path / 'metadata').exists():
+        return path
+    ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
+    if not ckpt_dir.is_dir():
+        raise UserError(f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ '
+                        'folder or one step folder')
+    steps = _step_dirs(ckpt_dir)
+    if not steps:
+        raise UserError(f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved '
+                        'at least one epoch')
+    if name == 'last':
+        return steps[-1]
+    return max(steps, key=lambda p: (read_metadata(p).get('score', -np.inf), int(p.name)))
+
+
+def read_metadata(step_dir) -> dict:
+    step_dir = Path(step_dir)
+    files = [p for p in (step_dir / 'metadata').rglob('*') if p.is_file()] if (step_dir / 'metadata').is_dir() \
+        else [step_dir / 'metadata']
+    for f in files:
+        try:
+            return json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError, OSError):
+            continue
+    raise UserError(f'checkpoint {str(step_dir)!r} has no readable metadata; it is incomplete or not ours')
+
+
+def restore_tree(step_dir, target: dict | None = None) -> dict:
+    """The saved state tree (numpy). With `target` (a tree of arrays) the structure is taken from it."""
+    step_dir = Path(step_dir).absolute()
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            if target is None:
+                return ckptr.restore(step_dir / 'state')
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
+            return ckptr.restore(step_dir / 'state', abstract)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise UserError(f'cannot restore {str(step_dir)!r}: {str(e).splitlines()[0]}') from None

@@ -1,0 +1,28 @@
+"""What every CLI shares: logging set-up and bad input answered with one line and exit code 2."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from jax_ema.errors import UserError
+
+
+def setup_logging() -> None:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stdout, force=True)
+    for noisy in ('absl', 'orbax', 'jax', 'tensorflow', 'matplotlib', 'PIL'):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_cli(fn) -> int:
+    """Run `fn()`; a UserError becomes `error: <message>` on stderr and exit code 2 (no traceback)."""
+    setup_logging()
+    try:
+        return fn() or 0
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted', file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,176 @@
+"""Training configuration: timm's `train.py` flag names, meanings and defaults.
+
+`parse_args(argv)` turns a command line into a frozen `Config`; `train_and_evaluate(config)` runs it.
+When DATA is omitted the embedded digits dataset is used, and the defaults that would run for days
+on a CPU (timm's 300 epochs at 224 px, batch 128) give way to `DIGITS_DEFAULTS`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Optional
+
+from jax_ema.errors import UserError
+
+# Defaults used only when no DATA is given (the embedded digits, 1,437 training images of 8x8 px).
+DIGITS_DEFAULTS = dict(epochs=10, img_size=32, batch_size=64, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
+                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # data
+    data: Optional[str] = None
+    train_split: str = 'train'
+    val_split: str = 'validation'
+    val_split_fraction: float = 0.2
+    num_classes: Optional[int] = None
+    img_size: Optional[int] = None
+    batch_size: Optional[int] = None           # per device, as timm's is per GPU
+    validation_batch_size: Optional[int] = None
+    workers: int = 4
+    scale: Optional[tuple] = None
+    ratio: tuple = (3 / 4, 4 / 3)
+    hflip: Optional[float] = None
+    crop_pct: Optional[float] = None
+    # model
+    model: str = 'resnet50'
+    initial_checkpoint: Optional[str] = None   # timm weights (.safetensors / .pth / .pth.tar)
+    initial_checkpoint_ema: bool = False       # take the file's state_dict_ema
+    # optimizer and schedule
+    opt: str = 'sgd'
+    opt_eps: Optional[float] = None
+    opt_betas: Optional[tuple] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    lr: Optional[float] = None
+    lr_base: float = 0.1
+    lr_base_size: int = 256
+    lr_base_scale: str = ''
+    sched: str = 'cosine'
+    sched_on_updates: bool = False
+    epochs: Optional[int] = None
+    warmup_epochs: Optional[int] = None
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    decay_epochs: float = 90
+    decay_rate: float = 0.1
+    cooldown_epochs: int = 0
+    warmup_prefix: bool = False
+    smoothing: float = 0.1
+    # EMA
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False
+    model_ema_force_cpu: bool = False
+    # run
+    seed: int = 42
+    output: str = ''
+    experiment: str = ''
+    log_interval: int = 50
+    checkpoint_hist: int = 10
+    eval_metric: str = 'top1'
+
+    def resolved(self) -> 'Config':
+        """Fill the data-dependent defaults: timm's for a user folder, small ones for digits."""
+        timm = dict(epochs=300, img_size=224, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
+                    scale=(0.08, 1.0), hflip=0.5, crop_pct=0.875)
+        base = DIGITS_DEFAULTS if self.data is None else timm
+        fill = {k: v for k, v in base.items() if getattr(self, k) is None}
+        if self.data is None and self.lr_base != 0.1 and self.lr is None:
+            fill.pop('lr')  # the user asked for lr scaling from --lr-base
+        return dataclasses.replace(self, **fill)
+
+
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number')
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'{value} is outside [0, 1]; use e.g. 0.9998')
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='python -m jax_ema.train',
+                                description='timm-style image classification training with an EMA, in JAX.')
+    a = p.add_argument
+    a('data', nargs='?', default=None, help='dataset folder (omit to use the embedded digits)')
+    a('--data-dir', dest='data_dir', default=None, help='dataset folder (same as DATA)')
+    a('--train-split', default='train')
+    a('--val-split', default='validation')
+    a('--val-split-fraction', type=float, default=0.2,
+      help='held-out fraction when DATA has class folders but no split folders')
+    a('--model', default='resnet50')
+    a('--num-classes', type=int, default=None)
+    a('--initial-checkpoint', default=None, metavar='PATH',
+      help='start from timm weights: .safetensors, or .pth/.pth.tar/.bin (loaded with weights_only=True)')
+    a('--initial-checkpoint-ema', action='store_true',
+      help="take the file's state_dict_ema instead of its state_dict")
+    a('--img-size', type=int, default=None)
+    a('-b', '--batch-size', type=int, default=None, help='per device (timm: per GPU)')
+    a('-vb', '--validation-batch-size', type=int, default=None)
+    a('-j', '--workers', type=int, default=4)
+    a('--scale', type=float, nargs=2, default=None)
+    a('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3))
+    a('--hflip', type=float, default=None)
+    a('--crop-pct', type=float, default=None)
+    a('--opt', default='sgd')
+    a('--opt-eps', type=float, default=None)
+    a('--opt-betas', type=float, nargs='+', default=None)
+    a('--momentum', type=float, default=0.9)
+    a('--weight-decay', type=float, default=None)
+    a('--lr', type=float, default=None)
+    a('--lr-base', type=float, default=0.1)
+    a('--lr-base-size', type=int, default=256)
+    a('--lr-base-scale', default='')
+    a('--sched', default='cosine')
+    a('--sched-on-updates', action='store_true')
+    a('--epochs', type=int, default=None)
+    a('--warmup-epochs', type=int, default=None)
+    a('--warmup-lr', type=float, default=1e-5)
+    a('--min-lr', type=float, default=0.0)
+    a('--decay-epochs', type=float, default=90)
+    a('--decay-rate', type=float, default=0.1)
+    a('--cooldown-epochs', type=int, default=0)
+    a('--warmup-prefix', action='store_true')
+    a('--smoothing', type=float, default=0.1)
+    a('--model-ema', action='store_true', help='keep an EMA of the weights')
+    a('--model-ema-decay', type=_decay, default=0.9998)
+    a('--model-ema-warmup', action='store_true', help="timm's decay warmup 1-(1+t)^(-2/3)")
+    a('--model-ema-force-cpu', action='store_true', help='keep the EMA in host memory')
+    a('--ema-decay', type=_decay, default=None, help='shorthand for --model-ema --model-ema-decay D')
+    a('--seed', type=int, default=42)
+    a('--output', default='')
+    a('--experiment', default='')
+    a('--log-interval', type=int, default=50)
+    a('--checkpoint-hist', type=int, default=10)
+    a('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'))
+    return p
+
+
+def parse_args(argv=None) -> Config:
+    """Command line -> resolved Config; bad flags raise UserError with argparse's one line."""
+    args = vars(build_parser().parse_args(argv))
+    data_dir = args.pop('data_dir')
+    if args['data'] and data_dir and args['data'] != data_dir:
+        raise UserError(f'DATA {args["data"]!r} and --data-dir {data_dir!r} differ; give one of them')
+    args['data'] = args['data'] or data_dir
+    ema_decay = args.pop('ema_decay')
+    if ema_decay is not None:
+        args['model_ema'], args['model_ema_decay'] = True, ema_decay
+    for key in ('scale', 'ratio', 'opt_betas'):
+        if args[key] is not None:
+            args[key] = tuple(args[key])
+    for key in ('batch_size', 'epochs', 'img_size', 'num_classes'):
+        if args[key] is not None and args[key] <= 0:
+            raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
+    return Config(**args).resolved()

@@ -1,0 +1,54 @@
+"""Host-resident EMA (`--model-ema-force-cpu`): the EMA lives in the `pinned_host` memory kind.
+
+Design choice (measured by benchmarks/bench_step.py, numbers in the README): the device step stays the
+same donated `train_step` as without EMA, and a second jitted function updates the host EMA from the
+step's new params. Both dispatch asynchronously, so nothing waits for the host. We do not fuse the two
+into one jit with memory-kind shardings because the fused step could no longer donate its state: the
+host EMA buffers would be donated into a device computation, which aborts the process (seen on CPU),
+and without donation the device would hold two copies of the weights, the memory the flag exists to save.
+Inside the update the EMA is brought to device memory, averaged and sent back (`out_shardings`), the
+recipe of JAX's host-offloading guide.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from jax_ema import ema
+
+
+def host_sharding(device=None) -> jax.sharding.Sharding:
+    device = device or jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(device, memory_kind='pinned_host')
+
+
+def device_sharding(device=None) -> jax.sharding.Sharding:
+    device = device or jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(device, memory_kind='device')
+
+
+def to_host(tree):
+    """A copy of `tree` in pinned host memory."""
+    return jax.device_put(tree, host_sharding())
+
+
+def to_device(tree):
+    """A copy of `tree` in device memory (for evaluation and saving)."""
+    return jax.device_put(tree, device_sharding())
+
+
+def memory_kinds(tree) -> set[str]:
+    return {leaf.sharding.memory_kind for leaf in jax.tree.leaves(tree)}
+
+
+@functools.lru_cache(maxsize=None)
+def host_ema_update(cfg: ema.EmaConfig):
+    """jit(ema_params, ema_stats, params, stats, step) -> new host EMA; inputs are never donated."""
+    host, dev = host_sharding(), device_sharding()
+
+    def update(ema_params, ema_stats, params, stats, step):
+        ema_params, ema_stats = jax.device_put((ema_params, ema_stats), dev)
+        return ema.update(cfg, ema_params, ema_stats, params, stats, step)
+
+    return jax.jit(update, in_shardings=(host, host, dev, dev, None), out_shardings=(host, host))

@@ -1,0 +1,121 @@
+"""The run folder, as timm's: args.yaml, summary.csv, results.json, TensorBoard events, metrics.png.
+
+summary.csv starts with timm's columns and meaning (`eval_*` are the EMA's metrics when EMA is on),
+then the raw and EMA metrics side by side. Top-1/5 are in percent.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+import yaml
+
+from jax_ema.errors import UserError
+
+SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr',
+                   'raw_eval_loss', 'raw_eval_top1', 'raw_eval_top5',
+                   'ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5')
+
+
+def make_run_dir(output: str, experiment: str, model: str, img_size: int) -> Path:
+    """`<output or ./output/train>/<experiment or date-model-img>`, never reusing a folder (timm's -N suffix)."""
+    root = Path(output) if output else Path('output') / 'train'
+    if root.exists() and not root.is_dir():
+        raise UserError(f'--output {str(root)!r} is a file; give a folder path')
+    name = experiment or '-'.join([datetime.datetime.now().strftime('%Y%m%d-%H%M%S'),
+                                   model.replace('/', '_'), str(img_size)])
+    run_dir, count = root / name, 1
+    while run_dir.exists():
+        run_dir, count = root / f'{name}-{count}', count + 1
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as e:
+        raise UserError(f'cannot create the run folder {str(run_dir)!r} ({e.strerror}); '
+                        'choose a writable --output') from None
+    return run_dir
+
+
+def write_args(run_dir: Path, config) -> None:
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    (run_dir / 'args.yaml').write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict | None) -> dict:
+    """One summary.csv row; `eval_*` follow timm (EMA metrics when EMA is on)."""
+    main = ema or raw
+    row = dict(epoch=epoch, train_loss=train_loss, eval_loss=main['loss'], eval_top1=main['top1'],
+               eval_top5=main['top5'], lr=lr, raw_eval_loss=raw['loss'], raw_eval_top1=raw['top1'],
+               raw_eval_top5=raw['top5'])
+    for key in ('loss', 'top1', 'top5'):
+        row[f'ema_eval_{key}'] = '' if ema is None else ema[key]
+    return row
+
+
+def append_summary(run_dir: Path, row: dict) -> None:
+    path = run_dir / 'summary.csv'
+    new = not path.exists()
+    with path.open('a', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_summary(run_dir) -> list[dict]:
+    with (Path(run_dir) / 'summary.csv').open() as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    tmp = run_dir / 'results.json.tmp'
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(run_dir / 'results.json')
+
+
+class TensorBoard:
+    """Scalar event files via tensorboardX (no tensorflow import outside data.py)."""
+
+    def __init__(self, run_dir: Path):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(logdir=str(run_dir / 'tensorboard'))
+
+    def scalars(self, step: int, values: dict) -> None:
+        for name, value in values.items():
+            if value != '' and value is not None:
+                self.writer.add_scalar(name, float(value), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None) -> Path:
+    """metrics.png: raw vs EMA top-1 and loss per epoch."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    def column(name):
+        return [float(r[name]) if r[name] not in ('', None) else None for r in rows]
+
+    epochs = [int(r['epoch']) for r in rows]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for prefix, label in (('raw', 'raw weights'), ('ema', 'EMA weights')):
+        top1, loss = column(f'{prefix}_eval_top1'), column(f'{prefix}_eval_loss')
+        if any(v is not None for v in top1):
+            ax_acc.plot(epochs, top1, marker='o', label=label)
+            ax_loss.plot(epochs, loss, marker='o', label=label)
+    ax_loss.plot(epochs, column('train_loss'), linestyle='--', label='train loss')
+    ax_acc.set(xlabel='epoch', ylabel='validation top-1 (%)', title='Top-1')
+    ax_loss.set(xlabel='epoch', ylabel='loss', title='Loss')
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = out or run_dir / 'metrics.png'
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,191 @@
+"""The trainer: one jitted step, the host EMA, EMA-off -> EMA-on restore, and the CLI end to end."""
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_ema import checkpoint, ema, offload, optim, reporting
+from jax_ema.models import create_model
+from jax_ema.train import create_train_state, main, restore_state, train_step
+
+IMG = 32
+
+
+def _state(ema_cfg, seed=0, num_classes=3):
+    model = create_model('resnet18', num_classes)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, IMG, IMG, 3)), train=False)
+    tx = optim.create_optimizer('sgd', lambda step: 0.05, 1e-4, 0.9)
+    return create_train_state(model, tx, variables, ema_cfg)
+
+
+def _batch(seed=0, n=4, num_classes=3):
+    rng = np.random.default_rng(seed)
+    return {'image': rng.normal(size=(n, IMG, IMG, 3)).astype(np.float32),
+            'label': rng.integers(0, num_classes, size=n).astype(np.int32)}
+
+
+def _max_abs_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope='module')
+def ema_cfg():
+    return ema.EmaConfig(decay=0.9)
+
+
+@pytest.fixture(scope='module')
+def step_fn(ema_cfg):
+    return jax.jit(lambda s, b: train_step(s, b, ema_cfg, 0.1), donate_argnums=0)
+
+
+def test_ema_off_holds_no_copy():
+    state = _state(None)
+    assert state.ema_params is None and state.ema_batch_stats is None
+
+
+def test_one_jitted_step_updates_params_and_ema(step_fn, ema_cfg):
+    state = _state(ema_cfg)
+    params0 = jax.tree.map(np.asarray, state.params)
+    state, metrics = step_fn(state, _batch(0))
+    assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
+    assert _max_abs_diff(state.params, params0) > 0            # the optimizer moved the weights
+    assert _max_abs_diff(state.ema_params, state.params) == 0   # timm: the first update is a plain copy
+    assert _max_abs_diff(state.ema_batch_stats, state.batch_stats) == 0
+    ema_before = jax.tree.map(np.asarray, state.ema_params)
+    stats_before = jax.tree.map(np.asarray, state.ema_batch_stats)
+    state, _ = step_fn(state, _batch(1))
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), ema_before, state.params)
+    assert _max_abs_diff(state.ema_params, expected) < 1e-6
+    expected_stats = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), stats_before, state.batch_stats)
+    assert _max_abs_diff(state.ema_batch_stats, expected_stats) < 1e-5
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.ema_params))
+
+
+def test_step_is_compiled_once_and_donates(step_fn, ema_cfg):
+    state = _state(ema_cfg)  # a new model and optimizer: a new static part of the state, one compile
+    compiled_before = step_fn._cache_size()
+    state, _ = step_fn(state, _batch(0))
+    old_params = state.params
+    state, _ = step_fn(state, _batch(1))
+    state, _ = step_fn(state, _batch(2))
+    assert jax.tree.leaves(old_params)[0].is_deleted()          # the state was donated
+    assert step_fn._cache_size() == compiled_before + 1         # the first step does not compile twice
+
+
+def test_host_ema_lives_in_pinned_host_and_matches_device_ema(step_fn, ema_cfg):
+    device_state = _state(ema_cfg)
+    host_state = _state(ema_cfg)
+    ema_p = offload.to_host(host_state.ema_params)
+    ema_s = offload.to_host(host_state.ema_batch_stats)
+    plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
+    update = offload.host_ema_update(ema_cfg)
+    host_state = host_state.replace(ema_params=None, ema_batch_stats=None)
+    for i in range(3):
+        device_state, _ = step_fn(device_state, _batch(i))
+        host_state, _ = plain_step(host_state, _batch(i))
+        ema_p, ema_s = update(ema_p, ema_s, host_state.params, host_state.batch_stats, host_state.step)
+    assert offload.memory_kinds((ema_p, ema_s)) == {'pinned_host'}
+    assert offload.memory_kinds(host_state.params) == {'device'}
+    assert _max_abs_diff(offload.to_device(ema_p), device_state.ema_params) < 1e-6
+
+
+def test_checkpoint_without_ema_restores_into_ema_run(tmp_path, step_fn):
+    state = _state(None)
+    plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
+    state, _ = plain_step(state, _batch(0))
+    manager = checkpoint.open_manager(tmp_path / 'checkpoints')
+    meta = dict(model='resnet18', num_classes=3, img_size=IMG, ema=None, epoch=0, position=0)
+    step_dir = checkpoint.save(manager, state, meta, score=1.0)
+    manager.close()
+    assert checkpoint.resolve(tmp_path) == step_dir
+    assert checkpoint.resolve(tmp_path / 'checkpoints' / 'best') == step_dir
+    fresh = _state(ema.EmaConfig(decay=0.9), seed=1)
+    restored = restore_state(step_dir, fresh)
+    assert int(restored.step) == 1
+    assert _max_abs_diff(restored.params, state.params) == 0
+    assert _max_abs_diff(restored.ema_params, state.params) == 0   # EMA starts from the raw weights
+    assert _max_abs_diff(restored.ema_batch_stats, state.batch_stats) == 0
+    assert _max_abs_diff(restored.opt_state, state.opt_state) == 0
+    restored, _ = step_fn(restored, _batch(1))                       # and it trains on
+    assert int(restored.step) == 2
+
+
+def _image_folder(root, classes=('cat', 'dog'), per_class=10, splits=('train', 'validation')):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, size=(40, 40, 3)) + 150 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i}.png')
+    return root
+
+
+TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
+        '--lr', '0.01', '--log-interval', '2']
+
+
+@pytest.mark.parametrize('force_cpu', [False, True])
+def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
+    data = _image_folder(tmp_path / 'ds')
+    argv = [str(data), *TINY, '--num-classes', '2', '--model-ema', '--model-ema-decay', '0.99',
+            '--output', str(tmp_path / 'out'), '--experiment', 'tiny']
+    assert main(argv + (['--model-ema-force-cpu'] if force_cpu else [])) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / 'out' / 'tiny'
+    assert f'Run folder: {run}' in out and '*** Best metric:' in out
+    results = json.loads(out.split('--result')[1])
+    assert set(results) == {'best_metric', 'best_epoch', 'final', 'ema'}
+    assert results['ema']['decay'] == 0.99 and results['ema']['force_cpu'] == force_cpu
+    assert results == json.loads((run / 'results.json').read_text())
+    with (run / 'summary.csv').open() as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == reporting.SUMMARY_COLUMNS and len(rows) == 1
+    assert rows[0]['eval_top1'] == rows[0]['ema_eval_top1'] != ''      # the host EMA is validated too
+    assert 0 <= float(rows[0]['raw_eval_top1']) <= 100
+    assert (run / 'metrics.png').stat().st_size > 1000
+    assert list((run / 'tensorboard').glob('events.out.tfevents.*'))
+    assert (run / 'args.yaml').exists()
+    step_dir = checkpoint.resolve(run)
+    meta = checkpoint.read_metadata(step_dir)
+    assert meta['model'] == 'resnet18' and meta['num_classes'] == 2 and meta['img_size'] == IMG
+    assert meta['ema']['decay'] == 0.99 and meta['epoch'] == 0
+    tree = checkpoint.restore_tree(step_dir)
+    assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'step'} <= set(tree)
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path):
+    first = reporting.make_run_dir(str(tmp_path), 'exp', 'resnet18', 32)
+    second = reporting.make_run_dir(str(tmp_path), 'exp', 'resnet18', 32)
+    assert first.name == 'exp' and second.name == 'exp-1'
+
+
+def _error_line(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert 'Traceback' not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
+    out = ['--output', str(tmp_path / 'out')]
+    assert 'does not exist' in _error_line(capsys, [str(tmp_path / 'missing'), *TINY, *out])
+    data = _image_folder(tmp_path / 'ds')
+    assert '3' in _error_line(capsys, [str(data), *TINY, '--num-classes', '3', *out])
+    for bad in ('1.5', '-0.1'):
+        assert 'outside [0, 1]' in _error_line(capsys, [str(data), *TINY, '--model-ema-decay', bad, *out])
+    assert 'resnet18' in _error_line(capsys, [str(data), *TINY, '--model', 'resnet7', *out])
+    missing = str(tmp_path / 'weights.safetensors')
+    assert missing in _error_line(capsys, [str(data), *TINY, '--initial-checkpoint', missing, *out])
+    (data / 'train' / 'bird').mkdir()
+    assert 'bird' in _error_line(capsys, [str(data), *TINY, *out])
+    (data / 'train' / 'bird').rmdir()
+    (data / 'train' / 'cat' / 'broken.png').write_bytes(b'not a png')
+    assert 'broken.png' in _error_line(capsys, [str(data), *TINY, *out])
+    assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
