@@ -1,0 +1,71 @@
+"""Export a checkpoint's raw or EMA weights as a timm `.safetensors` file.
+
+    python -m jax_ema.export --checkpoint RUN [--use-ema] --out model.safetensors
+
+RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`. The model
+name and number of classes come from the checkpoint, and the file loads into timm with every key:
+
+    timm.create_model(MODEL, num_classes=N, checkpoint_path='model.safetensors')
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jax_ema import checkpoint
+from jax_ema.cli import run_cli
+from jax_ema.convert import to_timm
+from jax_ema.errors import UserError
+from jax_ema.timm_io import SAFETENSORS_SUFFIX, save_timm_safetensors, variables_from_checkpoint
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='python -m jax_ema.export',
+                description='Write a checkpoint\'s weights as a timm .safetensors file.')
+    p.add_argument('--checkpoint', required=True,
+                   help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
+    p.add_argument('--use-ema', action='store_true', help='export the EMA weights instead of the raw ones')
+    p.add_argument('--out', required=True, help=f'output file, ending in {SAFETENSORS_SUFFIX}')
+    return p
+
+
+def export(checkpoint_path, out, use_ema: bool = False) -> dict:
+    """Write the weights; returns what was written (model, num_classes, weights, step_dir, out)."""
+    out = Path(out)
+    if not out.name.endswith(SAFETENSORS_SUFFIX):
+        raise UserError(f'--out {str(out)!r} must end in {SAFETENSORS_SUFFIX} (timm picks the reader by '
+                        'the extension)')
+    step_dir = checkpoint.resolve(checkpoint_path)
+    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema)
+    model, num_classes = metadata.get('model'), metadata.get('num_classes')
+    if not model or not num_classes:
+        raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
+                        'it is not one of ours')
+    state_dict = to_timm(model, variables)
+    save_timm_safetensors(state_dict, out)
+    return dict(model=model, num_classes=int(num_classes), weights='EMA' if use_ema else 'raw',
+                step_dir=str(step_dir), out=str(out))
+
+
+def main(argv=None) -> int:
+    def run():
+        args = build_parser().parse_args(argv)
+        done = export(args.checkpoint, args.out, use_ema=args.use_ema)
+        print(f'Wrote the {done["weights"]} weights of {done["model"]} ({done["num_classes"]} classes) from '
+              f'{done["step_dir"]} to {done["out"]}\n'
+              f'Load them with timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}, '
+              f'checkpoint_path={done["out"]!r})', flush=True)
+        return 0
+    return run_cli(run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
