@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jax_ema.errors import UserError
+from jax_ema.guard import TrainingDiverged, all_finite
 
 EMA_KEYS = ('ema_params', 'ema_batch_stats')
 
@@ -32,22 +33,33 @@ def state_tree(state) -> dict:
 
 
 def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:
-    """A manager that keeps the `keep_best` best checkpoints by score plus the latest one."""
+    """A manager that keeps the `keep_best` best checkpoints by score plus the latest one (timm's
+    --checkpoint-hist plus last; older recovery checkpoints, which have no score, are removed)."""
     keep = policies.AnyPreservationPolicy([
         policies.LatestN(1),
-        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=True, n=keep_best),
+        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=True, n=keep_best,
+                       keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=keep, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float) -> Path:
-    """Write one checkpoint (atomically) keyed by the update count; returns its folder."""
-    step = int(jax.device_get(state.step))
-    metadata = dict(metadata, score=float(score), step=step)
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_tree(state)),
+def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float | None = None) -> Path:
+    """Write one checkpoint (atomically) keyed by the update count; returns its folder.
+
+    `score` (higher is better) ranks end-of-epoch checkpoints; recovery checkpoints have none.
+    A state with a NaN/Inf anywhere is never written: TrainingDiverged is raised instead.
+    """
+    tree = state_tree(state)
+    step = int(tree['step'])
+    if not all_finite(tree):
+        raise TrainingDiverged(f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '
+                               'checkpoint is kept). Lower --lr or check the data')
+    metadata = dict(metadata, score=score, step=step)
+    metrics = None if score is None else {'score': float(score)}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
                                                metadata=ocp.args.JsonSave(metadata)),
-                 metrics={'score': float(score)}, force=True)
+                 metrics=metrics, force=True)
     manager.wait_until_finished()
     return Path(manager.directory) / str(step)
 
@@ -75,7 +87,10 @@ def resolve(path) -> Path:
                         'at least one epoch')
     if name == 'last':
         return steps[-1]
-    return max(steps, key=lambda p: (read_metadata(p).get('score', -np.inf), int(p.name)))
+    scored = [p for p in steps if read_metadata(p).get('score') is not None]
+    if not scored:
+        raise UserError(f'no end-of-epoch checkpoint in {str(ckpt_dir)!r} to call best; use last')
+    return max(scored, key=lambda p: (read_metadata(p)['score'], int(p.name)))
 
 
 def read_metadata(step_dir) -> dict:

@@ -68,6 +68,9 @@ class Config:
     output: str = ''
     experiment: str = ''
     log_interval: int = 50
+    recovery_interval: int = 0                 # save a recovery checkpoint every N updates (0: off)
+    resume: Optional[str] = None               # run folder / checkpoints folder / step folder
+    no_resume_opt: bool = False
     checkpoint_hist: int = 10
     eval_metric: str = 'top1'
 
@@ -152,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     a('--output', default='')
     a('--experiment', default='')
     a('--log-interval', type=int, default=50)
+    a('--recovery-interval', type=int, default=0, help='save a recovery checkpoint every N updates')
+    a('--resume', default=None, metavar='CHECKPOINT',
+      help='resume from a run folder, its checkpoints/ folder or one step folder (weights, optimizer, EMA, '
+           'update count, data position)')
+    a('--no-resume-opt', action='store_true', help='do not restore the optimizer state when resuming')
     a('--checkpoint-hist', type=int, default=10)
     a('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'))
     return p
@@ -170,7 +178,7 @@ def parse_args(argv=None) -> Config:
     for key in ('scale', 'ratio', 'opt_betas'):
         if args[key] is not None:
             args[key] = tuple(args[key])
-    for key in ('batch_size', 'epochs', 'img_size', 'num_classes'):
+    for key in ('batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
     return Config(**args).resolved()

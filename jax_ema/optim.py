@@ -221,6 +221,11 @@ def create_optimizer(
     return optax.inject_hyperparams(build)(learning_rate=lr_schedule)
 
 
+def at_step(opt_state, step):
+    """A fresh optimizer state whose schedule continues from update `step` (timm's --no-resume-opt)."""
+    return opt_state._replace(count=jnp.asarray(step, opt_state.count.dtype))
+
+
 def current_lr(opt_state) -> jax.Array:
     """The lr used by the most recent update (before any update: the lr of update 0)."""
     return opt_state.hyperparams['learning_rate']

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import sys
-import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -20,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm import tqdm
 
-from jax_ema import checkpoint, ema, offload, optim, reporting
+from jax_ema import checkpoint, ema, loop, offload, optim, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
+from jax_ema.errors import UserError
+from jax_ema.guard import Preemption
 from jax_ema.models import create_model
 
 log = logging.getLogger('jax_ema.train')
@@ -147,10 +149,31 @@ def _load_data(config: Config):
     return data.load_datasets(cfg)
 
 
-def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, metrics: dict) -> dict:
+def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
+    """What a checkpoint says about itself; `position` = updates done within `epoch`."""
     return dict(model=config.model, num_classes=num_classes, img_size=config.img_size,
                 ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
-                epoch=epoch, position=0, metrics=metrics)
+                epoch=epoch, position=position, metrics=metrics)
+
+
+def _resume(config: Config, state: TrainState, num_classes: int):
+    """(state, step folder) from `--resume`; checks the checkpoint is of this model and class count."""
+    step_dir = checkpoint.resolve(config.resume)
+    meta = checkpoint.read_metadata(step_dir)
+    if (meta.get('model'), meta.get('num_classes')) != (config.model, num_classes):
+        raise UserError(f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
+                        f'classes, but this run is {config.model} with {num_classes}; resume with the same '
+                        '--model and data')
+    restored = restore_state(step_dir, state)
+    if config.no_resume_opt:  # timm: fresh optimizer state; the schedule position is kept
+        restored = restored.replace(opt_state=optim.at_step(state.tx.init(restored.params), restored.step))
+    log.info('Resumed from %s (update %d)', step_dir, int(restored.step))
+    return restored, step_dir
+
+
+def _score(metrics: dict, eval_metric: str) -> float:
+    """Higher is better: the metric itself, or minus the loss."""
+    return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
 
 
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
@@ -168,8 +191,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
         config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
         config.cooldown_epochs, config.warmup_prefix)
-    rng = jax.random.PRNGKey(config.seed)
-    variables = model.init(rng, jnp.zeros((1, config.img_size, config.img_size, 3)), train=False)
+    variables = model.init(jax.random.PRNGKey(config.seed),
+                           jnp.zeros((1, config.img_size, config.img_size, 3)), train=False)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
@@ -178,14 +201,20 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                                 config.opt_betas)
     ema_cfg = _ema_config(config)
     state = create_train_state(model, tx, variables, ema_cfg)
+    resumed_from = None
+    if config.resume:
+        state, resumed_from = _resume(config, state, num_classes)
+        if run_dir is None and resumed_from.parent.name == 'checkpoints':
+            run_dir = resumed_from.parent.parent  # go on in the same run folder
     host_ema = ema_cfg is not None and config.model_ema_force_cpu
     if host_ema:
         state = state.replace(ema_params=offload.to_host(state.ema_params),
                               ema_batch_stats=offload.to_host(state.ema_batch_stats))
     _warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
 
-    run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size) \
-        if run_dir is None else run_dir
+    if run_dir is None:
+        run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
+    run_dir = Path(run_dir)
     log.info('Run folder: %s', run_dir)
     reporting.write_args(run_dir, config)
     manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
@@ -196,39 +225,64 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
 
     p_train = jax.jit(functools.partial(train_step, ema_cfg=None if host_ema else ema_cfg,
                                         smoothing=config.smoothing), donate_argnums=0)
+    step = loop.make_step(p_train, offload.host_ema_update(ema_cfg) if host_ema else None)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
-    host_update = offload.host_ema_update(ema_cfg) if host_ema else None
     eval_bs = config.validation_batch_size or batch_size
-    rows, best = [], (None, -1)
-    for epoch in range(num_epochs):
-        state, train_loss = _train_epoch(p_train, host_update, state, train_ds, batch_size, epoch,
-                                         num_epochs, updates_per_epoch, schedule, config.log_interval)
-        raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
-        log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
-        ema_metrics = None
-        if state.ema_params is not None:
-            ema_params, ema_stats = (offload.to_device((state.ema_params, state.ema_batch_stats)) if host_ema
-                                     else (state.ema_params, state.ema_batch_stats))
-            ema_metrics = evaluate(p_eval, ema_params, ema_stats, val_ds, eval_bs)
-            log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
-                     ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
-        epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
-        row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics)
-        rows.append(row)
-        reporting.append_summary(run_dir, row)
-        board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-        reporting.plot_metrics(run_dir, [{k: str(v) for k, v in r.items()} for r in rows])
-        main = ema_metrics or raw
-        score = -main['loss'] if config.eval_metric == 'loss' else main[config.eval_metric]
-        checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch,
-                                                  {'raw': raw, 'ema': ema_metrics}), score)
-        if best[0] is None or score > best[0]:
-            best = (score, epoch)
+    start = int(jax.device_get(state.step))
+    rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
+        if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
+    preemption = Preemption()
+
+    def after_update(state, count, check_finite):
+        epoch, position = divmod(count, updates_per_epoch)
+        if preemption.agreed():
+            check_finite()
+            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
+            print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
+                  f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
+            return True
+        if config.recovery_interval and count % config.recovery_interval == 0 and position != 0:
+            check_finite()
+            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
+        return False
+
+    with preemption:
+        for epoch in range(start // updates_per_epoch, num_epochs):
+            first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
+            state, train_loss, stopped = loop.train_epoch(
+                step, state, train_ds.train_batches(batch_size, epoch, start_step=first), epoch=epoch,
+                num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, first_update=first,
+                schedule=schedule, log_interval=config.log_interval, after_update=after_update)
+            if stopped:
+                board.close()
+                manager.close()
+                return {'preempted': True, 'run_dir': str(run_dir), 'step': int(jax.device_get(state.step))}
+            raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
+            log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
+            ema_metrics = None
+            if state.ema_params is not None:
+                ema_vars = (state.ema_params, state.ema_batch_stats)
+                ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if host_ema else ema_vars),
+                                       val_ds, eval_bs)
+                log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
+                         ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
+            epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
+            row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics)
+            rows.append(row)
+            reporting.append_summary(run_dir, row)
+            board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+            reporting.plot_metrics(run_dir, rows)
+            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
+                                                      {'raw': raw, 'ema': ema_metrics}),
+                            _score(ema_metrics or raw, config.eval_metric))
     board.close()
     manager.close()
-    best_value = -best[0] if config.eval_metric == 'loss' else best[0]
-    log.info('*** Best metric: %s (epoch %d)', best_value, best[1])
-    results = {'best_metric': best_value, 'best_epoch': best[1],
+    scores = [(_score({k: r[f'eval_{k}'] for k in ('loss', 'top1', 'top5')}, config.eval_metric), int(r['epoch']))
+              for r in rows]
+    best_score, best_epoch = max(scores, key=lambda se: (se[0], -se[1]))
+    best_value = -best_score if config.eval_metric == 'loss' else best_score
+    log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
+    results = {'best_metric': best_value, 'best_epoch': best_epoch,
                'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
                'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu)
                        if ema_cfg else None)}
@@ -237,36 +291,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
 
 
 def _final(row: dict, prefix: str) -> dict:
-    return {k: row[f'{prefix}_eval_{k}'] for k in ('top1', 'top5', 'loss')}
-
-
-def _train_epoch(p_train, host_update, state, dataset, batch_size, epoch, num_epochs, updates_per_epoch,
-                 schedule, log_interval):
-    """One epoch with a tqdm bar; losses are summed on device and read only every `log_interval` steps."""
-    loss_sum, n, seen, t0 = jnp.zeros(()), 0, 0, time.perf_counter()
-    bar = tqdm(total=updates_per_epoch, desc=f'Train {epoch}/{num_epochs - 1}', unit='step',
-               dynamic_ncols=True, leave=False, file=sys.stderr)
-    for batch in dataset.train_batches(batch_size, epoch):
-        step_before = epoch * updates_per_epoch + n
-        if host_update is None:
-            state, metrics = p_train(state, batch)
-        else:
-            ema_params, ema_stats = state.ema_params, state.ema_batch_stats
-            state, metrics = p_train(state.replace(ema_params=None, ema_batch_stats=None), batch)
-            ema_params, ema_stats = host_update(ema_params, ema_stats, state.params, state.batch_stats,
-                                                state.step)
-            state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
-        loss_sum, n, seen = loss_sum + metrics['loss'], n + 1, seen + len(batch['label'])
-        bar.update(1)
-        if n % log_interval == 0 or n == updates_per_epoch:
-            rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f'{float(loss_sum) / n:.4f}', lr=f'{float(schedule(step_before)):.3g}',
-                            img_s=f'{rate:.0f}')
-    bar.close()
-    train_loss = float(loss_sum) / max(n, 1)
-    log.info('Train: %d  Loss: %.4f  (%d updates, %.1f img/s)', epoch, train_loss, n,
-             seen / (time.perf_counter() - t0))
-    return state, train_loss
+    return {k: float(row[f'{prefix}_eval_{k}']) for k in ('top1', 'top5', 'loss')}
 
 
 def main(argv=None) -> int:
@@ -274,7 +299,8 @@ def main(argv=None) -> int:
     def run():
         config = parse_args(argv)
         results = train_and_evaluate(config)
-        import json
+        if results.get('preempted'):
+            return 0
         print('--result')
         print(json.dumps({k: v for k, v in results.items() if k != 'run_dir'}, indent=4))
         return 0

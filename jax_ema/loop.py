@@ -1,0 +1,85 @@
+"""The epoch loop: steps with a tqdm bar, host-EMA dispatch, NaN guard, recovery and preemption hooks.
+
+Nothing here syncs with the device per step: the loss and the finite flag are accumulated on device
+and read every `log_interval` updates, at the end of the epoch and before any save.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from jax_ema.guard import TrainingDiverged
+
+log = logging.getLogger('jax_ema.train')
+
+# Fault injection for the resume and preemption tests: "N:SIG" sends SIG (KILL, TERM, INT) to this
+# process right after optimizer update N, at a known point instead of a timed one.
+SIGNAL_AT_UPDATE = 'JAX_EMA_FAULT_SIGNAL_AT_UPDATE'
+
+
+def _fault():
+    spec = os.environ.get(SIGNAL_AT_UPDATE)
+    if not spec:
+        return -1, None
+    update, name = spec.split(':')
+    return int(update), getattr(signal, f'SIG{name}')
+
+
+def make_step(p_train, host_update=None):
+    """(state, batch) -> (state, metrics); with a host EMA the device step runs without it, then the
+    host EMA is updated from the new params (both dispatched asynchronously, nothing donated across)."""
+    if host_update is None:
+        return p_train
+
+    def step(state, batch):
+        ema_params, ema_stats = state.ema_params, state.ema_batch_stats
+        state, metrics = p_train(state.replace(ema_params=None, ema_batch_stats=None), batch)
+        ema_params, ema_stats = host_update(ema_params, ema_stats, state.params, state.batch_stats, state.step)
+        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats), metrics
+    return step
+
+
+def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, first_update, schedule,
+                log_interval, after_update=None):
+    """Run the epoch's remaining updates. `after_update(state, update_count)` may save a recovery
+    checkpoint and returns True to stop (preemption). Returns (state, mean train loss, stopped)."""
+    loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
+    fault_at, fault_signal = _fault()
+    bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',
+               unit='step', dynamic_ncols=True, leave=False, file=sys.stderr, disable=None)  # off unless a tty
+    stopped = False
+
+    def check(loss_sum, finite, count):
+        if not bool(finite):
+            raise TrainingDiverged(f'the training loss became NaN/Inf by update {count} (epoch {epoch}); the run '
+                                   'stopped and nothing non-finite was saved. Lower --lr or check the data')
+        return float(loss_sum) / max(n, 1)
+
+    for batch in batches:
+        count_before = epoch * updates_per_epoch + first_update + n
+        state, metrics = step(state, batch)
+        loss_sum = loss_sum + metrics['loss']
+        finite = finite & jnp.isfinite(metrics['loss'])
+        n, seen = n + 1, seen + len(batch['label'])
+        bar.update(1)
+        if n % log_interval == 0 or first_update + n == updates_per_epoch:
+            loss = check(loss_sum, finite, count_before + 1)  # the host sync, every log_interval
+            bar.set_postfix(loss=f'{loss:.4f}', lr=f'{float(schedule(count_before)):.3g}',
+                            img_s=f'{seen / (time.perf_counter() - t0):.0f}')
+        if count_before + 1 == fault_at:
+            os.kill(os.getpid(), fault_signal)
+        if after_update is not None and after_update(state, count_before + 1, lambda: check(
+                loss_sum, finite, count_before + 1)):
+            stopped = True
+            break
+    bar.close()
+    train_loss = check(loss_sum, finite, epoch * updates_per_epoch + first_update + n)
+    log.info('Train: %d  Loss: %.4f  (%d updates, %.1f img/s)', epoch, train_loss, n,
+             seen / (time.perf_counter() - t0))
+    return state, train_loss, stopped
