@@ -37,7 +37,7 @@ def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:
     --checkpoint-hist plus last; older recovery checkpoints, which have no score, are removed)."""
     keep = policies.AnyPreservationPolicy([
         policies.LatestN(1),
-        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=True, n=keep_best,
+        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=False, n=keep_best,  # keeps the highest
                        keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=keep, enable_async_checkpointing=False)

@@ -156,6 +156,12 @@ def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: i
                 epoch=epoch, position=position, metrics=metrics)
 
 
+def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
+    """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
+    x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
+
+
 def _resume(config: Config, state: TrainState, num_classes: int):
     """(state, step folder) from `--resume`; checks the checkpoint is of this model and class count."""
     step_dir = checkpoint.resolve(config.resume)
@@ -197,6 +203,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
+    _check_trainable(model, variables, config.batch_size, config.img_size)
     tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
                                 config.opt_betas)
     ema_cfg = _ema_config(config)
