@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from jax_ema import ema
 from jax_ema.errors import UserError
 from jax_ema.guard import TrainingDiverged, all_finite
 
@@ -29,7 +30,11 @@ def state_tree(state) -> dict:
     tree = dict(step=state.step, params=state.params, batch_stats=state.batch_stats, opt_state=state.opt_state)
     if state.ema_params is not None:
         tree.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
-    return jax.device_get(tree)
+    tree = jax.device_get(tree)
+    for key in EMA_KEYS:  # saved as ordinary pytrees, whatever the EMA's in-memory layout
+        if key in tree:
+            tree[key] = ema.tree(tree[key])
+    return tree
 
 
 def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:

@@ -24,6 +24,7 @@ where it is exact, so it matches timm bit for bit in float32 and float64 and a s
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -71,14 +72,67 @@ def step_size(cfg: EmaConfig, step) -> jax.Array:
     return jnp.where(t > 0, size, jnp.ones((), dtype))
 
 
-def init(tree):
+@jax.tree_util.register_pytree_node_class
+class FlatTree:
+    """A pytree held as ONE float vector (its float leaves raveled and concatenated) + its other leaves.
+
+    The EMA is kept this way: one buffer instead of hundreds is one argument to dispatch and one fused
+    update per step. Leaf by leaf, the EMA made a ResNet-50 step (batch 32, 64 px) 1.48x slower on an
+    H200, all of it host dispatch; flat, the step costs what it costs without EMA (README, Benchmarks).
+    `tree()` gives the usual pytree back (float leaves in the EMA dtype).
+    """
+
+    def __init__(self, flat, others, spec):
+        self.flat, self.others, self.spec = flat, tuple(others), spec
+
+    def tree_flatten(self):
+        return (self.flat, *self.others), self.spec
+
+    @classmethod
+    def tree_unflatten(cls, spec, children):
+        return cls(children[0], children[1:], spec)
+
+    @classmethod
+    def of(cls, tree, dtype):
+        leaves, treedef = jax.tree.flatten(tree)
+        is_float = tuple(bool(jnp.issubdtype(jnp.result_type(x), jnp.floating)) for x in leaves)
+        spec = (treedef, is_float, tuple(tuple(jnp.shape(x)) for x in leaves))
+        others = [jnp.array(x, copy=True) for x, f in zip(leaves, is_float) if not f]
+        return cls(jnp.array(_ravel(leaves, is_float, dtype), copy=True), others, spec)
+
+    def pack(self, tree):
+        """The float leaves of `tree` (same structure as ours) as one vector of our dtype."""
+        leaves, treedef = jax.tree.flatten(tree)
+        if treedef != self.spec[0]:
+            raise ValueError(f'tree structure {treedef} does not match the EMA\'s {self.spec[0]}')
+        return _ravel(leaves, self.spec[1], self.flat.dtype), [x for x, f in zip(leaves, self.spec[1]) if not f]
+
+    def tree(self):
+        treedef, is_float, shapes = self.spec
+        leaves, others, offset = [], iter(self.others), 0
+        for f, shape in zip(is_float, shapes):
+            if f:
+                size = math.prod(shape)
+                leaves.append(self.flat[offset:offset + size].reshape(shape))
+                offset += size
+            else:
+                leaves.append(next(others))
+        return jax.tree.unflatten(treedef, leaves)
+
+
+def _ravel(leaves, is_float, dtype):
+    parts = [jnp.ravel(x).astype(dtype) for x, f in zip(leaves, is_float) if f]
+    return jnp.concatenate(parts) if parts else jnp.zeros((0,), dtype)
+
+
+def init(tree) -> FlatTree:
     """A float EMA copy of `tree`: a real copy (never aliasing the weights), float leaves in fp32."""
-    def leaf(x):
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return jnp.array(x, dtype=ema_dtype(), copy=True)
-        return jnp.array(x, copy=True)
-    return jax.tree.map(leaf, tree)
+    return FlatTree.of(tree, ema_dtype())
+
+
+def tree(ema_tree):
+    """The EMA as the usual pytree (a FlatTree unpacked; a plain tree as it is)."""
+    return ema_tree.tree() if isinstance(ema_tree, FlatTree) else ema_tree
 
 
 def lerp(old, new, weight):
@@ -89,6 +143,11 @@ def lerp(old, new, weight):
 
 def average(ema_tree, new_tree, size):
     """ema <- ema + size * (new - ema) for float leaves; other leaves are copied."""
+    if isinstance(ema_tree, FlatTree):
+        new, others = ema_tree.pack(new_tree)
+        flat = lerp(ema_tree.flat, new, size.astype(ema_tree.flat.dtype))
+        return FlatTree(flat, [jnp.asarray(n, o.dtype) for n, o in zip(others, ema_tree.others)], ema_tree.spec)
+
     def leaf(new, old):
         if not jnp.issubdtype(old.dtype, jnp.floating):
             return jnp.asarray(new, old.dtype)
@@ -98,6 +157,9 @@ def average(ema_tree, new_tree, size):
 
 def copy_into(ema_tree, new_tree):
     """The EMA tree set to `new_tree`, in the EMA's dtypes (timm's exclude_buffers for statistics)."""
+    if isinstance(ema_tree, FlatTree):
+        new, others = ema_tree.pack(new_tree)
+        return FlatTree(new, [jnp.asarray(n, o.dtype) for n, o in zip(others, ema_tree.others)], ema_tree.spec)
     return jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_tree, ema_tree)
 
 

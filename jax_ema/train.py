@@ -101,6 +101,7 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
 
 def eval_step(params, batch_stats, batch, *, apply_fn):
     """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count."""
+    params, batch_stats = ema.tree(params), ema.tree(batch_stats)  # the EMA is held flat
     logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
     logits = logits.astype(jnp.float32)
     mask = batch['mask'].astype(jnp.float32)

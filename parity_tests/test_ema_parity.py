@@ -59,7 +59,7 @@ def load(module, state):
 
 
 def assert_close(timm_ema, ema_params, ema_stats, dtype, step):
-    ours = {**ema_params, **ema_stats}
+    ours = {**ema.tree(ema_params), **ema.tree(ema_stats)}
     for name, ref in timm_ema.module.state_dict().items():
         ref = ref.numpy()
         got = np.asarray(ours[name])

@@ -72,7 +72,7 @@ def trained(tmp_path_factory):
                                          epoch=0, position=0), score=0.0)
     manager.close()
     weights = jax.device_get({'raw': {'params': state.params, 'batch_stats': state.batch_stats},
-                              'ema': {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}})
+                              'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)}})
     return run_dir, weights
 
 

@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
     ema_dir = _save(root / 'ema_run', state, {'decay': 0.9})
     plain_dir = _save(root / 'plain_run', state.replace(ema_params=None, ema_batch_stats=None), None)
     weights = jax.device_get({'raw': {'params': state.params, 'batch_stats': state.batch_stats},
-                              'ema': {'params': state.ema_params, 'batch_stats': state.ema_batch_stats}})
+                              'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)}})
     return dict(root=root, ema_dir=ema_dir, plain_dir=plain_dir, weights=weights)
 
 
