@@ -82,6 +82,9 @@ def resolve(path) -> Path:
         name, path = path.name, path.parent
     if (path / 'state').is_dir() and (path / 'metadata').exists():
         return path
+    if path.is_file():
+        raise UserError(f'checkpoint {str(path)!r} is a file; give a run folder, its checkpoints/ folder or '
+                        'one step folder')
     ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
     if not ckpt_dir.is_dir():
         raise UserError(f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ '
@@ -104,9 +107,11 @@ def read_metadata(step_dir) -> dict:
         else [step_dir / 'metadata']
     for f in files:
         try:
-            return json.loads(f.read_text())
+            metadata = json.loads(f.read_text())
         except (ValueError, UnicodeDecodeError, OSError):
             continue
+        if isinstance(metadata, dict):
+            return metadata
     raise UserError(f'checkpoint {str(step_dir)!r} has no readable metadata; it is incomplete or not ours')
 
 
@@ -120,4 +125,8 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
             return ckptr.restore(step_dir / 'state', abstract)
         except (ValueError, KeyError, FileNotFoundError) as e:
-            raise UserError(f'cannot restore {str(step_dir)!r}: {str(e).splitlines()[0]}') from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if 'mismatch' in reason.lower() or isinstance(e, KeyError):
+                reason = ("its saved arrays do not fit this run (another --model, class count or --opt?); use "
+                          "the settings it was trained with, or --no-resume-opt for another optimizer")
+            raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None

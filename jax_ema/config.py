@@ -99,7 +99,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UserError (one line) instead of printing usage and exiting."""
 
     def error(self, message):
-        raise UserError(message)
+        raise UserError(f'{message}; see --help')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +178,15 @@ def parse_args(argv=None) -> Config:
     for key in ('scale', 'ratio', 'opt_betas'):
         if args[key] is not None:
             args[key] = tuple(args[key])
-    for key in ('batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval'):
+    for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
+    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers'):
+        if args[key] is not None and args[key] < 0:
+            raise UserError(f'--{key.replace("_", "-")} must be >= 0, got {args[key]}')
+    for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):
+        if args[key] is not None and not args[key] >= 0:  # also catches nan
+            raise UserError(f'--{key.replace("_", "-")} must be a number >= 0, got {args[key]}')
+    if not 0.0 <= args['smoothing'] < 1.0:
+        raise UserError(f'--smoothing must be in [0, 1), got {args["smoothing"]}; timm uses 0.1')
     return Config(**args).resolved()

@@ -39,17 +39,16 @@ def _torch_load(path: Path):
         raise UserError(f'reading {str(path)!r} needs PyTorch (pip install torch); or convert it to '
                         f'{SAFETENSORS_SUFFIX}') from None
     import argparse  # pylint: disable=g-import-not-at-top
-    import pickle  # pylint: disable=g-import-not-at-top
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
+    except Exception as e:  # pylint: disable=broad-except
+        if type(e).__name__ != 'UnpicklingError':  # zip/EOF/OS errors of a damaged file
+            raise UserError(f'cannot read {str(path)!r} as a PyTorch file ({type(e).__name__}); '
+                            'check the file') from None
         raise UserError(f'cannot read {str(path)!r}: it is not a PyTorch file, or it holds objects other than '
                         'tensors and plain containers (not loaded, for safety); save the state_dict alone or '
                         f'as {SAFETENSORS_SUFFIX}') from None
-    except Exception as e:  # pylint: disable=broad-except  # zip/EOF/OS errors of a damaged file
-        raise UserError(f'cannot read {str(path)!r} as a PyTorch file ({type(e).__name__}: '
-                        f'{str(e).splitlines()[0] if str(e) else "no details"}); check the file') from None
 
 
 def _pick_state_dict(contents, use_ema: bool, path: Path):
@@ -105,6 +104,8 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
     if not name.endswith((SAFETENSORS_SUFFIX,) + TORCH_SUFFIXES):
         raise UserError(f'{str(path)!r} has an unknown extension; give a {SAFETENSORS_SUFFIX} or '
                         f'{" / ".join(TORCH_SUFFIXES)} timm weights file')
+    if path.is_dir():
+        raise UserError(f'timm weights file {str(path)!r} is a folder; give the weights file itself')
     if not path.is_file():
         raise UserError(f'timm weights file {str(path)!r} does not exist')
     if name.endswith(SAFETENSORS_SUFFIX):

@@ -59,19 +59,25 @@ def with_ema(state: TrainState, ema_cfg: ema.EmaConfig | None) -> TrainState:
     return state.replace(ema_params=ema.init(state.params), ema_batch_stats=ema.init(state.batch_stats))
 
 
-def restore_state(step_dir, state: TrainState) -> TrainState:
+def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> TrainState:
     """`state` with the weights, optimizer state, step and EMA of a checkpoint of the same model.
 
     A checkpoint saved without EMA restored into a run with EMA starts the EMA from its raw weights,
-    as timm does; a checkpoint with EMA restored into a run without drops it.
+    as timm does; a checkpoint with EMA restored into a run without drops it. With `restore_opt=False`
+    (timm's --no-resume-opt) the optimizer state is fresh and its schedule continues from the step.
     """
     saved_ema = checkpoint.read_metadata(step_dir).get('ema') is not None
-    target = checkpoint.state_tree(state.replace(ema_params=None, ema_batch_stats=None))
-    if saved_ema:
-        target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
-    tree = checkpoint.restore_tree(step_dir, target)
+    if restore_opt:
+        target = checkpoint.state_tree(state.replace(ema_params=None, ema_batch_stats=None))
+        if saved_ema:
+            target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
+        tree = checkpoint.restore_tree(step_dir, target)
+        opt_state = tree['opt_state']
+    else:  # any optimizer's state: read without a target, keep only what does not depend on it
+        tree = checkpoint.restore_tree(step_dir)
+        opt_state = optim.at_step(state.opt_state, tree['step'])
     restored = state.replace(step=tree['step'], params=tree['params'], batch_stats=tree['batch_stats'],
-                             opt_state=tree['opt_state'])
+                             opt_state=opt_state)
     if state.ema_params is None:
         return _strong(restored.replace(ema_params=None, ema_batch_stats=None))
     source = tree if saved_ema else {'ema_params': tree['params'], 'ema_batch_stats': tree['batch_stats']}
@@ -152,7 +158,7 @@ def _load_data(config: Config):
 
 def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
     """What a checkpoint says about itself; `position` = updates done within `epoch`."""
-    return dict(model=config.model, num_classes=num_classes, img_size=config.img_size,
+    return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
                 ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
                 epoch=epoch, position=position, metrics=metrics)
 
@@ -164,16 +170,17 @@ def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
 
 
 def _resume(config: Config, state: TrainState, num_classes: int):
-    """(state, step folder) from `--resume`; checks the checkpoint is of this model and class count."""
+    """(state, step folder) from `--resume`; checks the checkpoint is of this model, classes and optimizer."""
     step_dir = checkpoint.resolve(config.resume)
     meta = checkpoint.read_metadata(step_dir)
     if (meta.get('model'), meta.get('num_classes')) != (config.model, num_classes):
         raise UserError(f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
                         f'classes, but this run is {config.model} with {num_classes}; resume with the same '
                         '--model and data')
-    restored = restore_state(step_dir, state)
-    if config.no_resume_opt:  # timm: fresh optimizer state; the schedule position is kept
-        restored = restored.replace(opt_state=optim.at_step(state.tx.init(restored.params), restored.step))
+    if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
+        raise UserError(f'--resume {config.resume!r} was trained with --opt {meta["opt"]}, this run asks for '
+                        f'--opt {config.opt}; use the same --opt, or add --no-resume-opt to start it afresh')
+    restored = restore_state(step_dir, state, restore_opt=not config.no_resume_opt)
     log.info('Resumed from %s (update %d)', step_dir, int(restored.step))
     return restored, step_dir
 

@@ -1,0 +1,193 @@
+"""Validate a checkpoint's raw or EMA weights on a dataset split, as timm's validate.py.
+
+    python -m jax_ema.validate [DATA] --checkpoint RUN [--use-ema] [-b N] [--img-size N] [--crop-pct F]
+                               [--split NAME] [--results-file F]
+
+RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`; the model,
+its number of classes and the image size come from the checkpoint. DATA follows the trainer's rules
+(split folders, or class folders split by the run's --val-split-fraction; omitted: the embedded
+digits), and the run's args.yaml (beside checkpoints/) supplies the split names, fraction, crop_pct and
+evaluation batch size, so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
+then `--result` and the results as JSON. Unlike timm, top-1/top-5 are not rounded, and `--use-ema` on a
+run without EMA is an error rather than a silent fall-back to the raw weights.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from jax_ema.checkpoint import resolve as resolve_checkpoint
+from jax_ema.cli import run_cli
+from jax_ema.config import DIGITS_DEFAULTS
+from jax_ema.errors import UserError
+from jax_ema.models import create_model
+from jax_ema.timm_io import variables_from_checkpoint
+from jax_ema.train import eval_step, evaluate
+
+log = logging.getLogger('jax_ema.validate')
+
+DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not found
+TIMM_CROP_PCT = 0.875     # the trainer's crop_pct for a DATA folder (config.Config.resolved)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='python -m jax_ema.validate',
+                description='Validate the raw or EMA weights of a checkpoint, as timm\'s validate.py.')
+    p.add_argument('data', nargs='?', default=None, help='dataset folder (omit for the embedded digits)')
+    p.add_argument('--data-dir', default=None, help='dataset folder (same as DATA)')
+    p.add_argument('--checkpoint', required=True,
+                   help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
+    p.add_argument('--use-ema', action='store_true', help='validate the EMA weights instead of the raw ones')
+    p.add_argument('--split', default=None,
+                   help="split to validate (default: the run's --val-split, else 'validation'); "
+                        'a train split name validates the training images')
+    p.add_argument('-b', '--batch-size', type=int, default=None,
+                   help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}")
+    p.add_argument('--img-size', type=int, default=None, help="default: the checkpoint's image size")
+    p.add_argument('--crop-pct', type=float, default=None, help="default: the run's --crop-pct")
+    p.add_argument('-j', '--workers', type=int, default=4)
+    p.add_argument('--results-file', default='', help='also write the results to this file')
+    p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
+    return p
+
+
+def run_args(step_dir: Path) -> dict:
+    """The training run's args.yaml (RUN/args.yaml beside RUN/checkpoints/), or {} where there is none."""
+    path = step_dir.parent.parent / 'args.yaml'
+    if step_dir.parent.name != 'checkpoints' or not path.is_file():
+        return {}
+    try:
+        args = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f'cannot read {str(path)!r} ({type(e).__name__}); fix or remove it') from None
+    if not isinstance(args, dict):
+        raise UserError(f'{str(path)!r} is not a mapping of training options; fix or remove it')
+    return args
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_eval(model_name: str, num_classes: int):
+    """The trainer's jitted eval step for this model (kept, so repeated calls in a notebook compile once)."""
+    model = create_model(model_name, num_classes)
+    return jax.jit(functools.partial(eval_step, apply_fn=model.apply))
+
+
+def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int):
+    """One split of DATA built by data.load_datasets with the run's split settings."""
+    from jax_ema import data as data_lib  # the only module that imports tensorflow
+    is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS
+    if data is None and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
+        raise UserError(f'the built-in digits data has no split {split!r}; use --split validation or train')
+    cfg = data_lib.DataConfig(
+        data_dir=data, train_split=split if is_train else args.get('train_split', 'train'),
+        val_split=args.get('val_split', 'validation') if is_train else split,
+        val_split_fraction=args.get('val_split_fraction', 0.2), img_size=img_size,
+        seed=args.get('seed', 42), crop_pct=crop_pct, num_workers=workers)
+    train, val = data_lib.load_datasets(cfg)
+    return train if is_train else val
+
+
+def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | None = None,
+             img_size: int | None = None, crop_pct: float | None = None, split: str | None = None,
+             workers: int = 4) -> dict:
+    """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
+
+    Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
+    weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images. None for a
+    default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
+    """
+    data = None if data is None else str(data)
+    step_dir = resolve_checkpoint(checkpoint)
+    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema)
+    model_name, num_classes = metadata.get('model'), metadata.get('num_classes')
+    if not model_name or not num_classes:
+        raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
+                        'it is not one of ours')
+    args = run_args(step_dir)
+    if img_size is None:
+        img_size = metadata.get('img_size') or args.get('img_size')
+        if not img_size:
+            raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
+    if crop_pct is None:
+        crop_pct = args.get('crop_pct') or (DIGITS_DEFAULTS['crop_pct'] if data is None else TIMM_CROP_PCT)
+    if batch_size is None:
+        run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
+        batch_size = args.get('validation_batch_size') or run_batch or DEFAULT_BATCH_SIZE
+    if batch_size < 1:
+        raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
+    split = split or args.get('val_split', 'validation')
+
+    dataset = load_split(data, split, args, img_size, crop_pct, workers)
+    if dataset.num_classes != num_classes:
+        where = data if data is not None else 'the built-in digits data (no DATA given)'
+        hint = (f' (the run trained on {args["data"] or "the built-in digits data"})'
+                if 'data' in args and args['data'] != data else '')
+        raise UserError(f'{where} has {dataset.num_classes} classes but checkpoint {str(step_dir)!r} was '
+                        f'trained for {num_classes}; give DATA with the same classes{hint}')
+    param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
+    log.info('Model %s (%d classes) created, param count: %d; %s weights of %s', model_name, num_classes,
+             param_count, 'EMA' if use_ema else 'raw', step_dir)
+    log.info('Validating %d images of split %r at %d px, crop_pct %g, batch size %d',
+             dataset.num_examples, split, img_size, crop_pct, batch_size)
+
+    variables = jax.device_put(variables)  # once, not at every batch
+    metrics = evaluate(_compiled_eval(model_name, int(num_classes)), variables['params'],
+                       variables['batch_stats'], dataset, batch_size)
+    results = dict(model=model_name, top1=metrics['top1'], top1_err=100.0 - metrics['top1'],
+                   top5=metrics['top5'], top5_err=100.0 - metrics['top5'], loss=metrics['loss'],
+                   param_count=round(param_count / 1e6, 2), img_size=int(img_size), crop_pct=float(crop_pct),
+                   weights='ema' if use_ema else 'raw', checkpoint=str(step_dir), data=data, split=split,
+                   num_images=dataset.num_examples)
+    log.info(' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
+        results['top1'], results['top1_err'], results['top5'], results['top5_err']))
+    return results
+
+
+def write_results(path, results: dict, fmt: str = 'csv') -> None:
+    """timm's --results-file: one header and one row (csv) or the JSON object."""
+    try:
+        with open(path, 'w', newline='') as f:
+            if fmt == 'json':
+                json.dump(results, f, indent=4)
+            else:
+                writer = csv.DictWriter(f, fieldnames=list(results))
+                writer.writeheader()
+                writer.writerow(results)
+    except OSError as e:
+        raise UserError(f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable '
+                        'path in an existing folder') from None
+
+
+def main(argv=None) -> int:
+    def run():
+        args = build_parser().parse_args(argv)
+        if args.data and args.data_dir and args.data != args.data_dir:
+            raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
+        results = validate(args.checkpoint, data=args.data or args.data_dir, use_ema=args.use_ema,
+                           batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
+                           split=args.split, workers=args.workers)
+        if args.results_file:
+            write_results(args.results_file, results, args.results_format)
+        print(f'--result\n{json.dumps(results, indent=4)}', flush=True)
+        return 0
+    return run_cli(run)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

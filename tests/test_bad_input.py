@@ -1,0 +1,375 @@
+"""Bad input: one `error: ...` line on stderr, exit code 2, no traceback, nothing created or changed.
+
+Every case runs a CLI in-process (`jax_ema.train.main`, `jax_ema.export.main`, `jax_ema.validate.main`)
+against one tiny world of folders, files and checkpoints built once per module. None of them may reach
+a train step. `python tests/test_bad_input.py` prints every case's real message as a markdown table and
+writes it to docs/bad-input.md.
+"""
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_ema import checkpoint, export, timm_io, train, validate
+from jax_ema.convert import to_timm
+from jax_ema.models import create_model
+from test_train import IMG, _image_folder, _state
+
+PER_CLASS = 10  # 2 classes x 10 images per split: 20 training images
+TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
+        '--lr', '0.01', '-j', '1']
+CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main}
+
+
+# --- the world: one tiny dataset, its broken variants, checkpoints and weight files ----------------
+
+def _variant(w, name, change):
+    """A copy of the good dataset under `name`, altered by change(root)."""
+    root = w.root / name
+    shutil.copytree(w.data, root)
+    change(root)
+    return root
+
+
+def _save_run(run_dir, state, model, num_classes):
+    manager = checkpoint.open_manager(run_dir / 'checkpoints')
+    meta = dict(model=model, num_classes=num_classes, img_size=IMG, ema=None, host_ema=False, epoch=0,
+                position=5, metrics=None)
+    step_dir = checkpoint.save(manager, state, meta, score=1.0)
+    manager.close()
+    return step_dir
+
+
+def _weights_file(path, model_name, num_classes):
+    """A timm-style state_dict of `model_name` for `num_classes` classes, as .safetensors."""
+    model = create_model(model_name, num_classes)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, IMG, IMG, 3)), train=False)
+    return timm_io.save_timm_safetensors(to_timm(model_name, jax.device_get(variables)), path)
+
+
+def build_world(root: Path) -> types.SimpleNamespace:
+    """Everything the cases point at, under `root`; attributes are paths (`w.data`, `w.run`, ...)."""
+    w = types.SimpleNamespace(root=root)
+    w.data = _image_folder(root / 'data', per_class=PER_CLASS)
+    w.missing = root / 'no_such_folder'
+    w.a_file = root / 'notes.txt'
+    w.a_file.write_text('not a dataset\n')
+    w.empty = root / 'empty'
+    w.empty.mkdir()
+    w.no_images = root / 'no_images'
+    for name in ('cat', 'dog'):
+        (w.no_images / name).mkdir(parents=True)
+        (w.no_images / name / 'readme.txt').write_text('no pictures here\n')
+    w.empty_class = _variant(w, 'empty_class', lambda r: (r / 'train' / 'bird').mkdir())
+    w.classes_differ = _variant(w, 'classes_differ',
+                                lambda r: (r / 'validation' / 'dog').rename(r / 'validation' / 'bird'))
+    w.corrupt = _variant(w, 'corrupt',
+                         lambda r: (r / 'train' / 'cat' / 'broken.png').write_bytes(b'\x89PNG not really'))
+
+    def truncate(r):
+        full = io.BytesIO()
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(full, format='JPEG')
+        (r / 'validation' / 'dog' / 'cut.jpg').write_bytes(full.getvalue()[:len(full.getvalue()) // 2])
+    w.truncated = _variant(w, 'truncated', truncate)
+    w.gif = _variant(w, 'gif', lambda r: Image.new('RGB', (40, 40)).save(r / 'train' / 'dog' / 'anim.png',
+                                                                           format='GIF'))
+    w.out = root / 'out'
+    w.out.mkdir()
+    w.folder_out = root / 'model.safetensors'  # a folder named like a weights file
+    w.folder_out.mkdir()
+    w.cwd = root / 'cwd'  # the CLIs run here: a default ./output/train would show up
+    w.cwd.mkdir()
+
+    state = _state(None, num_classes=2)
+    w.run = root / 'runs' / 'resnet18'
+    w.step = _save_run(w.run, state, 'resnet18', 2)
+    w.run_resnet34 = root / 'runs' / 'resnet34'
+    _save_run(w.run_resnet34, state, 'resnet34', 2)
+    w.run_5_classes = root / 'runs' / 'five_classes'
+    _save_run(w.run_5_classes, state, 'resnet18', 5)
+    w.run_tmp_only = root / 'runs' / 'tmp_only'  # a save that died before orbax renamed its folder
+    tmp_step = w.run_tmp_only / 'checkpoints' / '5.orbax-checkpoint-tmp-1732600000'
+    shutil.copytree(w.step / 'state', tmp_step / 'state')
+    w.run_no_metadata = root / 'runs' / 'no_metadata'
+    shutil.copytree(w.step, w.run_no_metadata / 'checkpoints' / w.step.name)
+    shutil.rmtree(w.run_no_metadata / 'checkpoints' / w.step.name / 'metadata')
+    w.run_empty_state = root / 'runs' / 'empty_state'
+    shutil.copytree(w.step, w.run_empty_state / 'checkpoints' / w.step.name)
+    shutil.rmtree(w.run_empty_state / 'checkpoints' / w.step.name / 'state')
+    (w.run_empty_state / 'checkpoints' / w.step.name / 'state').mkdir()
+
+    w.run_list_metadata = root / 'runs' / 'list_metadata'  # metadata that is JSON but not an object
+    shutil.copytree(w.step, w.run_list_metadata / 'checkpoints' / w.step.name)
+    (w.run_list_metadata / 'checkpoints' / w.step.name / 'metadata' / 'metadata').write_text('[1, 2]')
+
+    w.weights_5 = _weights_file(root / 'resnet18_5_classes.safetensors', 'resnet18', 5)
+    w.weights_r18 = _weights_file(root / 'resnet18_2_classes.safetensors', 'resnet18', 2)
+    w.weights_text = root / 'weights.pth'
+    w.weights_text.write_text('this is not a torch file\n')
+    return w
+
+
+# --- the cases: (id, cli, argv builder, expected substring) -----------------------------------------
+
+def _run(data, *extra):
+    """A trainer command line: DATA (a world attribute), the tiny-run flags, `extra`, --output OUT.
+
+    Items of `extra` may be functions of the world (paths inside it).
+    """
+    return lambda w: [str(getattr(w, data)), *TINY, *(str(x(w)) if callable(x) else x for x in extra),
+                      '--output', str(w.out)]
+
+
+CASES = [
+    ('missing DATA', 'train', _run('missing'), 'does not exist'),
+    ('DATA is a file', 'train', _run('a_file'), 'is not a folder'),
+    ('DATA is an empty folder', 'train', _run('empty'), 'no .jpg/.jpeg/.png images found'),
+    ('no images, only other files', 'train', _run('no_images'), 'no .jpg/.jpeg/.png images found'),
+    ('an empty class folder', 'train', _run('empty_class'), 'bird holds no'),
+    ('class folders differ between splits', 'train', _run('classes_differ'), 'class folders differ'),
+    ('--num-classes != class folders found', 'train', _run('data', '--num-classes', '3'),
+     '--num-classes is 3 but 2 classes were found'),
+    ('a corrupt image', 'train', _run('corrupt'), 'broken.png'),
+    ('a truncated JPEG', 'train', _run('truncated'), 'cut.jpg'),
+    ('a GIF named .png', 'train', _run('gif'), 'anim.png'),
+    ('decay < 0', 'train', _run('data', '--model-ema', '--model-ema-decay', '-0.1'), 'outside [0, 1]'),
+    ('decay > 1', 'train', _run('data', '--model-ema', '--model-ema-decay', '1.5'), 'outside [0, 1]'),
+    ('--ema-decay not a number', 'train', _run('data', '--ema-decay', 'high'), 'is not a number'),
+    ('unknown model', 'train', _run('data', '--model', 'resnet7'), "unknown model 'resnet7'"),
+    ('unknown optimizer', 'train', _run('data', '--opt', 'sgdd'), "unknown optimizer 'sgdd'"),
+    ('unknown scheduler', 'train', _run('data', '--sched', 'cosin'), "unknown lr schedule 'cosin'"),
+    ('batch larger than the dataset', 'train', _run('data', '-b', '64'), 'does not fit the 20 training images'),
+    ('zero batch size', 'train', _run('data', '-b', '0'), '--batch-size must be positive'),
+    ('negative batch size', 'train', _run('data', '-b', '-4'), '--batch-size must be positive'),
+    ('zero image size', 'train', _run('data', '--img-size', '0'), '--img-size must be positive'),
+    ('image too small for the model', 'train', _run('data', '--img-size', '8', '-b', '1'), 'per channel'),
+    ('--resume: missing checkpoint', 'train', _run('data', '--resume', lambda w: w.root / 'no_run'),
+     'does not exist'),
+    ('--resume: only an orbax tmp folder', 'train',
+     _run('data', '--resume', lambda w: w.run_tmp_only), 'no complete checkpoint'),
+    ('--resume: step folder without metadata', 'train',
+     _run('data', '--resume', lambda w: w.run_no_metadata), 'no complete checkpoint'),
+    ('--resume: that step folder itself', 'train',
+     _run('data', '--resume', lambda w: w.run_no_metadata / 'checkpoints' / w.step.name),
+     'no complete checkpoint'),
+    ('--resume: step folder with an empty state/', 'train',
+     _run('data', '--resume', lambda w: w.run_empty_state), 'cannot restore'),
+    ('--resume: another model', 'train', _run('data', '--resume', lambda w: w.run_resnet34),
+     'holds resnet34 with 2 classes'),
+    ('--resume: another class count', 'train', _run('data', '--resume', lambda w: w.run_5_classes),
+     'holds resnet18 with 5 classes'),
+    ('--resume: a file', 'train', _run('data', '--resume', lambda w: w.a_file), 'is a file'),
+    ('--resume: metadata not a JSON object', 'train',
+     _run('data', '--resume', lambda w: w.run_list_metadata), 'metadata'),
+    ('--resume with another --opt', 'train', _run('data', '--opt', 'adam', '--resume', lambda w: w.run),
+     '--opt'),
+    ('--initial-checkpoint: missing file', 'train',
+     _run('data', '--initial-checkpoint', lambda w: w.root / 'none.safetensors'), 'does not exist'),
+    ('--initial-checkpoint: not a torch file', 'train',
+     _run('data', '--initial-checkpoint', lambda w: w.weights_text), 'weights.pth'),
+    ('--initial-checkpoint: a folder', 'train',
+     _run('data', '--initial-checkpoint', lambda w: w.folder_out), 'is a folder'),
+    ('--initial-checkpoint: other class count', 'train',
+     _run('data', '--initial-checkpoint', lambda w: w.weights_5), 'another number of classes'),
+    ('--initial-checkpoint: other architecture', 'train',
+     _run('data', '--model', 'resnet34', '--initial-checkpoint', lambda w: w.weights_r18),
+     "missing key 'layer1.2."),
+    ('--smoothing outside [0, 1)', 'train', _run('data', '--smoothing', '1.5'),
+     'smoothing must be in [0, 1), got 1.5'),
+    ('negative validation batch size', 'train', _run('data', '-vb', '-4'), 'must be positive, got -4'),
+    ('--output is a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file)], 'is a file'),
+    ('--output beneath a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file / 'sub')],
+     'cannot create the run folder'),
+    ('DATA and --data-dir differ', 'train', _run('data', '--data-dir', lambda w: w.empty), 'differ'),
+    ('bad --eval-metric', 'train', _run('data', '--eval-metric', 'top3'), "invalid choice: 'top3'"),
+    ('unknown flag', 'train', _run('data', '--model-emma'), 'unrecognized arguments: --model-emma'),
+    ('export: missing checkpoint', 'export',
+     lambda w: ['--checkpoint', str(w.root / 'no_run'), '--out', str(w.out / 'm.safetensors')],
+     'does not exist'),
+    ('export: --out without .safetensors', 'export',
+     lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'm.pth')], 'must end in .safetensors'),
+    ('export: --use-ema of a run without EMA', 'export',
+     lambda w: ['--checkpoint', str(w.run), '--use-ema', '--out', str(w.out / 'm.safetensors')], 'without EMA'),
+    ('export: --out is a folder', 'export',
+     lambda w: ['--checkpoint', str(w.run), '--out', str(w.folder_out)], 'is a folder'),
+    ('export: --out in a missing folder', 'export',
+     lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'no' / 'm.safetensors')], 'cannot write'),
+    ('export: metadata not a JSON object', 'export',
+     lambda w: ['--checkpoint', str(w.run_list_metadata), '--out', str(w.out / 'm.safetensors')], 'metadata'),
+    ('export: no --out', 'export', lambda w: ['--checkpoint', str(w.run)], 'required: --out'),
+    ('validate: missing checkpoint', 'validate',
+     lambda w: [str(w.data), '--checkpoint', str(w.root / 'no_run')], 'does not exist'),
+    ('validate: data of another class count', 'validate', lambda w: ['--checkpoint', str(w.run)],
+     'has 10 classes but checkpoint'),
+    ('validate: zero batch size', 'validate', lambda w: [str(w.data), '--checkpoint', str(w.run), '-b', '0'],
+     'batch size must be positive'),
+    ('validate: unknown split of the digits', 'validate',
+     lambda w: ['--checkpoint', str(w.run), '--split', 'test'], "has no split 'test'"),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    """Every path under root with its size and modification time (folders: None, mtime)."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob('*')}
+
+
+def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
+    """Runs one case from w.cwd; (exit code, stderr, what is wrong with the answer: [] when all is well).
+
+    Anything the call created is removed afterwards, so one failing case cannot spoil the next.
+    """
+    traced = []
+    real_train_step = train.train_step
+
+    def watched_train_step(*args, **kwargs):
+        traced.append(True)
+        return real_train_step(*args, **kwargs)
+
+    argv = build(w)
+    before = _snapshot(w.root)
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(w.cwd)
+    train.train_step = watched_train_step
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = CLIS[cli](argv)
+            except Exception:  # pylint: disable=broad-except  # what `python -m` would print, exit 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        train.train_step = real_train_step
+        os.chdir(here)
+    after = _snapshot(w.root)
+    created = sorted(set(after) - set(before))
+    for rel in created:  # top-most first: a removed folder takes its contents along
+        path = w.root / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    err = err.getvalue()
+    lines = err.strip().splitlines()
+    problems = []
+    if code != 2:
+        problems.append(f'exit code {code}, not 2')
+    if 'Traceback' in err:
+        problems.append('a traceback on stderr')
+    if len(lines) != 1 or not lines[0].startswith('error: '):
+        problems.append(f'{len(lines)} lines on stderr, not one "error: ..." line')
+    if expected not in err:
+        problems.append(f'{expected!r} not in the message')
+    if traced:
+        problems.append('a train step was traced: the bad input was not caught before training')
+    if created:
+        tops = [rel for rel in created if str(Path(rel).parent) not in created]
+        problems.append(f'created {", ".join(tops)}')
+    changed = sorted(rel for rel in before  # a folder's mtime moves with what was created in it
+                     if rel not in after or (before[rel][0] is not None and after[rel] != before[rel]))
+    if changed:
+        problems.append(f'changed or removed {", ".join(changed)}')
+    return code, err, problems
+
+
+# --- pytest ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp('bad_input'))
+
+
+@pytest.mark.parametrize('cli,build,expected', [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(world, capfd, cli, build, expected):
+    _, err, problems = check_case(world, cli, build, expected)
+    assert not problems, f'{"; ".join(problems)}\nstderr: {err}'
+    assert capfd.readouterr().err == '', 'written to stderr below Python (C++ logs?)'
+
+
+def test_the_check_catches_a_bad_answer(world, monkeypatch):
+    def sloppy_cli(argv):  # writes a run folder and a file, changes a file, prints two lines, exits 1
+        (world.out / 'run').mkdir()
+        (world.cwd / 'stray.txt').write_text('x')
+        world.a_file.write_text('not a dataset, overwritten\n')
+        print('Traceback (most recent call last):\nValueError: boom', file=sys.stderr)
+        return 1
+
+    monkeypatch.setitem(CLIS, 'sloppy', sloppy_cli)
+    code, _, problems = check_case(world, 'sloppy', lambda w: [], 'expected words')
+    world.a_file.write_text('not a dataset\n')
+    assert code == 1 and len(problems) == 6, problems
+    assert problems[-1] == f'changed or removed {world.a_file.name}', problems
+    assert not any(world.out.iterdir()) and not any(world.cwd.iterdir())  # and it cleaned up
+
+
+def test_cases_cover_every_cli_and_have_unique_ids():
+    assert len(CASES) >= 15 and len({c[0] for c in CASES}) == len(CASES)
+    assert {c[1] for c in CASES} == set(CLIS)
+
+
+# --- python tests/test_bad_input.py: the table of real messages ------------------------------------
+
+def _abridge(w, argv: list[str]) -> str:
+    """The command line with the world's paths shortened to names such as DATA, OUT, RUN."""
+    names = sorted(((str(getattr(w, k)), k.upper()) for k in vars(w) if isinstance(getattr(w, k), Path)),
+                   key=lambda kv: -len(kv[0]))
+    text = ' '.join(argv).replace(' '.join(TINY), '…')
+    for path, name in names:
+        text = text.replace(path, name if name != 'ROOT' else '.')
+    return text
+
+
+MAX_SHOWN = 400  # characters of a message shown in the table
+
+
+def markdown_table(w) -> tuple[str, list[str]]:
+    rows, problems = ['| bad input | command (abridged) | exact message |', '| --- | --- | --- |'], []
+    for case_id, cli, build, expected in CASES:
+        code, err, wrong = check_case(w, cli, build, expected)
+        lines = err.strip().splitlines()
+        message = f'Traceback … {lines[-1]}' if 'Traceback' in err else ' ⏎ '.join(lines)
+        message = message or '(nothing on stderr)'
+        if len(message) > MAX_SHOWN:
+            message = f'{message[:MAX_SHOWN]} … ({len(message)} characters in all)'
+        if wrong:
+            problems.append(f'{case_id}: {"; ".join(wrong)}')
+        command = f'python -m jax_ema.{cli} {_abridge(w, build(w))}'
+        cell = lambda s: s.replace('|', '\\|').replace(str(w.root), '.')  # noqa: E731
+        rows.append(f'| {cell(case_id)} | `{cell(command)}` | `{cell(message)}` |')
+    return '\n'.join(rows) + '\n', problems
+
+
+def write_doc(table: str, problems: list[str]) -> Path:
+    doc = Path(__file__).resolve().parent.parent / 'docs' / 'bad-input.md'
+    doc.parent.mkdir(exist_ok=True)
+    text = ('# What each bad input answers\n\n'
+            'Every CLI answers bad input with one line on stderr and exit code 2, before anything is written. '
+            'Generated by `python tests/test_bad_input.py`, which runs each case of its CASES table in-process '
+            f'(`…` stands for the tiny-run flags `{" ".join(TINY)}`; capital names for the test\'s folders and '
+            'files).\n\n' + table)
+    if problems:
+        text += '\nNot yet answered as they should be:\n\n' + ''.join(f'- {p}\n' for p in problems)
+    doc.write_text(text)
+    return doc
+
+
+if __name__ == '__main__':
+    with tempfile.TemporaryDirectory() as tmp:
+        table_, problems_ = markdown_table(build_world(Path(tmp)))
+    print(table_)
+    print(f'wrote {write_doc(table_, problems_)}')
+    for problem in problems_:
+        print('NOT AS EXPECTED:', problem, file=sys.stderr)
+    sys.exit(1 if problems_ else 0)
