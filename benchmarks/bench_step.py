@@ -1,4 +1,4 @@
-"""Time the jitted train step without EMA, with the on-device EMA and with the host EMA.
+"""Time the trainer's step without EMA, with the on-device EMA and with the host EMA (every 1, 4, 16 updates).
 
     python benchmarks/bench_step.py --model resnet50 -b 32 --img-size 64 [--out bench_step.json]
 
@@ -8,6 +8,8 @@ each round times `--steps` steps ending in one block_until_ready. Prints medians
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import platform
 import statistics
@@ -17,34 +19,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import ema, offload, optim
+from jax_ema import ema, loop, offload, optim
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, train_step
 
 
 def make_variant(name, model, variables, batch, decay):
+    """`name`: no_ema | device_ema | host_ema, optionally with `_k<K>` (update every K): the trainer's path."""
     tx = optim.create_optimizer('sgd', lambda s: 0.01, 1e-4, 0.9)
-    cfg = ema.EmaConfig(decay=decay)
-    if name == 'no_ema':
-        state = create_train_state(model, tx, variables, None)
-        step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-        return lambda st: step(st, batch)[0], state
-    if name == 'device_ema':
-        state = create_train_state(model, tx, variables, cfg)
-        step = jax.jit(lambda s, b: train_step(s, b, cfg, 0.1), donate_argnums=0)
-        return lambda st: step(st, batch)[0], state
-    # host EMA: the same device step as no_ema, then the asynchronous host EMA update
+    on_host = name.startswith('host')
+    every = int(name.split('_k')[1]) if '_k' in name else 1
+    cfg = None if name == 'no_ema' else ema.EmaConfig(decay=decay, update_every=every)
     state = create_train_state(model, tx, variables, cfg)
-    host = [offload.to_host(state.ema_params), offload.to_host(state.ema_batch_stats)]
-    state = state.replace(ema_params=None, ema_batch_stats=None)
-    step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    update = offload.host_ema_update(cfg)
-
-    def run(st):
-        st = step(st, batch)[0]
-        host[:] = update(*host, st.params, st.batch_stats, st.step)
-        return st
-    return run, state
+    if on_host:
+        state = state.replace(ema_params=offload.to_host(state.ema_params),
+                              ema_batch_stats=offload.to_host(state.ema_batch_stats))
+    fused = cfg is not None and not on_host and every == 1
+    p_train = jax.jit(functools.partial(train_step, ema_cfg=cfg if fused else None, smoothing=0.1),
+                      donate_argnums=0)
+    stepper = loop.Stepper(p_train, None if fused or cfg is None else offload.ema_update(cfg, on_host), every)
+    count = itertools.count(1)
+    return (lambda st: stepper(st, batch, next(count))[0]), state
 
 
 def main(argv=None):
@@ -55,7 +50,8 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=10, help='steps per timed round')
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--decay', type=float, default=0.9998)
-    p.add_argument('--variants', nargs='+', default=['no_ema', 'device_ema', 'host_ema'])
+    p.add_argument('--variants', nargs='+', default=['no_ema', 'device_ema', 'host_ema', 'host_ema_k4',
+                                                     'host_ema_k16'])
     p.add_argument('--out', default='bench_step.json')
     args = p.parse_args(argv)
 

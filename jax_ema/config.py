@@ -63,6 +63,7 @@ class Config:
     model_ema_decay: float = 0.9998
     model_ema_warmup: bool = False
     model_ema_force_cpu: bool = False
+    model_ema_update_every: int = 1            # one EMA update every K optimizer updates, with decay**K
     # run
     seed: int = 42
     output: str = ''
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     a('--model-ema-decay', type=_decay, default=0.9998)
     a('--model-ema-warmup', action='store_true', help="timm's decay warmup 1-(1+t)^(-2/3)")
     a('--model-ema-force-cpu', action='store_true', help='keep the EMA in host memory')
+    a('--model-ema-update-every', type=int, default=1, metavar='K',
+      help='update the EMA once every K optimizer updates with decay**K (same horizon; for the host EMA)')
     a('--ema-decay', type=_decay, default=None, help='shorthand for --model-ema --model-ema-decay D')
     a('--seed', type=int, default=42)
     a('--output', default='')
@@ -178,7 +181,8 @@ def parse_args(argv=None) -> Config:
     for key in ('scale', 'ratio', 'opt_betas'):
         if args[key] is not None:
             args[key] = tuple(args[key])
-    for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval'):
+    for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
+                'model_ema_update_every'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
     for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers'):

@@ -40,8 +40,12 @@ class EmaConfig:
     warmup_gamma: float = 1.0
     warmup_power: float = 2 / 3
     exclude_buffers: bool = False  # copy BatchNorm statistics instead of averaging them
+    update_every: int = 1          # one update every K optimizer updates, folding K with decay**K
 
     def __post_init__(self):
+        if int(self.update_every) < 1:
+            from jax_ema.errors import UserError
+            raise UserError(f'EMA update-every must be >= 1, got {self.update_every}')
         for name in ('decay', 'min_decay'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -60,16 +64,25 @@ def ema_dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
-def step_size(cfg: EmaConfig, step) -> jax.Array:
-    """`1 - decay(step)` as a jit-friendly scalar; `step` is the optimizer update count."""
+def step_size(cfg: EmaConfig, step, gap=1) -> jax.Array:
+    """`1 - decay(step) ** gap` as a jit-friendly scalar (or array, for an array of steps).
+
+    `step` is the optimizer update count; `gap` the number of updates this EMA update folds in
+    (1 normally, K with update-every-K, fewer for a flush before evaluation). For gap > 1 the step
+    size is `-expm1(gap * log1p(-s))`, exact where `1 - (1 - s) ** gap` would cancel.
+    """
     dtype = ema_dtype()
     t = jnp.maximum(jnp.asarray(step) - cfg.update_after_step - 1, 0).astype(dtype)
     if cfg.use_warmup:
         warm = (1.0 + t / cfg.warmup_gamma) ** (-cfg.warmup_power)
         size = jnp.clip(warm, 1.0 - cfg.decay, 1.0 - cfg.min_decay)  # host float64 constants
     else:
-        size = jnp.full((), 1.0 - cfg.decay, dtype)
-    return jnp.where(t > 0, size, jnp.ones((), dtype))
+        size = jnp.full(jnp.shape(t), 1.0 - cfg.decay, dtype)
+    size = jnp.where(t > 0, size, jnp.ones((), dtype))
+    if isinstance(gap, int) and gap == 1:
+        return size
+    folded = -jnp.expm1(jnp.asarray(gap, dtype) * jnp.log1p(-size))
+    return jnp.where(jnp.asarray(gap) > 0, folded, jnp.zeros((), dtype))
 
 
 @jax.tree_util.register_pytree_node_class
@@ -163,9 +176,10 @@ def copy_into(ema_tree, new_tree):
     return jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_tree, ema_tree)
 
 
-def update(cfg: EmaConfig, ema_params, ema_stats, params, stats, step):
-    """One EMA update after optimizer update number `step`; returns (ema_params, ema_stats)."""
-    size = step_size(cfg, step)
+def update(cfg: EmaConfig, ema_params, ema_stats, params, stats, step, gap=1):
+    """One EMA update after optimizer update number `step`, folding in `gap` updates (see step_size);
+    returns (ema_params, ema_stats). A gap of 0 leaves the EMA as it is."""
+    size = step_size(cfg, step, gap)
     ema_params = average(ema_params, params, size)
     ema_stats = copy_into(ema_stats, stats) if cfg.exclude_buffers else average(ema_stats, stats, size)
     return ema_params, ema_stats

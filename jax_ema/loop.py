@@ -31,24 +31,42 @@ def _fault():
     return int(update), getattr(signal, f'SIG{name}')
 
 
-def make_step(p_train, host_update=None):
-    """(state, batch) -> (state, metrics); with a host EMA the device step runs without it, then the
-    host EMA is updated from the new params (both dispatched asynchronously, nothing donated across)."""
-    if host_update is None:
-        return p_train
+class Stepper:
+    """The train step, plus the EMA update when the EMA is not fused into it (held on the host, or
+    updated every K > 1 updates): then the device step runs without the EMA, and the EMA is updated
+    from its new params every `every` updates, folding in the updates since the last one (`gap`).
+    `flush` folds in the pending ones; the trainer calls it before evaluating and before saving."""
 
-    def step(state, batch):
+    def __init__(self, p_train, ema_update=None, every: int = 1, last: int = 0):
+        self.p_train, self.ema_update, self.every, self.last = p_train, ema_update, every, last
+
+    def __call__(self, state, batch, count: int):
+        """One optimizer update; `count` is the update count after it (known on the host: no sync)."""
+        if self.ema_update is None:
+            return self.p_train(state, batch)
         ema_params, ema_stats = state.ema_params, state.ema_batch_stats
-        state, metrics = p_train(state.replace(ema_params=None, ema_batch_stats=None), batch)
-        ema_params, ema_stats = host_update(ema_params, ema_stats, state.params, state.batch_stats, state.step)
-        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats), metrics
-    return step
+        state, metrics = self.p_train(state.replace(ema_params=None, ema_batch_stats=None), batch)
+        state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
+        if count % self.every == 0:
+            state = self._apply(state, count)
+        return state, metrics
+
+    def flush(self, state, count: int):
+        if self.ema_update is not None and count > self.last:
+            state = self._apply(state, count)
+        return state
+
+    def _apply(self, state, count):
+        ema_params, ema_stats = self.ema_update(state.ema_params, state.ema_batch_stats, state.params,
+                                                state.batch_stats, state.step, count - self.last)
+        self.last = count
+        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
 
 
 def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, first_update, schedule,
                 log_interval, after_update=None):
-    """Run the epoch's remaining updates. `after_update(state, update_count)` may save a recovery
-    checkpoint and returns True to stop (preemption). Returns (state, mean train loss, stopped)."""
+    """Run the epoch's remaining updates. `after_update(state, update_count, check_finite)` may save a
+    recovery checkpoint; it returns (state, stop). Returns (state, mean train loss, stopped)."""
     loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
     fault_at, fault_signal = _fault()
     bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',
@@ -63,7 +81,7 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
 
     for batch in batches:
         count_before = epoch * updates_per_epoch + first_update + n
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, count_before + 1)
         loss_sum = loss_sum + metrics['loss']
         finite = finite & jnp.isfinite(metrics['loss'])
         n, seen = n + 1, seen + len(batch['label'])
@@ -74,10 +92,11 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
                             img_s=f'{seen / (time.perf_counter() - t0):.0f}')
         if count_before + 1 == fault_at:
             os.kill(os.getpid(), fault_signal)
-        if after_update is not None and after_update(state, count_before + 1, lambda: check(
-                loss_sum, finite, count_before + 1)):
-            stopped = True
-            break
+        if after_update is not None:
+            state, stopped = after_update(state, count_before + 1,
+                                          lambda: check(loss_sum, finite, count_before + 1))
+            if stopped:
+                break
     bar.close()
     train_loss = check(loss_sum, finite, epoch * updates_per_epoch + first_update + n)
     log.info('Train: %d  Loss: %.4f  (%d updates, %.1f img/s)', epoch, train_loss, n,

@@ -1,8 +1,8 @@
 """Host-resident EMA (`--model-ema-force-cpu`): the EMA lives in the `pinned_host` memory kind.
 
 Design choice (measured by benchmarks/bench_step.py, numbers in the README): the device step stays the
-same donated `train_step` as without EMA, and a second jitted function updates the host EMA from the
-step's new params. Both dispatch asynchronously, so nothing waits for the host. We do not fuse the two
+same donated `train_step` as without EMA, and a second jitted function (`ema_update`) updates the host
+EMA from the step's new params — every update, or every K with `--model-ema-update-every K`. Both dispatch asynchronously, so nothing waits for the host. We do not fuse the two
 into one jit with memory-kind shardings because the fused step could no longer donate its state: the
 host EMA buffers would be donated into a device computation, which aborts the process (seen on CPU),
 and without donation the device would hold two copies of the weights, the memory the flag exists to save.
@@ -43,12 +43,18 @@ def memory_kinds(tree) -> set[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def host_ema_update(cfg: ema.EmaConfig):
-    """jit(ema_params, ema_stats, params, stats, step) -> new host EMA; inputs are never donated."""
+def ema_update(cfg: ema.EmaConfig, on_host: bool):
+    """jit(ema_params, ema_stats, params, stats, step, gap) -> new EMA, for an EMA held outside the step.
+
+    On the device the EMA buffers are donated (updated in place). On the host they are never donated
+    (that aborts); the update runs on the device between two transfers, and `out_shardings` sends it back.
+    """
+    def update(ema_params, ema_stats, params, stats, step, gap):
+        if on_host:
+            ema_params, ema_stats = jax.device_put((ema_params, ema_stats), device_sharding())
+        return ema.update(cfg, ema_params, ema_stats, params, stats, step, gap)
+
+    if not on_host:
+        return jax.jit(update, donate_argnums=(0, 1))
     host, dev = host_sharding(), device_sharding()
-
-    def update(ema_params, ema_stats, params, stats, step):
-        ema_params, ema_stats = jax.device_put((ema_params, ema_stats), dev)
-        return ema.update(cfg, ema_params, ema_stats, params, stats, step)
-
-    return jax.jit(update, in_shardings=(host, host, dev, dev, None), out_shardings=(host, host))
+    return jax.jit(update, in_shardings=(host, host, dev, dev, None, None), out_shardings=(host, host))

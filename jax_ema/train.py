@@ -134,8 +134,8 @@ def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
 
 
 def _ema_config(config: Config) -> ema.EmaConfig | None:
-    return ema.EmaConfig(decay=config.model_ema_decay, use_warmup=config.model_ema_warmup) \
-        if config.model_ema else None
+    return ema.EmaConfig(decay=config.model_ema_decay, use_warmup=config.model_ema_warmup,
+                         update_every=config.model_ema_update_every) if config.model_ema else None
 
 
 def _warn_horizon(ema_cfg, total_updates: int) -> None:
@@ -238,28 +238,29 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
              config.model, num_classes, train_ds.num_examples, val_ds.num_examples, updates_per_epoch, lr,
              'off' if ema_cfg is None else f'decay {ema_cfg.decay}' + (' on host' if host_ema else ''))
 
-    p_train = jax.jit(functools.partial(train_step, ema_cfg=None if host_ema else ema_cfg,
+    start = int(jax.device_get(state.step))
+    fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
+    p_train = jax.jit(functools.partial(train_step, ema_cfg=ema_cfg if fused else None,
                                         smoothing=config.smoothing), donate_argnums=0)
-    step = loop.make_step(p_train, offload.host_ema_update(ema_cfg) if host_ema else None)
+    step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, host_ema),
+                        every=ema_cfg.update_every if ema_cfg else 1, last=start)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
     eval_bs = config.validation_batch_size or batch_size
-    start = int(jax.device_get(state.step))
     rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
         if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
     preemption = Preemption()
 
     def after_update(state, count, check_finite):
         epoch, position = divmod(count, updates_per_epoch)
-        if preemption.agreed():
+        stop = preemption.agreed()
+        if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
             check_finite()
+            state = step.flush(state, count)
             checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
+        if stop:
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
                   f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
-            return True
-        if config.recovery_interval and count % config.recovery_interval == 0 and position != 0:
-            check_finite()
-            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
-        return False
+        return state, stop
 
     with preemption:
         for epoch in range(start // updates_per_epoch, num_epochs):
@@ -272,6 +273,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                 board.close()
                 manager.close()
                 return {'preempted': True, 'run_dir': str(run_dir), 'step': int(jax.device_get(state.step))}
+            state = step.flush(state, (epoch + 1) * updates_per_epoch)
             raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
             log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
             ema_metrics = None

@@ -128,3 +128,28 @@ def test_step_size_matches_get_decay(name):
     assert got32.dtype == np.float32
     err32 = np.max(np.abs(got32.astype(np.float64) - expected) / expected)
     assert err32 <= 1e-6, f'float32 relative error {err32:.3g}'
+
+
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('every,warmup', [(4, False), (4, True), (16, True)])
+def test_update_every_k_matches_timm_applied_every_k_with_decay_to_the_k(every, warmup, dtype):
+    """--model-ema-update-every K: timm's EMA applied every K updates with get_decay(step) ** K."""
+    decay = 0.999
+    cfg = ema.EmaConfig(decay=decay, use_warmup=warmup, update_every=every)
+    rng = np.random.default_rng(1)
+    module = torch_module().to(getattr(torch, dtype))
+    with jax.enable_x64(dtype == 'float64'):
+        state = random_state(rng, module, dtype)
+        load(module, state)
+        timm_ema = ModelEmaV3(module, decay=decay, use_warmup=warmup)
+        params, stats = split(module, state)
+        ema_params, ema_stats = ema.init(params), ema.init(stats)
+        update = jax.jit(functools.partial(ema.update, cfg))
+        for step in range(1, 401):
+            state = random_state(rng, module, dtype)
+            if step % every:
+                continue  # the weights moved on; neither EMA looks at them
+            load(module, state)
+            timm_ema.apply_update_(module, timm_ema.get_decay(step) ** every)
+            ema_params, ema_stats = update(ema_params, ema_stats, *split(module, state), step, every)
+        assert_close(timm_ema, ema_params, ema_stats, dtype, step)

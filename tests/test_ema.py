@@ -144,3 +144,21 @@ def test_config_rejects_decay_outside_unit_interval(kwargs):
 def test_config_accepts_the_bounds():
     assert ema.EmaConfig(decay=1.0).horizon == float('inf')
     assert ema.EmaConfig(decay=0.0, min_decay=1.0).horizon == 1.0
+
+
+def test_update_every_k_folds_k_updates_and_keeps_the_horizon():
+    cfg = ema.EmaConfig(decay=0.999, update_every=8)
+    size8 = float(ema.step_size(cfg, 800, 8))
+    assert abs(size8 - (1 - 0.999 ** 8)) <= 1e-6 * size8               # decay ** K
+    assert float(ema.step_size(cfg, 800, 0)) == 0.0                      # nothing pending: no change
+    assert float(ema.step_size(cfg, 1, 8)) == 1.0                        # the first update is still a copy
+    # a constant signal: after n updates every K the EMA has forgotten the start as decay ** n
+    old = ema.init({'w': jnp.zeros(3)})
+    for step in range(8, 8 * 51, 8):
+        old, _ = ema.update(cfg, old, {}, {'w': jnp.ones(3)}, {}, step, 8)
+    np.testing.assert_allclose(ema.tree(old)['w'], 1 - 0.999 ** (8 * 50), rtol=1e-5)
+
+
+def test_update_every_must_be_positive():
+    with pytest.raises(UserError, match='update-every'):
+        ema.EmaConfig(update_every=0)

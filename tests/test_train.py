@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_ema import checkpoint, ema, offload, optim, reporting
+from jax_ema import checkpoint, ema, loop, offload, optim, reporting
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, main, restore_state, train_step
 
@@ -83,12 +83,12 @@ def test_host_ema_lives_in_pinned_host_and_matches_device_ema(step_fn, ema_cfg):
     ema_p = offload.to_host(host_state.ema_params)
     ema_s = offload.to_host(host_state.ema_batch_stats)
     plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    update = offload.host_ema_update(ema_cfg)
+    update = offload.ema_update(ema_cfg, True)
     host_state = host_state.replace(ema_params=None, ema_batch_stats=None)
     for i in range(3):
         device_state, _ = step_fn(device_state, _batch(i))
         host_state, _ = plain_step(host_state, _batch(i))
-        ema_p, ema_s = update(ema_p, ema_s, host_state.params, host_state.batch_stats, host_state.step)
+        ema_p, ema_s = update(ema_p, ema_s, host_state.params, host_state.batch_stats, host_state.step, 1)
     assert offload.memory_kinds((ema_p, ema_s)) == {'pinned_host'}
     assert offload.memory_kinds(host_state.params) == {'device'}
     assert _max_abs_diff(offload.to_device(ema_p), device_state.ema_params) < 1e-6
@@ -137,7 +137,8 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     data = _image_folder(tmp_path / 'ds')
     argv = [str(data), *TINY, '--num-classes', '2', '--model-ema', '--model-ema-decay', '0.99',
             '--output', str(tmp_path / 'out'), '--experiment', 'tiny']
-    assert main(argv + (['--model-ema-force-cpu'] if force_cpu else [])) == 0
+    host = ['--model-ema-force-cpu', '--model-ema-update-every', '3'] if force_cpu else []
+    assert main(argv + host) == 0
     out = capsys.readouterr().out
     run = tmp_path / 'out' / 'tiny'
     assert f'Run folder: {run}' in out and '*** Best metric:' in out
@@ -191,3 +192,30 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     (data / 'train' / 'cat' / 'broken.png').write_bytes(b'not a png')
     assert 'broken.png' in _error_line(capsys, [str(data), *TINY, *out])
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
+
+
+def test_stepper_updates_every_k_and_flushes_what_is_pending():
+    cfg = ema.EmaConfig(decay=0.9, update_every=3)
+    plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
+    stepper = loop.Stepper(plain_step, offload.ema_update(cfg, True), every=3)
+    state = _state(cfg)
+    state = state.replace(ema_params=offload.to_host(state.ema_params),
+                          ema_batch_stats=offload.to_host(state.ema_batch_stats))
+    manual = _state(cfg)
+    ema_p, ema_s = manual.ema_params, manual.ema_batch_stats
+    manual = manual.replace(ema_params=None, ema_batch_stats=None)
+    for count in range(1, 6):
+        state, _ = stepper(state, _batch(count), count)
+        manual, _ = plain_step(manual, _batch(count))
+        if count == 3:
+            ema_p, ema_s = ema.update(cfg, ema_p, ema_s, manual.params, manual.batch_stats, 3, 3)
+            after_3 = np.asarray(state.ema_params.flat)
+    assert np.array_equal(np.asarray(state.ema_params.flat), after_3)          # nothing at updates 4 and 5
+    # jitted vs eager rounding: 1 ulp of O(1) weights
+    assert _max_abs_diff(offload.to_device(state.ema_params), ema_p) < 1e-6
+    state = stepper.flush(state, 5)                                          # as before evaluation / saving
+    ema_p, ema_s = ema.update(cfg, ema_p, ema_s, manual.params, manual.batch_stats, 5, 2)
+    assert _max_abs_diff(offload.to_device(state.ema_params), ema_p) < 1e-6
+    assert _max_abs_diff(offload.to_device(state.ema_batch_stats), ema_s) < 1e-5
+    assert offload.memory_kinds((state.ema_params, state.ema_batch_stats)) == {'pinned_host'}
+    assert stepper.flush(state, 5) is state                                  # nothing pending any more
