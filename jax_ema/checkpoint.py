@@ -98,7 +98,7 @@ def resolve(path) -> Path:
     scored = [p for p in steps if read_metadata(p).get('score') is not None]
     if not scored:
         raise UserError(f'no end-of-epoch checkpoint in {str(ckpt_dir)!r} to call best; use last')
-    return max(scored, key=lambda p: (read_metadata(p)['score'], int(p.name)))
+    return max(scored, key=lambda p: (read_metadata(p)['score'], -int(p.name)))  # ties: the earliest, as timm
 
 
 def read_metadata(step_dir) -> dict:
