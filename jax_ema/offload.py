@@ -15,17 +15,16 @@ import functools
 
 import jax
 
-from jax_ema import ema
+from jax_ema import ema, parallel
 
 
-def host_sharding(device=None) -> jax.sharding.Sharding:
-    device = device or jax.devices()[0]
-    return jax.sharding.SingleDeviceSharding(device, memory_kind='pinned_host')
+def host_sharding() -> jax.sharding.Sharding:
+    """Replicated over the mesh, in pinned host memory."""
+    return parallel.replicated('pinned_host')
 
 
-def device_sharding(device=None) -> jax.sharding.Sharding:
-    device = device or jax.devices()[0]
-    return jax.sharding.SingleDeviceSharding(device, memory_kind='device')
+def device_sharding() -> jax.sharding.Sharding:
+    return parallel.replicated('device')
 
 
 def to_host(tree):

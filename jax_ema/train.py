@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, loop, offload, optim, reporting
+from jax_ema import checkpoint, ema, loop, offload, optim, parallel, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -124,8 +124,8 @@ def eval_step(params, batch_stats, batch, *, apply_fn):
 def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
     """Top-1/top-5 in percent and mean loss over the whole split."""
     totals = None
-    for batch in dataset.eval_batches(batch_size):
-        sums = p_eval(params, batch_stats, batch)
+    for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
+        sums = p_eval(params, batch_stats, parallel.shard_batch(batch))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals['count']), 1.0)
@@ -211,7 +211,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
-    _check_trainable(model, variables, config.batch_size, config.img_size)
+    _check_trainable(model, variables, batch_size, config.img_size)  # BatchNorm sees the global batch
     tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
                                 config.opt_betas)
     ema_cfg = _ema_config(config)
@@ -221,6 +221,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         state, resumed_from = _resume(config, state, num_classes)
         if run_dir is None and resumed_from.parent.name == 'checkpoints':
             run_dir = resumed_from.parent.parent  # go on in the same run folder
+    state = parallel.replicate(state)
     host_ema = ema_cfg is not None and config.model_ema_force_cpu
     if host_ema:
         state = state.replace(ema_params=offload.to_host(state.ema_params),
@@ -245,7 +246,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, host_ema),
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
-    eval_bs = config.validation_batch_size or batch_size
+    eval_bs = config.validation_batch_size * jax.device_count() if config.validation_batch_size else batch_size
     rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
         if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
     preemption = Preemption()
@@ -266,7 +267,9 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         for epoch in range(start // updates_per_epoch, num_epochs):
             first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
             state, train_loss, stopped = loop.train_epoch(
-                step, state, train_ds.train_batches(batch_size, epoch, start_step=first), epoch=epoch,
+                step, state, map(parallel.shard_batch, train_ds.train_batches(
+                    batch_size, epoch, start_step=first, process_index=jax.process_index(),
+                    process_count=jax.process_count())), epoch=epoch,
                 num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, first_update=first,
                 schedule=schedule, log_interval=config.log_interval, after_update=after_update)
             if stopped:
