@@ -81,8 +81,9 @@ def step_size(cfg: EmaConfig, step, gap=1) -> jax.Array:
     size = jnp.where(t > 0, size, jnp.ones((), dtype))
     if isinstance(gap, int) and gap == 1:
         return size
-    folded = -jnp.expm1(jnp.asarray(gap, dtype) * jnp.log1p(-size))
-    return jnp.where(jnp.asarray(gap) > 0, folded, jnp.zeros((), dtype))
+    gap = jnp.asarray(gap)
+    folded = -jnp.expm1(gap.astype(dtype) * jnp.log1p(-size))
+    return jnp.where(gap == 1, size, jnp.where(gap > 0, folded, jnp.zeros((), dtype)))  # gap 1: exactly s
 
 
 @jax.tree_util.register_pytree_node_class

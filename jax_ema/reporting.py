@@ -94,15 +94,14 @@ class TensorBoard:
 
 def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None) -> Path:
     """metrics.png: raw vs EMA top-1 and loss per epoch."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     def column(name):
         return [float(r[name]) if r[name] not in ('', None) else None for r in rows]
 
     epochs = [int(r['epoch']) for r in rows]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_acc, ax_loss = fig.subplots(1, 2)
     for prefix, label in (('raw', 'raw weights'), ('ema', 'EMA weights')):
         top1, loss = column(f'{prefix}_eval_top1'), column(f'{prefix}_eval_loss')
         if any(v is not None for v in top1):
@@ -117,5 +116,4 @@ def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None) -> Pa
     fig.tight_layout()
     out = out or run_dir / 'metrics.png'
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -24,6 +24,7 @@ from jax_ema.export import main as export_main
 from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict
 from jax_ema.train import create_train_state, train_step
+from test_forward import _randomise_batchnorms
 
 NAME, NUM_CLASSES, IMG = 'resnet18', 5, 32
 RTOL = 1e-5  # of max |logits|
@@ -95,16 +96,10 @@ def test_timm_loads_our_export_and_gives_our_logits(trained, which, flax_logits,
 def _randomised(seed):
     """A timm resnet18 whose every weight and BN statistic is random (timm zero-inits some BN scales)."""
     torch.manual_seed(seed)
-    model = timm.create_model(NAME, pretrained=False, num_classes=NUM_CLASSES)
-    gen = torch.Generator().manual_seed(seed)
+    model = _randomise_batchnorms(timm.create_model(NAME, pretrained=False, num_classes=NUM_CLASSES), seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
                 m.num_batches_tracked.fill_(7)
     return model.eval()
 
