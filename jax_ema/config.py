@@ -27,6 +27,7 @@ class Config:
     num_classes: Optional[int] = None
     img_size: Optional[int] = None
     batch_size: Optional[int] = None           # per device, as timm's is per GPU
+    grad_accum_steps: int = 1                  # micro-batches per optimizer update (and per EMA update)
     validation_batch_size: Optional[int] = None
     workers: int = 4
     scale: Optional[tuple] = None
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     a('--img-size', type=int, default=None)
     a('-b', '--batch-size', type=int, default=None, help='per device (timm: per GPU)')
     a('-vb', '--validation-batch-size', type=int, default=None)
+    a('--grad-accum-steps', type=int, default=1, help='micro-batches of -b per optimizer and EMA update')
     a('-j', '--workers', type=int, default=4)
     a('--scale', type=float, nargs=2, default=None)
     a('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3))
@@ -182,7 +184,7 @@ def parse_args(argv=None) -> Config:
         if args[key] is not None:
             args[key] = tuple(args[key])
     for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
-                'model_ema_update_every'):
+                'model_ema_update_every', 'grad_accum_steps'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
     for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers'):

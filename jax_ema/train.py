@@ -85,18 +85,36 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
                                     ema_batch_stats=ema.init(source['ema_batch_stats'])))
 
 
-def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float):
+def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
+               accum_steps: int = 1):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
-    The EMA step is the optimizer update count after this update, as timm's `num_updates`.
-    A state without EMA (EMA off, or held on the host) skips the EMA.
+    With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
+    averaged (timm's --grad-accum-steps; each forward updates the BatchNorm statistics, as in torch)
+    before the one optimizer update and the one EMA update. The EMA step is the optimizer update count
+    after this update, as timm's `num_updates`. A state without EMA (off, or held elsewhere) skips it.
     """
-    def loss_fn(params):
-        logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats},
-                                         batch['image'], train=True, mutable=['batch_stats'])
-        return optim.cross_entropy(logits, batch['label'], smoothing), updates['batch_stats']
+    def loss_fn(params, batch_stats, micro):
+        logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
+                                         micro['image'], train=True, mutable=['batch_stats'])
+        return optim.cross_entropy(logits, micro['label'], smoothing), updates['batch_stats']
 
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
+    else:
+        micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+
+        def accumulate(carry, micro_batch):
+            stats, grad_sum, loss_sum = carry
+            (loss, stats), grads = grad_fn(state.params, stats, micro_batch)
+            return (stats, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (batch_stats, grad_sum, loss_sum), _ = jax.lax.scan(
+            accumulate, (state.batch_stats, zeros, jnp.zeros((), jnp.float32)), micro)
+        grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
+        loss = loss_sum / accum_steps
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_cfg is not None and state.ema_params is not None:
         ema_params, ema_stats = ema.update(ema_cfg, state.ema_params, state.ema_batch_stats,
@@ -197,7 +215,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     train_ds, val_ds = _load_data(config)
     num_classes = train_ds.num_classes
     model = create_model(config.model, num_classes)
-    batch_size = config.batch_size * jax.device_count()
+    batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
                           batch_size, config.opt)
@@ -211,7 +229,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
-    _check_trainable(model, variables, batch_size, config.img_size)  # BatchNorm sees the global batch
+    _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
                                 config.opt_betas)
     ema_cfg = _ema_config(config)
@@ -242,11 +260,12 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
     p_train = jax.jit(functools.partial(train_step, ema_cfg=ema_cfg if fused else None,
-                                        smoothing=config.smoothing), donate_argnums=0)
+                                        smoothing=config.smoothing, accum_steps=config.grad_accum_steps),
+                      donate_argnums=0)
     step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, host_ema),
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
-    eval_bs = config.validation_batch_size * jax.device_count() if config.validation_batch_size else batch_size
+    eval_bs = (config.validation_batch_size or config.batch_size) * jax.device_count()
     rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
         if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
     preemption = Preemption()

@@ -137,8 +137,9 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     data = _image_folder(tmp_path / 'ds')
     argv = [str(data), *TINY, '--num-classes', '2', '--model-ema', '--model-ema-decay', '0.99',
             '--output', str(tmp_path / 'out'), '--experiment', 'tiny']
-    host = ['--model-ema-force-cpu', '--model-ema-update-every', '3'] if force_cpu else []
-    assert main(argv + host) == 0
+    extra = (['--model-ema-force-cpu', '--model-ema-update-every', '3'] if force_cpu
+             else ['-b', '2', '--grad-accum-steps', '2'])  # 4 rows per update either way
+    assert main(argv + extra) == 0
     out = capsys.readouterr().out
     run = tmp_path / 'out' / 'tiny'
     assert f'Run folder: {run}' in out and '*** Best metric:' in out
@@ -219,3 +220,29 @@ def test_stepper_updates_every_k_and_flushes_what_is_pending():
     assert _max_abs_diff(offload.to_device(state.ema_batch_stats), ema_s) < 1e-5
     assert offload.memory_kinds((state.ema_params, state.ema_batch_stats)) == {'pinned_host'}
     assert stepper.flush(state, 5) is state                                  # nothing pending any more
+
+
+def test_grad_accumulation_averages_micro_batches_and_updates_the_ema_once_per_update():
+    cfg = ema.EmaConfig(decay=0.9)
+    accumulate = jax.jit(lambda s, b: train_step(s, b, cfg, 0.1, accum_steps=2))
+    state, batch = _state(cfg), _batch(0, n=8)
+
+    def grads_of(micro):  # train-mode BatchNorm normalises with the micro-batch's own statistics
+        def loss(params):
+            logits = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, micro['image'],
+                                    train=True, mutable=['batch_stats'])[0]
+            return optim.cross_entropy(logits, micro['label'], 0.1)
+        return jax.grad(loss)(state.params)
+
+    halves = [jax.tree.map(lambda x: x[:4], batch), jax.tree.map(lambda x: x[4:], batch)]
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, grads_of(halves[0]), grads_of(halves[1]))
+    expected = state.apply_gradients(grads=mean)
+    first, _ = accumulate(state, batch)
+    assert int(first.step) == 1                                        # one optimizer update, not two
+    assert _max_abs_diff(first.params, expected.params) < 1e-6
+    assert _max_abs_diff(ema.tree(first.ema_params), first.params) == 0  # EMA step 1 (a copy), not step 2
+    second, _ = accumulate(first, _batch(1, n=8))
+    assert int(second.step) == 2
+    blended = jax.tree.map(lambda e, p: 0.9 * np.asarray(e) + 0.1 * np.asarray(p), ema.tree(first.ema_params),
+                           second.params)
+    assert _max_abs_diff(ema.tree(second.ema_params), blended) < 1e-6  # one EMA update per optimizer update
