@@ -8,9 +8,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jax_ema import checkpoint, optim
+from jax_ema import checkpoint
 from jax_ema.loop import SIGNAL_AT_UPDATE
-from jax_ema.train import main
+from jax_ema.train import main, restore_state, train_step
 from test_train import _batch, _image_folder, _state
 
 # 2 classes x 10 images, batch 4: 5 updates per epoch, 10 in all; a recovery checkpoint every 2 updates.
@@ -108,11 +108,23 @@ def test_a_failed_save_leaves_the_previous_checkpoint_usable(tmp_path, monkeypat
         _assert_identical(restored[key], saved[key])
 
 
-def test_no_resume_opt_keeps_the_schedule_position_with_fresh_optimizer_state():
-    state = _state(None)
-    fresh = optim.at_step(state.tx.init(state.params), 7)
-    assert int(fresh.count) == 7
-    assert all(float(np.abs(x).max()) == 0 for x in jax.tree.leaves(fresh.inner_state) if np.ndim(x) > 1)
+def test_no_resume_opt_keeps_weights_and_schedule_position_with_fresh_optimizer_state(tmp_path):
+    trained = _state(None)
+    step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
+    for i in range(3):
+        trained, _ = step(trained, _batch(i))
+    manager = checkpoint.open_manager(tmp_path / 'checkpoints')
+    step_dir = checkpoint.save(manager, trained, {'model': 'resnet18', 'num_classes': 3, 'ema': None}, score=1.0)
+    manager.close()
+    fresh = _state(None, seed=1)
+    restored = restore_state(step_dir, fresh, restore_opt=False)
+    assert int(restored.step) == 3 and int(restored.opt_state.count) == 3       # the lr schedule goes on
+    _assert_identical(restored.params, jax.device_get(trained.params))        # the weights are restored
+    momentum = [x for x in jax.tree.leaves(restored.opt_state.inner_state) if np.ndim(x) > 1]
+    assert momentum and all(float(np.abs(x).max()) == 0 for x in momentum)   # the optimizer starts afresh
+    resumed = restore_state(step_dir, fresh)                                    # and with it: restored
+    assert any(float(np.abs(x).max()) > 0 for x in jax.tree.leaves(resumed.opt_state.inner_state)
+               if np.ndim(x) > 1)
 
 
 def test_resume_refuses_a_missing_partial_or_other_model_checkpoint(data, tmp_path, capsys):
