@@ -25,11 +25,11 @@ import numpy as np
 import timm
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
-from jax_ema import ema, optim
+sys.path.insert(0, str(Path(__file__).parent))  # the test modules import each other as pytest does
+
+from jax_ema import ema, optim  # noqa: E402
 from jax_ema.convert import to_flax, to_timm
 from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict, save_timm_safetensors
@@ -215,46 +215,14 @@ def optim_rows():
 
 def optimizer_error(opt, lr, extra):
     """test_optim_parity's optimizer check as a measurement: (largest error, its step)."""
-    t = test_optim_parity
-    epochs, upe, weight_decay, momentum = 4, 5, 0.05, 0.9
-    torch.manual_seed(0)
-    net = t.SmallNet().double()
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape))))
-    timm_kwargs = {'eps': extra['opt_eps'], 'betas': extra['opt_betas']} if 'opt_eps' in extra else {}
-    optimizer = create_optimizer_v2(net, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                    **timm_kwargs)
-    scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=epochs, warmup_epochs=1,
-                                       warmup_lr=1e-3, min_lr=1e-4, step_on_epochs=False, updates_per_epoch=upe)
     err_max, at = 0.0, 0
-    with jax.enable_x64(True):
-        params = t.to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
-        schedule, _ = optim.create_lr_schedule('cosine', lr, epochs, upe, 1, 1e-3, 1e-4, sched_on_updates=True)
-        tx = optim.create_optimizer(opt, schedule, weight_decay, momentum=momentum, **extra)
-        state = tx.init(params)
-
-        @jax.jit
-        def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return jax.tree.map(jnp.add, params, updates), state
-
-        for num_updates in range(1, epochs * upe + 1):
-            grads = {n: rng.normal(size=tuple(p.shape)) for n, p in net.named_parameters()}
-            timm_lr = optimizer.param_groups[0]['lr']
-            for n, p in net.named_parameters():
-                p.grad = torch.from_numpy(grads[n].copy())
-            optimizer.step()
-            scheduler.step_update(num_updates=num_updates)
-            params, state = step(params, state, t.to_flax_tree(grads))
-            errs = [abs(float(optim.current_lr(state)) - timm_lr) / timm_lr]
-            expected = t.to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
-            for path, ours in jax.tree_util.tree_leaves_with_path(params):
-                theirs = np.asarray(expected[path[0].key][path[1].key])
-                errs.append(float(np.max(np.abs(np.asarray(ours) - theirs) / (np.abs(theirs) + 1e-3))))
-            if max(errs) > err_max:
-                err_max, at = max(errs), num_updates
+    for num_updates, our_lr, timm_lr, params, expected in test_optim_parity.optimizer_steps(opt, lr, extra):
+        errs = [abs(our_lr - timm_lr) / timm_lr]
+        for path, ours in jax.tree_util.tree_leaves_with_path(params):
+            theirs = np.asarray(expected[path[0].key][path[1].key])
+            errs.append(float(np.max(np.abs(np.asarray(ours) - theirs) / (np.abs(theirs) + 1e-3))))
+        if max(errs) > err_max:
+            err_max, at = max(errs), num_updates
     return err_max, at
 
 

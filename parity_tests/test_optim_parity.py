@@ -122,9 +122,9 @@ OPT_CASES = [
 ]
 
 
-@pytest.mark.parametrize('opt,lr,extra', OPT_CASES,
-                         ids=[f'{o}{"-eps-betas" if e else ""}' for o, _, e in OPT_CASES])
-def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
+def optimizer_steps(opt, lr, extra):
+    """Both optimizers on identical random gradients, 20 updates under a per-update cosine schedule
+    with warmup; yields (update count, our lr, timm's lr, our params, timm's params) after each."""
     epochs, upe, weight_decay, momentum = 4, 5, 0.05, 0.9
     torch.manual_seed(0)
     net = SmallNet().double()
@@ -160,14 +160,20 @@ def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
             optimizer.step()
             scheduler.step_update(num_updates=num_updates)
             params, state = step(params, state, to_flax_tree(grads))
-
-            assert float(optim.current_lr(state)) == pytest.approx(timm_lr, rel=RTOL)
             expected = to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
-            for path, ours in jax.tree_util.tree_leaves_with_path(params):
-                theirs = expected[path[0].key][path[1].key]
-                np.testing.assert_allclose(
-                    np.asarray(ours), np.asarray(theirs), rtol=RTOL, atol=1e-15,
-                    err_msg=f'{opt} step {num_updates} {jax.tree_util.keystr(path)}')
+            yield num_updates, float(optim.current_lr(state)), timm_lr, params, expected
+
+
+@pytest.mark.parametrize('opt,lr,extra', OPT_CASES,
+                         ids=[f'{o}{"-eps-betas" if e else ""}' for o, _, e in OPT_CASES])
+def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
+    for num_updates, our_lr, timm_lr, params, expected in optimizer_steps(opt, lr, extra):
+        assert our_lr == pytest.approx(timm_lr, rel=RTOL)
+        for path, ours in jax.tree_util.tree_leaves_with_path(params):
+            theirs = expected[path[0].key][path[1].key]
+            np.testing.assert_allclose(
+                np.asarray(ours), np.asarray(theirs), rtol=RTOL, atol=1e-15,
+                err_msg=f'{opt} step {num_updates} {jax.tree_util.keystr(path)}')
 
 
 # --------------------------------------------------------------------------- loss
