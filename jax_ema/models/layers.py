@@ -19,21 +19,24 @@ class BatchNorm(nn.Module):
     params 'scale'/'bias' (torch weight/bias); batch_stats 'mean'/'var' (torch running_mean/running_var, var
     UNBIASED as torch stores it). Train mode normalises with the biased batch variance and updates
     running = (1 - momentum) * running + momentum * batch_stat with the unbiased batch variance.
-    Statistics are computed in at least float32; the normalised output is in `dtype`.
+    As torch autocast: statistics and the normalisation are computed in at least float32 whatever the
+    input dtype, and only the output is cast to `dtype`. 'scale'/'bias' are stored in `param_dtype`;
+    the running statistics always stay float32 (a bf16 running mean would stall like a bf16 EMA).
     """
     momentum: float = 0.1
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
 
     @nn.compact
     def __call__(self, x, train: bool):
         c = x.shape[-1]
-        scale = self.param('scale', self.scale_init, (c,), jnp.float32)
-        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
+        scale = self.param('scale', cast_init(self.scale_init), (c,), self.param_dtype)
+        bias = self.param('bias', nn.initializers.zeros, (c,), self.param_dtype)
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
-        stat_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        stat_dtype = jnp.promote_types(jnp.promote_types(x.dtype, self.dtype), jnp.float32)
         if train:
             n = math.prod(x.shape[:-1])
             if n < 2:
@@ -51,17 +54,27 @@ class BatchNorm(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         mul = scale.astype(stat_dtype) * lax.rsqrt(var.astype(stat_dtype) + self.epsilon)
-        y = (x.astype(self.dtype) - mean.astype(self.dtype)) * mul.astype(self.dtype)
-        return y + bias.astype(self.dtype)
+        y = (x.astype(stat_dtype) - mean.astype(stat_dtype)) * mul + bias.astype(stat_dtype)
+        return y.astype(self.dtype)
+
+
+def cast_init(init: Callable) -> Callable:
+    """`init` drawn in float32, then rounded to the requested dtype: a bfloat16 model starts from the
+    float32 model's weights, rounded, as timm's `model.to(dtype)` does."""
+    def cast(key, shape, dtype=jnp.float32):
+        return init(key, shape, jnp.promote_types(dtype, jnp.float32)).astype(dtype)
+    return cast
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int | None = None, *, dtype: Any,
-         name: str, use_bias: bool = False, groups: int = 1) -> nn.Conv:
-    """torch.nn.Conv2d equivalent: symmetric padding (default kernel // 2), float32 params, compute in dtype."""
+         name: str, use_bias: bool = False, groups: int = 1, param_dtype: Any = jnp.float32) -> nn.Conv:
+    """torch.nn.Conv2d equivalent: symmetric padding (default kernel // 2), params in param_dtype,
+    compute in dtype."""
     p = kernel // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=conv_kernel_init, name=name)
+                   feature_group_count=groups, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                   kernel_init=cast_init(conv_kernel_init), bias_init=cast_init(nn.initializers.zeros),
+                   name=name)
 
 
 def max_pool(x, kernel: int, stride: int, padding: int):

@@ -1,12 +1,13 @@
 """ResNet-18/34/50/101/152 mirroring timm's `resnet18`..`resnet152` one-to-one (names, layout, init)."""
 
+import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jax_ema.models.layers import BatchNorm, conv, max_pool
+from jax_ema.models.layers import BatchNorm, cast_init, conv, max_pool
 
 
 class BasicBlock(nn.Module):
@@ -15,18 +16,20 @@ class BasicBlock(nn.Module):
     stride: int = 1
     downsample: bool = False
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
+        cv, bn = _layers(self)
         shortcut = x
-        y = conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv1')(x)
-        y = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(y, train))
-        y = conv(self.planes, 3, dtype=self.dtype, name='conv2')(y)
-        y = BatchNorm(dtype=self.dtype, scale_init=nn.initializers.zeros, name='bn2')(y, train)
+        y = cv(self.planes, 3, self.stride, name='conv1')(x)
+        y = nn.relu(bn(name='bn1')(y, train))
+        y = cv(self.planes, 3, name='conv2')(y)
+        y = bn(scale_init=nn.initializers.zeros, name='bn2')(y, train)
         if self.downsample:
-            shortcut = conv(self.planes, 1, self.stride, dtype=self.dtype, name='downsample_conv')(x)
-            shortcut = BatchNorm(dtype=self.dtype, name='downsample_bn')(shortcut, train)
+            shortcut = cv(self.planes, 1, self.stride, name='downsample_conv')(x)
+            shortcut = bn(name='downsample_bn')(shortcut, train)
         return nn.relu(y + shortcut)
 
 
@@ -36,22 +39,30 @@ class Bottleneck(nn.Module):
     stride: int = 1
     downsample: bool = False
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
+        cv, bn = _layers(self)
         shortcut = x
         out = self.planes * self.expansion
-        y = conv(self.planes, 1, dtype=self.dtype, name='conv1')(x)
-        y = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(y, train))
-        y = conv(self.planes, 3, self.stride, dtype=self.dtype, name='conv2')(y)
-        y = nn.relu(BatchNorm(dtype=self.dtype, name='bn2')(y, train))
-        y = conv(out, 1, dtype=self.dtype, name='conv3')(y)
-        y = BatchNorm(dtype=self.dtype, scale_init=nn.initializers.zeros, name='bn3')(y, train)
+        y = cv(self.planes, 1, name='conv1')(x)
+        y = nn.relu(bn(name='bn1')(y, train))
+        y = cv(self.planes, 3, self.stride, name='conv2')(y)
+        y = nn.relu(bn(name='bn2')(y, train))
+        y = cv(out, 1, name='conv3')(y)
+        y = bn(scale_init=nn.initializers.zeros, name='bn3')(y, train)
         if self.downsample:
-            shortcut = conv(out, 1, self.stride, dtype=self.dtype, name='downsample_conv')(x)
-            shortcut = BatchNorm(dtype=self.dtype, name='downsample_bn')(shortcut, train)
+            shortcut = cv(out, 1, self.stride, name='downsample_conv')(x)
+            shortcut = bn(name='downsample_bn')(shortcut, train)
         return nn.relu(y + shortcut)
+
+
+def _layers(block):
+    """conv and BatchNorm constructors carrying the block's compute and param dtypes."""
+    dtypes = dict(dtype=block.dtype, param_dtype=block.param_dtype)
+    return functools.partial(conv, **dtypes), functools.partial(BatchNorm, **dtypes)
 
 
 def _torch_linear_bias_init(fan_in: int):
@@ -68,26 +79,28 @@ class ResNet(nn.Module):
     block: type
     layers: Sequence[int]
     num_classes: int
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32        # compute dtype (bfloat16 for --amp and --model-dtype bfloat16)
+    param_dtype: Any = jnp.float32  # storage dtype of the params (bfloat16 for --model-dtype bfloat16)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = conv(64, 7, 2, dtype=self.dtype, name='conv1')(x)
-        x = nn.relu(BatchNorm(dtype=self.dtype, name='bn1')(x, train))
+        cv, bn = _layers(self)
+        x = cv(64, 7, 2, name='conv1')(x)
+        x = nn.relu(bn(name='bn1')(x, train))
         x = max_pool(x, 3, 2, 1)
         inplanes = 64
         for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.layers)):
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
                 downsample = b == 0 and (stride != 1 or inplanes != planes * self.block.expansion)
-                x = self.block(planes, stride, downsample, dtype=self.dtype,
+                x = self.block(planes, stride, downsample, dtype=self.dtype, param_dtype=self.param_dtype,
                                name=f'layer{stage + 1}_{b}')(x, train)
                 inplanes = planes * self.block.expansion
         x = x.mean(axis=(1, 2))
         # torch.nn.Linear default init: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                     kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                     bias_init=_torch_linear_bias_init(inplanes), name='fc')(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                     kernel_init=cast_init(nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')),
+                     bias_init=cast_init(_torch_linear_bias_init(inplanes)), name='fc')(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 unless dtype is float64
 
 
@@ -100,6 +113,6 @@ RESNET_LAYOUTS = {
 }
 
 
-def resnet(name: str, num_classes: int, dtype=jnp.float32) -> ResNet:
+def resnet(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp.float32) -> ResNet:
     block, layers = RESNET_LAYOUTS[name]
-    return ResNet(block=block, layers=layers, num_classes=num_classes, dtype=dtype)
+    return ResNet(block=block, layers=layers, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype)
