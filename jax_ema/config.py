@@ -65,6 +65,10 @@ class Config:
     model_ema_warmup: bool = False
     model_ema_force_cpu: bool = False
     model_ema_update_every: int = 1            # one EMA update every K optimizer updates, with decay**K
+    # mixed precision (jax_ema/precision.py); the optimizer state and the EMA stay float32
+    amp: bool = False                          # float32 params, compute in amp_dtype
+    amp_dtype: str = 'bfloat16'                # timm's default is float16 (here: with loss scaling)
+    model_dtype: Optional[str] = None          # params stored in this dtype (timm --model-dtype)
     # run
     seed: int = 42
     output: str = ''
@@ -156,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     a('--model-ema-update-every', type=int, default=1, metavar='K',
       help='update the EMA once every K optimizer updates with decay**K (same horizon; for the host EMA)')
     a('--ema-decay', type=_decay, default=None, help='shorthand for --model-ema --model-ema-decay D')
+    a('--amp', action='store_true', help='mixed precision: float32 weights, compute in --amp-dtype')
+    a('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
+      help='compute dtype of --amp (default bfloat16; float16 adds dynamic loss scaling)')
+    a('--model-dtype', default=None, metavar='DTYPE',
+      help='store the weights in this dtype (float32 or bfloat16); optimizer state and EMA stay float32')
     a('--seed', type=int, default=42)
     a('--output', default='')
     a('--experiment', default='')

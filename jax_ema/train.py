@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, loop, offload, optim, parallel, reporting
+from jax_ema import checkpoint, ema, loop, offload, optim, parallel, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -33,10 +33,12 @@ log = logging.getLogger('jax_ema.train')
 
 
 class TrainState(train_state.TrainState):
-    """flax TrainState + BatchNorm statistics + the EMA of both (None when EMA is off: no copy kept)."""
+    """flax TrainState + BatchNorm statistics + the EMA of both (None when EMA is off: no copy kept)
+    + the dynamic loss scale of float16 --amp (precision.LossScale; None otherwise)."""
     batch_stats: Any = None
     ema_params: Any = None
     ema_batch_stats: Any = None
+    loss_scale: Any = None
 
 
 def create_train_state(model, tx, variables, ema_cfg: ema.EmaConfig | None) -> TrainState:
@@ -93,11 +95,16 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     averaged (timm's --grad-accum-steps; each forward updates the BatchNorm statistics, as in torch)
     before the one optimizer update and the one EMA update. The EMA step is the optimizer update count
     after this update, as timm's `num_updates`. A state without EMA (off, or held elsewhere) skips it.
+    A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
+    update when the gradients are not finite (precision.skip_if_not_finite).
     """
+    scaler = state.loss_scale
+
     def loss_fn(params, batch_stats, micro):
         logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
                                          micro['image'], train=True, mutable=['batch_stats'])
-        return optim.cross_entropy(logits, micro['label'], smoothing), updates['batch_stats']
+        loss = optim.cross_entropy(logits, micro['label'], smoothing)
+        return (loss if scaler is None else scaler.scale_loss(loss)), updates['batch_stats']
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
@@ -115,11 +122,16 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
             accumulate, (state.batch_stats, zeros, jnp.zeros((), jnp.float32)), micro)
         grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
         loss = loss_sum / accum_steps
+    before = state
+    if scaler is not None:
+        loss, grads, finite = scaler.unscale(loss, grads)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_cfg is not None and state.ema_params is not None:
         ema_params, ema_stats = ema.update(ema_cfg, state.ema_params, state.ema_batch_stats,
                                            state.params, state.batch_stats, state.step)
         state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
+    if scaler is not None:
+        state = precision.skip_if_not_finite(finite, state, before)
     return state, {'loss': loss}
 
 
@@ -212,9 +224,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
     config = config.resolved()
     create_model(config.model, 1)  # an unknown model name fails before the data is read
+    compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     train_ds, val_ds = _load_data(config)
     num_classes = train_ds.num_classes
-    model = create_model(config.model, num_classes)
+    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype)
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
@@ -229,11 +242,16 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
+        variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
                                 config.opt_betas)
+    if param_dtype != jnp.float32:
+        tx = precision.fp32_optimizer(tx)
     ema_cfg = _ema_config(config)
     state = create_train_state(model, tx, variables, ema_cfg)
+    if loss_scaling:
+        state = state.replace(loss_scale=precision.LossScale.create())
     resumed_from = None
     if config.resume:
         state, resumed_from = _resume(config, state, num_classes)
