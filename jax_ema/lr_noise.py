@@ -21,27 +21,28 @@ _CHUNK = 16384  # seeds per batch (a 624-word state each)
 
 
 def _seeded(seeds: np.ndarray) -> np.ndarray:
-    """init_genrand: state[0] = seed, state[j] = 1812433253 (s ^ (s >> 30)) + j, modulo 2^32."""
-    state = np.empty((len(seeds), _N), np.uint32)
-    state[:, 0] = seeds
+    """init_genrand: state[0] = seed, state[j] = 1812433253 (s ^ (s >> 30)) + j, modulo 2^32; (seeds, 624)."""
+    words = np.empty((_N, len(seeds)), np.uint32)  # filled word by word: contiguous rows
+    words[0] = seeds
     for j in range(1, _N):
-        prev = state[:, j - 1]
-        state[:, j] = np.uint32(1812433253) * (prev ^ (prev >> np.uint32(30))) + np.uint32(j)
-    return state
+        words[j] = np.uint32(1812433253) * (words[j - 1] ^ (words[j - 1] >> np.uint32(30))) + np.uint32(j)
+    return words.T
+
+
+def _mix(word, next_word, far):
+    """One word of Mersenne Twister's regeneration from state words i, i + 1 and i + 397."""
+    y = (word & _UPPER) | (next_word & _LOWER)
+    return far ^ (y >> np.uint32(1)) ^ ((y & np.uint32(1)) * _MATRIX_A)
 
 
 def _twisted(state: np.ndarray) -> np.ndarray:
-    """The next 624 words of state (Mersenne Twister's regeneration), in three dependent blocks."""
-    def mix(word, next_word, far):
-        y = (word & _UPPER) | (next_word & _LOWER)
-        return far ^ (y >> np.uint32(1)) ^ ((y & np.uint32(1)) * _MATRIX_A)
-
+    """The next 624 words of state, in three blocks (later words use earlier new ones)."""
     new = np.empty_like(state)
     k = _N - _M  # 227
-    new[:, :k] = mix(state[:, :k], state[:, 1:k + 1], state[:, _M:])
-    new[:, k:2 * k] = mix(state[:, k:2 * k], state[:, k + 1:2 * k + 1], new[:, :k])
-    new[:, 2 * k:_N - 1] = mix(state[:, 2 * k:_N - 1], state[:, 2 * k + 1:], new[:, k:_N - 1 - k])
-    new[:, _N - 1] = mix(state[:, _N - 1], new[:, 0], new[:, _M - 1])
+    new[:, :k] = _mix(state[:, :k], state[:, 1:k + 1], state[:, _M:])
+    new[:, k:2 * k] = _mix(state[:, k:2 * k], state[:, k + 1:2 * k + 1], new[:, :k])
+    new[:, 2 * k:_N - 1] = _mix(state[:, 2 * k:_N - 1], state[:, 2 * k + 1:], new[:, k:_N - 1 - k])
+    new[:, _N - 1] = _mix(state[:, _N - 1], new[:, 0], new[:, _M - 1])
     return new
 
 
@@ -62,20 +63,31 @@ def _normals(words: np.ndarray) -> np.ndarray:
     return pairs.reshape(len(words), -1).astype(np.float32).astype(np.float64)
 
 
+def _first_accepted(draws: np.ndarray, pct: float) -> np.ndarray:
+    """Per row, the first draw with |draw| < pct (nan where none is)."""
+    accepted = np.abs(draws) < pct
+    first = draws[np.arange(len(draws)), accepted.argmax(axis=1)]
+    return np.where(accepted.any(axis=1), first, np.nan)
+
+
 def noise(ts: np.ndarray, seed: int, pct: float, std: float) -> np.ndarray:
     """timm's `_calculate_noise(t)` (noise_type 'normal') for each t in `ts`, float64."""
     ts = np.asarray(ts, np.int64)
     out = np.empty(len(ts), np.float64)
     for start in range(0, len(ts), _CHUNK):
-        seeds = ((seed + ts[start:start + _CHUNK]) % 2 ** 32).astype(np.uint32)
-        state, result = _seeded(seeds), np.full(len(seeds), np.nan)
-        while np.isnan(result).any():  # each round: the next 312 normals of every stream
+        seeded = _seeded(((seed + ts[start:start + _CHUNK]) % 2 ** 32).astype(np.uint32))
+        # Most t keep one of their first 16 normals: those need only the first 32 words of the first twist.
+        first_words = _mix(seeded[:, :32], seeded[:, 1:33], seeded[:, _M:_M + 32])
+        result = _first_accepted(_normals(_tempered(first_words)) * std, pct)
+        pending = np.flatnonzero(np.isnan(result))
+        state = seeded[pending]
+        while len(pending):  # the rest: whole twists, 312 normals each, until one is kept
             state = _twisted(state)
-            draws = _normals(_tempered(state)) * std
-            accepted = np.abs(draws) < pct
-            take = np.isnan(result) & accepted.any(axis=1)
-            result[take] = draws[take, accepted[take].argmax(axis=1)]
-        out[start:start + len(seeds)] = result
+            kept = _first_accepted(_normals(_tempered(state)) * std, pct)
+            result[pending] = kept
+            done = ~np.isnan(kept)
+            pending, state = pending[~done], state[~done]
+        out[start:start + len(result)] = result
     return out
 
 

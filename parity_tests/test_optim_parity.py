@@ -121,14 +121,16 @@ def test_step_schedule_and_lr_noise_match_timm(name):
     np.testing.assert_allclose(ours32, expected, rtol=1e-6, atol=0)
 
 
-def test_noise_draws_match_timm_calculate_noise_including_long_redraws():
-    # pct 0.002: ~1 draw in 600 is kept, so each t runs through several Mersenne Twister regenerations.
+@pytest.mark.parametrize('pct', [0.05, 0.002])
+def test_noise_draws_match_timm_calculate_noise_including_long_redraws(pct):
+    # pct 0.05: about half the t keep one of their first 16 draws; 0.002: ~1 draw in 600 is kept, so each
+    # t runs through several Mersenne Twister regenerations.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler, _ = create_scheduler_v2(optimizer, sched='constant', num_epochs=10, noise=(0.0, 1.0),
-                                       noise_pct=0.002, noise_std=1.5, noise_seed=123)
+                                       noise_pct=pct, noise_std=1.5, noise_seed=123)
     ts = np.arange(0, 2000, 97)
     expected = [scheduler._calculate_noise(int(t)) for t in ts]
-    np.testing.assert_array_equal(lr_noise.noise(ts, 123, 0.002, 1.5), expected)
+    np.testing.assert_array_equal(lr_noise.noise(ts, 123, pct, 1.5), expected)
 
 
 # --------------------------------------------------------------------------- optimizers
