@@ -9,8 +9,8 @@ Everything random is a pure function of (seed, epoch, example index): the epoch 
 permutation of (seed, epoch) and each example's augmentation runs TF stateless random ops keyed by
 fold_in(fold_in((seed, 0), epoch), index). Any step of any epoch can thus be reproduced, on any number
 of processes. This is the only package of the project that imports tensorflow: here, first, after
-triton; its modules folder.py (finding images) and transforms.py (per-example transforms)
-rely on that.
+triton; its modules folder.py (finding images), transforms.py (per-example transforms),
+rand_augment.py + image_ops.py (--aa) and random_erasing.py (--reprob) rely on that.
 """
 
 import dataclasses
@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax_ema.data import rand_augment, random_erasing  # noqa: E402
 from jax_ema.data.folder import (EVAL_SPLIT_SYNONYMS, IMAGE_EXTENSIONS, SPLIT_SEED,  # noqa: E402,F401
                                  TRAIN_SPLIT_SYNONYMS, load_folders, natural_key, stratified_split)
 from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,  # noqa: E402,F401
@@ -51,7 +52,11 @@ class DataConfig:
     ratio: tuple = (3 / 4, 4 / 3)
     hflip: float = 0.5
     crop_pct: float = 0.875
-    num_workers: int = 4
+    num_workers: int = 4  # -j: parallel map calls and the pipeline's private thread pool (0: sequential)
+    auto_augment: str | None = None  # --aa: 'rand-m9-mstd0.5', ... (see rand_augment.GRAMMAR)
+    reprob: float = 0.0  # --reprob: random erasing probability
+    remode: str = 'pixel'  # --remode: const | rand | pixel
+    recount: int = 1  # --recount: at most this many erased boxes per image
 
 
 class Dataset:
@@ -67,6 +72,11 @@ class Dataset:
         self.paths = paths  # image files ('splits', 'folders'); None for 'digits'
         self._inputs = np.asarray(paths) if paths is not None else pixels
         self._cfg = cfg
+        policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
+        # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
+        self._train_transform = tf.function(autograph=False, func=
+            lambda image, key: train_transform(image, key, cfg, policy),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int64)])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
@@ -93,7 +103,7 @@ class Dataset:
 
         def load(inputs, label, i):
             example_key = tf.random.experimental.stateless_fold_in(key, i)
-            image = train_transform(self._read(inputs), example_key, self._cfg)
+            image = self._train_transform(tf.cast(self._read(inputs), tf.float32), example_key)
             return {'image': image, 'label': label}
 
         return self._batches((self._inputs[index], self.labels[index], index), load, local)
@@ -127,7 +137,12 @@ class Dataset:
         workers = self._cfg.num_workers
         ds = tf.data.Dataset.from_tensor_slices(columns)
         ds = ds.map(load, num_parallel_calls=workers if workers > 0 else None, deterministic=True)
-        return ds.batch(local_batch_size, drop_remainder=True).prefetch(2).as_numpy_iterator()
+        ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+        if workers > 0:  # timm's -j worker processes -> at most that many TF threads for this pipeline
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = workers
+            ds = ds.with_options(options)
+        return ds.as_numpy_iterator()
 
 
 def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.ndarray:
@@ -170,10 +185,16 @@ def _check_config(cfg: DataConfig) -> None:
         (cfg.seed >= 0, f'--seed must be >= 0, got {cfg.seed}'),
         (cfg.num_classes is None or cfg.num_classes >= 1,
          f'--num-classes must be positive, got {cfg.num_classes}'),
+        (0 <= cfg.reprob <= 1, f'--reprob must be a probability in [0, 1], got {cfg.reprob}'),
+        (cfg.remode.lower() in random_erasing.MODES,
+         f'--remode must be one of {"/".join(random_erasing.MODES)}, got {cfg.remode!r}'),
+        (cfg.recount >= 1, f'--recount must be >= 1, got {cfg.recount}'),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message + '; fix the option')
+    if cfg.auto_augment:
+        rand_augment.parse(cfg.auto_augment)
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:

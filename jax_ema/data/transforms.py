@@ -1,12 +1,15 @@
-"""Per-example transforms: decode, timm's train (crop, flip) and eval."""
+"""Per-example transforms: decode, timm's train (crop, flip, RandAugment, random erasing) and eval."""
 
 import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
+from jax_ema.data import rand_augment as rand_augment_lib
+from jax_ema.data import random_erasing as random_erasing_lib
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data.constants
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+AUGMENT_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)  # timm's aa img_mean
 
 
 def decode_image(data):
@@ -60,16 +63,25 @@ def random_resized_crop_box(key, height, width, scale, ratio):
     return top, left, crop_h, crop_w
 
 
-def train_transform(image, key, cfg):
-    """Random-resized crop to img_size (bilinear), horizontal flip with probability hflip, normalise."""
+def train_transform(image, key, cfg, policy=None):
+    """timm's train order: random-resized crop to img_size (bilinear), horizontal flip (hflip),
+    RandAugment `policy` (if any), normalise, random erasing (if reprob > 0)."""
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    augment_key, erase_key = tf.unstack(tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(key, 1), 2))  # crop and flip draw as before
     shape = tf.shape(image)
     top, left, crop_h, crop_w = random_resized_crop_box(crop_key, shape[0], shape[1], cfg.scale,
                                                         cfg.ratio)
     crop = resize(image[top:top + crop_h, left:left + crop_w], (cfg.img_size, cfg.img_size))
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     crop = tf.cond(flip, lambda: tf.image.flip_left_right(crop), lambda: crop)
-    return _normalize(crop)
+    if policy is not None:
+        crop = rand_augment_lib.rand_augment(crop, augment_key, policy, AUGMENT_FILL)
+    image = _normalize(crop)
+    if cfg.reprob > 0:
+        image = random_erasing_lib.random_erasing(image, erase_key, cfg.reprob, cfg.remode.lower(),
+                                                  cfg.recount)
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
 
 
 def eval_transform(image, cfg):
