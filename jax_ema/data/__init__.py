@@ -73,10 +73,13 @@ class Dataset:
         self._inputs = np.asarray(paths) if paths is not None else pixels
         self._cfg = cfg
         policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
+
+        def transform(image, key):
+            return train_transform(image, key, cfg, policy)
+
         # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
-        self._train_transform = tf.function(autograph=False, func=
-            lambda image, key: train_transform(image, key, cfg, policy),
-            input_signature=[tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int64)])
+        self._train_transform = tf.function(transform, autograph=False, input_signature=[
+            tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int64)])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
