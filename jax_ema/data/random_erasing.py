@@ -17,7 +17,7 @@ _TRIES = 10
 
 
 def _box(key, height, width, count):
-    """(found, top, left, h, w) of one box, as timm's RandomErasing._erase tries."""
+    """(top, left, h, w) of one box, as timm's RandomErasing._erase tries."""
     area_key, aspect_key, offset_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
     area = (tf.random.stateless_uniform([_TRIES], area_key, MIN_AREA, MAX_AREA, tf.float64)
             * tf.cast(height * width, tf.float64) / tf.cast(count, tf.float64))
@@ -27,11 +27,12 @@ def _box(key, height, width, count):
     box_w = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
     fits = (box_w < width) & (box_h < height)
     first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-    box_h, box_w = box_h[first], box_w[first]
+    found = tf.reduce_any(fits)
+    box_h, box_w = tf.where(found, box_h[first], 0), tf.where(found, box_w[first], 0)
     offsets = tf.random.stateless_uniform([2], offset_key, dtype=tf.float64)  # randint, inclusive
     top = tf.cast(tf.floor(offsets[0] * tf.cast(height - box_h + 1, tf.float64)), tf.int32)
     left = tf.cast(tf.floor(offsets[1] * tf.cast(width - box_w + 1, tf.float64)), tf.int32)
-    return tf.reduce_any(fits), top, left, box_h, box_w
+    return top, left, box_h, box_w  # an empty box if no try fits
 
 
 def random_erasing(image, key, prob: float, mode: str, max_count: int):
@@ -41,16 +42,21 @@ def random_erasing(image, key, prob: float, mode: str, max_count: int):
     erase_key, count_key, key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
     erase = tf.random.stateless_uniform([], erase_key, dtype=tf.float64) < prob
     count = tf.random.stateless_uniform([], count_key, 1, max_count + 1, tf.int32)
-    rows, cols = tf.range(height)[:, None], tf.range(width)[None, :]
-    for i, box_key in enumerate(tf.unstack(tf.random.experimental.stateless_split(key, max_count))):
-        geometry_key, fill_key = tf.unstack(tf.random.experimental.stateless_split(box_key, 2))
-        found, top, left, box_h, box_w = _box(geometry_key, height, width, count)
-        inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
-        if mode == 'pixel':
-            fill = tf.random.stateless_normal(shape, fill_key, dtype=image.dtype)
-        elif mode == 'rand':
-            fill = tf.random.stateless_normal([1, 1, shape[2]], fill_key, dtype=image.dtype)
-        else:
-            fill = tf.zeros([], image.dtype)
-        image = tf.where((erase & found & (i < count) & inside)[..., None], fill, image)
-    return image
+
+    def erase_boxes(image):
+        for i, box_key in enumerate(tf.unstack(tf.random.experimental.stateless_split(key, max_count))):
+            geometry_key, fill_key = tf.unstack(tf.random.experimental.stateless_split(box_key, 2))
+            top, left, box_h, box_w = _box(geometry_key, height, width, count)
+            if mode == 'pixel':
+                patch = tf.random.stateless_normal([box_h, box_w, shape[2]], fill_key, dtype=image.dtype)
+            elif mode == 'rand':
+                colour = tf.random.stateless_normal([1, 1, shape[2]], fill_key, dtype=image.dtype)
+                patch = tf.broadcast_to(colour, [box_h, box_w, shape[2]])
+            else:
+                patch = tf.zeros([box_h, box_w, shape[2]], image.dtype)
+            around = [[top, height - top - box_h], [left, width - left - box_w], [0, 0]]
+            inside = tf.pad(tf.ones_like(patch, tf.bool), around)
+            image = tf.where((i < count) & inside, tf.pad(patch, around), image)
+        return image
+
+    return tf.cond(erase, lambda: erase_boxes(image), lambda: image)
