@@ -35,6 +35,10 @@ class Config:
     ratio: tuple = (3 / 4, 4 / 3)
     hflip: Optional[float] = None
     crop_pct: Optional[float] = None
+    aa: Optional[str] = None                   # RandAugment, e.g. rand-m9-mstd0.5
+    reprob: float = 0.0                        # random erasing: probability, mode, boxes
+    remode: str = 'pixel'
+    recount: int = 1
     # model
     model: str = 'resnet50'
     initial_checkpoint: Optional[str] = None   # timm weights (.safetensors / .pth / .pth.tar)
@@ -137,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     a('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3))
     a('--hflip', type=float, default=None)
     a('--crop-pct', type=float, default=None)
+    a('--aa', default=None, metavar='NAME', help="RandAugment as timm's, e.g. rand-m9-mstd0.5 (see README)")
+    a('--reprob', type=float, default=0.0, metavar='PCT', help='random erasing probability')
+    a('--remode', default='pixel', help='random erasing fill: const, rand or pixel')
+    a('--recount', type=int, default=1, help='random erasing: at most this many boxes per image')
     a('--opt', default='sgd')
     a('--opt-eps', type=float, default=None)
     a('--opt-betas', type=float, nargs='+', default=None)

@@ -177,12 +177,13 @@ def _warn_horizon(ema_cfg, total_updates: int) -> None:
 
 
 def _load_data(config: Config):
-    from jax_ema import data  # the only module that imports tensorflow
+    from jax_ema import data  # the only package that imports tensorflow
     cfg = data.DataConfig(data_dir=config.data, train_split=config.train_split, val_split=config.val_split,
                           val_split_fraction=config.val_split_fraction, img_size=config.img_size,
                           num_classes=config.num_classes, seed=config.seed, scale=config.scale,
                           ratio=config.ratio, hflip=config.hflip, crop_pct=config.crop_pct,
-                          num_workers=config.workers)
+                          num_workers=config.workers, auto_augment=config.aa, reprob=config.reprob,
+                          remode=config.remode, recount=config.recount)
     return data.load_datasets(cfg)
 
 
