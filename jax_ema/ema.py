@@ -57,6 +57,9 @@ class EmaConfig:
         object.__setattr__(self, 'stds', tuple(float(s) for s in self.stds))
         for std in self.stds:
             power_ema.gamma_from_std(std)  # UserError outside (0, MAX_STD]
+        if len(set(self.stds)) < len(self.stds):
+            from jax_ema.errors import UserError
+            raise UserError(f'EMA sigma_rel values {list(self.stds)} repeat; give each one once')
         for value in self.extra_decays:
             if not 0.0 <= value <= 1.0:
                 from jax_ema.errors import UserError

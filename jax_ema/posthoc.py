@@ -133,7 +133,11 @@ def solve_coefficients(steps, gammas, out_step: float, out_gamma: float) -> np.n
     steps, gammas = np.float64(steps), np.float64(gammas)
     gram = profile_inner_products(steps[:, None], gammas[:, None], steps[None, :], gammas[None, :])
     target = profile_inner_products(steps, gammas, out_step, out_gamma)
-    x = np.linalg.solve(gram, target)
+    try:
+        x = np.linalg.solve(gram, target)
+    except np.linalg.LinAlgError:
+        raise UserError('the snapshots\' profiles are linearly dependent (the same sigma_rel at the same step '
+                        'twice?); remove the duplicates') from None
     return x / np.sum(x)
 
 

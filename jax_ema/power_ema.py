@@ -13,7 +13,8 @@ where t is the update count AFTER this update and gap the updates since the prev
 or K with update-every-K, fewer for a flush): the products of the betas telescope to (t_prev/t)^(gamma+1),
 so an EMA updated every K steps with the exact gap equals the every-step one on weights that are
 constant between its updates. Using gap = 1 there (beta = (1 - 1/t)^(gamma+1) at every K-th step, a
-known slip of other ports) would make the profile far too short (tests/test_power_ema.py shows it).
+known slip of other ports) divides gamma+1 by K in effect: a far wider profile, too much weight on early
+weights (tests/test_power_ema.py shows it).
 The first update (t = gap) has beta = 0: a plain copy.
 
 Convention checked against the EDM2 reference (NVlabs/edm2 training/training_loop.py and phema.py):

@@ -222,3 +222,5 @@ def test_config_rejects_bad_extra_decays_and_stds():
         ema.EmaConfig(extra_decays=(1.5,))
     with pytest.raises(UserError, match='sigma_rel'):
         ema.EmaConfig(stds=(0.3,))
+    with pytest.raises(UserError, match='repeat'):
+        ema.EmaConfig(stds=(0.1, 0.05, 0.1))
