@@ -215,6 +215,10 @@ def test_stack_round_trips_through_its_pytree_form():
     np.testing.assert_array_equal(ema.tree(again, 0)['w'], full['w'][0])
     with pytest.raises(IndexError):
         ema.init({'w': jnp.ones(2)}).tree(1)
+    restored = jax.device_get(full)  # a checkpoint's stacked pytree (numpy): member i by indexing float leaves
+    member = ema.tree(restored, 1)
+    np.testing.assert_array_equal(member['w'], np.zeros((2, 3)))
+    assert int(member['k']) == 4
 
 
 def test_config_rejects_bad_extra_decays_and_stds():
