@@ -55,7 +55,11 @@ def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float | N
     `score` (higher is better) ranks end-of-epoch checkpoints; recovery checkpoints have none.
     A state with a NaN/Inf anywhere is never written: TrainingDiverged is raised instead.
     """
-    tree = state_tree(state)
+    return save_tree(manager, state_tree(state), metadata, score)
+
+
+def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score: float | None = None) -> Path:
+    """`save` for a state tree already in host numpy (the post-hoc EMA tool writes one without a TrainState)."""
     step = int(tree['step'])
     if not all_finite(tree):
         raise TrainingDiverged(f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '

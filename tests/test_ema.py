@@ -162,3 +162,69 @@ def test_update_every_k_folds_k_updates_and_keeps_the_horizon():
 def test_update_every_must_be_positive():
     with pytest.raises(UserError, match='update-every'):
         ema.EmaConfig(update_every=0)
+
+
+# ---------------------------------------------------------------- several EMAs in one stack
+
+DECAYS = (0.9, 0.999, 0.9998)
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(use_warmup=True, update_after_step=3),
+                                    dict(exclude_buffers=True, min_decay=0.5, use_warmup=True)])
+@pytest.mark.parametrize('every', [1, 4])
+def test_stacked_members_are_bit_identical_to_separate_emas(kwargs, every):
+    """3 decays stacked ([3, n], one fused lerp) == 3 separate single EMAs, bit for bit, in float32."""
+    rng = np.random.default_rng(1)
+    params = [{'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), 'b': jnp.asarray(rng.normal(size=7),
+                                                                                      jnp.float32)}
+              for _ in range(60)]
+    stats = [{'mean': p['b'] * 2, 'n': jnp.array(i, jnp.int32)} for i, p in enumerate(params)]
+    stacked_cfg = ema.EmaConfig(decay=DECAYS[0], extra_decays=DECAYS[1:], update_every=every, **kwargs)
+    assert stacked_cfg.members == 3 and stacked_cfg.decays == DECAYS
+    run = jax.jit(lambda cfg, e, s, p, st, step, gap: ema.update(cfg, e, s, p, st, step, gap), static_argnums=0)
+    stack = (ema.init(params[0], members=3), ema.init(stats[0], members=3))
+    assert stack[0].flat.shape == (3, 22) and stack[0].members == 3
+    alone = [(ema.init(params[0]), ema.init(stats[0])) for _ in DECAYS]
+    for step in range(every, len(params), every):
+        stack = run(stacked_cfg, *stack, params[step], stats[step], step, every)
+        alone = [run(stacked_cfg.single(d), *a, params[step], stats[step], step, every)
+                 for d, a in zip(DECAYS, alone)]
+    for i, (p, s) in enumerate(alone):
+        for got, want in ((ema.tree(stack[0], i), ema.tree(p)), (ema.tree(stack[1], i), ema.tree(s))):
+            jax.tree.map(lambda g, w: np.testing.assert_array_equal(np.asarray(g), np.asarray(w)), got, want)
+    assert not np.array_equal(ema.tree(stack[0], 0)['w'], ema.tree(stack[0], 2)['w'])  # they did differ
+
+
+def test_single_decay_keeps_the_plain_buffer_and_scalar_step_size():
+    cfg = ema.EmaConfig(decay=0.999)
+    assert cfg.members == 1 and ema.step_sizes(cfg, 10).shape == ()
+    assert ema.init({'w': jnp.ones(4)}).flat.shape == (4,)
+    assert ema.step_sizes(ema.EmaConfig(decay=0.9, extra_decays=[0.99], stds=[0.1]), 10).shape == (3,)
+
+
+def test_stack_round_trips_through_its_pytree_form():
+    """tree(stack) has a leading member axis (what checkpoints store); init_stacked reads it back."""
+    stack = ema.init({'w': jnp.arange(6.0).reshape(2, 3), 'k': jnp.array(3)}, members=2)
+    stack = ema.average(stack, {'w': jnp.zeros((2, 3)), 'k': jnp.array(4)}, jnp.array([0.5, 1.0]))
+    full = ema.tree(stack)
+    assert full['w'].shape == (2, 2, 3) and int(full['k']) == 4
+    np.testing.assert_array_equal(full['w'][0], np.arange(6.0).reshape(2, 3) / 2)
+    np.testing.assert_array_equal(full['w'][1], np.zeros((2, 3)))
+    again = ema.init_stacked(full)
+    np.testing.assert_array_equal(again.flat, stack.flat)
+    np.testing.assert_array_equal(ema.tree(again, 0)['w'], full['w'][0])
+    with pytest.raises(IndexError):
+        ema.init({'w': jnp.ones(2)}).tree(1)
+    restored = jax.device_get(full)  # a checkpoint's stacked pytree (numpy): member i by indexing float leaves
+    member = ema.tree(restored, 1)
+    np.testing.assert_array_equal(member['w'], np.zeros((2, 3)))
+    assert int(member['k']) == 4
+
+
+def test_config_rejects_bad_extra_decays_and_stds():
+    with pytest.raises(UserError, match='outside'):
+        ema.EmaConfig(extra_decays=(1.5,))
+    with pytest.raises(UserError, match='sigma_rel'):
+        ema.EmaConfig(stds=(0.3,))
+    with pytest.raises(UserError, match='repeat'):
+        ema.EmaConfig(stds=(0.1, 0.05, 0.1))
