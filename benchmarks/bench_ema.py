@@ -1,6 +1,7 @@
 """The EMA's cost as ratios measured in one run: the update alone, the train step, and against timm.
 
-    python benchmarks/bench_ema.py [--model resnet18 -b 16 --img-size 32] [--ema-model resnet50] [--quick]
+    python benchmarks/bench_ema.py [--model resnet18 -b 16 --img-size 32] [--ema-model resnet50] [--torch-threads 1]
+    python benchmarks/bench_ema.py --quick     # a seconds-long smoke run (tests/test_benchmarks.py)
 
 1. The EMA update alone, on the `--ema-model` state (params + BatchNorm statistics): ours (the trainer's
    jitted update of the flat float32 EMA, donated; and its bare flat lerp) vs timm's `ModelEmaV2.update`
@@ -47,7 +48,8 @@ TIMM_VARIANTS = {'timm_no_ema': dict(model_ema=False), 'timm_ema': dict(model_em
                  'timm_ema_force_cpu': dict(model_ema=True, ema_kwargs={'device': 'cpu'})}
 NOT_AVAILABLE = 'not available in this build'
 FULL = dict(model='resnet18', ema_model='resnet50', batch_size=16, img_size=32, steps=16, rounds=3, reps=10)
-QUICK = dict(model='resnet18', ema_model='resnet18', batch_size=2, img_size=32, steps=1, rounds=1, reps=2)
+QUICK = dict(model='resnet18', ema_model='resnet18', batch_size=2, img_size=32, steps=1, rounds=1, reps=2,
+             torch_threads=1)
 
 
 def interleave(fns: dict, rounds: int) -> dict:
@@ -222,6 +224,8 @@ def parse(argv):
     p.add_argument('--rounds', type=int)
     p.add_argument('--reps', type=int, help='EMA updates per variant and round')
     p.add_argument('--decay', type=float, default=0.9998)
+    p.add_argument('--torch-threads', type=int, help="torch's intra-op threads (default: torch's own); on an "
+                   'oversubscribed machine its OpenMP step slows many-fold, so say 1 there')
     p.add_argument('--quick', action='store_true', help=f'a seconds-long smoke run: {QUICK}')
     p.add_argument('--out', help='JSON path (default benchmarks/results/bench_ema_<backend>.json)')
     args = p.parse_args(argv)
@@ -231,17 +235,31 @@ def parse(argv):
     return args
 
 
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
 def init_variables(model, img_size=32):
     return model.init(jax.random.PRNGKey(0), jnp.zeros((1, img_size, img_size, 3)), train=False)
 
 
 def main(argv=None):
     args = parse(argv)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.torch_threads or threads)
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # as it was, for whoever calls main in process
+
+
+def run(args):
     backend = jax.default_backend()
     warmup = 1 if args.quick else 2
     model = create_model(args.model, 1000)
     variables = init_variables(model, args.img_size)
     ema_variables = variables if args.ema_model == args.model else init_variables(create_model(args.ema_model, 1000))
+    log(f'EMA update alone on {args.ema_model} ...')
     update = bench_update(ema_variables, args.ema_model, args.decay, args.reps, args.rounds)
     del ema_variables
 
@@ -249,9 +267,11 @@ def main(argv=None):
     images = rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)).astype(np.float32)
     labels = rng.integers(0, 1000, size=args.batch_size).astype(np.int32)
     batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
+    log(f'compiling the train steps of {args.model} ...')
     fns, missing = step_fns(model, variables, batch, args.decay, args.steps, warmup)
     fns.update({name: timm_runner(args.model, (images, labels), args.steps, args.decay, options)
                 for name, options in TIMM_VARIANTS.items()})
+    log(f'timing {len(fns)} step variants, {args.rounds} rounds of {args.steps} steps ...')
     times = interleave(fns, args.rounds)
     med = medians(times)
     report = dict(

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
 sys.path.insert(0, BENCHMARKS)
@@ -18,7 +19,10 @@ UPDATE_VARIANTS = {'ours', 'ours_flat_lerp', 'timm_v2', 'timm_v3', 'copy'}
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp('bench') / 'bench_ema.json'
+    threads = torch.get_num_threads()
     returned = bench_ema.main(['--quick', '--out', str(out)])
+    assert torch.get_num_threads() == threads  # its --torch-threads 1 undone for the tests after it
+    assert returned['torch_threads'] == 1
     with open(out) as f:
         written = json.load(f)
     assert written == json.loads(json.dumps(returned))
