@@ -7,11 +7,15 @@ Member 0 is the first decay; with a single EMA nothing here changes what the tra
 """
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 
-from jax_ema import ema
+from jax_ema import ema, posthoc
 from jax_ema.errors import UserError
+
+log = logging.getLogger('jax_ema.train')
 
 METRIC_KEYS = ('loss', 'top1', 'top5')
 
@@ -42,12 +46,17 @@ def check_members(step_dir, metadata: dict, members: int) -> None:
                         'with the same --model-ema-decay and --model-ema-std values it was trained with')
 
 
-def evaluate_members(evaluate_one, ema_params, ema_stats, on_host: bool) -> list[dict]:
-    """`evaluate_one(params, stats)` of every member (one jitted eval serves all: same [n] shapes).
-    A host stack is read to host numpy once; each member goes to the device only for its evaluation."""
+def evaluate_members(evaluate_one, ema_params, ema_stats, on_host: bool, names) -> list[dict]:
+    """`evaluate_one(params, stats)` of every member (one jitted eval serves all: same [n] shapes), logged
+    by `names`. A host stack is read to host numpy once; each member goes to the device for its evaluation."""
     if on_host:
         ema_params, ema_stats = jax.device_get((ema_params, ema_stats))
-    return [evaluate_one(ema.member(ema_params, i), ema.member(ema_stats, i)) for i in range(ema_params.members)]
+    results = []
+    for i, name in enumerate(names):
+        m = evaluate_one(ema.member(ema_params, i), ema.member(ema_stats, i))
+        log.info('Test (EMA %s): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', name, m['loss'], m['top1'], m['top5'])
+        results.append(m)
+    return results
 
 
 def best_index(member_metrics: list[dict], score) -> int:
@@ -85,12 +94,18 @@ def snapshot_due(count: int, every: int, total: int) -> bool:
     return bool(every) and (count % every == 0 or count == total)
 
 
+def save_snapshot(run_dir, count: int, cfg: ema.EmaConfig, state, dtype: str) -> None:
+    """posthoc.save_snapshot of the state's stack, by process 0 only (pending updates flushed by the caller)."""
+    if jax.process_index() == 0:
+        posthoc.save_snapshot(run_dir, count, cfg, state.ema_params, state.ema_batch_stats, dtype)
+
+
 def pick_index(step_dir, metadata: dict, ema_index: int | None) -> int:
     """The member `--use-ema` / `--ema-index i` means in a checkpoint: i, else the metadata's
     `best_ema_index` (the winner at that epoch), else 0; UserError for an index it does not hold."""
     members = max(saved_members(metadata), 1)
     if ema_index is None:
-        return int(metadata.get('best_ema_index') or 0)
+        return int(metadata.get('best_ema_index') or 0) if members > 1 else 0
     if not 0 <= ema_index < members:
         raise UserError(f'--ema-index {ema_index} is out of range: checkpoint {str(step_dir)!r} holds {members} '
                         f'EMA(s), indices 0..{members - 1}')

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
     p.add_argument('--use-ema', action='store_true', help='export the EMA weights instead of the raw ones')
     p.add_argument('--ema-index', type=int, default=None, metavar='I',
-                   help='with several EMAs: member I (0 = the first decay; default: the best one); implies --use-ema')
+                   help='with several EMAs: member I (0 = the first decay; default: the best one); '
+                        'implies --use-ema')
     p.add_argument('--out', required=True, help=f'output file, ending in {SAFETENSORS_SUFFIX}')
     return p
 

@@ -2,7 +2,9 @@
 
 Each run folder (made by `python -m jax_ema.train`) gives its summary.csv: raw weights dashed, EMA weights
 solid, one colour per run, labelled by the run's EMA settings (from args.yaml, else results.json), e.g.
-"decay 0.999 warmup". `plot_runs(run_dirs, out, metric)` is the library form, `run_label(run_dir)` the label.
+"decay 0.999 warmup". A run of several EMAs (`--model-ema-decay D0 D1 ...`, `--model-ema-std ...`) also
+draws its further members dotted, labelled by their decay or std. `plot_runs(run_dirs, out, metric)` is
+the library form, `run_label(run_dir)` the label.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def _ema_settings(run_dir: Path) -> dict | None:
             return {'decay': args.get('model_ema_decay'), 'use_warmup': args.get('model_ema_warmup', False),
                     'update_every': args.get('model_ema_update_every', 1),
                     'force_cpu': args.get('model_ema_force_cpu', False),
-                    'extra_decays': args.get('model_ema_extra_decays') or [], 'stds': args.get('model_ema_stds') or []}
+                    'extra_decays': args.get('model_ema_extra_decays') or [],
+                    'stds': args.get('model_ema_stds') or []}
         if results_path.exists():
             return json.loads(results_path.read_text()).get('ema')
     except (yaml.YAMLError, json.JSONDecodeError, AttributeError) as e:
@@ -47,7 +50,8 @@ def run_label(run_dir) -> str:
     if settings is None:
         return 'EMA off'
     words = [f'decay {settings["decay"]:g}']
-    words += [f'+{d:g}' for d in settings.get('extra_decays') or []] + [f'+std {s:g}' for s in settings.get('stds') or []]
+    words += [f'+{d:g}' for d in settings.get('extra_decays') or []]
+    words += [f'+std {s:g}' for s in settings.get('stds') or []]
     if settings.get('use_warmup'):
         words.append('warmup')
     if (settings.get('update_every') or 1) > 1:

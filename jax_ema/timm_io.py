@@ -158,7 +158,7 @@ def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | 
     if use_ema:
         if metadata.get('ema') is None or tree.get('ema_params') is None:
             raise UserError(f'checkpoint {str(step_dir)!r} comes from a run without EMA (no --model-ema), so it '
-                            'has no EMA weights; leave out --use-ema to use its raw weights')
+                            'has no EMA weights; leave out --use-ema (and --ema-index) to use its raw weights')
         keys = checkpoint.EMA_KEYS
     else:
         keys = ('params', 'batch_stats')

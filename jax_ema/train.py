@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, ema_members, loop, offload, optim, parallel, posthoc, precision, reporting
+from jax_ema import checkpoint, ema, ema_members, loop, offload, optim, parallel, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -186,7 +186,8 @@ def _warn_horizon(ema_cfg, total_updates: int) -> None:
         if horizon > total_updates:
             log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
                         'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
-                        '(e.g. %.4g).', decay, horizon, total_updates, max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
+                        '(e.g. %.4g).', decay, horizon, total_updates,
+                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
 
 
 def _load_data(config: Config):
@@ -315,9 +316,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         if ema_cfg is not None and ema_members.snapshot_due(count, config.model_ema_snapshot_every,
                                                             num_epochs * updates_per_epoch):
             state = step.flush(state, count)
-            if jax.process_index() == 0:
-                posthoc.save_snapshot(run_dir, count, ema_cfg, state.ema_params, state.ema_batch_stats,
-                                      config.snapshot_dtype)
+            ema_members.save_snapshot(run_dir, count, ema_cfg, state, config.snapshot_dtype)
         stop = preemption.agreed()
         if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
             check_finite()
@@ -348,12 +347,9 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             if state.ema_params is not None and ema_cfg.members > 1:
                 member_metrics = ema_members.evaluate_members(
                     lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs), state.ema_params, state.ema_batch_stats,
-                    host_ema)
+                    host_ema, ema.member_names(ema_cfg))
                 ema_metrics = member_metrics[0]
                 best_member = ema_members.best_index(member_metrics, lambda m: _score(m, config.eval_metric))
-                for name, m in zip(ema.member_names(ema_cfg), member_metrics):
-                    log.info('Test (EMA %s): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', name, m['loss'], m['top1'],
-                             m['top5'])
             elif state.ema_params is not None:
                 ema_vars = (state.ema_params, state.ema_batch_stats)
                 ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if host_ema else ema_vars),
@@ -366,7 +362,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             reporting.append_summary(run_dir, row)
             board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
             reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
-            meta = _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch, {'raw': raw, 'ema': ema_metrics})
+            meta = _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
+                             {'raw': raw, 'ema': ema_metrics})
             if member_metrics:
                 meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
             checkpoint.save(manager, state, meta,
@@ -386,10 +383,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu)
                        if ema_cfg else None)}
     if ema_cfg is not None and ema_cfg.members > 1:
-        prefixes = ema_members.column_prefixes(ema_cfg.members)
         results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
                        best_ema=ema_members.describe(ema_cfg, best_member))
-        results['final']['ema_members'] = [_final(rows[-1], p) for p in prefixes]
+        results['final']['ema_members'] = [_final(rows[-1], prefix)
+                                           for prefix in ema_members.column_prefixes(ema_cfg.members)]
     reporting.write_results(run_dir, results)
     return dict(results, run_dir=str(run_dir))
 

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
     p.add_argument('--use-ema', action='store_true', help='validate the EMA weights instead of the raw ones')
     p.add_argument('--ema-index', type=int, default=None, metavar='I',
-                   help='with several EMAs: member I (0 = the first decay; default: the best one); implies --use-ema')
+                   help='with several EMAs: member I (0 = the first decay; default: the best one); '
+                        'implies --use-ema')
     p.add_argument('--split', default=None,
                    help="split to validate (default: the run's --val-split, else 'validation'); "
                         'a train split name validates the training images')

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jax_ema import checkpoint, ema, offload, posthoc, reporting
+from jax_ema import checkpoint, ema, offload, plot, posthoc, reporting
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
 from jax_ema.export import export
@@ -67,6 +67,13 @@ def test_every_member_is_validated_and_the_best_one_wins(run):
     assert last['score'] == max(m['top1'] for m in members)                # the checkpoint's score: the best
 
 
+def test_plots_show_every_member(run, tmp_path):
+    assert plot.run_label(run) == 'decay 0.6 +0.9 +std 0.05 +std 0.1'
+    assert plot._member_names(run) == NAMES
+    assert reporting.member_prefixes(_rows(run)[0]) == PREFIXES
+    assert plot.plot_runs([run], tmp_path / 'runs.png').stat().st_size > 1000
+
+
 def test_snapshots_hold_the_power_members_of_the_stack(run):
     assert sorted(int(p.stem) for p in (run / 'snapshots').glob('*.npz')) == [3, 6, 9, 10]
     tree = checkpoint.restore_tree(checkpoint.resolve(run))                # the last checkpoint: update 10
@@ -119,7 +126,8 @@ def test_resume_of_a_stacked_run_is_bit_identical(data, run, tmp_path, monkeypat
     _assert_identical(checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run')),
                       checkpoint.restore_tree(checkpoint.resolve(run)))
     for step in (9, 10):
-        with np.load(tmp_path / 'run' / 'snapshots' / f'{step}.npz') as a, np.load(run / 'snapshots' / f'{step}.npz') as b:
+        with np.load(tmp_path / 'run' / 'snapshots' / f'{step}.npz') as a, \
+                np.load(run / 'snapshots' / f'{step}.npz') as b:
             assert np.array_equal(a['params'], b['params']) and np.array_equal(a['batch_stats'], b['batch_stats'])
     two_emas = RUN[:RUN.index('--model-ema-std')]                     # 2 members, the checkpoint holds 4
     assert main([str(data), *two_emas, '--resume', str(tmp_path / 'run')]) == 2
