@@ -11,6 +11,7 @@ Writes posthoc_sweep.png (validation top-1 and loss vs sigma_rel) and posthoc_sw
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 from pathlib import Path
@@ -49,15 +50,19 @@ def write(rows: list[dict], run_dir: Path, out_dir: Path) -> None:
         ax.axhline(float(last[f'raw_eval_{key}']), linestyle='--', color='grey', label='raw weights')
         for (name, prefix), s in zip(tracked.items(), results['ema_stds']):
             ax.plot([s], [float(last[f'{prefix}_eval_{key}'])], marker='x', markersize=10, linestyle='', label=name)
-        ax.set(xlabel='sigma_rel', ylabel=label, xscale='log')
+        ax.set(xlabel='σ_rel', ylabel=label, xscale='log')
+        ax.set_xticks(stds, [f'{s:g}' for s in stds], fontsize='small')
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(fontsize='small')
-    fig.suptitle(f'One digits run ({last["epoch"]} epochs), EMA reconstructed post hoc for each sigma_rel')
+    fig.suptitle(f'One digits run ({int(last["epoch"]) + 1} epochs): the EMA of each σ_rel reconstructed post hoc')
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / 'posthoc_sweep.png', dpi=100)
     table = ['| σ_rel | γ | top-1 (%) | loss |', '| --- | --- | --- | --- |']
     table += [f'| {r["std"]:g} | {r["gamma"]:.2f} | {r["top1"]:.2f} | {r["loss"]:.4f} |' for r in rows]
+    table += [f'| {name}, validated in training | | {float(last[f"{prefix}_eval_top1"]):.2f} | '
+              f'{float(last[f"{prefix}_eval_loss"]):.4f} |' for name, prefix in tracked.items()]
     table += [f'| raw weights | | {float(last["raw_eval_top1"]):.2f} | {float(last["raw_eval_loss"]):.4f} |']
     (out_dir / 'posthoc_sweep.md').write_text('\n'.join(table) + '\n')
     print('\n'.join(table))
@@ -67,8 +72,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--run', default=None, help='a run trained with --model-ema-std 0.05 0.1 and snapshots')
     p.add_argument('--out-dir', default='docs/figures')
+    p.add_argument('--work', default=None, help='keep the run and the reconstructions here (default: a temp folder)')
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
         run_dir = Path(args.run) if args.run else Path(tmp) / 'run'
         if args.run is None:
             assert train_main([*TRAIN, '--output', tmp, '--experiment', 'run']) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jax_ema import checkpoint, ema, offload, plot, posthoc, reporting
+from jax_ema import checkpoint, ema, ema_members, offload, plot, posthoc, reporting
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
 from jax_ema.export import export
@@ -151,3 +151,11 @@ def test_host_stack_of_three_decays_equals_the_device_stack():
     assert _max_abs_diff(offload.to_device(ema_s), device_state.ema_batch_stats) < 1e-5
     members = [np.asarray(device_state.ema_params.flat[i]) for i in range(3)]
     assert not np.array_equal(members[0], members[2])                  # three different averages
+
+    def summed(params, stats):  # stands in for the evaluation: what each member's weights are
+        return {'loss': float(np.sum(np.asarray(params.flat), dtype=np.float64)), 'top1': 0.0, 'top5': 0.0}
+    on_host = ema_members.evaluate_members(summed, ema_p, ema_s, True, ['a', 'b', 'c'])
+    on_device = ema_members.evaluate_members(summed, device_state.ema_params, device_state.ema_batch_stats, False,
+                                             ['a', 'b', 'c'])
+    assert [m['loss'] for m in on_host] == pytest.approx([m['loss'] for m in on_device], rel=1e-6)
+    assert [m['loss'] for m in on_device] == [float(np.sum(m, dtype=np.float64)) for m in members]
