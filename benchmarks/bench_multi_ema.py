@@ -106,10 +106,14 @@ def main(argv=None):
     if args.train_step:
         base['step'] = medians['step_x0']
     ratios = {name: m / base[name.split('_')[0]] for name, m in medians.items()}
+    one = args.members[0]  # the issue's figure: the step with m decays over the step with 1
+    ratio_to_1 = {name: m / medians[f'{name.split("_")[0]}_x{one}'] for name, m in medians.items()
+                  if not name.endswith('_x0')}
     for name, m in medians.items():
         moved = f'  {traffic[name] / 1e6:8.1f} MB accessed' if traffic.get(name) else ''
-        print(f'{name:>10}: median {m * 1e3:9.3f} ms  ratio {ratios[name]:.3f}{moved}')
-    report.update(median_s=medians, ratio=ratios, samples=times, bytes_accessed=traffic,
+        to_1 = f'  ratio to x{one} {ratio_to_1[name]:.3f}' if name in ratio_to_1 else ''
+        print(f'{name:>10}: median {m * 1e3:9.3f} ms  ratio {ratios[name]:.3f}{to_1}{moved}')
+    report.update(median_s=medians, ratio=ratios, ratio_to_1=ratio_to_1, samples=times, bytes_accessed=traffic,
                   ratio_base=f'update_x{args.members[0]}' + (', step_x0 (no EMA)' if args.train_step else ''))
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=2)

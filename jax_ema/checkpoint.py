@@ -126,7 +126,8 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
         try:
             if target is None:
                 return ckptr.restore(step_dir / 'state')
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), target)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, 'dtype', None)
+                                                                         or np.asarray(x).dtype), target)
             return ckptr.restore(step_dir / 'state', abstract)
         except (ValueError, KeyError, FileNotFoundError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -73,6 +73,10 @@ class Config:
     model_ema_warmup: bool = False
     model_ema_force_cpu: bool = False
     model_ema_update_every: int = 1            # one EMA update every K optimizer updates, with decay**K
+    model_ema_extra_decays: tuple = ()         # --model-ema-decay D0 D1 D2: D1, D2 (model_ema_decay is D0)
+    model_ema_stds: tuple = ()                 # power-function EMAs (EDM2) of these sigma_rel
+    model_ema_snapshot_every: int = 0          # save the power-function EMAs every N updates (0: off)
+    snapshot_dtype: str = 'float32'
     # mixed precision (jax_ema/precision.py); the optimizer state and the EMA stay float32
     amp: bool = False                          # float32 params, compute in amp_dtype
     amp_dtype: str = 'bfloat16'                # timm's default is float16 (here: with loss scaling)
@@ -170,12 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     a('--lr-noise-std', type=float, default=1.0, help='lr noise std-dev')
     a('--smoothing', type=float, default=0.1)
     a('--model-ema', action='store_true', help='keep an EMA of the weights')
-    a('--model-ema-decay', type=_decay, default=0.9998)
+    a('--model-ema-decay', type=_decay, nargs='+', default=[0.9998], metavar='D',
+      help='EMA decay; several (e.g. 0.999 0.9998 0.9999) keep one EMA each, updated together')
     a('--model-ema-warmup', action='store_true', help="timm's decay warmup 1-(1+t)^(-2/3)")
     a('--model-ema-force-cpu', action='store_true', help='keep the EMA in host memory')
     a('--model-ema-update-every', type=int, default=1, metavar='K',
       help='update the EMA once every K optimizer updates with decay**K (same horizon; for the host EMA)')
-    a('--ema-decay', type=_decay, default=None, help='shorthand for --model-ema --model-ema-decay D')
+    a('--ema-decay', type=_decay, nargs='+', default=None, metavar='D',
+      help='shorthand for --model-ema --model-ema-decay D [D ...]')
+    a('--model-ema-std', type=float, nargs='+', default=None, metavar='SIGMA_REL',
+      help='also keep power-function EMAs (EDM2) of these relative widths, e.g. 0.05 0.10')
+    a('--model-ema-snapshot-every', type=int, default=0, metavar='N',
+      help='save the --model-ema-std EMAs to RUN/snapshots/ every N updates (for python -m jax_ema.posthoc)')
+    a('--snapshot-dtype', default='float32', choices=('float32', 'float16'), help='dtype of the snapshots')
     a('--amp', action='store_true', help='mixed precision: float32 weights, compute in --amp-dtype')
     a('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
       help='compute dtype of --amp (default bfloat16; float16 adds dynamic loss scaling)')
@@ -195,6 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _split_ema_flags(args: dict) -> None:
+    """--model-ema-decay D0 [D1 ...] -> model_ema_decay D0 + model_ema_extra_decays; checks the EMA flags."""
+    decays = args['model_ema_decay']
+    if len(set(decays)) < len(decays):
+        raise UserError(f'--model-ema-decay {" ".join(map(str, decays))} repeats a decay; give each one once')
+    args['model_ema_decay'], args['model_ema_extra_decays'] = decays[0], tuple(decays[1:])
+    stds = args.pop('model_ema_std')
+    args['model_ema_stds'] = tuple(stds or ())
+    if stds is not None:
+        from jax_ema import power_ema
+        for std in stds:
+            power_ema.gamma_from_std(std)  # UserError outside (0, 1/sqrt(12)]
+        if len(set(stds)) < len(stds):
+            raise UserError(f'--model-ema-std {" ".join(map(str, stds))} repeats a value; give each one once')
+        if not args['model_ema']:
+            raise UserError('--model-ema-std needs --model-ema (the power-function EMAs are kept beside it)')
+    if args['model_ema_snapshot_every'] < 0:
+        raise UserError(f'--model-ema-snapshot-every must be >= 0, got {args["model_ema_snapshot_every"]}')
+    if args['model_ema_snapshot_every'] and not stds:
+        raise UserError('--model-ema-snapshot-every saves the power-function EMAs; add --model-ema '
+                        '--model-ema-std S [S ...] (e.g. 0.05 0.10)')
+
+
 def parse_args(argv=None) -> Config:
     """Command line -> resolved Config; bad flags raise UserError with argparse's one line."""
     args = vars(build_parser().parse_args(argv))
@@ -205,6 +239,7 @@ def parse_args(argv=None) -> Config:
     ema_decay = args.pop('ema_decay')
     if ema_decay is not None:
         args['model_ema'], args['model_ema_decay'] = True, ema_decay
+    _split_ema_flags(args)
     for key in ('scale', 'ratio', 'opt_betas', 'lr_noise'):
         if args[key] is not None:
             args[key] = tuple(args[key])

@@ -275,3 +275,18 @@ def update(cfg: EmaConfig, ema_params, ema_stats, params, stats, step, gap=1):
     ema_params = average(ema_params, params, size)
     ema_stats = copy_into(ema_stats, stats) if cfg.exclude_buffers else average(ema_stats, stats, size)
     return ema_params, ema_stats
+
+
+def member(ema_tree, index: int):
+    """Member `index` of a stacked FlatTree, still flat ([n] buffer: one shape whatever the index, so a
+    jitted evaluation compiles once for all members); a single EMA is returned as it is (index 0)."""
+    if isinstance(ema_tree, FlatTree) and ema_tree.flat.ndim == 2:
+        return FlatTree(ema_tree.flat[index], ema_tree.others, ema_tree.spec)
+    if index != 0:
+        raise IndexError(f'a single EMA has no member {index}')
+    return ema_tree
+
+
+def member_names(cfg: EmaConfig) -> list[str]:
+    """'decay 0.9998', ..., 'std 0.05', ...: what each member of the stack is, in stack order."""
+    return [f'decay {d:g}' for d in cfg.decays] + [f'std {s:g}' for s in cfg.stds]

@@ -33,18 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', required=True,
                    help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
     p.add_argument('--use-ema', action='store_true', help='export the EMA weights instead of the raw ones')
+    p.add_argument('--ema-index', type=int, default=None, metavar='I',
+                   help='with several EMAs: member I (0 = the first decay; default: the best one); '
+                        'implies --use-ema')
     p.add_argument('--out', required=True, help=f'output file, ending in {SAFETENSORS_SUFFIX}')
     return p
 
 
-def export(checkpoint_path, out, use_ema: bool = False) -> dict:
+def export(checkpoint_path, out, use_ema: bool = False, ema_index: int | None = None) -> dict:
     """Write the weights; returns what was written (model, num_classes, weights, step_dir, out)."""
     out = Path(out)
     if not out.name.endswith(SAFETENSORS_SUFFIX):
         raise UserError(f'--out {str(out)!r} must end in {SAFETENSORS_SUFFIX} (timm picks the reader by '
                         'the extension)')
     step_dir = checkpoint.resolve(checkpoint_path)
-    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema)
+    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema, ema_index=ema_index)
+    use_ema = use_ema or ema_index is not None
     model, num_classes = metadata.get('model'), metadata.get('num_classes')
     if not model or not num_classes:
         raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
@@ -52,13 +56,13 @@ def export(checkpoint_path, out, use_ema: bool = False) -> dict:
     state_dict = to_timm(model, variables)
     save_timm_safetensors(state_dict, out)
     return dict(model=model, num_classes=int(num_classes), weights='EMA' if use_ema else 'raw',
-                step_dir=str(step_dir), out=str(out))
+                step_dir=str(step_dir), out=str(out), ema_index=metadata.get('ema_index'))
 
 
 def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
-        done = export(args.checkpoint, args.out, use_ema=args.use_ema)
+        done = export(args.checkpoint, args.out, use_ema=args.use_ema, ema_index=args.ema_index)
         print(f'Wrote the {done["weights"]} weights of {done["model"]} ({done["num_classes"]} classes) from '
               f'{done["step_dir"]} to {done["out"]}\n'
               f'Load them with timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}, '

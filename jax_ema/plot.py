@@ -2,7 +2,9 @@
 
 Each run folder (made by `python -m jax_ema.train`) gives its summary.csv: raw weights dashed, EMA weights
 solid, one colour per run, labelled by the run's EMA settings (from args.yaml, else results.json), e.g.
-"decay 0.999 warmup". `plot_runs(run_dirs, out, metric)` is the library form, `run_label(run_dir)` the label.
+"decay 0.999 warmup". A run of several EMAs (`--model-ema-decay D0 D1 ...`, `--model-ema-std ...`) also
+draws its further members dotted, labelled by their decay or std. `plot_runs(run_dirs, out, metric)` is
+the library form, `run_label(run_dir)` the label.
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ def _ema_settings(run_dir: Path) -> dict | None:
                 return None
             return {'decay': args.get('model_ema_decay'), 'use_warmup': args.get('model_ema_warmup', False),
                     'update_every': args.get('model_ema_update_every', 1),
-                    'force_cpu': args.get('model_ema_force_cpu', False)}
+                    'force_cpu': args.get('model_ema_force_cpu', False),
+                    'extra_decays': args.get('model_ema_extra_decays') or [],
+                    'stds': args.get('model_ema_stds') or []}
         if results_path.exists():
             return json.loads(results_path.read_text()).get('ema')
     except (yaml.YAMLError, json.JSONDecodeError, AttributeError) as e:
@@ -46,6 +50,8 @@ def run_label(run_dir) -> str:
     if settings is None:
         return 'EMA off'
     words = [f'decay {settings["decay"]:g}']
+    words += [f'+{d:g}' for d in settings.get('extra_decays') or []]
+    words += [f'+std {s:g}' for s in settings.get('stds') or []]
     if settings.get('use_warmup'):
         words.append('warmup')
     if (settings.get('update_every') or 1) > 1:
@@ -76,6 +82,13 @@ def _column(rows: list[dict], name: str) -> list:
         return [float(r[name]) if r.get(name) not in ('', None) else None for r in rows]
     except ValueError:
         raise UserError(f'summary.csv column {name!r} holds a non-number; the file is damaged') from None
+
+
+def _member_names(run_dir: Path) -> list[str]:
+    """'decay 0.999', ..., 'std 0.05', ... for each EMA member of a run (stack order)."""
+    settings = _ema_settings(run_dir) or {}
+    decays = [settings['decay']] + list(settings.get('extra_decays') or []) if settings.get('decay') else []
+    return [f'decay {d:g}' for d in decays] + [f'std {s:g}' for s in settings.get('stds') or []]
 
 
 def run_labels(run_dirs) -> list[str]:
@@ -113,6 +126,10 @@ def plot_runs(run_dirs, out, metric: str = 'top1') -> Path:
         ax.plot(epochs, raw, linestyle='--', marker='.', color=colour, label=f'{label}: raw')
         if any(v is not None for v in ema):
             ax.plot(epochs, ema, linestyle='-', marker='o', color=colour, label=f'{label}: EMA')
+        names = _member_names(run_dirs[i])
+        for j, prefix in enumerate(reporting.member_prefixes(rows[0])[1:], start=1):  # further EMAs: dotted
+            ax.plot(epochs, _column(rows, f'{prefix}_eval_{metric}'), linestyle=':', marker='osv^<>*'[j % 7],
+                    color=colour, label=f'{label}: EMA {names[j] if j < len(names) else prefix}')
     ax.set(xlabel='epoch', ylabel=METRICS[metric], title=f'raw (dashed) vs EMA (solid) weights, {metric}')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)

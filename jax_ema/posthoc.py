@@ -187,6 +187,7 @@ def write_checkpoint(run_dir, out_dir, result: dict) -> Path:
                             f'{str(step_dir)!r} has {layout.flat.size}; they come from different models')
         saved[name] = jax.device_get(ema.FlatTree(result[key], layout.others, layout.spec).tree())
     metadata = dict(metadata, epoch=metadata.get('epoch'), metrics=None, raw_from=int(step_dir.name),
+                    best_ema_index=None,
                     ema=dict(posthoc=True, std=result['std'], gamma=result['gamma'], step=result['step'],
                              snapshots=result['snapshots'], coefficients=result['coefficients'].tolist()))
     if (run_dir / 'args.yaml').is_file():

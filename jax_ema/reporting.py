@@ -1,7 +1,9 @@
 """The run folder, as timm's: args.yaml, summary.csv, results.json, TensorBoard events, metrics.png.
 
 summary.csv starts with timm's columns and meaning (`eval_*` are the EMA's metrics when EMA is on),
-then the raw and EMA metrics side by side. Top-1/5 are in percent.
+then the raw and EMA metrics side by side. Top-1/5 are in percent. With several EMAs, `ema_eval_*` is the
+first decay's and `ema<i>_eval_*` (i = 1, 2, ...) follow for the other members, in stack order (the
+further decays, then the --model-ema-std ones).
 """
 from __future__ import annotations
 
@@ -43,14 +45,17 @@ def write_args(run_dir: Path, config) -> None:
     (run_dir / 'args.yaml').write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict | None) -> dict:
-    """One summary.csv row; `eval_*` follow timm (EMA metrics when EMA is on)."""
+def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict | None, more=()) -> dict:
+    """One summary.csv row; `eval_*` follow timm (EMA metrics when EMA is on); `more`: the metrics of
+    EMA members 1, 2, ... as `ema<i>_eval_*` columns after the usual ones."""
     main = ema or raw
     row = dict(epoch=epoch, train_loss=train_loss, eval_loss=main['loss'], eval_top1=main['top1'],
                eval_top5=main['top5'], lr=lr, raw_eval_loss=raw['loss'], raw_eval_top1=raw['top1'],
                raw_eval_top5=raw['top5'])
     for key in ('loss', 'top1', 'top5'):
         row[f'ema_eval_{key}'] = '' if ema is None else ema[key]
+    for i, metrics in enumerate(more, start=1):
+        row.update({f'ema{i}_eval_{key}': metrics[key] for key in ('loss', 'top1', 'top5')})
     return row
 
 
@@ -58,7 +63,7 @@ def append_summary(run_dir: Path, row: dict) -> None:
     path = run_dir / 'summary.csv'
     new = not path.exists()
     with path.open('a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=list(row))  # SUMMARY_COLUMNS, then any ema<i>_eval_*
         if new:
             writer.writeheader()
         writer.writerow(row)
@@ -92,8 +97,16 @@ class TensorBoard:
         self.writer.close()
 
 
-def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None) -> Path:
-    """metrics.png: raw vs EMA top-1 and loss per epoch."""
+def member_prefixes(row: dict) -> list[str]:
+    """The summary.csv prefixes of the EMA members a row has: 'ema', then 'ema1', 'ema2', ..."""
+    count = 1
+    while f'ema{count}_eval_top1' in row:
+        count += 1
+    return ['ema'] + [f'ema{i}' for i in range(1, count)]
+
+
+def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None, member_names=None) -> Path:
+    """metrics.png: raw vs EMA top-1 and loss per epoch (every EMA member, named by `member_names`)."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     def column(name):
@@ -102,7 +115,9 @@ def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None) -> Pa
     epochs = [int(r['epoch']) for r in rows]
     fig = Figure(figsize=(10, 4))
     ax_acc, ax_loss = fig.subplots(1, 2)
-    for prefix, label in (('raw', 'raw weights'), ('ema', 'EMA weights')):
+    prefixes = member_prefixes(rows[0])
+    names = member_names if member_names and len(prefixes) > 1 else ['weights'] * len(prefixes)
+    for prefix, label in [('raw', 'raw weights')] + [(p, f'EMA {n}') for p, n in zip(prefixes, names)]:
         top1, loss = column(f'{prefix}_eval_top1'), column(f'{prefix}_eval_loss')
         if any(v is not None for v in top1):
             ax_acc.plot(epochs, top1, marker='o', label=label)

@@ -146,18 +146,29 @@ def save_timm_safetensors(state_dict: dict, path) -> Path:
     return path
 
 
-def variables_from_checkpoint(step_dir, use_ema: bool = False) -> tuple[dict, dict]:
-    """(metadata, {'params', 'batch_stats'} of numpy) of one of our step folders: raw or EMA weights."""
+def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | None = None) -> tuple[dict, dict]:
+    """(metadata, {'params', 'batch_stats'} of numpy) of one of our step folders: raw or EMA weights.
+
+    A checkpoint of several EMAs holds them stacked; `use_ema` takes member `ema_index`, by default the
+    one its metadata names best (`best_ema_index`). A given `ema_index` implies `use_ema`."""
+    from jax_ema import ema_members
+    use_ema = use_ema or ema_index is not None
     metadata = checkpoint.read_metadata(step_dir)
     tree = checkpoint.restore_tree(step_dir)
     if use_ema:
         if metadata.get('ema') is None or tree.get('ema_params') is None:
             raise UserError(f'checkpoint {str(step_dir)!r} comes from a run without EMA (no --model-ema), so it '
-                            'has no EMA weights; leave out --use-ema to use its raw weights')
+                            'has no EMA weights; leave out --use-ema (and --ema-index) to use its raw weights')
         keys = checkpoint.EMA_KEYS
     else:
         keys = ('params', 'batch_stats')
     variables = {'params': tree[keys[0]], 'batch_stats': tree.get(keys[1]) or {}}
+    if use_ema:
+        index = ema_members.pick_index(step_dir, metadata, ema_index)
+        if ema_members.saved_members(metadata) > 1:
+            from jax_ema import ema
+            variables = {k: ema.tree(v, index) for k, v in variables.items()}
+        metadata = dict(metadata, ema_index=index)
     return metadata, jax.tree.map(np.asarray, variables)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, loop, offload, optim, parallel, precision, reporting
+from jax_ema import checkpoint, ema, ema_members, loop, offload, optim, parallel, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -58,7 +58,8 @@ def with_ema(state: TrainState, ema_cfg: ema.EmaConfig | None) -> TrainState:
     """Start the EMA from the current weights (timm's behaviour for checkpoints saved without EMA)."""
     if ema_cfg is None:
         return state.replace(ema_params=None, ema_batch_stats=None)
-    return state.replace(ema_params=ema.init(state.params), ema_batch_stats=ema.init(state.batch_stats))
+    return state.replace(ema_params=ema.init(state.params, ema_cfg.members),
+                         ema_batch_stats=ema.init(state.batch_stats, ema_cfg.members))
 
 
 def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> TrainState:
@@ -68,10 +69,17 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
     as timm does; a checkpoint with EMA restored into a run without drops it. With `restore_opt=False`
     (timm's --no-resume-opt) the optimizer state is fresh and its schedule continues from the step.
     """
-    saved_ema = checkpoint.read_metadata(step_dir).get('ema') is not None
+    metadata = checkpoint.read_metadata(step_dir)
+    saved_ema, saved_members = metadata.get('ema') is not None, ema_members.saved_members(metadata)
+    members = 1 if state.ema_params is None else state.ema_params.members
+    if state.ema_params is not None:
+        ema_members.check_members(step_dir, metadata, members)
     if restore_opt:
         target = checkpoint.state_tree(state.replace(ema_params=None, ema_batch_stats=None))
-        if saved_ema:
+        if saved_ema and saved_members > 1:  # a stack: float leaves with a leading member axis
+            target.update(ema_params=ema_members.stacked_target(target['params'], saved_members),
+                          ema_batch_stats=ema_members.stacked_target(target['batch_stats'], saved_members))
+        elif saved_ema:
             target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
         tree = checkpoint.restore_tree(step_dir, target)
         opt_state = tree['opt_state']
@@ -82,9 +90,12 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
                              opt_state=opt_state)
     if state.ema_params is None:
         return _strong(restored.replace(ema_params=None, ema_batch_stats=None))
+    if saved_ema and members > 1:
+        return _strong(restored.replace(ema_params=ema.init_stacked(tree['ema_params']),
+                                        ema_batch_stats=ema.init_stacked(tree['ema_batch_stats'])))
     source = tree if saved_ema else {'ema_params': tree['params'], 'ema_batch_stats': tree['batch_stats']}
-    return _strong(restored.replace(ema_params=ema.init(source['ema_params']),
-                                    ema_batch_stats=ema.init(source['ema_batch_stats'])))
+    return _strong(restored.replace(ema_params=ema.init(source['ema_params'], members),
+                                    ema_batch_stats=ema.init(source['ema_batch_stats'], members)))
 
 
 def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
@@ -165,15 +176,18 @@ def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
 
 def _ema_config(config: Config) -> ema.EmaConfig | None:
     return ema.EmaConfig(decay=config.model_ema_decay, use_warmup=config.model_ema_warmup,
-                         update_every=config.model_ema_update_every) if config.model_ema else None
+                         update_every=config.model_ema_update_every, extra_decays=config.model_ema_extra_decays,
+                         stds=config.model_ema_stds) if config.model_ema else None
 
 
 def _warn_horizon(ema_cfg, total_updates: int) -> None:
-    if ema_cfg is not None and not ema_cfg.use_warmup and ema_cfg.horizon > total_updates:
-        log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will stay '
-                    'near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
-                    '(e.g. %.4g).', ema_cfg.decay, ema_cfg.horizon, total_updates,
-                    max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
+    for decay in ema_cfg.decays if ema_cfg is not None and not ema_cfg.use_warmup else ():
+        horizon = ema_cfg.single(decay).horizon
+        if horizon > total_updates:
+            log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
+                        'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
+                        '(e.g. %.4g).', decay, horizon, total_updates,
+                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
 
 
 def _load_data(config: Config):
@@ -282,7 +296,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     board = reporting.TensorBoard(run_dir)
     log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
              config.model, num_classes, train_ds.num_examples, val_ds.num_examples, updates_per_epoch, lr,
-             'off' if ema_cfg is None else f'decay {ema_cfg.decay}' + (' on host' if host_ema else ''))
+             'off' if ema_cfg is None else ', '.join(ema.member_names(ema_cfg)) + (' on host' if host_ema else ''))
 
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
@@ -299,6 +313,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
 
     def after_update(state, count, check_finite):
         epoch, position = divmod(count, updates_per_epoch)
+        if ema_cfg is not None and ema_members.snapshot_due(count, config.model_ema_snapshot_every,
+                                                            num_epochs * updates_per_epoch):
+            state = step.flush(state, count)
+            ema_members.save_snapshot(run_dir, count, ema_cfg, state, config.snapshot_dtype)
         stop = preemption.agreed()
         if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
             check_finite()
@@ -325,33 +343,50 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             state = step.flush(state, (epoch + 1) * updates_per_epoch)
             raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
             log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
-            ema_metrics = None
-            if state.ema_params is not None:
+            ema_metrics, member_metrics, best_member = None, [], 0
+            if state.ema_params is not None and ema_cfg.members > 1:
+                member_metrics = ema_members.evaluate_members(
+                    lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs), state.ema_params, state.ema_batch_stats,
+                    host_ema, ema.member_names(ema_cfg))
+                ema_metrics = member_metrics[0]
+                best_member = ema_members.best_index(member_metrics, lambda m: _score(m, config.eval_metric))
+            elif state.ema_params is not None:
                 ema_vars = (state.ema_params, state.ema_batch_stats)
                 ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if host_ema else ema_vars),
                                        val_ds, eval_bs)
                 log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
                          ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
             epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
-            row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics)
+            row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, member_metrics[1:])
             rows.append(row)
             reporting.append_summary(run_dir, row)
             board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-            reporting.plot_metrics(run_dir, rows)
-            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
-                                                      {'raw': raw, 'ema': ema_metrics}),
-                            _score(ema_metrics or raw, config.eval_metric))
+            reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
+            meta = _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
+                             {'raw': raw, 'ema': ema_metrics})
+            if member_metrics:
+                meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
+            checkpoint.save(manager, state, meta,
+                            _score((member_metrics or [ema_metrics or raw])[best_member], config.eval_metric))
     board.close()
     manager.close()
     scores = [(_score({k: r[f'eval_{k}'] for k in ('loss', 'top1', 'top5')}, config.eval_metric), int(r['epoch']))
               for r in rows]
     best_score, best_epoch = max(scores, key=lambda se: (se[0], -se[1]))
+    if ema_cfg is not None and ema_cfg.members > 1:  # the best over every member too
+        best_score, best_epoch, best_member = ema_members.best_over_rows(
+            rows, ema_cfg.members, lambda m: _score(m, config.eval_metric))
     best_value = -best_score if config.eval_metric == 'loss' else best_score
     log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
     results = {'best_metric': best_value, 'best_epoch': best_epoch,
                'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
                'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu)
                        if ema_cfg else None)}
+    if ema_cfg is not None and ema_cfg.members > 1:
+        results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
+                       best_ema=ema_members.describe(ema_cfg, best_member))
+        results['final']['ema_members'] = [_final(rows[-1], prefix)
+                                           for prefix in ema_members.column_prefixes(ema_cfg.members)]
     reporting.write_results(run_dir, results)
     return dict(results, run_dir=str(run_dir))
 

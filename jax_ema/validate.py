@@ -28,6 +28,7 @@ import yaml
 from jax_ema.checkpoint import resolve as resolve_checkpoint
 from jax_ema.cli import run_cli
 from jax_ema.config import DIGITS_DEFAULTS
+from jax_ema.ema_members import saved_members
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.timm_io import variables_from_checkpoint
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--checkpoint', required=True,
                    help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
     p.add_argument('--use-ema', action='store_true', help='validate the EMA weights instead of the raw ones')
+    p.add_argument('--ema-index', type=int, default=None, metavar='I',
+                   help='with several EMAs: member I (0 = the first decay; default: the best one); '
+                        'implies --use-ema')
     p.add_argument('--split', default=None,
                    help="split to validate (default: the run's --val-split, else 'validation'); "
                         'a train split name validates the training images')
@@ -105,7 +109,7 @@ def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, wor
 
 def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | None = None,
              img_size: int | None = None, crop_pct: float | None = None, split: str | None = None,
-             workers: int = 4) -> dict:
+             workers: int = 4, ema_index: int | None = None) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
@@ -114,7 +118,8 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
     """
     data = None if data is None else str(data)
     step_dir = resolve_checkpoint(checkpoint)
-    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema)
+    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema, ema_index=ema_index)
+    use_ema = use_ema or ema_index is not None
     model_name, num_classes = metadata.get('model'), metadata.get('num_classes')
     if not model_name or not num_classes:
         raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
@@ -154,6 +159,8 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
                    param_count=round(param_count / 1e6, 2), img_size=int(img_size), crop_pct=float(crop_pct),
                    weights='ema' if use_ema else 'raw', checkpoint=str(step_dir), data=data, split=split,
                    num_images=dataset.num_examples)
+    if use_ema and saved_members(metadata) > 1:
+        results['ema_index'] = metadata['ema_index']  # which of the run's EMAs
     log.info(' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
         results['top1'], results['top1_err'], results['top5'], results['top5_err']))
     return results
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
         results = validate(args.checkpoint, data=args.data or args.data_dir, use_ema=args.use_ema,
                            batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
-                           split=args.split, workers=args.workers)
+                           split=args.split, workers=args.workers, ema_index=args.ema_index)
         if args.results_file:
             write_results(args.results_file, results, args.results_format)
         print(f'--result\n{json.dumps(results, indent=4)}', flush=True)

@@ -6,6 +6,7 @@ a train step. `python tests/test_bad_input.py` prints every case's real message 
 writes it to docs/bad-input.md.
 """
 import contextlib
+import dataclasses
 import io
 import os
 import shutil
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_ema import checkpoint, export, timm_io, train, validate
+from jax_ema import checkpoint, ema, export, posthoc, timm_io, train, validate
 from jax_ema.convert import to_timm
 from jax_ema.models import create_model
 from test_train import IMG, _image_folder, _state
@@ -29,7 +30,7 @@ from test_train import IMG, _image_folder, _state
 PER_CLASS = 10  # 2 classes x 10 images per split: 20 training images
 TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
         '--lr', '0.01', '-j', '1']
-CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main}
+CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main, 'posthoc': posthoc.main}
 
 
 # --- the world: one tiny dataset, its broken variants, checkpoints and weight files ----------------
@@ -42,9 +43,9 @@ def _variant(w, name, change):
     return root
 
 
-def _save_run(run_dir, state, model, num_classes):
+def _save_run(run_dir, state, model, num_classes, ema_settings=None):
     manager = checkpoint.open_manager(run_dir / 'checkpoints')
-    meta = dict(model=model, num_classes=num_classes, img_size=IMG, ema=None, host_ema=False, epoch=0,
+    meta = dict(model=model, num_classes=num_classes, img_size=IMG, ema=ema_settings, host_ema=False, epoch=0,
                 position=5, metrics=None)
     step_dir = checkpoint.save(manager, state, meta, score=1.0)
     manager.close()
@@ -98,6 +99,9 @@ def build_world(root: Path) -> types.SimpleNamespace:
     _save_run(w.run_resnet34, state, 'resnet34', 2)
     w.run_5_classes = root / 'runs' / 'five_classes'
     _save_run(w.run_5_classes, state, 'resnet18', 5)
+    stacked = ema.EmaConfig(decay=0.9, extra_decays=(0.99,))  # a run of 2 EMAs
+    w.run_2_emas = root / 'runs' / 'two_emas'
+    _save_run(w.run_2_emas, _state(stacked, num_classes=2), 'resnet18', 2, dataclasses.asdict(stacked))
     w.run_tmp_only = root / 'runs' / 'tmp_only'  # a save that died before orbax renamed its folder
     tmp_step = w.run_tmp_only / 'checkpoints' / '5.orbax-checkpoint-tmp-1732600000'
     shutil.copytree(w.step / 'state', tmp_step / 'state')
@@ -202,6 +206,20 @@ CASES = [
     ('--output is a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file)], 'is a file'),
     ('--output beneath a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file / 'sub')],
      'cannot create the run folder'),
+    ('--model-ema-decay repeats a decay', 'train', _run('data', '--model-ema', '--model-ema-decay', '0.9', '0.9'),
+     'repeats a decay'),
+    ('--model-ema-std outside (0, 0.2887]', 'train', _run('data', '--model-ema', '--model-ema-std', '0.5'),
+     'sigma_rel 0.5 is outside'),
+    ('--model-ema-std not a number', 'train', _run('data', '--model-ema', '--model-ema-std', 'wide'),
+     "invalid float value: 'wide'"),
+    ('--model-ema-std without --model-ema', 'train', _run('data', '--model-ema-std', '0.05'), 'needs --model-ema'),
+    ('--model-ema-snapshot-every without --model-ema-std', 'train',
+     _run('data', '--model-ema', '--model-ema-snapshot-every', '10'), 'add --model-ema'),
+    ('--model-ema-snapshot-every negative', 'train',
+     _run('data', '--model-ema', '--model-ema-std', '0.05', '--model-ema-snapshot-every', '-1'), 'must be >= 0'),
+    ('unknown --snapshot-dtype', 'train', _run('data', '--snapshot-dtype', 'int8'), "invalid choice: 'int8'"),
+    ('--resume with another number of EMAs', 'train',
+     _run('data', '--model-ema', '--resume', lambda w: w.run_2_emas), 'holds 2 EMA(s) but this run keeps 1'),
     ('DATA and --data-dir differ', 'train', _run('data', '--data-dir', lambda w: w.empty), 'differ'),
     ('bad --eval-metric', 'train', _run('data', '--eval-metric', 'top3'), "invalid choice: 'top3'"),
     ('unknown flag', 'train', _run('data', '--model-emma'), 'unrecognized arguments: --model-emma'),
@@ -219,6 +237,26 @@ CASES = [
     ('export: metadata not a JSON object', 'export',
      lambda w: ['--checkpoint', str(w.run_list_metadata), '--out', str(w.out / 'm.safetensors')], 'metadata'),
     ('export: no --out', 'export', lambda w: ['--checkpoint', str(w.run)], 'required: --out'),
+    ('export: --ema-index of a run without EMA', 'export',
+     lambda w: ['--checkpoint', str(w.run), '--ema-index', '0', '--out', str(w.out / 'm.safetensors')],
+     'without EMA'),
+    ('export: --ema-index negative', 'export',
+     lambda w: ['--checkpoint', str(w.run_2_emas), '--ema-index', '-1', '--out', str(w.out / 'm.safetensors')],
+     'out of range'),
+    ('validate: --ema-index past the EMAs', 'validate',
+     lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', '2'], 'indices 0..1'),
+    ('validate: --ema-index not a number', 'validate',
+     lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', 'best'], "invalid int value"),
+    ('posthoc: a run without snapshots', 'posthoc',
+     lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.out / 'ph')], 'no EMA snapshots'),
+    ('posthoc: missing run folder', 'posthoc',
+     lambda w: ['--run', str(w.root / 'no_run'), '--std', '0.07', '--out', str(w.out / 'ph')], 'does not exist'),
+    ('posthoc: --std outside (0, 0.2887]', 'posthoc',
+     lambda w: ['--run', str(w.run), '--std', '0', '--out', str(w.out / 'ph')], 'sigma_rel 0 is outside'),
+    ('posthoc: --out not empty', 'posthoc',
+     lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.run)], 'not an empty folder'),
+    ('posthoc: no --std', 'posthoc', lambda w: ['--run', str(w.run), '--out', str(w.out / 'ph')],
+     'required: --std'),
     ('validate: missing checkpoint', 'validate',
      lambda w: [str(w.data), '--checkpoint', str(w.root / 'no_run')], 'does not exist'),
     ('validate: data of another class count', 'validate', lambda w: ['--checkpoint', str(w.run)],
