@@ -65,6 +65,12 @@ class Config:
     model_ema_warmup: bool = False
     model_ema_force_cpu: bool = False
     model_ema_update_every: int = 1            # one EMA update every K optimizer updates, with decay**K
+    model_ema_shard: bool = False              # each device holds 1/N of the EMA (offload.py)
+    # several processes (jax.distributed.initialize; see parallel.initialize)
+    coordinator_address: Optional[str] = None  # HOST:PORT of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    distributed: bool = False                  # let JAX detect the cluster (SLURM, Open MPI, TPU pod)
     # run
     seed: int = 42
     output: str = ''
@@ -155,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     a('--model-ema-force-cpu', action='store_true', help='keep the EMA in host memory')
     a('--model-ema-update-every', type=int, default=1, metavar='K',
       help='update the EMA once every K optimizer updates with decay**K (same horizon; for the host EMA)')
+    a('--model-ema-shard', action='store_true',
+      help='split the EMA over the devices (1/N each, updated with no communication)')
+    a('--coordinator-address', default=None, metavar='HOST:PORT',
+      help='multi-process run: the address of process 0 (with --num-processes and --process-id)')
+    a('--num-processes', type=int, default=None)
+    a('--process-id', type=int, default=None)
+    a('--distributed', action='store_true',
+      help='multi-process run with the addresses detected from the environment (SLURM, Open MPI, TPU pod)')
     a('--ema-decay', type=_decay, default=None, help='shorthand for --model-ema --model-ema-decay D')
     a('--seed', type=int, default=42)
     a('--output', default='')
@@ -184,10 +198,11 @@ def parse_args(argv=None) -> Config:
         if args[key] is not None:
             args[key] = tuple(args[key])
     for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
-                'model_ema_update_every', 'grad_accum_steps'):
+                'model_ema_update_every', 'grad_accum_steps', 'num_processes'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
-    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers'):
+    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers',
+                'process_id'):
         if args[key] is not None and args[key] < 0:
             raise UserError(f'--{key.replace("_", "-")} must be >= 0, got {args[key]}')
     for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):
