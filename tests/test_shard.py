@@ -1,6 +1,5 @@
 """The sharded EMA (--model-ema-shard): the 8-device cases (tests/shard_cases.py) in a process of their
 own, and what one device can check here: the padding, and the flag refused with --model-ema-force-cpu."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +10,16 @@ import numpy as np
 
 from jax_ema import ema
 from jax_ema.train import main
+from test_parallel import device_env
 from test_train import TINY, _image_folder
-
-# On a loaded CPU one of 8 device threads can reach a collective late; XLA's default 40 s then aborts.
-XLA_FLAGS = '--xla_cpu_collective_call_terminate_timeout_seconds=600'
 
 
 def test_on_eight_devices_the_sharded_ema_holds_an_eighth_needs_no_collective_and_resumes_exactly():
     """Runs tests/shard_cases.py: per-device bytes / 8, no collective in the update nor added to the step,
     bit-identical to the on-device EMA, checkpoint gathered and resumed bit-identically."""
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count=8 {XLA_FLAGS}')
     cases = Path(__file__).with_name('shard_cases.py')
     done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:xdist', '-p', 'no:cacheprovider',
-                           str(cases)], env=env, capture_output=True, text=True, timeout=900,
+                           str(cases)], env=device_env(8), capture_output=True, text=True, timeout=900,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert '5 passed' in done.stdout
