@@ -48,3 +48,5 @@ def test_shard_and_force_cpu_are_refused_together(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and not (tmp_path / 'out').exists()
     assert main([str(data), *TINY, '--process-id', '2', '--num-processes', '2', '--output', str(tmp_path / 'out')]) == 2
     assert 'process-id 2 is not in [0, --num-processes 2)' in capsys.readouterr().err
+    assert main([str(data), *TINY, '--num-processes', '2', '--output', str(tmp_path / 'out')]) == 2
+    assert 'error: cannot join the multi-process run' in capsys.readouterr().err
