@@ -37,7 +37,8 @@ def make_variant(name, model, variables, batch, decay):
     fused = cfg is not None and not on_host and every == 1
     p_train = jax.jit(functools.partial(train_step, ema_cfg=cfg if fused else None, smoothing=0.1),
                       donate_argnums=0)
-    stepper = loop.Stepper(p_train, None if fused or cfg is None else offload.ema_update(cfg, on_host), every)
+    update = None if fused or cfg is None else offload.ema_update(cfg, 'host' if on_host else 'device')
+    stepper = loop.Stepper(p_train, update, every)
     count = itertools.count(1)
     return (lambda st: stepper(st, batch, next(count))[0]), state
 

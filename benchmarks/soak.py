@@ -87,7 +87,7 @@ def build(args):
                               ema_batch_stats=offload.to_host(state.ema_batch_stats))
     p_train = jax.jit(functools.partial(train_step, ema_cfg=None if args.host_ema else ema_cfg, smoothing=0.1),
                       donate_argnums=0)
-    step = loop.Stepper(p_train, offload.ema_update(ema_cfg, True) if args.host_ema else None)
+    step = loop.Stepper(p_train, offload.ema_update(ema_cfg, 'host') if args.host_ema else None)
     return step, state, schedule
 
 

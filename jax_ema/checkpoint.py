@@ -4,7 +4,8 @@ Each step folder holds two items:
   state/     params, batch_stats, opt_state, step (+ ema_params, ema_batch_stats when EMA is on)
   metadata/  JSON: model, num_classes, img_size, ema settings, epoch, position, metrics, score
 so no tool needs `--model` to read it. Orbax writes into a temporary folder and renames it when
-complete, so a crash mid-save leaves the previous checkpoints intact.
+complete, so a crash mid-save leaves the previous checkpoints intact. With several processes every
+process calls `save` and `restore_tree` (orbax synchronises them; the folder must be shared).
 
 Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`.
 """
@@ -18,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jax_ema import ema
+from jax_ema import ema, parallel
 from jax_ema.errors import UserError
 from jax_ema.guard import TrainingDiverged, all_finite
 
@@ -26,11 +27,12 @@ EMA_KEYS = ('ema_params', 'ema_batch_stats')
 
 
 def state_tree(state) -> dict:
-    """The arrays of a TrainState worth saving, as host numpy (EMA keys only when EMA is on)."""
+    """The arrays of a TrainState worth saving, as host numpy (EMA keys only when EMA is on); a sharded
+    EMA is gathered first, so every process holds the whole tree."""
     tree = dict(step=state.step, params=state.params, batch_stats=state.batch_stats, opt_state=state.opt_state)
     if state.ema_params is not None:
         tree.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
-    tree = jax.device_get(tree)
+    tree = jax.device_get(parallel.gather(tree))
     for key in EMA_KEYS:  # saved as ordinary pytrees, whatever the EMA's in-memory layout
         if key in tree:
             tree[key] = ema.tree(tree[key])

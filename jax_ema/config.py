@@ -81,6 +81,12 @@ class Config:
     amp: bool = False                          # float32 params, compute in amp_dtype
     amp_dtype: str = 'bfloat16'                # timm's default is float16 (here: with loss scaling)
     model_dtype: Optional[str] = None          # params stored in this dtype (timm --model-dtype)
+    model_ema_shard: bool = False              # each device holds 1/N of the EMA (offload.py)
+    # several processes (jax.distributed.initialize; see parallel.initialize)
+    coordinator_address: Optional[str] = None  # HOST:PORT of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    distributed: bool = False                  # let JAX detect the cluster (SLURM, Open MPI, TPU pod)
     # run
     seed: int = 42
     output: str = ''
@@ -192,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
       help='compute dtype of --amp (default bfloat16; float16 adds dynamic loss scaling)')
     a('--model-dtype', default=None, metavar='DTYPE',
       help='store the weights in this dtype (float32 or bfloat16); optimizer state and EMA stay float32')
+    a('--model-ema-shard', action='store_true',
+      help='split the EMA over the devices (1/N each, updated with no communication)')
+    a('--coordinator-address', default=None, metavar='HOST:PORT',
+      help='multi-process run: the address of process 0 (with --num-processes and --process-id)')
+    a('--num-processes', type=int, default=None)
+    a('--process-id', type=int, default=None)
+    a('--distributed', action='store_true',
+      help='multi-process run with the addresses detected from the environment (SLURM, Open MPI, TPU pod)')
     a('--seed', type=int, default=42)
     a('--output', default='')
     a('--experiment', default='')
@@ -244,10 +258,11 @@ def parse_args(argv=None) -> Config:
         if args[key] is not None:
             args[key] = tuple(args[key])
     for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
-                'model_ema_update_every', 'grad_accum_steps'):
+                'model_ema_update_every', 'grad_accum_steps', 'num_processes'):
         if args[key] is not None and args[key] <= 0:
             raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
-    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers'):
+    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers',
+                'process_id'):
         if args[key] is not None and args[key] < 0:
             raise UserError(f'--{key.replace("_", "-")} must be >= 0, got {args[key]}')
     for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):

@@ -174,11 +174,22 @@ class FlatTree:
         return self.flat.shape[0] if self.flat.ndim == 2 else 1
 
     def pack(self, tree):
-        """The float leaves of `tree` (same structure as ours) as one vector of our dtype."""
+        """The float leaves of `tree` (same structure as ours) as one vector of our dtype and length."""
         leaves, treedef = jax.tree.flatten(tree)
         if treedef != self.spec[0]:
             raise ValueError(f'tree structure {treedef} does not match the EMA\'s {self.spec[0]}')
-        return _ravel(leaves, self.spec[1], self.flat.dtype), [x for x, f in zip(leaves, self.spec[1]) if not f]
+        flat = _ravel(leaves, self.spec[1], self.flat.dtype)
+        if self.flat.shape[-1] > flat.shape[0]:  # a padded EMA (see `padded`)
+            flat = jnp.pad(flat, (0, self.flat.shape[-1] - flat.shape[0]))
+        return flat, [x for x, f in zip(leaves, self.spec[1]) if not f]
+
+    def padded(self, multiple: int) -> 'FlatTree':
+        """Zeros appended to the flat vector's last axis up to a multiple of `multiple` (to shard it evenly
+        over devices); `tree()` ignores them and `pack` pads to match, so they stay zero."""
+        pad = -self.flat.shape[-1] % multiple
+        if pad == 0:
+            return self
+        return FlatTree(jnp.pad(self.flat, [(0, 0)] * (self.flat.ndim - 1) + [(0, pad)]), self.others, self.spec)
 
     def tree(self, index: int | None = None):
         """The pytree; for a stack, member `index`, or all with a leading member axis when None."""

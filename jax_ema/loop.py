@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
@@ -70,7 +71,8 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
     loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
     fault_at, fault_signal = _fault()
     bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',
-               unit='step', dynamic_ncols=True, leave=False, file=sys.stderr, disable=None)  # off unless a tty
+               unit='step', dynamic_ncols=True, leave=False, file=sys.stderr,
+               disable=None if jax.process_index() == 0 else True)  # off unless a tty, and on process 0
     stopped = False
 
     def check(loss_sum, finite, count):

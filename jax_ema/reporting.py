@@ -4,6 +4,9 @@ summary.csv starts with timm's columns and meaning (`eval_*` are the EMA's metri
 then the raw and EMA metrics side by side. Top-1/5 are in percent. With several EMAs, `ema_eval_*` is the
 first decay's and `ema<i>_eval_*` (i = 1, 2, ...) follow for the other members, in stack order (the
 further decays, then the --model-ema-std ones).
+
+With several processes only process 0 writes here (the writers below do nothing on the others);
+checkpoints are written by all of them together (checkpoint.py).
 """
 from __future__ import annotations
 
@@ -40,7 +43,14 @@ def make_run_dir(output: str, experiment: str, model: str, img_size: int) -> Pat
     return run_dir
 
 
+def _writes() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
 def write_args(run_dir: Path, config) -> None:
+    if not _writes():
+        return
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
     (run_dir / 'args.yaml').write_text(yaml.safe_dump(values, sort_keys=False))
 
@@ -60,6 +70,8 @@ def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict |
 
 
 def append_summary(run_dir: Path, row: dict) -> None:
+    if not _writes():
+        return
     path = run_dir / 'summary.csv'
     new = not path.exists()
     with path.open('a', newline='') as f:
@@ -75,6 +87,8 @@ def read_summary(run_dir) -> list[dict]:
 
 
 def write_results(run_dir: Path, results: dict) -> None:
+    if not _writes():
+        return
     tmp = run_dir / 'results.json.tmp'
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(run_dir / 'results.json')
@@ -85,16 +99,19 @@ class TensorBoard:
 
     def __init__(self, run_dir: Path):
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=str(run_dir / 'tensorboard'))
+        self.writer = SummaryWriter(logdir=str(run_dir / 'tensorboard')) if _writes() else None
 
     def scalars(self, step: int, values: dict) -> None:
+        if self.writer is None:
+            return
         for name, value in values.items():
             if value != '' and value is not None:
                 self.writer.add_scalar(name, float(value), step)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def member_prefixes(row: dict) -> list[str]:
@@ -107,6 +124,9 @@ def member_prefixes(row: dict) -> list[str]:
 
 def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None, member_names=None) -> Path:
     """metrics.png: raw vs EMA top-1 and loss per epoch (every EMA member, named by `member_names`)."""
+    out = out or run_dir / 'metrics.png'
+    if not _writes():
+        return out
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     def column(name):
@@ -129,6 +149,5 @@ def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None, membe
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out = out or run_dir / 'metrics.png'
     fig.savefig(out, dpi=100)
     return out

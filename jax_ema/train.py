@@ -253,6 +253,8 @@ def create_optimizer_and_schedule(config: Config, updates_per_epoch: int, batch_
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
     config = config.resolved()
+    where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
+    parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
     create_model(config.model, 1)  # an unknown model name fails before the data is read
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     train_ds, val_ds = _load_data(config)
@@ -280,30 +282,34 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         state, resumed_from = _resume(config, state, num_classes)
         if run_dir is None and resumed_from.parent.name == 'checkpoints':
             run_dir = resumed_from.parent.parent  # go on in the same run folder
-    state = parallel.replicate(state)
-    host_ema = ema_cfg is not None and config.model_ema_force_cpu
-    if host_ema:
-        state = state.replace(ema_params=offload.to_host(state.ema_params),
-                              ema_batch_stats=offload.to_host(state.ema_batch_stats))
+    ema_vars = (state.ema_params, state.ema_batch_stats)
+    state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
+    if ema_cfg is not None:
+        state = state.replace(ema_params=offload.place(ema_vars[0], where),
+                              ema_batch_stats=offload.place(ema_vars[1], where))
+    host_ema = ema_cfg is not None and where == 'host'
     _warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
 
-    if run_dir is None:
+    if run_dir is None and parallel.is_main():
         run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
-    run_dir = Path(run_dir)
+    run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
     log.info('Run folder: %s', run_dir)
     reporting.write_args(run_dir, config)
     manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
     board = reporting.TensorBoard(run_dir)
     log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
              config.model, num_classes, train_ds.num_examples, val_ds.num_examples, updates_per_epoch, lr,
-             'off' if ema_cfg is None else ', '.join(ema.member_names(ema_cfg)) + (' on host' if host_ema else ''))
+             'off' if ema_cfg is None else ', '.join(ema.member_names(ema_cfg)) + {'device': '', 'host': ' on host',
+                                                                                   'sharded': ' sharded'}[where])
 
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
-    p_train = jax.jit(functools.partial(train_step, ema_cfg=ema_cfg if fused else None,
-                                        smoothing=config.smoothing, accum_steps=config.grad_accum_steps),
-                      donate_argnums=0)
-    step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, host_ema),
+    step_fn = functools.partial(train_step, ema_cfg=ema_cfg if fused and where == 'device' else None,
+                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps)
+    if fused and where == 'sharded':
+        step_fn = offload.fuse_sharded(step_fn, ema_cfg)
+    p_train = jax.jit(step_fn, donate_argnums=0)
+    step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, where),
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
     eval_bs = (config.validation_batch_size or config.batch_size) * jax.device_count()
@@ -322,7 +328,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             check_finite()
             state = step.flush(state, count)
             checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
-        if stop:
+        if stop and parallel.is_main():
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
                   f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
         return state, stop
@@ -345,14 +351,15 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
             ema_metrics, member_metrics, best_member = None, [], 0
             if state.ema_params is not None and ema_cfg.members > 1:
+                stack = (state.ema_params, state.ema_batch_stats)
                 member_metrics = ema_members.evaluate_members(
-                    lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs), state.ema_params, state.ema_batch_stats,
-                    host_ema, ema.member_names(ema_cfg))
+                    lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs),
+                    *(offload.to_device(stack) if where == 'sharded' else stack), host_ema, ema.member_names(ema_cfg))
                 ema_metrics = member_metrics[0]
                 best_member = ema_members.best_index(member_metrics, lambda m: _score(m, config.eval_metric))
             elif state.ema_params is not None:
                 ema_vars = (state.ema_params, state.ema_batch_stats)
-                ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if host_ema else ema_vars),
+                ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if where != 'device' else ema_vars),
                                        val_ds, eval_bs)
                 log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
                          ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
@@ -380,7 +387,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
     results = {'best_metric': best_value, 'best_epoch': best_epoch,
                'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
-               'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu)
+               'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu,
+                            shard=config.model_ema_shard)
                        if ema_cfg else None)}
     if ema_cfg is not None and ema_cfg.members > 1:
         results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
@@ -400,7 +408,7 @@ def main(argv=None) -> int:
     def run():
         config = parse_args(argv)
         results = train_and_evaluate(config)
-        if results.get('preempted'):
+        if results.get('preempted') or not parallel.is_main():
             return 0
         print('--result')
         print(json.dumps({k: v for k, v in results.items() if k != 'run_dir'}, indent=4))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jax_ema import checkpoint
+from jax_ema.loop import SIGNAL_AT_UPDATE
 from PIL import Image
 
 # 20 training images, global batch 8: 2 updates per epoch, 10 in all; SGD, EMA with warmup. The images
@@ -18,28 +19,56 @@ RUN = ['--model', 'resnet18', '--img-size', '32', '--epochs', '5', '--warmup-epo
        '--model-ema', '--model-ema-decay', '0.9', '--model-ema-warmup', '--log-interval', '1']
 
 
+def device_env(devices: int) -> dict:
+    """The environment of a trainer process with `devices` CPU devices, sharing the tests' XLA cache.
+    On a loaded CPU one device thread can reach a collective late; XLA's default 40 s would abort."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+                         '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+    env.pop(SIGNAL_AT_UPDATE, None)
+    return env
+
+
 def _train(data, out, devices, per_device_batch, extra=()):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
     done = subprocess.run([sys.executable, '-m', 'jax_ema.train', str(data), *RUN, '-b', str(per_device_batch),
                            '--output', str(out), '--experiment', 'run', *extra],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=device_env(devices), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return checkpoint.restore_tree(checkpoint.resolve(out / 'run'))
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('parallel') / 'ds'
+def noise_folder(root, train_per_class=10, validation_per_class=10):
+    """Two classes of noise images (40 px) in train/ and validation/."""
     rng = np.random.default_rng(0)
-    for split in ('train', 'validation'):
+    for split, count in (('train', train_per_class), ('validation', validation_per_class)):
         for name in ('a', 'b'):
             (root / split / name).mkdir(parents=True)
-            for i in range(10):
+            for i in range(count):
                 pixels = rng.integers(0, 256, size=(40, 40, 3)).astype(np.uint8)
                 Image.fromarray(pixels).save(root / split / name / f'{i}.png')
     return root
+
+
+def assert_close(expected, actual, tol=1e-5, keys=('params', 'batch_stats', 'ema_params', 'ema_batch_stats')):
+    """Every tensor of `actual` within tol x the largest value of its group (params, ...) in `expected`.
+
+    Relative to the largest value of each group (as the float32 parity bounds): a per-tensor scale is
+    meaningless for tensors at rounding level, e.g. layer4_1.bn1.bias stays ~2e-6 (its gradients are
+    near-cancelling sums), where the 8-device reduction order alone changes it by 2e-7.
+    """
+    for key in keys:
+        pairs = zip(jax.tree_util.tree_flatten_with_path(expected[key])[0], jax.tree.leaves(actual[key]),
+                    strict=True)
+        scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(expected[key]))
+        for (path, a), b in pairs:
+            err = float(np.max(np.abs(np.asarray(a, np.float64) - b))) / scale
+            assert err <= tol, f'{key}{jax.tree_util.keystr(path)}: error {err:.3g} x max|{key}|'
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return noise_folder(tmp_path_factory.mktemp('parallel') / 'ds')
 
 
 @pytest.fixture(scope='module')
@@ -51,14 +80,4 @@ def one_device(data, tmp_path_factory):
 def test_eight_devices_match_one_device_after_ten_steps(data, tmp_path, one_device, extra):
     eight = _train(data, tmp_path, devices=8, per_device_batch=1, extra=extra)
     assert int(eight['step']) == int(one_device['step']) == 10
-    # Relative to the largest value of each group (as the float32 parity bounds): a per-tensor scale is
-    # meaningless for tensors at rounding level, e.g. layer4_1.bn1.bias stays ~2e-6 (its gradients are
-    # near-cancelling sums), where the 8-device reduction order alone changes it by 2e-7.
-    for key in ('params', 'batch_stats', 'ema_params', 'ema_batch_stats'):
-        scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(one_device[key]))
-        for path, a in jax.tree_util.tree_flatten_with_path(one_device[key])[0]:
-            b = eight[key]
-            for k in path:
-                b = b[k.key]
-            err = float(np.max(np.abs(np.asarray(a, np.float64) - b))) / scale
-            assert err <= 1e-5, f'{key}{jax.tree_util.keystr(path)}: error {err:.3g} x max|{key}|'
+    assert_close(one_device, eight)

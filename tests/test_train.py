@@ -83,7 +83,7 @@ def test_host_ema_lives_in_pinned_host_and_matches_device_ema(step_fn, ema_cfg):
     ema_p = offload.to_host(host_state.ema_params)
     ema_s = offload.to_host(host_state.ema_batch_stats)
     plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    update = offload.ema_update(ema_cfg, True)
+    update = offload.ema_update(ema_cfg, 'host')
     host_state = host_state.replace(ema_params=None, ema_batch_stats=None)
     for i in range(3):
         device_state, _ = step_fn(device_state, _batch(i))
@@ -198,7 +198,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
 def test_stepper_updates_every_k_and_flushes_what_is_pending():
     cfg = ema.EmaConfig(decay=0.9, update_every=3)
     plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    stepper = loop.Stepper(plain_step, offload.ema_update(cfg, True), every=3)
+    stepper = loop.Stepper(plain_step, offload.ema_update(cfg, 'host'), every=3)
     state = _state(cfg)
     state = state.replace(ema_params=offload.to_host(state.ema_params),
                           ema_batch_stats=offload.to_host(state.ema_batch_stats))
