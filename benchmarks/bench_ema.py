@@ -46,7 +46,6 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 STEP_VARIANTS = ('no_ema', 'device_ema', 'host_ema', 'host_ema_k4', 'host_ema_k16', 'sharded_ema')
 TIMM_VARIANTS = {'timm_no_ema': dict(model_ema=False), 'timm_ema': dict(model_ema=True),
                  'timm_ema_force_cpu': dict(model_ema=True, ema_kwargs={'device': 'cpu'})}
-NOT_AVAILABLE = 'not available in this build'
 FULL = dict(model='resnet18', ema_model='resnet50', batch_size=16, img_size=32, steps=16, rounds=3, reps=10)
 QUICK = dict(model='resnet18', ema_model='resnet18', batch_size=2, img_size=32, steps=1, rounds=1, reps=2,
              torch_threads=1)
@@ -100,9 +99,7 @@ def bench_update(variables, model_name, decay, reps, rounds):
     """Ours vs timm's V2/V3 update vs a jitted copy, on one model's params + BatchNorm statistics."""
     cfg = ema.EmaConfig(decay=decay)
     params, stats = variables['params'], variables.get('batch_stats', {})
-    # the trainer's jitted, donated update of the flat EMA on the device (its argument: a placement since
-    # the sharded EMA, before it a bool `on_host`)
-    update = offload.ema_update(cfg, 'device' if hasattr(offload, 'PLACEMENTS') else False)
+    update = offload.ema_update(cfg, 'device')  # the trainer's jitted, donated update of the flat EMA
     step = jnp.asarray(10, jnp.int32)
     ema_pair = (ema.init(params), ema.init(stats))
     n = ema_pair[0].flat.size + ema_pair[1].flat.size
@@ -137,10 +134,7 @@ def bench_update(variables, model_name, decay, reps, rounds):
 # --- 2. our train step ---------------------------------------------------------------------------------
 
 def sharded_variant(model, variables, batch, decay):
-    """The step with the EMA split over the devices (`--model-ema-shard`) as the trainer builds it, or None
-    where this build's `offload` lacks the sharded placement."""
-    if not hasattr(offload, 'fuse_sharded'):
-        return None
+    """The step with the EMA split over the devices (`--model-ema-shard`) as the trainer builds it."""
     cfg = ema.EmaConfig(decay=decay)
     state = create_train_state(model, optim.create_optimizer('sgd', lambda s: 0.01, 1e-4, 0.9), variables, cfg)
     state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None)).replace(
@@ -168,18 +162,13 @@ def step_runner(run, state, steps, warmup):
 
 
 def step_fns(model, variables, batch, decay, steps, warmup):
-    """{variant: timing closure} for the STEP_VARIANTS this build has, and {variant: note} for the rest."""
-    fns, missing = {}, {}
+    """{variant: timing closure} for the STEP_VARIANTS."""
+    fns = {}
     for name in STEP_VARIANTS:
-        if name == 'sharded_ema':
-            built = sharded_variant(model, variables, batch, decay)
-        else:
-            built = bench_step.make_variant(name, model, variables, batch, decay)
-        if built is None:
-            missing[name] = NOT_AVAILABLE
-        else:
-            fns[name] = step_runner(*built, steps, warmup)
-    return fns, missing
+        built = (sharded_variant(model, variables, batch, decay) if name == 'sharded_ema'
+                 else bench_step.make_variant(name, model, variables, batch, decay))
+        fns[name] = step_runner(*built, steps, warmup)
+    return fns
 
 
 # --- 3. timm's step --------------------------------------------------------------------------------------
@@ -268,7 +257,7 @@ def run(args):
     labels = rng.integers(0, 1000, size=args.batch_size).astype(np.int32)
     batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
     log(f'compiling the train steps of {args.model} ...')
-    fns, missing = step_fns(model, variables, batch, args.decay, args.steps, warmup)
+    fns = step_fns(model, variables, batch, args.decay, args.steps, warmup)
     fns.update({name: timm_runner(args.model, (images, labels), args.steps, args.decay, options)
                 for name, options in TIMM_VARIANTS.items()})
     log(f'timing {len(fns)} step variants, {args.rounds} rounds of {args.steps} steps ...')
@@ -280,7 +269,7 @@ def run(args):
         backend=backend, device=str(jax.devices()[0]), machine=platform.machine(), cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(), versions=dict(jax=jax.__version__, torch=torch.__version__,
                                                              timm=timm.__version__),
-        ema_update=update, step=step_summary(med, missing, backend),
+        ema_update=update, step=step_summary(med, backend),
         timm_step=timm_summary(med, backend), images_per_s=throughput(med, args.batch_size), samples=times)
     report['targets'] = targets(report, backend)
     out = args.out or os.path.join(RESULTS, f'bench_ema_{backend}.json')
@@ -291,15 +280,14 @@ def run(args):
     return report
 
 
-def step_summary(med, missing, backend):
+def step_summary(med, backend):
     base = med['no_ema']
-    ratio = {name: med[name] / base for name in STEP_VARIANTS if name in med}
-    ratio.update(missing)
+    ratio = {name: med[name] / base for name in STEP_VARIANTS}
     offloaded = {f'k{k}': med[f'host_ema{"" if k == 1 else f"_k{k}"}'] / med['device_ema'] for k in (1, 4, 16)}
     note = ('GPU run' if backend == 'gpu' else
             f'no GPU in this run ({backend}): the offloaded-vs-on-device figures are CPU figures; '
             'pinned_host and device memory are the same RAM here, so they say little about a GPU')
-    return dict(median_s={n: med[n] for n in STEP_VARIANTS if n in med}, ratio_to_no_ema=ratio,
+    return dict(median_s={n: med[n] for n in STEP_VARIANTS}, ratio_to_no_ema=ratio,
                 offloaded_vs_on_device=offloaded, offloaded_note=note)
 
 

@@ -38,10 +38,10 @@ def _placed(where, base):
                          ema_batch_stats=offload.place(ema_vars[1], where))
 
 
-def _fused(where):
+def _fused(where, cfg=CFG):
     if where == 'sharded':
-        return jax.jit(offload.fuse_sharded(lambda s, b: train_step(s, b, None, 0.1), CFG), donate_argnums=0)
-    return jax.jit(lambda s, b: train_step(s, b, CFG, 0.1), donate_argnums=0)
+        return jax.jit(offload.fuse_sharded(lambda s, b: train_step(s, b, None, 0.1), cfg), donate_argnums=0)
+    return jax.jit(lambda s, b: train_step(s, b, cfg, 0.1), donate_argnums=0)
 
 
 @pytest.fixture(scope='module')
@@ -138,3 +138,18 @@ def test_checkpoint_gathers_and_resume_is_bit_identical(steps, base, tmp_path):
         state, _ = steps['sharded'](state, batch)
         restored, _ = steps['sharded'](restored, batch)
     _assert_identical(checkpoint.state_tree(restored), checkpoint.state_tree(state))
+
+
+def test_stacked_emas_shard_their_flat_axis_and_equal_the_device_stack():
+    """Several EMAs (issue 8) are one [members, n] buffer: sharded on n, updated in the same fused step."""
+    stack_cfg = ema.EmaConfig(decay=0.9, extra_decays=(0.99,), stds=(0.1,))
+    base = _state(stack_cfg)
+    device, sharded = _placed('device', base), _placed('sharded', base)
+    step = {w: _fused(w, stack_cfg) for w in ('device', 'sharded')}
+    for batch in _batches(2):
+        device, _ = step['device'](device, batch)
+        sharded, _ = step['sharded'](sharded, batch)
+    flat = sharded.ema_params.flat
+    assert flat.sharding.spec == P(None, 'data') and flat.addressable_shards[0].data.shape == (3, flat.shape[1] // N)
+    _assert_identical(_host(sharded.ema_params), _host(device.ema_params))
+    _assert_identical(_host(sharded.ema_batch_stats), _host(device.ema_batch_stats))

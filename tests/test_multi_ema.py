@@ -141,7 +141,7 @@ def test_host_stack_of_three_decays_equals_the_device_stack():
     plain = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
     ema_p, ema_s = offload.to_host(host_state.ema_params), offload.to_host(host_state.ema_batch_stats)
     host_state = host_state.replace(ema_params=None, ema_batch_stats=None)
-    update = offload.ema_update(cfg, True)
+    update = offload.ema_update(cfg, 'host')
     for i in range(3):
         device_state, _ = fused(device_state, _batch(i))
         host_state, _ = plain(host_state, _batch(i))
