@@ -86,17 +86,21 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
 
 
 def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1):
+               accum_steps: int = 1, seed: int = 0):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
     With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
     averaged (timm's --grad-accum-steps; each forward updates the BatchNorm statistics, as in torch)
     before the one optimizer update and the one EMA update. The EMA step is the optimizer update count
     after this update, as timm's `num_updates`. A state without EMA (off, or held elsewhere) skips it.
+    Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
     """
-    def loss_fn(params, batch_stats, micro):
+    dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+
+    def loss_fn(params, batch_stats, micro, key=dropout_key):
         logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
-                                         micro['image'], train=True, mutable=['batch_stats'])
+                                         micro['image'], train=True, mutable=['batch_stats'],
+                                         rngs={'dropout': key})
         return optim.cross_entropy(logits, micro['label'], smoothing), updates['batch_stats']
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -104,10 +108,12 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
         (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
     else:
         micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+        micro['index'] = jnp.arange(accum_steps)
 
         def accumulate(carry, micro_batch):
             stats, grad_sum, loss_sum = carry
-            (loss, stats), grads = grad_fn(state.params, stats, micro_batch)
+            (loss, stats), grads = grad_fn(state.params, stats, micro_batch,
+                                           jax.random.fold_in(dropout_key, micro_batch['index']))
             return (stats, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -184,7 +190,8 @@ def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: i
 def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
     """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
     x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                            rngs={'dropout': jax.random.PRNGKey(0)}), variables, x)
 
 
 def _resume(config: Config, state: TrainState, num_classes: int):
@@ -203,6 +210,12 @@ def _resume(config: Config, state: TrainState, num_classes: int):
     return restored, step_dir
 
 
+def model_kwargs(config: Config) -> dict:
+    """timm's --drop / --drop-path as create_model kwargs (left out when 0, as timm leaves out None)."""
+    rates = {'drop_rate': config.drop, 'drop_path_rate': config.drop_path}
+    return {k: v for k, v in rates.items() if v}
+
+
 def _score(metrics: dict, eval_metric: str) -> float:
     """Higher is better: the metric itself, or minus the loss."""
     return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
@@ -214,7 +227,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     create_model(config.model, 1)  # an unknown model name fails before the data is read
     train_ds, val_ds = _load_data(config)
     num_classes = train_ds.num_classes
-    model = create_model(config.model, num_classes)
+    model = create_model(config.model, num_classes, **model_kwargs(config))
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
@@ -223,12 +236,13 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
         config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
         config.cooldown_epochs, config.warmup_prefix)
-    variables = model.init(jax.random.PRNGKey(config.seed),
-                           jnp.zeros((1, config.img_size, config.img_size, 3)), train=False)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
+    else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
+        variables = jax.jit(functools.partial(model.init, train=False))(
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
                                 config.opt_betas)
@@ -260,7 +274,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
     p_train = jax.jit(functools.partial(train_step, ema_cfg=ema_cfg if fused else None,
-                                        smoothing=config.smoothing, accum_steps=config.grad_accum_steps),
+                                        smoothing=config.smoothing, accum_steps=config.grad_accum_steps,
+                                        seed=config.seed),
                       donate_argnums=0)
     step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, host_ema),
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
