@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 from typing import Optional
 
+from jax_ema import lr_noise
 from jax_ema.errors import UserError
 
 # Defaults used only when no DATA is given (the embedded digits, 1,437 training images of 8x8 px).
@@ -60,6 +61,9 @@ class Config:
     decay_rate: float = 0.1
     cooldown_epochs: int = 0
     warmup_prefix: bool = False
+    lr_noise: Optional[tuple] = None           # on/off points, fractions of --epochs (timm's noise_range)
+    lr_noise_pct: float = 0.67
+    lr_noise_std: float = 1.0
     smoothing: float = 0.1
     # EMA
     model_ema: bool = False
@@ -149,9 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     a('--warmup-lr', type=float, default=1e-5)
     a('--min-lr', type=float, default=0.0)
     a('--decay-epochs', type=float, default=90)
-    a('--decay-rate', type=float, default=0.1)
+    a('--decay-rate', '--dr', type=float, default=0.1)
     a('--cooldown-epochs', type=int, default=0)
     a('--warmup-prefix', action='store_true')
+    a('--lr-noise', type=float, nargs='+', default=None, metavar='PCT',
+      help='lr noise on (and off) points as fractions of --epochs, e.g. 0.42 0.9 (seeded by --seed)')
+    a('--lr-noise-pct', type=float, default=0.67, help='lr noise limit (|noise| < PCT)')
+    a('--lr-noise-std', type=float, default=1.0, help='lr noise std-dev')
     a('--smoothing', type=float, default=0.1)
     a('--model-ema', action='store_true', help='keep an EMA of the weights')
     a('--model-ema-decay', type=_decay, default=0.9998)
@@ -184,7 +192,7 @@ def parse_args(argv=None) -> Config:
     ema_decay = args.pop('ema_decay')
     if ema_decay is not None:
         args['model_ema'], args['model_ema_decay'] = True, ema_decay
-    for key in ('scale', 'ratio', 'opt_betas'):
+    for key in ('scale', 'ratio', 'opt_betas', 'lr_noise'):
         if args[key] is not None:
             args[key] = tuple(args[key])
     for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
@@ -200,6 +208,7 @@ def parse_args(argv=None) -> Config:
     for key in ('drop', 'drop_path'):
         if args[key] is not None and not 0.0 <= args[key] < 1.0:
             raise UserError(f'--{key.replace("_", "-")} must be in [0, 1), got {args[key]}')
+    lr_noise.check(args['lr_noise'], args['lr_noise_pct'], args['lr_noise_std'])
     if not 0.0 <= args['smoothing'] < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {args["smoothing"]}; timm uses 0.1')
     return Config(**args).resolved()

@@ -9,7 +9,8 @@ Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
     that train.py steps it with `step(epoch + 1)` at each epoch end and
     `step_update(num_updates)` after each update.
 * `create_optimizer`: sgd (nesterov) / momentum / adam / adamw as the torch optimizers timm
-    builds, with timm's weight-decay param groups (no decay for biases and ndim <= 1 leaves).
+    builds, rmsproptf(w) / lamb(c)(w) as timm's own (`optim_timm`), with timm's weight-decay
+    param groups (no decay for biases and ndim <= 1 leaves).
     The lr used by the last update (what timm logs) is `current_lr(opt_state)`.
 * `cross_entropy`: mean label-smoothing cross entropy.
 """
@@ -21,9 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_ema import lr_noise, optim_timm
 from jax_ema.errors import UserError
 
-OPTIMIZER_NAMES = ('sgd', 'nesterov', 'momentum', 'adam', 'adamw')
+# timm's names; for the last six, the flags timm registers them with (trust_clip, decoupled_decay).
+TIMM_OPTIMIZERS = {'rmsproptf': (False, False), 'rmsproptfw': (False, True), 'lamb': (False, False),
+                   'lambc': (True, False), 'lambw': (False, True), 'lambcw': (True, True)}
+OPTIMIZER_NAMES = ('sgd', 'nesterov', 'momentum', 'adam', 'adamw') + tuple(TIMM_OPTIMIZERS)
 SCHEDULE_NAMES = ('cosine', 'step', 'constant', 'none')
 
 # torch.optim.Adam / AdamW defaults, used by timm when --opt-eps / --opt-betas are unset.
@@ -85,6 +90,10 @@ def create_lr_schedule(
         decay_rate: float = 0.1,
         cooldown_epochs: int = 0,
         warmup_prefix: bool = False,
+        noise: Optional[Sequence[float]] = None,
+        noise_pct: float = 0.67,
+        noise_std: float = 1.0,
+        noise_seed: int = 42,
 ) -> Tuple[Callable[[jax.Array], jax.Array], int]:
     """Returns (schedule, num_epochs) as timm's `create_scheduler_v2` + train.py's stepping.
 
@@ -93,6 +102,10 @@ def create_lr_schedule(
     num_epochs is what timm trains for: cosine adds cooldown (and the warmup prefix), the
     other schedules add only the warmup prefix.
     Schedules: 'cosine', 'step', 'constant' (warmup, then lr), 'none' (lr, no warmup).
+    `noise` (--lr-noise: on/off fractions of `epochs`), `noise_pct`, `noise_std`, `noise_seed` (--seed):
+    timm's lr noise (`lr_noise`), the same draws as timm's. The step schedule's decay count t // decay_t
+    and lr * decay_rate ** count are computed on the host in float64, as timm's Python does, so a
+    fractional decay_epochs (2.4) steps at the same epochs in float32.
     """
     if sched not in SCHEDULE_NAMES:
         raise UserError(f'unknown lr schedule {sched!r}; known: {", ".join(SCHEDULE_NAMES)}')
@@ -104,9 +117,10 @@ def create_lr_schedule(
         raise UserError(f'min_lr must be >= 0, got {min_lr}')
     if sched == 'step' and not decay_epochs > 0:
         raise UserError(f'decay_epochs must be > 0 for the step schedule, got {decay_epochs}')
+    lr_noise.check(noise, noise_pct, noise_std)
     lr, warmup_lr, min_lr = float(lr), float(warmup_lr), float(min_lr)
 
-    if sched == 'none':  # timm returns no scheduler: the optimizer keeps lr throughout.
+    if sched == 'none':  # timm returns no scheduler: the optimizer keeps lr throughout (and no noise).
         num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
         return (lambda count: jnp.full((), lr, _float_dtype())), num_epochs
     if sched == 'constant':  # timm: StepLRScheduler(decay_t=1, decay_rate=1.)
@@ -123,12 +137,18 @@ def create_lr_schedule(
         num_epochs = total_t if not sched_on_updates else total_t // upe
     else:
         num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
+    t_max = num_epochs * scale  # the last t train.py steps the scheduler to
 
     # Host float64 constants; timm's scheduler __init__ sets warmup_lr (or lr) before any step.
     warmup_step = (lr - warmup_lr) / warmup_t if warmup_t else 0.
     initial_lr = warmup_lr if warmup_t else lr
     half_pi_over_t = np.pi / (2 * t_initial)
-    decay_t_is_int = float(decay_t).is_integer()
+    if sched != 'cosine':  # k = tt // decay_t changes at `change_at`; lr * decay_rate ** k per segment
+        counts = np.floor_divide(np.arange(t_max + 1, dtype=np.float64), float(decay_t))
+        change_at = np.flatnonzero(np.diff(counts)) + 1
+        step_lrs = np.array([lr * decay_rate ** float(k) for k in counts[np.r_[0, change_at]]])
+    noise_start, noise_stop = lr_noise.noise_window(noise, t_initial, t_max)
+    noise_table = lr_noise.noise(np.arange(noise_start, noise_stop), noise_seed, noise_pct, noise_std)
 
     def schedule(count):
         dtype = _float_dtype()
@@ -142,13 +162,14 @@ def create_lr_schedule(
             cos_lr = min_lr + (lr - min_lr) * jnp.square(jnp.sin(remaining * half_pi_over_t))
             after_warmup = jnp.where(tt < t_initial, cos_lr, jnp.asarray(min_lr, dtype))
         else:  # step / constant
-            if decay_t_is_int:
-                k = (tt // int(decay_t)).astype(dtype)
-            else:
-                k = jnp.floor_divide(tt.astype(dtype), decay_t)
-            after_warmup = lr * jnp.power(jnp.asarray(decay_rate, dtype), k)
+            segment = jnp.searchsorted(jnp.asarray(change_at, jnp.int32), tt, side='right')
+            after_warmup = jnp.asarray(step_lrs, dtype)[segment]
         warm = warmup_lr + t.astype(dtype) * warmup_step
         value = jnp.where(t < warmup_t, warm, after_warmup)
+        if len(noise_table):  # timm: lr + lr * noise(t), for t in the noise window
+            table = jnp.asarray(noise_table, dtype)
+            noisy = value + value * table[jnp.clip(t - noise_start, 0, len(noise_table) - 1)]
+            value = jnp.where((t >= noise_start) & (t < noise_stop), noisy, value)
         return jnp.where(t == 0, jnp.asarray(initial_lr, dtype), value).astype(dtype)
 
     return schedule, num_epochs
@@ -185,7 +206,9 @@ def create_optimizer(
 
     sgd/nesterov: torch SGD, nesterov, dampening 0; momentum: same without nesterov;
     adam: torch Adam (L2 decay added to the gradient); adamw: torch AdamW (decoupled decay,
-    multiplied by lr). eps/betas only apply to adam/adamw (torch defaults 1e-8, (0.9, 0.999)).
+    multiplied by lr); rmsproptf(w): timm RMSpropTF (alpha 0.9, `momentum`, w: decoupled decay);
+    lamb / lambc / lambw / lambcw: timm Lamb (c: trust ratio clipped at 1, w: decoupled decay).
+    eps defaults as timm's (adam 1e-8, rmsproptf 1e-10, lamb 1e-6); betas (adam, lamb) (0.9, 0.999).
     Weight decay is masked with `weight_decay_mask`. Call `update(grads, state, params)` with
     params; the state's `hyperparams['learning_rate']` is the lr of the last update
     (`current_lr`), in the params' dtype.
@@ -202,7 +225,10 @@ def create_optimizer(
     if opt_betas is not None and len(opt_betas) != 2:
         raise UserError(f'opt_betas needs two values (beta1 beta2), got {list(opt_betas)}')
     b1, b2 = ADAM_BETAS if opt_betas is None else (float(opt_betas[0]), float(opt_betas[1]))
-    eps = ADAM_EPS if opt_eps is None else float(opt_eps)
+    default_eps = {'rms': optim_timm.RMSPROP_TF_EPS, 'lam': optim_timm.LAMB_EPS}.get(name[:3], ADAM_EPS)
+    eps = default_eps if opt_eps is None else float(opt_eps)
+    if not eps >= 0:
+        raise UserError(f'opt_eps must be >= 0, got {opt_eps}')
 
     def decay():
         if not weight_decay:
@@ -210,6 +236,13 @@ def create_optimizer(
         return optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)
 
     def build(learning_rate):
+        if name in TIMM_OPTIMIZERS:  # these apply the lr themselves
+            trust_clip, decoupled = TIMM_OPTIMIZERS[name]
+            if name.startswith('rmsproptf'):
+                return optim_timm.rmsprop_tf(learning_rate, weight_decay_mask, weight_decay, momentum, eps,
+                                             decoupled_decay=decoupled)
+            return optim_timm.lamb(learning_rate, weight_decay_mask, weight_decay, b1, b2, eps,
+                                   trust_clip=trust_clip, decoupled_decay=decoupled)
         if name in ('sgd', 'nesterov', 'momentum'):
             steps = [decay(), optax.trace(decay=momentum, nesterov=nesterov)]
         elif name == 'adam':

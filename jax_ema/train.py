@@ -221,6 +221,21 @@ def _score(metrics: dict, eval_metric: str) -> float:
     return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
 
 
+def create_optimizer_and_schedule(config: Config, updates_per_epoch: int, batch_size: int):
+    """(lr, schedule, num_epochs, tx) from the optimizer and schedule flags, as timm's train.py builds them;
+    batch_size is the global batch per optimizer update (for --lr-base scaling)."""
+    lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
+                          batch_size, config.opt)
+    schedule, num_epochs = optim.create_lr_schedule(
+        config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
+        config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
+        config.cooldown_epochs, config.warmup_prefix, config.lr_noise, config.lr_noise_pct, config.lr_noise_std,
+        config.seed)
+    tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
+                                config.opt_betas)
+    return lr, schedule, num_epochs, tx
+
+
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
     config = config.resolved()
@@ -230,12 +245,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     model = create_model(config.model, num_classes, **model_kwargs(config))
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
-    lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
-                          batch_size, config.opt)
-    schedule, num_epochs = optim.create_lr_schedule(
-        config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
-        config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
-        config.cooldown_epochs, config.warmup_prefix)
+    lr, schedule, num_epochs, tx = create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
@@ -244,8 +254,6 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         variables = jax.jit(functools.partial(model.init, train=False))(
             jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
-    tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
-                                config.opt_betas)
     ema_cfg = _ema_config(config)
     state = create_train_state(model, tx, variables, ema_cfg)
     resumed_from = None

@@ -191,12 +191,25 @@ def optim_rows():
                  'float64 (relative)', t.RTOL, err_max, where))
     rows.append(('lr schedules: num_epochs different from timm\'s (count)', 0, float(epoch_mismatch), ''))
 
+    worst = {True: (0.0, ''), False: (0.0, '')}
+    for name, changes in t.NOISE_CASES.items():
+        case = {**t.RECIPE, **changes}
+        expected, _ = t.timm_lrs(**case)
+        for x64 in (True, False):
+            ours, _ = t.our_lrs(case, len(expected), x64=x64)
+            worst[x64] = max(worst[x64], (float(np.max(np.abs(ours - expected) / expected)), name))
+    for x64, bound in ((True, t.RTOL), (False, 1e-6)):
+        rows.append((f'step schedule + lr noise (--lr-noise, --seed) vs timm stepped as train.py, '
+                     f'{len(t.NOISE_CASES)} configs incl. the mobilenetv3_large_100 recipe (600 epochs), '
+                     f'{"float64" if x64 else "float32"} (relative)', bound, *worst[x64]))
+
     err_max, where = 0.0, ''
     for opt, lr, extra in t.OPT_CASES:
         err, step = optimizer_error(opt, lr, extra)
         if err > err_max:
             err_max, where = err, f'{opt} {extra or ""} step {step}'.replace('  ', ' ')
-    rows.append((f'optimizers vs timm create_optimizer_v2 ({", ".join(o for o, _, _ in t.OPT_CASES)}), 20 '
+    rows.append((f'optimizers vs timm create_optimizer_v2 ({", ".join(dict.fromkeys(o for o, _, _ in t.OPT_CASES))}; '
+                 f'{len(t.OPT_CASES)} configs), 20 '
                  'steps + cosine warmup, float64 (|d| / (|timm| + 1e-3), i.e. rtol 1e-12 atol 1e-15)',
                  t.RTOL, err_max, where))
 

@@ -17,7 +17,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from jax_ema import optim
+from jax_ema import lr_noise, optim
 
 RTOL = 1e-12
 
@@ -26,7 +26,8 @@ RTOL = 1e-12
 
 
 def timm_lrs(sched, lr, epochs, upe, warmup_epochs, warmup_lr, min_lr, sched_on_updates,
-             decay_epochs, decay_rate, cooldown_epochs, warmup_prefix):
+             decay_epochs, decay_rate, cooldown_epochs, warmup_prefix, lr_noise=None, lr_noise_pct=0.67,
+             lr_noise_std=1.0, seed=42):
     """lr on the optimizer at each update of a timm train.py run, and timm's num_epochs.
 
     Stepped as train.py does: scheduler built from `scheduler_kwargs(args)` with updates_per_epoch,
@@ -37,9 +38,9 @@ def timm_lrs(sched, lr, epochs, upe, warmup_epochs, warmup_lr, min_lr, sched_on_
     args = argparse.Namespace(
         sched=sched, epochs=epochs, decay_epochs=decay_epochs, warmup_epochs=warmup_epochs,
         cooldown_epochs=cooldown_epochs, decay_rate=decay_rate, min_lr=min_lr, warmup_lr=warmup_lr,
-        warmup_prefix=warmup_prefix, sched_on_updates=sched_on_updates, lr_noise=None,
-        lr_cycle_mul=1.0, lr_cycle_decay=0.5, lr_cycle_limit=1, lr_k_decay=1.0, seed=42,
-        eval_metric='top1')
+        warmup_prefix=warmup_prefix, sched_on_updates=sched_on_updates, lr_noise=lr_noise,
+        lr_noise_pct=lr_noise_pct, lr_noise_std=lr_noise_std, lr_cycle_mul=1.0, lr_cycle_decay=0.5,
+        lr_cycle_limit=1, lr_k_decay=1.0, seed=seed, eval_metric='top1')
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=upe)
     lrs, num_updates = [], 0
     for epoch in range(num_epochs):
@@ -81,6 +82,57 @@ def test_schedule_matches_timm_stepped_like_train_py(case):
     np.testing.assert_allclose(ours, expected, rtol=RTOL, atol=0)
 
 
+# timm's mobilenetv3_large_100 recipe (--sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973
+# --warmup-lr 1e-6 --lr .064 --lr-noise 0.42 0.9, warmup 5 and seed 42 by default), and variants.
+RECIPE = dict(sched='step', lr=0.064, epochs=600, upe=1, warmup_epochs=5, warmup_lr=1e-6, min_lr=0.0,
+              sched_on_updates=False, decay_epochs=2.4, decay_rate=0.973, cooldown_epochs=0, warmup_prefix=False,
+              lr_noise=(0.42, 0.9), lr_noise_pct=0.67, lr_noise_std=1.0, seed=42)
+NOISE_CASES = {
+    'mobilenetv3-recipe': {},
+    'recipe-per-update': dict(epochs=60, upe=7, sched_on_updates=True),  # decay_t 16.8 updates
+    'recipe-prefix-seed-pct-std': dict(warmup_prefix=True, seed=3, lr_noise_pct=0.2, lr_noise_std=0.5),
+    'cosine-open-ended-per-update': dict(sched='cosine', epochs=30, upe=5, sched_on_updates=True, min_lr=1e-5,
+                                         lr_noise=(0.5,), cooldown_epochs=2),
+    'constant-noise-from-0': dict(sched='constant', epochs=50, lr_noise=(0.0, 0.3), seed=-5),
+}
+
+
+def our_lrs(case, count, x64=True):
+    with jax.enable_x64(x64):
+        schedule, num_epochs = optim.create_lr_schedule(
+            case['sched'], case['lr'], case['epochs'], case['upe'], case['warmup_epochs'], case['warmup_lr'],
+            case['min_lr'], case['sched_on_updates'], case['decay_epochs'], case['decay_rate'],
+            case['cooldown_epochs'], case['warmup_prefix'], case['lr_noise'], case['lr_noise_pct'],
+            case['lr_noise_std'], case['seed'])
+        ours = jax.jit(schedule)(jnp.arange(count, dtype=jnp.int32))
+        assert ours.dtype == (jnp.float64 if x64 else jnp.float32)
+        return np.asarray(ours, np.float64), num_epochs
+
+
+@pytest.mark.parametrize('name', NOISE_CASES)
+def test_step_schedule_and_lr_noise_match_timm(name):
+    case = {**RECIPE, **NOISE_CASES[name]}
+    expected, timm_epochs = timm_lrs(**case)
+    ours, num_epochs = our_lrs(case, len(expected))
+    assert num_epochs == timm_epochs
+    np.testing.assert_allclose(ours, expected, rtol=RTOL, atol=0)
+    # float32 training: each epoch gets timm's lr (rounded), no decay step lands an epoch early or late.
+    ours32, _ = our_lrs(case, len(expected), x64=False)
+    np.testing.assert_allclose(ours32, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('pct', [0.05, 0.002])
+def test_noise_draws_match_timm_calculate_noise_including_long_redraws(pct):
+    # pct 0.05: about half the t keep one of their first 16 draws; 0.002: ~1 draw in 600 is kept, so each
+    # t runs through several Mersenne Twister regenerations.
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='constant', num_epochs=10, noise=(0.0, 1.0),
+                                       noise_pct=pct, noise_std=1.5, noise_seed=123)
+    ts = np.arange(0, 2000, 97)
+    expected = [scheduler._calculate_noise(int(t)) for t in ts]
+    np.testing.assert_array_equal(lr_noise.noise(ts, 123, pct, 1.5), expected)
+
+
 # --------------------------------------------------------------------------- optimizers
 
 
@@ -119,24 +171,34 @@ OPT_CASES = [
     ('adam', 0.02, {}),
     ('adamw', 0.02, {}),
     ('adamw', 0.02, {'opt_eps': 1e-6, 'opt_betas': (0.8, 0.99)}),
+    ('rmsproptf', 0.064, {'opt_eps': 1e-3}),  # the mobilenetv3 recipe's --opt rmsproptf --opt-eps .001
+    ('rmsproptf', 0.01, {}),
+    ('rmsproptf', 0.01, {'momentum': 0.0}),
+    ('rmsproptfw', 0.064, {'opt_eps': 1e-3}),
+    ('lamb', 0.02, {}),
+    ('lamb', 0.02, {'opt_eps': 1e-4, 'opt_betas': (0.8, 0.99), 'grad_scale': 0.01}),  # no clipping
+    ('lambc', 0.02, {}),
+    ('lambw', 0.02, {}),
+    ('lambcw', 0.02, {}),
 ]
+TIMM_KWARGS = {'opt_eps': 'eps', 'opt_betas': 'betas', 'momentum': 'momentum'}
 
 
 def optimizer_steps(opt, lr, extra):
-    """Both optimizers on identical random gradients, 20 updates under a per-update cosine schedule
-    with warmup; yields (update count, our lr, timm's lr, our params, timm's params) after each."""
-    epochs, upe, weight_decay, momentum = 4, 5, 0.05, 0.9
+    """Both optimizers on identical random gradients (times extra's 'grad_scale'), 20 updates under a
+    per-update cosine schedule with warmup; yields (update count, our lr, timm's lr, our params, timm's
+    params) after each. extra's opt_eps / opt_betas / momentum go to both optimizers."""
+    epochs, upe, weight_decay = 4, 5, 0.05
+    extra = {'momentum': 0.9, **extra}
+    grad_scale = extra.pop('grad_scale', 1.0)
     torch.manual_seed(0)
     net = SmallNet().double()
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape))))
-    timm_kwargs = {}
-    if 'opt_eps' in extra:
-        timm_kwargs = {'eps': extra['opt_eps'], 'betas': extra['opt_betas']}
-    optimizer = create_optimizer_v2(
-        net, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **timm_kwargs)
+    timm_kwargs = {TIMM_KWARGS[k]: v for k, v in extra.items()}
+    optimizer = create_optimizer_v2(net, opt=opt, lr=lr, weight_decay=weight_decay, **timm_kwargs)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched='cosine', num_epochs=epochs, warmup_epochs=1, warmup_lr=1e-3, min_lr=1e-4,
         step_on_epochs=False, updates_per_epoch=upe)
@@ -144,7 +206,7 @@ def optimizer_steps(opt, lr, extra):
     with jax.enable_x64(True):
         params = to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
         schedule, _ = optim.create_lr_schedule('cosine', lr, epochs, upe, 1, 1e-3, 1e-4, sched_on_updates=True)
-        tx = optim.create_optimizer(opt, schedule, weight_decay, momentum=momentum, **extra)
+        tx = optim.create_optimizer(opt, schedule, weight_decay, **extra)
         state = tx.init(params)
 
         @jax.jit
@@ -153,7 +215,7 @@ def optimizer_steps(opt, lr, extra):
             return optax.apply_updates(params, updates), state
 
         for num_updates in range(1, epochs * upe + 1):
-            grads = {n: rng.normal(size=tuple(p.shape)) for n, p in net.named_parameters()}
+            grads = {n: grad_scale * rng.normal(size=tuple(p.shape)) for n, p in net.named_parameters()}
             timm_lr = optimizer.param_groups[0]['lr']
             for n, p in net.named_parameters():
                 p.grad = torch.from_numpy(grads[n].copy())  # torch may update grads in place
@@ -165,7 +227,7 @@ def optimizer_steps(opt, lr, extra):
 
 
 @pytest.mark.parametrize('opt,lr,extra', OPT_CASES,
-                         ids=[f'{o}{"-eps-betas" if e else ""}' for o, _, e in OPT_CASES])
+                         ids=[f'{o}-{"-".join(e)}' if e else o for o, _, e in OPT_CASES])
 def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
     for num_updates, our_lr, timm_lr, params, expected in optimizer_steps(opt, lr, extra):
         assert our_lr == pytest.approx(timm_lr, rel=RTOL)

@@ -53,7 +53,7 @@ class Case:
     min_lr: float = 1e-4
     steps: int = 20
     momentum: float = 0.9
-    opt_eps: float | None = None  # AdamW eps; None: timm's default 1e-8
+    opt_eps: float | None = None  # --opt-eps; None: timm's default for the optimizer
 
 
 # lr 0.05: at 0.1 this tiny-batch run diverges (loss 2.4 -> 5) and timm's own float32 run ends 1e-2
@@ -75,6 +75,9 @@ CASES = {
     # 20 (test_timm_adamw_float32_default_eps_is_off_by_more_than_the_bound); eps 1e-4: 9e-7 after 5 steps,
     # 8.5e-3 after 20 (training amplifies roundoff). Default eps semantics are proven by adamw_f64.
     'adamw_f32': Case('float32', **_ADAMW, opt_eps=1e-4, steps=5),
+    # timm's own RMSpropTF as the mobilenetv3 recipe sets it (--opt-eps .001 --weight-decay 1e-5).
+    'rmsproptf_f64': Case('float64', opt='rmsproptf', lr=0.01, weight_decay=1e-5, ema_decay=0.9, ema_warmup=False,
+                          opt_eps=1e-3, steps=10),
 }
 
 # Bounds. loss, lr: max over steps of |ours - timm| / |timm|. Tensors: max |ours - timm| divided by

@@ -8,8 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from jax_ema import optim
+from jax_ema import lr_noise, optim
+from jax_ema.config import parse_args
 from jax_ema.errors import UserError
+from jax_ema.train import create_optimizer_and_schedule
 
 
 def _params():
@@ -71,7 +73,37 @@ def test_none_and_constant():
     np.testing.assert_allclose(got[4:], 0.3, rtol=1e-7)
 
 
+def test_step_schedule_fractional_decay_epochs_in_float32():
+    # timm: lr * rate ** (epoch // 2.4) in float64; float32(2.4) > 2.4 would put epochs 12, 24, ... a step late.
+    schedule, _ = optim.create_lr_schedule('step', 1.0, 60, 1, 0, 0.0, 0.0, decay_epochs=2.4, decay_rate=0.5)
+    got = np.asarray(jax.jit(schedule)(jnp.arange(60)))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, 0.5 ** (np.arange(60) // 2.4))
+
+
+def test_lr_noise_window_and_bounds():
+    lr, epochs, upe = 0.1, 20, 3
+    plain, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100)
+    noisy, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100,
+                                        noise=(0.25, 0.5), noise_pct=0.3, noise_seed=7)
+    ratio = np.asarray(noisy(jnp.arange(epochs * upe))) / np.asarray(plain(jnp.arange(epochs * upe)))
+    per_epoch = ratio.reshape(epochs, upe)
+    np.testing.assert_array_equal(per_epoch, per_epoch[:, :1].repeat(upe, 1))  # one draw per epoch
+    noise = per_epoch[:, 0] - 1
+    assert np.all(noise[:5] == 0) and np.all(noise[10:] == 0)  # epochs 5..9 = [0.25, 0.5) x 20
+    assert np.all(noise[5:10] != 0) and np.all(np.abs(noise[5:10]) < 0.3)
+    assert len(set(noise[5:10].tolist())) == 5
+    other_seed, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100,
+                                             noise=(0.25, 0.5), noise_pct=0.3, noise_seed=8)
+    assert float(other_seed(5 * upe)) != float(noisy(5 * upe))
+
+
 @pytest.mark.parametrize('kwargs,match', [
+    (dict(noise=(0.9, 0.42)), 'would never be on'),
+    (dict(noise=(0.1, 0.2, 0.3)), 'one or two fractions'),
+    (dict(noise=(-0.1,)), 'one or two fractions'),
+    (dict(noise=(0.5,), noise_pct=0.0), 'lr-noise-pct'),
+    (dict(noise=(0.5,), noise_std=-1.0), 'lr-noise-std'),
     (dict(sched='poly'), 'cosine, step, constant, none'),
     (dict(updates_per_epoch=0), 'updates_per_epoch'),
     (dict(epochs=0), 'epochs'),
@@ -145,7 +177,8 @@ def test_nesterov_alias_is_sgd_and_differs_from_momentum():
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    (dict(opt='lamb'), 'sgd, nesterov, momentum, adam, adamw'),
+    (dict(opt='lars'), 'sgd, nesterov, momentum, adam, adamw, rmsproptf, rmsproptfw, lamb'),
+    (dict(opt='rmsproptf', opt_eps=-1e-3), 'opt_eps'),
     (dict(opt='sgd', momentum=0.0), 'momentum > 0'),
     (dict(opt='adamw', opt_betas=(0.9,)), 'two values'),
     (dict(opt='sgd', weight_decay=-1.0), 'weight_decay'),
@@ -183,3 +216,37 @@ def test_cross_entropy_float32_matches_numpy(smoothing):
 def test_cross_entropy_bad_smoothing():
     with pytest.raises(UserError, match='smoothing'):
         optim.cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), smoothing=1.0)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+MOBILENETV3_FLAGS = ('-b 512 --sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973 --opt rmsproptf '
+                     '--opt-eps .001 --warmup-lr 1e-6 --weight-decay 1e-5 --lr .064 --lr-noise 0.42 0.9').split()
+
+
+def test_mobilenetv3_recipe_optimizer_and_schedule_flags_parse_as_timm():
+    config = parse_args(['data', *MOBILENETV3_FLAGS])
+    assert (config.opt, config.opt_eps, config.weight_decay, config.lr) == ('rmsproptf', 1e-3, 1e-5, 0.064)
+    assert (config.sched, config.epochs, config.decay_epochs, config.decay_rate) == ('step', 600, 2.4, 0.973)
+    assert (config.warmup_lr, config.warmup_epochs, config.seed) == (1e-6, 5, 42)
+    assert (config.lr_noise, config.lr_noise_pct, config.lr_noise_std) == ((0.42, 0.9), 0.67, 1.0)
+    assert parse_args(['data', '--dr', '0.5', '--lr-noise', '0.3']).decay_rate == 0.5
+
+
+def test_trainer_builds_optimizer_and_noisy_step_schedule_from_flags():
+    config = parse_args(['data', '--epochs', '2', '--warmup-epochs', '0', '--lr', '0.01', '--opt', 'rmsproptf',
+                         '--opt-eps', '.001', '--weight-decay', '1e-5', '--sched', 'step', '--decay-epochs', '0.5',
+                         '--dr', '0.5', '--lr-noise', '0.5', '--lr-noise-pct', '0.3', '--seed', '3'])
+    lr, schedule, num_epochs, tx = create_optimizer_and_schedule(config, updates_per_epoch=5, batch_size=4)
+    (noise,) = lr_noise.noise([1], 3, 0.3, 1.0)  # epoch 1 = 0.5 x 2 epochs: the noise is on from there
+    assert (lr, num_epochs) == (0.01, 2) and noise != 0
+    expected = [0.01] * 5 + [0.01 * 0.5 ** 2 * (1 + noise)] * 5
+    np.testing.assert_allclose(np.asarray(schedule(jnp.arange(10))), expected, rtol=1e-6)
+    same = optim.create_optimizer('rmsproptf', schedule, 1e-5, 0.9, opt_eps=1e-3)
+    params, grads = _params(), jax.tree.map(lambda x: jnp.full_like(x, 0.3), _params())
+    ours, theirs = tx.update(grads, tx.init(params), params), same.update(grads, same.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
+    other_eps = optim.create_optimizer('rmsproptf', schedule, 1e-5, 0.9)
+    assert not np.array_equal(other_eps.update(grads, other_eps.init(params), params)[0]['fc']['kernel'],
+                              ours[0]['fc']['kernel'])
