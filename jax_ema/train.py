@@ -239,7 +239,7 @@ def create_optimizer_and_schedule(config: Config, updates_per_epoch: int, batch_
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
     config = config.resolved()
-    create_model(config.model, 1)  # an unknown model name fails before the data is read
+    create_model(config.model, 1, **model_kwargs(config))  # an unknown model name fails before the data is read
     train_ds, val_ds = _load_data(config)
     num_classes = train_ds.num_classes
     model = create_model(config.model, num_classes, **model_kwargs(config))

@@ -17,7 +17,7 @@ from PIL import Image
 from jax_ema import checkpoint
 from jax_ema.convert import to_flax
 from jax_ema.export import main as export_main
-from jax_ema.timm_io import load_timm_state_dict, variables_from_checkpoint
+from jax_ema.timm_io import load_timm_state_dict
 from jax_ema.train import main as train_main
 from test_efficientnet_parity import FAMILY, NUM_CLASSES, flax_eval, timm_model
 from test_forward import _images, _max_rel_err, _state_dict, _torch_forward
@@ -48,21 +48,22 @@ def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
     assert logits.dtype == np.float32 and _max_rel_err(logits, _torch_forward(timm_model(name), x)) <= 1e-5
 
     torch.manual_seed(2)  # timm's own init: random BatchNorm statistics would not suit training
-    timm_weights = _state_dict(timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES))
+    initial_weights = _state_dict(timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES))
     initial = tmp_path / 'initial.safetensors'
-    safetensors.numpy.save_file(timm_weights, str(initial))
+    safetensors.numpy.save_file(initial_weights, str(initial))
     argv = [str(image_folder), '--model', name, '--initial-checkpoint', str(initial), '--img-size', str(IMG),
-            '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--lr', '0.01', '--drop', '0.2',
+            '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--lr', '1e-5', '--drop', '0.2',
             '--drop-path', '0.2', '--model-ema', '--model-ema-decay', '0.5', '--output', str(tmp_path),
             '--experiment', 'run']
     assert train_main(argv) == 0
     assert '*** Best metric:' in capsys.readouterr().out
-    step_dir = checkpoint.resolve(tmp_path / 'run')
-    _, raw_vars = variables_from_checkpoint(step_dir, use_ema=False)
-    _, ema_vars = variables_from_checkpoint(step_dir, use_ema=True)
-    stem = raw_vars['params']['conv_stem']['kernel'].transpose(3, 2, 0, 1)  # started from the file: close to it
-    print('STEM', _max_rel_err(stem, timm_weights['conv_stem.weight']))
-    assert 0 < _max_rel_err(stem, timm_weights['conv_stem.weight']) < 0.1
+    tree = checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run'))
+    raw_vars = {'params': tree['params'], 'batch_stats': tree['batch_stats']}
+    ema_vars = {'params': tree['ema_params'], 'batch_stats': tree['ema_batch_stats']}
+    # Started from the file: 2 updates at lr 1e-5 leave the classifier within 1e-2 of it (measured 3e-5;
+    # an independent init is ~1 away). Gradients of the convs are large (BatchNorm over 4 values at 1x1).
+    classifier = np.asarray(raw_vars['params']['classifier']['kernel']).T
+    assert 0 < _max_rel_err(classifier, initial_weights['classifier.weight']) < 1e-2
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(raw_vars), jax.tree.leaves(ema_vars)))
 
     out = tmp_path / f'{name}.safetensors'
@@ -73,4 +74,4 @@ def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
     back = to_flax(name, load_timm_state_dict(out))
     assert jax.tree.structure(back) == jax.tree.structure(ema_vars)
     for ours, read in zip(jax.tree.leaves(ema_vars), jax.tree.leaves(back)):
-        np.testing.assert_array_equal(read, ours)
+        np.testing.assert_array_equal(read, np.asarray(ours))

@@ -132,3 +132,17 @@ def test_drop_path_samples_as_timm():
         assert np.all(out[~kept] == 0) and np.allclose(out[kept], 1 / 0.7, rtol=1e-6, atol=0)
         assert abs(kept.mean() - 0.7) < 0.03                   # ~5 standard deviations
     assert np.array_equal(FlaxDropPath(rate).apply({}, x, train=False), x)
+
+
+def test_channel_rounding_and_tf_padding_match_timm():
+    """make_divisible (every channel count and SE width) and TF 'same' padding, against timm's helpers."""
+    from timm.layers import make_divisible as timm_make_divisible
+    from timm.layers.padding import get_same_padding
+    from jax_ema.models.blocks import make_divisible, tf_same_padding
+    for v in [c * r for c in (8, 16, 24, 40, 72, 88, 96, 120) for r in (0.25, 1, 2.3, 2.5, 3, 3.67, 4.5, 6)]:
+        assert make_divisible(v) == timm_make_divisible(v), v
+    for size in range(1, 40):
+        for kernel in (1, 2, 3, 5):
+            for stride in (1, 2):
+                total = get_same_padding(size, kernel, stride, 1)
+                assert tf_same_padding(size, kernel, stride) == (total // 2, total - total // 2)

@@ -13,8 +13,26 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jax_ema.models.layers import BatchNorm
+
+@jax.custom_jvp
+def hard_sigmoid(x):
+    """relu6(x + 3) / 6, with torch's gradient: the slope is float32(1/6) whatever the dtype.
+
+    torch's Hardsigmoid backward multiplies by the float constant 1.0f / 6.0f even in float64, 3e-8 off
+    1/6; matching it keeps float64 training trajectories equal to timm's (no effect in float32).
+    """
+    return nn.relu6(x + 3.) / 6.
+
+
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    slope = jnp.where((x > -3.) & (x < 3.), jnp.asarray(np.float32(1.) / np.float32(6.), x.dtype), 0.)
+    return hard_sigmoid(x), t * slope.astype(x.dtype)
+
 
 ACTIVATIONS = {
     'relu': nn.relu,
@@ -22,7 +40,7 @@ ACTIVATIONS = {
     'swish': nn.swish,            # = SiLU
     'hard_swish': nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
     'sigmoid': nn.sigmoid,
-    'hard_sigmoid': nn.hard_sigmoid,  # relu6(x + 3) / 6, torch's Hardsigmoid
+    'hard_sigmoid': hard_sigmoid,  # relu6(x + 3) / 6, torch's Hardsigmoid
 }
 
 
