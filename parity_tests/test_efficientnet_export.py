@@ -19,7 +19,7 @@ from jax_ema.convert import to_flax
 from jax_ema.export import main as export_main
 from jax_ema.timm_io import load_timm_state_dict
 from jax_ema.train import main as train_main
-from test_efficientnet_parity import FAMILY, NUM_CLASSES, flax_eval, timm_model
+from test_efficientnet_parity import FAMILY, NUM_CLASSES, eval_error, flax_eval
 from test_forward import _images, _max_rel_err, _state_dict, _torch_forward
 
 IMG = 32
@@ -42,10 +42,7 @@ def image_folder(tmp_path_factory):
 
 @pytest.mark.parametrize('name', FAMILY)
 def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
-    timm_weights = _state_dict(timm_model(name))
-    x = _images(8, IMG)
-    logits = flax_eval(name)(to_flax(name, timm_weights), x)
-    assert logits.dtype == np.float32 and _max_rel_err(logits, _torch_forward(timm_model(name), x)) <= 1e-5
+    assert eval_error(name) <= 1e-5
 
     torch.manual_seed(2)  # timm's own init: random BatchNorm statistics would not suit training
     initial_weights = _state_dict(timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES))
@@ -70,6 +67,7 @@ def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
     assert export_main(['--checkpoint', str(tmp_path / 'run'), '--use-ema', '--out', str(out)]) == 0
     model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, checkpoint_path=str(out)).eval()
     assert set(model.state_dict()) == set(safetensors.numpy.load_file(out))  # strict load: every key
+    x = _images(8, IMG)
     assert _max_rel_err(np.asarray(flax_eval(name)(ema_vars, x)), _torch_forward(model, x)) <= 1e-5
     back = to_flax(name, load_timm_state_dict(out))
     assert jax.tree.structure(back) == jax.tree.structure(ema_vars)
