@@ -161,3 +161,19 @@ def test_channel_rounding_and_tf_padding_match_timm():
             for stride in (1, 2):
                 total = get_same_padding(size, kernel, stride, 1)
                 assert tf_same_padding(size, kernel, stride) == (total // 2, total - total // 2)
+
+
+def test_initializers_match_timm_init_statistics():
+    """timm's _init_weight_goog: our initializers draw with the spread of timm's init, tensor by tensor."""
+    from jax_ema.models.blocks import goog_conv_init, goog_dense_init
+    torch.manual_seed(0)
+    theirs = timm.create_model('efficientnet_b0', pretrained=False, num_classes=NUM_CLASSES).state_dict()
+    key = jax.random.PRNGKey(0)
+    for timm_key, groups in [('conv_stem.weight', 1), ('blocks.5.0.conv_dw.weight', 672),
+                             ('blocks.5.0.conv_pw.weight', 1), ('blocks.5.0.se.conv_reduce.weight', 1)]:
+        weight = theirs[timm_key].numpy()
+        ours = np.asarray(goog_conv_init(groups)(key, weight.transpose(2, 3, 1, 0).shape))
+        assert abs(ours.std() / weight.std() - 1) < 0.1, timm_key
+    weight = theirs['classifier.weight'].numpy()
+    ours = np.asarray(goog_dense_init(key, weight.T.shape))
+    assert abs(ours.std() / weight.std() - 1) < 0.1 and np.abs(ours).max() <= 1 / np.sqrt(NUM_CLASSES)

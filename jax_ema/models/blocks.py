@@ -17,6 +17,7 @@ import numpy as np
 
 from jax_ema.models.layers import BatchNorm
 
+
 @jax.custom_jvp
 def hard_sigmoid(x):
     """relu6(x + 3) / 6, with torch's gradient: the slope is float32(1/6) whatever the dtype.
