@@ -43,6 +43,8 @@ class Config:
     model: str = 'resnet50'
     initial_checkpoint: Optional[str] = None   # timm weights (.safetensors / .pth / .pth.tar)
     initial_checkpoint_ema: bool = False       # take the file's state_dict_ema
+    drop: float = 0.0                          # dropout before the classifier (timm --drop, model drop_rate)
+    drop_path: Optional[float] = None          # stochastic depth (timm --drop-path, model drop_path_rate)
     # optimizer and schedule
     opt: str = 'sgd'
     opt_eps: Optional[float] = None
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
       help='start from timm weights: .safetensors, or .pth/.pth.tar/.bin (loaded with weights_only=True)')
     a('--initial-checkpoint-ema', action='store_true',
       help="take the file's state_dict_ema instead of its state_dict")
+    a('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate before the classifier')
+    a('--drop-path', type=float, default=None, metavar='PCT', help='drop path (stochastic depth) rate')
     a('--img-size', type=int, default=None)
     a('-b', '--batch-size', type=int, default=None, help='per device (timm: per GPU)')
     a('-vb', '--validation-batch-size', type=int, default=None)
@@ -268,6 +272,9 @@ def parse_args(argv=None) -> Config:
     for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):
         if args[key] is not None and not args[key] >= 0:  # also catches nan
             raise UserError(f'--{key.replace("_", "-")} must be a number >= 0, got {args[key]}')
+    for key in ('drop', 'drop_path'):
+        if args[key] is not None and not 0.0 <= args[key] < 1.0:
+            raise UserError(f'--{key.replace("_", "-")} must be in [0, 1), got {args[key]}')
     lr_noise.check(args['lr_noise'], args['lr_noise_pct'], args['lr_noise_std'])
     if not 0.0 <= args['smoothing'] < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {args["smoothing"]}; timm uses 0.1')

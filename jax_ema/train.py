@@ -99,7 +99,7 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
 
 
 def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1):
+               accum_steps: int = 1, seed: int = 0):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
     With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
@@ -108,12 +108,15 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     after this update, as timm's `num_updates`. A state without EMA (off, or held elsewhere) skips it.
     A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
     update when the gradients are not finite (precision.skip_if_not_finite).
+    Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
     """
     scaler = state.loss_scale
+    dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
-    def loss_fn(params, batch_stats, micro):
+    def loss_fn(params, batch_stats, micro, key=dropout_key):
         logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
-                                         micro['image'], train=True, mutable=['batch_stats'])
+                                         micro['image'], train=True, mutable=['batch_stats'],
+                                         rngs={'dropout': key})
         loss = optim.cross_entropy(logits, micro['label'], smoothing)
         return (loss if scaler is None else scaler.scale_loss(loss)), updates['batch_stats']
 
@@ -122,10 +125,12 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
         (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
     else:
         micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
+        micro['index'] = jnp.arange(accum_steps)
 
         def accumulate(carry, micro_batch):
             stats, grad_sum, loss_sum = carry
-            (loss, stats), grads = grad_fn(state.params, stats, micro_batch)
+            (loss, stats), grads = grad_fn(state.params, stats, micro_batch,
+                                           jax.random.fold_in(dropout_key, micro_batch['index']))
             return (stats, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -211,7 +216,8 @@ def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: i
 def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
     """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
     x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']), variables, x)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                            rngs={'dropout': jax.random.PRNGKey(0)}), variables, x)
 
 
 def _resume(config: Config, state: TrainState, num_classes: int):
@@ -228,6 +234,12 @@ def _resume(config: Config, state: TrainState, num_classes: int):
     restored = restore_state(step_dir, state, restore_opt=not config.no_resume_opt)
     log.info('Resumed from %s (update %d)', step_dir, int(restored.step))
     return restored, step_dir
+
+
+def model_kwargs(config: Config) -> dict:
+    """timm's --drop / --drop-path as create_model kwargs (left out when 0, as timm leaves out None)."""
+    rates = {'drop_rate': config.drop, 'drop_path_rate': config.drop_path}
+    return {k: v for k, v in rates.items() if v}
 
 
 def _score(metrics: dict, eval_metric: str) -> float:
@@ -255,21 +267,23 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     config = config.resolved()
     where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
-    create_model(config.model, 1)  # an unknown model name fails before the data is read
+    create_model(config.model, 1, **model_kwargs(config))  # an unknown model name fails before the data is read
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     train_ds, val_ds = _load_data(config)
     num_classes = train_ds.num_classes
-    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype)
+    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype,
+                         **model_kwargs(config))
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr, schedule, num_epochs, tx = create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
-    variables = model.init(jax.random.PRNGKey(config.seed),
-                           jnp.zeros((1, config.img_size, config.img_size, 3)), train=False)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
                                                    use_ema=config.initial_checkpoint_ema)
         variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
+    else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
+        variables = jax.jit(functools.partial(model.init, train=False))(
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)
@@ -305,7 +319,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
     step_fn = functools.partial(train_step, ema_cfg=ema_cfg if fused and where == 'device' else None,
-                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps)
+                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps, seed=config.seed)
     if fused and where == 'sharded':
         step_fn = offload.fuse_sharded(step_fn, ema_cfg)
     p_train = jax.jit(step_fn, donate_argnums=0)

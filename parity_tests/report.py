@@ -34,7 +34,7 @@ from jax_ema.convert import to_flax, to_timm
 from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict, save_timm_safetensors
 from parity_tests import test_convert, test_ema_parity, test_export_import, test_forward, test_optim_parity
-from parity_tests import test_trajectory
+from parity_tests import test_efficientnet_parity, test_trajectory
 
 README = Path(__file__).with_name('README.md')
 
@@ -160,6 +160,19 @@ def forward_rows():
         err = max([err] + [t._max_rel_err(a, b) for a, b in zip(jax.tree_util.tree_leaves(upd),
                                                                  jax.tree_util.tree_leaves(stats64))])
         rows.append((f'{name} float64 eval + train logits and running stats', 1e-10, err, ''))
+    return rows
+
+
+def family_rows():
+    """EfficientNet / MobileNetV3 family (test_efficientnet_parity): eval float32, train float64."""
+    t = test_efficientnet_parity
+    rows = []
+    for name in t.FAMILY:
+        log(f'  {name}')
+        rows.append((f'{name} eval logits, float32, 32 px, random BN (x max|logit|)', 1e-5, t.eval_error(name), ''))
+        errors = t.float64_train_errors(name)
+        rows.append((f'{name} float64 train-mode logits (x max|logit|)', 1e-10, errors['logits'], ''))
+        rows.append((f'{name} float64 train-mode BN running stats (x max|tensor|)', 1e-10, *errors['stats']))
     return rows
 
 
@@ -292,7 +305,8 @@ def cases_legend() -> str:
     for name, c in test_trajectory.CASES.items():
         sched = 'per-update' if c.sched_on_updates else 'per-epoch'
         eps = f', eps {c.opt_eps:g}' if c.opt_eps is not None else ''
-        lines.append(f'- `{name}`: {c.dtype}, {c.opt} lr {c.lr:g} weight decay {c.weight_decay:g}{eps}, EMA decay '
+        model = '' if c.model == test_trajectory.MODEL else f'{c.model}, '
+        lines.append(f'- `{name}`: {model}{c.dtype}, {c.opt} lr {c.lr:g} weight decay {c.weight_decay:g}{eps}, EMA decay '
                      f'{c.ema_decay:g}{" with warmup" if c.ema_warmup else ""}, {sched} cosine ({c.epochs} epochs x '
                      f'{c.updates_per_epoch} updates, warmup {c.warmup_epochs} epoch), {c.steps} steps')
     return '\n'.join(lines)
@@ -302,7 +316,8 @@ def trajectory_rows():
     rows = []
     for name, case in test_trajectory.CASES.items():
         log(f'  trajectory {name}')
-        scale = 'x max|tensor|' if case.dtype == 'float64' else 'x max|group|'
+        per_tensor = case.dtype == 'float64' if case.per_tensor is None else case.per_tensor
+        scale = 'x max|tensor|' if per_tensor else 'x max|group|'
         for q, (err, where, bound) in test_trajectory.measure(name).items():
             what = QUANTITIES[q] + ('' if q in ('loss', 'lr') else f' ({scale})')
             rows.append((f'train_step trajectory `{name}`: {what}', bound, err, where))
@@ -349,7 +364,7 @@ training trajectories of our jitted `train_step` against timm's train.py loop (`
 float64 runs prove the semantics (only summation order differs); float32 runs bound the float32 error.
 Rows "(timm vs timm)" are calibration: how far timm is from itself.
 
-Trajectory cases (ResNet-18 from timm's init, 32x32 random images, batch 8, 10 classes, label smoothing 0.1):
+Trajectory cases (ResNet-18 unless another model is named, from timm's init, 32x32 random images, batch 8, 10 classes, label smoothing 0.1):
 
 {cases_legend()}
 
@@ -365,7 +380,7 @@ def main(argv=None) -> int:
     parser.add_argument('--readme', action='store_true', help=f'also write the table into {README}')
     args = parser.parse_args(argv)
     start, rows = time.time(), []
-    for section in (ema_rows, forward_rows, optim_rows, convert_rows, export_rows, trajectory_rows,
+    for section in (ema_rows, forward_rows, family_rows, optim_rows, convert_rows, export_rows, trajectory_rows,
                     calibration_rows):
         log(f'{section.__name__} ({time.time() - start:.0f}s)')
         rows += section()

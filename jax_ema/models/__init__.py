@@ -11,15 +11,32 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jax_ema.errors import UserError
+from jax_ema.models.efficientnet import EFFICIENTNETS, efficientnet
+from jax_ema.models.mobilenetv3 import MOBILENETV3S, mobilenetv3
 from jax_ema.models.resnet import RESNET_LAYOUTS, resnet
 
-MODEL_NAMES = tuple(RESNET_LAYOUTS)
+_BUILDERS = {**{n: efficientnet for n in EFFICIENTNETS}, **{n: mobilenetv3 for n in MOBILENETV3S}}
+MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
 
 
 def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp.float32, **kwargs) -> nn.Module:
-    """Flax module whose variables map one-to-one onto timm.create_model(name, num_classes=...).state_dict()."""
+    """Flax module whose variables map one-to-one onto timm.create_model(name, num_classes=...).state_dict().
+
+    kwargs go to the model: timm's `drop_rate` (--drop, dropout before the classifier) and `drop_path_rate`
+    (--drop-path, stochastic depth) for the EfficientNet / MobileNetV3 family.
+    """
     if name not in MODEL_NAMES:
         raise UserError(f'unknown model {name!r}; known models: {", ".join(MODEL_NAMES)}')
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
-    return resnet(name, int(num_classes), dtype, param_dtype, **kwargs)
+    for key in ('drop_rate', 'drop_path_rate'):
+        rate = kwargs.get(key, 0.)
+        if not (isinstance(rate, numbers.Real) and 0. <= rate < 1.):
+            raise UserError(f'{key} must be a number in [0, 1), got {rate!r}')
+    if name in RESNET_LAYOUTS:
+        drops = [k for k in ('drop_rate', 'drop_path_rate') if kwargs.pop(k, 0.)]
+        if drops:
+            raise UserError(f'{name} does not implement {" / ".join(drops)} (--drop / --drop-path); '
+                            f'leave them at 0 or pick one of {", ".join(_BUILDERS)}')
+        return resnet(name, int(num_classes), dtype, param_dtype, **kwargs)
+    return _BUILDERS[name](name, int(num_classes), dtype=dtype, param_dtype=param_dtype, **kwargs)
