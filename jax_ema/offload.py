@@ -111,6 +111,8 @@ def ema_update(cfg: ema.EmaConfig, where: str):
     never donated (that aborts); the update runs on the device between two transfers, and `out_shardings`
     sends it back.
     """
+    if where not in PLACEMENTS:
+        raise ValueError(f'unknown EMA placement {where!r}; use one of {PLACEMENTS}')
     if where == 'sharded':
         return jax.jit(functools.partial(sharded_update, cfg), donate_argnums=(0, 1))
 
