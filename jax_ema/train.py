@@ -18,11 +18,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, ema_members, loop, offload, optim, parallel, precision, reporting
+from jax_ema import checkpoint, ema, ema_members, from_config, loop, offload, optim, parallel, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -179,47 +178,6 @@ def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
             'top5': 100.0 * float(totals['top5']) / count}
 
 
-def _ema_config(config: Config) -> ema.EmaConfig | None:
-    return ema.EmaConfig(decay=config.model_ema_decay, use_warmup=config.model_ema_warmup,
-                         update_every=config.model_ema_update_every, extra_decays=config.model_ema_extra_decays,
-                         stds=config.model_ema_stds) if config.model_ema else None
-
-
-def _warn_horizon(ema_cfg, total_updates: int) -> None:
-    for decay in ema_cfg.decays if ema_cfg is not None and not ema_cfg.use_warmup else ():
-        horizon = ema_cfg.single(decay).horizon
-        if horizon > total_updates:
-            log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
-                        'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
-                        '(e.g. %.4g).', decay, horizon, total_updates,
-                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
-
-
-def _load_data(config: Config):
-    from jax_ema import data  # the only package that imports tensorflow
-    cfg = data.DataConfig(data_dir=config.data, train_split=config.train_split, val_split=config.val_split,
-                          val_split_fraction=config.val_split_fraction, img_size=config.img_size,
-                          num_classes=config.num_classes, seed=config.seed, scale=config.scale,
-                          ratio=config.ratio, hflip=config.hflip, crop_pct=config.crop_pct,
-                          num_workers=config.workers, auto_augment=config.aa, reprob=config.reprob,
-                          remode=config.remode, recount=config.recount)
-    return data.load_datasets(cfg)
-
-
-def _metadata(config: Config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
-    """What a checkpoint says about itself; `position` = updates done within `epoch`."""
-    return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
-                ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
-                epoch=epoch, position=position, metrics=metrics)
-
-
-def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
-    """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
-    x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
-                                            rngs={'dropout': jax.random.PRNGKey(0)}), variables, x)
-
-
 def _resume(config: Config, state: TrainState, num_classes: int):
     """(state, step folder) from `--resume`; checks the checkpoint is of this model, classes and optimizer."""
     step_dir = checkpoint.resolve(config.resume)
@@ -236,30 +194,9 @@ def _resume(config: Config, state: TrainState, num_classes: int):
     return restored, step_dir
 
 
-def model_kwargs(config: Config) -> dict:
-    """timm's --drop / --drop-path as create_model kwargs (left out when 0, as timm leaves out None)."""
-    rates = {'drop_rate': config.drop, 'drop_path_rate': config.drop_path}
-    return {k: v for k, v in rates.items() if v}
-
-
 def _score(metrics: dict, eval_metric: str) -> float:
     """Higher is better: the metric itself, or minus the loss."""
     return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
-
-
-def create_optimizer_and_schedule(config: Config, updates_per_epoch: int, batch_size: int):
-    """(lr, schedule, num_epochs, tx) from the optimizer and schedule flags, as timm's train.py builds them;
-    batch_size is the global batch per optimizer update (for --lr-base scaling)."""
-    lr = optim.resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale,
-                          batch_size, config.opt)
-    schedule, num_epochs = optim.create_lr_schedule(
-        config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
-        config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
-        config.cooldown_epochs, config.warmup_prefix, config.lr_noise, config.lr_noise_pct, config.lr_noise_std,
-        config.seed)
-    tx = optim.create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
-                                config.opt_betas)
-    return lr, schedule, num_epochs, tx
 
 
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
@@ -267,15 +204,17 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     config = config.resolved()
     where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
-    create_model(config.model, 1, **model_kwargs(config))  # an unknown model name fails before the data is read
+    model_kwargs = from_config.model_kwargs(config)
+    create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
-    train_ds, val_ds = _load_data(config)
+    train_ds, val_ds = from_config.load_data(config)
     num_classes = train_ds.num_classes
     model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype,
-                         **model_kwargs(config))
+                         **model_kwargs)
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
-    lr, schedule, num_epochs, tx = create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
+    lr, schedule, num_epochs, tx = from_config.create_optimizer_and_schedule(config, updates_per_epoch,
+                                                                             batch_size)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
         variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
@@ -284,10 +223,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
             jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
-    _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
+    from_config.check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)
-    ema_cfg = _ema_config(config)
+    ema_cfg = from_config.ema_config(config)
     state = create_train_state(model, tx, variables, ema_cfg)
     if loss_scaling:
         state = state.replace(loss_scale=precision.LossScale.create())
@@ -302,7 +241,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         state = state.replace(ema_params=offload.place(ema_vars[0], where),
                               ema_batch_stats=offload.place(ema_vars[1], where))
     host_ema = ema_cfg is not None and where == 'host'
-    _warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
+    from_config.warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
 
     if run_dir is None and parallel.is_main():
         run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
@@ -341,7 +280,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
             check_finite()
             state = step.flush(state, count)
-            checkpoint.save(manager, state, _metadata(config, num_classes, ema_cfg, epoch, position))
+            meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, position)
+            checkpoint.save(manager, state, meta)
         if stop and parallel.is_main():
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
                   f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
@@ -383,7 +323,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             reporting.append_summary(run_dir, row)
             board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
             reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
-            meta = _metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
+            meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
                              {'raw': raw, 'ema': ema_metrics})
             if member_metrics:
                 meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
