@@ -27,11 +27,13 @@ EMA_KEYS = ('ema_params', 'ema_batch_stats')
 
 
 def state_tree(state) -> dict:
-    """The arrays of a TrainState worth saving, as host numpy (EMA keys only when EMA is on); a sharded
-    EMA is gathered first, so every process holds the whole tree."""
+    """The arrays of a TrainState worth saving, as host numpy (EMA keys only when EMA is on, the loss
+    scale only with float16 --amp); a sharded EMA is gathered first, so every process holds the whole tree."""
     tree = dict(step=state.step, params=state.params, batch_stats=state.batch_stats, opt_state=state.opt_state)
     if state.ema_params is not None:
         tree.update(ema_params=state.ema_params, ema_batch_stats=state.ema_batch_stats)
+    if getattr(state, 'loss_scale', None) is not None:  # float16 --amp: timm saves its GradScaler too
+        tree.update(loss_scale=dict(scale=state.loss_scale.scale, growth_tracker=state.loss_scale.growth_tracker))
     tree = jax.device_get(parallel.gather(tree))
     for key in EMA_KEYS:  # saved as ordinary pytrees, whatever the EMA's in-memory layout
         if key in tree:

@@ -45,7 +45,8 @@ def checkpoint_metadata(config: Config, num_classes: int, ema_cfg, epoch: int, p
     """What a checkpoint says about itself; `position` = updates done within `epoch`."""
     return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
                 ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
-                epoch=epoch, position=position, metrics=metrics)
+                epoch=epoch, position=position, metrics=metrics,
+                loss_scale=bool(config.amp and config.amp_dtype == 'float16'))
 
 
 def check_trainable(model, variables, batch_size: int, img_size: int) -> None:

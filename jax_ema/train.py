@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
 
@@ -67,6 +68,7 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
     A checkpoint saved without EMA restored into a run with EMA starts the EMA from its raw weights,
     as timm does; a checkpoint with EMA restored into a run without drops it. With `restore_opt=False`
     (timm's --no-resume-opt) the optimizer state is fresh and its schedule continues from the step.
+    The float16 loss scale is restored with the optimizer state (timm resumes its GradScaler likewise).
     """
     metadata = checkpoint.read_metadata(step_dir)
     saved_ema, saved_members = metadata.get('ema') is not None, ema_members.saved_members(metadata)
@@ -80,8 +82,15 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
                           ema_batch_stats=ema_members.stacked_target(target['batch_stats'], saved_members))
         elif saved_ema:
             target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
+        target.pop('loss_scale', None)
+        if metadata.get('loss_scale'):  # float16 --amp's GradScaler state, restored with the optimizer's
+            target['loss_scale'] = dict(scale=np.float32(0), growth_tracker=np.int32(0))
         tree = checkpoint.restore_tree(step_dir, target)
         opt_state = tree['opt_state']
+        if state.loss_scale is not None and 'loss_scale' in tree:
+            state = state.replace(loss_scale=state.loss_scale.replace(
+                scale=jnp.asarray(tree['loss_scale']['scale'], jnp.float32),
+                growth_tracker=jnp.asarray(tree['loss_scale']['growth_tracker'], jnp.int32)))
     else:  # any optimizer's state: read without a target, keep only what does not depend on it
         tree = checkpoint.restore_tree(step_dir)
         opt_state = optim.at_step(state.opt_state, tree['step'])

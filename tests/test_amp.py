@@ -19,7 +19,7 @@ from jax_ema import checkpoint, ema, optim, precision
 from jax_ema.config import parse_args
 from jax_ema.export import export
 from jax_ema.models.resnet import BasicBlock, ResNet
-from jax_ema.train import create_train_state, main, train_step
+from jax_ema.train import create_train_state, main, restore_state, train_step
 from test_train import IMG, TINY, _batch, _image_folder
 
 BF16, F16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32)
@@ -237,3 +237,20 @@ def test_model_dtype_bfloat16_run_saves_and_exports(tmp_path, capsys):
         model = timm.create_model('resnet18', num_classes=2, checkpoint_path=str(out))  # float32 model
         np.testing.assert_array_equal(model.fc.weight.detach().numpy(), np.asarray(
             tree['ema_params' if use_ema else 'params']['fc']['kernel'], np.float32).T)
+
+
+def test_float16_loss_scale_is_checkpointed_and_resumed_with_the_optimizer(tmp_path):
+    """timm saves its GradScaler in checkpoints and resumes it with the optimizer (not with --no-resume-opt)."""
+    model = _tiny(F16)
+    state = _state(model, loss_scale=precision.LossScale.create())
+    state = state.replace(loss_scale=state.loss_scale.replace(scale=jnp.float32(2.0 ** 10),
+                                                              growth_tracker=jnp.int32(7)))
+    manager = checkpoint.open_manager(tmp_path / 'checkpoints')
+    meta = dict(model='tiny', num_classes=3, img_size=IMG, ema={'decay': 0.9}, epoch=0, position=0, loss_scale=True)
+    step_dir = checkpoint.save(manager, state, meta, score=1.0)
+    manager.close()
+    fresh = _state(model, loss_scale=precision.LossScale.create())
+    resumed = restore_state(step_dir, fresh)
+    assert float(resumed.loss_scale.scale) == 2.0 ** 10 and int(resumed.loss_scale.growth_tracker) == 7
+    afresh = restore_state(step_dir, fresh, restore_opt=False)
+    assert float(afresh.loss_scale.scale) == 2.0 ** 16 and int(afresh.loss_scale.growth_tracker) == 0
