@@ -1,11 +1,19 @@
 """What every CLI shares: logging set-up and bad input answered with one line and exit code 2."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 
 from jax_ema.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises UserError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise UserError(f'{message}; see --help')
 
 
 def setup_logging() -> None:

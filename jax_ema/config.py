@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 from jax_ema import lr_noise
+from jax_ema.cli import ArgumentParser
 from jax_ema.errors import UserError
 
 # Defaults used only when no DATA is given (the embedded digits, 1,437 training images of 8x8 px).
@@ -121,15 +122,8 @@ def _decay(text: str) -> float:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UserError(f'{message}; see --help')
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='python -m jax_ema.train',
+    p = ArgumentParser(prog='python -m jax_ema.train',
                                 description='timm-style image classification training with an EMA, in JAX.')
     a = p.add_argument
     a('data', nargs='?', default=None, help='dataset folder (omit to use the embedded digits)')

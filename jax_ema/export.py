@@ -14,21 +14,14 @@ import sys
 from pathlib import Path
 
 from jax_ema import checkpoint
-from jax_ema.cli import run_cli
+from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
 from jax_ema.timm_io import SAFETENSORS_SUFFIX, save_timm_safetensors, variables_from_checkpoint
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='python -m jax_ema.export',
+    p = ArgumentParser(prog='python -m jax_ema.export',
                 description='Write a checkpoint\'s weights as a timm .safetensors file.')
     p.add_argument('--checkpoint', required=True,
                    help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from jax_ema import reporting
-from jax_ema.cli import run_cli
+from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.errors import UserError
 
 METRICS = {'top1': 'validation top-1 (%)', 'top5': 'validation top-5 (%)', 'loss': 'validation loss'}
@@ -144,20 +144,13 @@ def plot_runs(run_dirs, out, metric: str = 'top1') -> Path:
 
 def main(argv=None) -> int:
     def run():
-        parser = _Parser(prog='python -m jax_ema.plot', description=__doc__.splitlines()[0])
+        parser = ArgumentParser(prog='python -m jax_ema.plot', description=__doc__.splitlines()[0])
         parser.add_argument('runs', nargs='+', metavar='RUN', help='run folders (output/train/...)')
         parser.add_argument('--out', required=True, help='image file to write, e.g. runs.png')
         parser.add_argument('--metric', default='top1', choices=tuple(METRICS))
         args = parser.parse_args(argv)
         print(plot_runs(args.runs, args.out, args.metric))
     return run_cli(run)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UserError(f'{message}; see --help')
 
 
 if __name__ == '__main__':

@@ -200,8 +200,8 @@ def write_checkpoint(run_dir, out_dir, result: dict) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jax_ema.validate import _Parser  # argparse raising UserError
-    p = _Parser(prog='python -m jax_ema.posthoc',
+    from jax_ema.cli import ArgumentParser  # argparse raising UserError
+    p = ArgumentParser(prog='python -m jax_ema.posthoc',
                 description='Reconstruct the EMA of any sigma_rel from a run\'s power-function EMA snapshots.')
     p.add_argument('--run', required=True, help='the training run folder (holding snapshots/)')
     p.add_argument('--std', type=float, required=True,

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from jax_ema.checkpoint import resolve as resolve_checkpoint
-from jax_ema.cli import run_cli
+from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.config import DIGITS_DEFAULTS
 from jax_ema.ema_members import saved_members
 from jax_ema.errors import UserError
@@ -40,15 +40,8 @@ DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not foun
 TIMM_CROP_PCT = 0.875     # the trainer's crop_pct for a DATA folder (config.Config.resolved)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError (one line) instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='python -m jax_ema.validate',
+    p = ArgumentParser(prog='python -m jax_ema.validate',
                 description='Validate the raw or EMA weights of a checkpoint, as timm\'s validate.py.')
     p.add_argument('data', nargs='?', default=None, help='dataset folder (omit for the embedded digits)')
     p.add_argument('--data-dir', default=None, help='dataset folder (same as DATA)')
