@@ -182,20 +182,10 @@ def family_rows():
 def optim_rows():
     t = test_optim_parity
     rows = []
-    kw = dict(lr=0.4, epochs=7, upe=5, warmup_lr=1e-3, min_lr=2e-4, decay_rate=0.5)
     err_max, where, epoch_mismatch = 0.0, '', 0
     for case in t.SCHEDULE_CASES:
-        expected, timm_epochs = t.timm_lrs(
-            case['sched'], kw['lr'], kw['epochs'], kw['upe'], case['warmup_epochs'], kw['warmup_lr'],
-            kw['min_lr'], case['sched_on_updates'], case['decay_epochs'], kw['decay_rate'],
-            case['cooldown_epochs'], case['warmup_prefix'])
-        with jax.enable_x64(True):
-            schedule, num_epochs = optim.create_lr_schedule(
-                case['sched'], kw['lr'], kw['epochs'], kw['upe'], case['warmup_epochs'], kw['warmup_lr'],
-                kw['min_lr'], sched_on_updates=case['sched_on_updates'], decay_epochs=case['decay_epochs'],
-                decay_rate=kw['decay_rate'], cooldown_epochs=case['cooldown_epochs'],
-                warmup_prefix=case['warmup_prefix'])
-            ours = np.asarray(jax.jit(schedule)(jnp.arange(len(expected), dtype=jnp.int32)))
+        ours, expected, num_epochs, timm_epochs = t.schedule_vs_timm(case)
+        ours = np.asarray(ours)
         epoch_mismatch += num_epochs != timm_epochs
         err = float(np.max(np.abs(ours - expected) / np.abs(expected)))
         if err > err_max:

@@ -62,8 +62,8 @@ SCHEDULE_CASES = [
 ]
 
 
-@pytest.mark.parametrize('case', SCHEDULE_CASES, ids=lambda c: '-'.join(f'{k}={v}' for k, v in c.items()))
-def test_schedule_matches_timm_stepped_like_train_py(case):
+def schedule_vs_timm(case):
+    """(ours, timm's, our num_epochs, timm's num_epochs) for one SCHEDULE_CASES case, in float64."""
     kw = dict(lr=0.4, epochs=7, upe=5, warmup_lr=1e-3, min_lr=2e-4, decay_rate=0.5)
     expected, timm_epochs = timm_lrs(
         case['sched'], kw['lr'], kw['epochs'], kw['upe'], case['warmup_epochs'], kw['warmup_lr'], kw['min_lr'],
@@ -76,10 +76,15 @@ def test_schedule_matches_timm_stepped_like_train_py(case):
             decay_rate=kw['decay_rate'], cooldown_epochs=case['cooldown_epochs'],
             warmup_prefix=case['warmup_prefix'])
         ours = jax.jit(schedule)(jnp.arange(len(expected), dtype=jnp.int32))
-        assert ours.dtype == jnp.float64
-        ours = np.asarray(ours)
+    return ours, expected, num_epochs, timm_epochs
+
+
+@pytest.mark.parametrize('case', SCHEDULE_CASES, ids=lambda c: '-'.join(f'{k}={v}' for k, v in c.items()))
+def test_schedule_matches_timm_stepped_like_train_py(case):
+    ours, expected, num_epochs, timm_epochs = schedule_vs_timm(case)
+    assert ours.dtype == jnp.float64
     assert num_epochs == timm_epochs
-    np.testing.assert_allclose(ours, expected, rtol=RTOL, atol=0)
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=RTOL, atol=0)
 
 
 # timm's mobilenetv3_large_100 recipe (--sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973
