@@ -37,7 +37,7 @@ from timm.utils import ModelEmaV2, ModelEmaV3
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_step  # noqa: E402  (the step variants, shared with bench_step.py)
 
-from jax_ema import ema, offload, optim, parallel  # noqa: E402
+from jax_ema import ema, offload, optim  # noqa: E402
 from jax_ema.models import create_model  # noqa: E402
 from jax_ema.train import create_train_state, train_step  # noqa: E402
 from torch_ref import trainer as torch_trainer  # noqa: E402
@@ -137,12 +137,9 @@ def sharded_variant(model, variables, batch, decay):
     """The step with the EMA split over the devices (`--model-ema-shard`) as the trainer builds it."""
     cfg = ema.EmaConfig(decay=decay)
     state = create_train_state(model, optim.create_optimizer('sgd', lambda s: 0.01, 1e-4, 0.9), variables, cfg)
-    state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None)).replace(
-        ema_params=offload.place(state.ema_params, 'sharded'),
-        ema_batch_stats=offload.place(state.ema_batch_stats, 'sharded'))
-    step = jax.jit(offload.fuse_sharded(functools.partial(train_step, ema_cfg=None, smoothing=0.1), cfg),
-                   donate_argnums=0)
-    return (lambda st: step(st, batch)[0]), state
+    state = offload.place_state(state, 'sharded')
+    step = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'sharded')
+    return (lambda st: step(st, batch, 1)[0]), state
 
 
 def step_runner(run, state, steps, warmup):

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import ema, loop, offload, optim
+from jax_ema import ema, offload, optim
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, train_step
 
@@ -34,11 +34,7 @@ def make_variant(name, model, variables, batch, decay):
     if on_host:
         state = state.replace(ema_params=offload.to_host(state.ema_params),
                               ema_batch_stats=offload.to_host(state.ema_batch_stats))
-    fused = cfg is not None and not on_host and every == 1
-    p_train = jax.jit(functools.partial(train_step, ema_cfg=cfg if fused else None, smoothing=0.1),
-                      donate_argnums=0)
-    update = None if fused or cfg is None else offload.ema_update(cfg, 'host' if on_host else 'device')
-    stepper = loop.Stepper(p_train, update, every)
+    stepper = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'host' if on_host else 'device')
     count = itertools.count(1)
     return (lambda st: stepper(st, batch, next(count))[0]), state
 

@@ -65,17 +65,14 @@ def main(argv=None):
         ema_vars = (state.ema_params, state.ema_batch_stats)
         results['ema_bytes'] = sum(t.flat.nbytes for t in ema_vars)
         results['params_bytes'] = sum(x.nbytes for x in jax.tree.leaves(state.params))
-        state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
-        state = state.replace(ema_params=offload.place(ema_vars[0], where),
-                              ema_batch_stats=offload.place(ema_vars[1], where))
-        plain = functools.partial(train_step, ema_cfg=None, smoothing=0.1)
-        if where == 'device':  # what the trainer compiles for each placement (EMA every update)
-            fn, arg = functools.partial(train_step, ema_cfg=cfg, smoothing=0.1), state
-        elif where == 'sharded':
-            fn, arg = offload.fuse_sharded(plain, cfg), state
-        else:  # the device step runs without the EMA; offload.ema_update updates it on its own
-            fn, arg = plain, state.replace(ema_params=None, ema_batch_stats=None)
-        plan = jax.jit(fn, donate_argnums=0).lower(arg, batch).compile().memory_analysis()
+        state = offload.place_state(state, where)
+        # what the trainer compiles for each placement (EMA every update): the host EMA's device step runs
+        # without it (offload.ema_update updates it on its own)
+        plan = jax.jit(functools.partial(train_step, ema_cfg=None if where == 'host' else cfg, smoothing=0.1,
+                                         ema_update=offload.sharded_update if where == 'sharded' else ema.update),
+                       donate_argnums=0)
+        arg = state.replace(ema_params=None, ema_batch_stats=None) if where == 'host' else state
+        plan = plan.lower(arg, batch).compile().memory_analysis()
         ema_tree = (state.ema_params, state.ema_batch_stats)
         results['placements'][where] = {
             'ema_bytes_per_device': bytes_on(ema_tree, 'device'),

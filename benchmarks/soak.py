@@ -4,7 +4,7 @@
                               [--out soak.json]
 
 Runs the trainer's own pieces: the donated jitted `train.train_step` with the EMA (or, with
---host-ema, the step without it plus `offload.ema_update`, joined by `loop.Stepper`), driven by
+--host-ema, the step without it plus `offload.ema_update`, as `offload.build_step` joins them), driven by
 `loop.train_epoch` (loss summed on device, one host sync every --log-interval updates). Every step is
 fed a fresh numpy copy of one of a few fixed random batches, as the input pipeline hands the trainer
 numpy arrays. Resident memory (VmRSS from /proc/self/status) is read after --warmup steps (compilation
@@ -85,9 +85,8 @@ def build(args):
     if args.host_ema:
         state = state.replace(ema_params=offload.to_host(state.ema_params),
                               ema_batch_stats=offload.to_host(state.ema_batch_stats))
-    p_train = jax.jit(functools.partial(train_step, ema_cfg=None if args.host_ema else ema_cfg, smoothing=0.1),
-                      donate_argnums=0)
-    step = loop.Stepper(p_train, offload.ema_update(ema_cfg, 'host') if args.host_ema else None)
+    step = offload.build_step(functools.partial(train_step, smoothing=0.1), ema_cfg,
+                              'host' if args.host_ema else 'device')
     return step, state, schedule
 
 

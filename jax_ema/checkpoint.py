@@ -11,6 +11,7 @@ Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -139,3 +140,52 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
                 reason = ("its saved arrays do not fit this run (another --model, class count or --opt?); use "
                           "the settings it was trained with, or --no-resume-opt for another optimizer")
             raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None
+
+
+# ---------------------------------------------------------------- what a checkpoint says about its run
+
+def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
+    """The metadata a training run's checkpoint carries (`config` a config.Config); `position` = updates done
+    within `epoch`."""
+    return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
+                ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
+                epoch=epoch, position=position, metrics=metrics,
+                loss_scale=bool(config.amp and config.amp_dtype == 'float16'))
+
+
+def saved_members(metadata: dict) -> int:
+    """How many EMAs a checkpoint holds: 0 without EMA, 1 for a single (or post-hoc) EMA."""
+    saved = metadata.get('ema')
+    if not saved:
+        return 0
+    return 1 + len(saved.get('extra_decays') or ()) + len(saved.get('stds') or ())
+
+
+def stacked_target(tree, members: int):
+    """Shapes of `tree` saved as a stack: float leaves get a leading member axis (float32, the EMA dtype)."""
+    def leaf(x):
+        dtype = np.dtype(getattr(x, 'dtype', np.float32))
+        if np.issubdtype(dtype, np.floating):
+            return jax.ShapeDtypeStruct((members, *np.shape(x)), ema.ema_dtype())
+        return jax.ShapeDtypeStruct(np.shape(x), dtype)
+    return jax.tree.map(leaf, tree)
+
+
+def check_members(step_dir, metadata: dict, members: int) -> None:
+    """UserError when a checkpoint's EMA stack has another height than this run's."""
+    saved = saved_members(metadata)
+    if saved and saved != members:
+        raise UserError(f'checkpoint {str(step_dir)!r} holds {saved} EMA(s) but this run keeps {members}; resume '
+                        'with the same --model-ema-decay and --model-ema-std values it was trained with')
+
+
+def pick_index(step_dir, metadata: dict, ema_index: int | None) -> int:
+    """The member `--use-ema` / `--ema-index i` means in a checkpoint: i, else the metadata's
+    `best_ema_index` (the winner at that epoch), else 0; UserError for an index it does not hold."""
+    members = max(saved_members(metadata), 1)
+    if ema_index is None:
+        return int(metadata.get('best_ema_index') or 0) if members > 1 else 0
+    if not 0 <= ema_index < members:
+        raise UserError(f'--ema-index {ema_index} is out of range: checkpoint {str(step_dir)!r} holds {members} '
+                        f'EMA(s), indices 0..{members - 1}')
+    return int(ema_index)

@@ -1,275 +1,291 @@
-"""Training configuration: timm's `train.py` flag names, meanings and defaults.
+"""Training configuration: one frozen dataclass, `Config`, whose fields are timm's `train.py` flags.
 
-`parse_args(argv)` turns a command line into a frozen `Config`; `train_and_evaluate(config)` runs it.
-When DATA is omitted the embedded digits dataset is used, and the defaults that would run for days
-on a CPU (timm's 300 epochs at 224 px, batch 128) give way to `DIGITS_DEFAULTS`.
+Each field is the single source of its flag: default, help text, flag names and theme group (`flag(...)`);
+`build_parser()` generates the command line from the fields, grouped in `--help` as timm groups them, and
+`parse_args(argv)` turns a command line into a `Config`. Constructing a `Config` (from the CLI or the
+library API) checks it (`Config.__post_init__`, the one place flags are validated) and fills the defaults
+that depend on the data: timm's for a DATA folder (`TIMM_DEFAULTS`), small ones for the embedded digits
+(`DIGITS_DEFAULTS`), since timm's 300 epochs at 224 px would run for days on a CPU.
+
+Adding a timm flag is adding one field here (and reading it where it is used).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from typing import Optional
 
-from jax_ema import lr_noise
+from jax_ema import ema, lr_noise
 from jax_ema.cli import ArgumentParser
 from jax_ema.errors import UserError
 
-# Defaults used only when no DATA is given (the embedded digits, 1,437 training images of 8x8 px).
+# The defaults that depend on the data, filled where a field is left None.
+TIMM_DEFAULTS = dict(epochs=300, img_size=224, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
+                     scale=(0.08, 1.0), hflip=0.5, crop_pct=0.875)
 DIGITS_DEFAULTS = dict(epochs=10, img_size=32, batch_size=64, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
-                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0)
+                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0)  # the embedded digits: 1,437 images of 8x8 px
+
+GROUPS = {  # theme -> --help section title, in timm's order
+    'data': 'Dataset parameters', 'model': 'Model parameters', 'optimizer': 'Optimizer parameters',
+    'schedule': 'Learning rate schedule parameters', 'augment': 'Augmentation and regularization parameters',
+    'ema': 'Model exponential moving average parameters', 'precision': 'Mixed precision parameters',
+    'distributed': 'Distributed parameters', 'run': 'Miscellaneous parameters'}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    # data
-    data: Optional[str] = None
-    train_split: str = 'train'
-    val_split: str = 'validation'
-    val_split_fraction: float = 0.2
-    num_classes: Optional[int] = None
-    img_size: Optional[int] = None
-    batch_size: Optional[int] = None           # per device, as timm's is per GPU
-    grad_accum_steps: int = 1                  # micro-batches per optimizer update (and per EMA update)
-    validation_batch_size: Optional[int] = None
-    workers: int = 4
-    scale: Optional[tuple] = None
-    ratio: tuple = (3 / 4, 4 / 3)
-    hflip: Optional[float] = None
-    crop_pct: Optional[float] = None
-    aa: Optional[str] = None                   # RandAugment, e.g. rand-m9-mstd0.5
-    reprob: float = 0.0                        # random erasing: probability, mode, boxes
-    remode: str = 'pixel'
-    recount: int = 1
-    # model
-    model: str = 'resnet50'
-    initial_checkpoint: Optional[str] = None   # timm weights (.safetensors / .pth / .pth.tar)
-    initial_checkpoint_ema: bool = False       # take the file's state_dict_ema
-    drop: float = 0.0                          # dropout before the classifier (timm --drop, model drop_rate)
-    drop_path: Optional[float] = None          # stochastic depth (timm --drop-path, model drop_path_rate)
-    # optimizer and schedule
-    opt: str = 'sgd'
-    opt_eps: Optional[float] = None
-    opt_betas: Optional[tuple] = None
-    momentum: float = 0.9
-    weight_decay: Optional[float] = None
-    lr: Optional[float] = None
-    lr_base: float = 0.1
-    lr_base_size: int = 256
-    lr_base_scale: str = ''
-    sched: str = 'cosine'
-    sched_on_updates: bool = False
-    epochs: Optional[int] = None
-    warmup_epochs: Optional[int] = None
-    warmup_lr: float = 1e-5
-    min_lr: float = 0.0
-    decay_epochs: float = 90
-    decay_rate: float = 0.1
-    cooldown_epochs: int = 0
-    warmup_prefix: bool = False
-    lr_noise: Optional[tuple] = None           # on/off points, fractions of --epochs (timm's noise_range)
-    lr_noise_pct: float = 0.67
-    lr_noise_std: float = 1.0
-    smoothing: float = 0.1
-    # EMA
-    model_ema: bool = False
-    model_ema_decay: float = 0.9998
-    model_ema_warmup: bool = False
-    model_ema_force_cpu: bool = False
-    model_ema_update_every: int = 1            # one EMA update every K optimizer updates, with decay**K
-    model_ema_extra_decays: tuple = ()         # --model-ema-decay D0 D1 D2: D1, D2 (model_ema_decay is D0)
-    model_ema_stds: tuple = ()                 # power-function EMAs (EDM2) of these sigma_rel
-    model_ema_snapshot_every: int = 0          # save the power-function EMAs every N updates (0: off)
-    snapshot_dtype: str = 'float32'
-    # mixed precision (jax_ema/precision.py); the optimizer state and the EMA stay float32
-    amp: bool = False                          # float32 params, compute in amp_dtype
-    amp_dtype: str = 'bfloat16'                # timm's default is float16 (here: with loss scaling)
-    model_dtype: Optional[str] = None          # params stored in this dtype (timm --model-dtype)
-    model_ema_shard: bool = False              # each device holds 1/N of the EMA (offload.py)
-    # several processes (jax.distributed.initialize; see parallel.initialize)
-    coordinator_address: Optional[str] = None  # HOST:PORT of process 0
-    num_processes: Optional[int] = None
-    process_id: Optional[int] = None
-    distributed: bool = False                  # let JAX detect the cluster (SLURM, Open MPI, TPU pod)
-    # run
-    seed: int = 42
-    output: str = ''
-    experiment: str = ''
-    log_interval: int = 50
-    recovery_interval: int = 0                 # save a recovery checkpoint every N updates (0: off)
-    resume: Optional[str] = None               # run folder / checkpoints folder / step folder
-    no_resume_opt: bool = False
-    checkpoint_hist: int = 10
-    eval_metric: str = 'top1'
-
-    def resolved(self) -> 'Config':
-        """Fill the data-dependent defaults: timm's for a user folder, small ones for digits."""
-        timm = dict(epochs=300, img_size=224, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
-                    scale=(0.08, 1.0), hflip=0.5, crop_pct=0.875)
-        base = DIGITS_DEFAULTS if self.data is None else timm
-        fill = {k: v for k, v in base.items() if getattr(self, k) is None}
-        if self.data is None and self.lr_base != 0.1 and self.lr is None:
-            fill.pop('lr')  # the user asked for lr scaling from --lr-base
-        return dataclasses.replace(self, **fill)
+def flag(group: str, default=None, help: str = '', flags: tuple = (), **argparse_kwargs):  # noqa: A002
+    """A Config field that is also a command-line flag: `flags` (default: `--field-name`), its `group` (a
+    GROUPS key), `help`, and what argparse needs beyond the field's type (nargs, choices, metavar, type)."""
+    assert group in GROUPS, group
+    return dataclasses.field(default=default, metadata=dict(group=group, help=help, flags=tuple(flags),
+                                                            argparse=argparse_kwargs))
 
 
 def _decay(text: str) -> float:
+    """argparse type of an EMA decay: a number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f'{text!r} is not a number')
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'{value} is outside [0, 1]; use e.g. 0.9998')
+        raise argparse.ArgumentTypeError(f'{value} is outside [0, 1]; use e.g. {ema.DEFAULT_DECAY}')
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # data
+    data: Optional[str] = flag('data', None, 'dataset folder (omit to use the embedded digits)', ('data',),
+                               nargs='?')
+    train_split: str = flag('data', 'train')
+    val_split: str = flag('data', 'validation')
+    val_split_fraction: float = flag('data', 0.2, 'held-out fraction when DATA has class folders but no split '
+                                                  'folders')
+    workers: int = flag('data', 4, 'data loading threads', ('-j', '--workers'))
+    # model, batch and image size
+    model: str = flag('model', 'resnet50')
+    num_classes: Optional[int] = flag('model', None, 'default: the number of class folders')
+    initial_checkpoint: Optional[str] = flag(
+        'model', None, 'start from timm weights: .safetensors, or .pth/.pth.tar/.bin (loaded with '
+        'weights_only=True)', metavar='PATH')
+    initial_checkpoint_ema: bool = flag('model', False, "take the file's state_dict_ema instead of its state_dict")
+    img_size: Optional[int] = flag('model', None)
+    crop_pct: Optional[float] = flag('model', None, 'center crop fraction of the validation images')
+    batch_size: Optional[int] = flag('model', None, 'per device (timm: per GPU)', ('-b', '--batch-size'))
+    validation_batch_size: Optional[int] = flag('model', None, 'default: -b', ('-vb', '--validation-batch-size'))
+    grad_accum_steps: int = flag('model', 1, 'micro-batches of -b per optimizer and EMA update')
+    # optimizer
+    opt: str = flag('optimizer', 'sgd')
+    opt_eps: Optional[float] = flag('optimizer', None)
+    opt_betas: Optional[tuple] = flag('optimizer', None, nargs='+', type=float)
+    momentum: float = flag('optimizer', 0.9)
+    weight_decay: Optional[float] = flag('optimizer', None)
+    # learning rate schedule
+    sched: str = flag('schedule', 'cosine')
+    sched_on_updates: bool = flag('schedule', False)
+    lr: Optional[float] = flag('schedule', None, 'default: --lr-base scaled by the global batch (timm)')
+    lr_base: float = flag('schedule', 0.1)
+    lr_base_size: int = flag('schedule', 256)
+    lr_base_scale: str = flag('schedule', '')
+    lr_noise: Optional[tuple] = flag('schedule', None, 'lr noise on (and off) points as fractions of --epochs, '
+                                     'e.g. 0.42 0.9 (seeded by --seed)', nargs='+', type=float, metavar='PCT')
+    lr_noise_pct: float = flag('schedule', 0.67, 'lr noise limit (|noise| < PCT)')
+    lr_noise_std: float = flag('schedule', 1.0, 'lr noise std-dev')
+    warmup_lr: float = flag('schedule', 1e-5)
+    min_lr: float = flag('schedule', 0.0)
+    epochs: Optional[int] = flag('schedule', None)
+    decay_epochs: float = flag('schedule', 90)
+    warmup_epochs: Optional[int] = flag('schedule', None)
+    cooldown_epochs: int = flag('schedule', 0)
+    warmup_prefix: bool = flag('schedule', False)
+    decay_rate: float = flag('schedule', 0.1, flags=('--decay-rate', '--dr'))
+    # augmentation and regularization
+    scale: Optional[tuple] = flag('augment', None, nargs=2, type=float)
+    ratio: tuple = flag('augment', (3 / 4, 4 / 3), nargs=2, type=float)
+    hflip: Optional[float] = flag('augment', None)
+    aa: Optional[str] = flag('augment', None, "RandAugment as timm's, e.g. rand-m9-mstd0.5", metavar='NAME')
+    reprob: float = flag('augment', 0.0, 'random erasing probability', metavar='PCT')
+    remode: str = flag('augment', 'pixel', 'random erasing fill: const, rand or pixel')
+    recount: int = flag('augment', 1, 'random erasing: at most this many boxes per image')
+    smoothing: float = flag('augment', 0.1, 'label smoothing')
+    drop: float = flag('augment', 0.0, 'dropout rate before the classifier', metavar='PCT')
+    drop_path: Optional[float] = flag('augment', None, 'drop path (stochastic depth) rate', metavar='PCT')
+    # EMA
+    model_ema: bool = flag('ema', False, 'keep an EMA of the weights')
+    model_ema_decay: float = flag('ema', ema.DEFAULT_DECAY, 'EMA decay; several (e.g. 0.999 0.9998 0.9999) keep '
+                                  'one EMA each, updated together', nargs='+', type=_decay, metavar='D')
+    model_ema_extra_decays: tuple = ()  # --model-ema-decay D0 D1 D2: D1, D2 (model_ema_decay is D0)
+    model_ema_warmup: bool = flag('ema', False, "timm's decay warmup 1-(1+t)^(-2/3)")
+    model_ema_force_cpu: bool = flag('ema', False, 'keep the EMA in host memory')
+    model_ema_shard: bool = flag('ema', False, 'split the EMA over the devices (1/N each, updated with no '
+                                 'communication)')
+    model_ema_update_every: int = flag('ema', 1, 'update the EMA once every K optimizer updates with decay**K '
+                                       '(same horizon; for the host EMA)', metavar='K')
+    model_ema_stds: tuple = flag('ema', (), 'also keep power-function EMAs (EDM2) of these relative widths, '
+                                 'e.g. 0.05 0.10', ('--model-ema-std',), nargs='+', type=float, metavar='SIGMA_REL')
+    model_ema_snapshot_every: int = flag('ema', 0, 'save the --model-ema-std EMAs to RUN/snapshots/ every N '
+                                         'updates (for python -m jax_ema.posthoc; 0: off)', metavar='N')
+    snapshot_dtype: str = flag('ema', 'float32', 'dtype of the snapshots', choices=('float32', 'float16'))
+    # mixed precision (precision.py); the optimizer state and the EMA stay float32
+    amp: bool = flag('precision', False, 'mixed precision: float32 weights, compute in --amp-dtype')
+    amp_dtype: str = flag('precision', 'bfloat16', 'compute dtype of --amp (timm: float16; here float16 adds '
+                          'dynamic loss scaling)', choices=('bfloat16', 'float16'))
+    model_dtype: Optional[str] = flag('precision', None, 'store the weights in this dtype (float32 or bfloat16); '
+                                      'optimizer state and EMA stay float32', metavar='DTYPE')
+    # several processes (parallel.initialize)
+    coordinator_address: Optional[str] = flag(
+        'distributed', None, 'multi-process run: the address of process 0 (with --num-processes and '
+        '--process-id)', metavar='HOST:PORT')
+    num_processes: Optional[int] = flag('distributed', None)
+    process_id: Optional[int] = flag('distributed', None)
+    distributed: bool = flag('distributed', False, 'multi-process run with the addresses detected from the '
+                             'environment (SLURM, Open MPI, TPU pod)')
+    # run
+    seed: int = flag('run', 42)
+    output: str = flag('run', '', 'parent folder of the run folders (default: ./output/train)')
+    experiment: str = flag('run', '', 'run folder name')
+    log_interval: int = flag('run', 50)
+    recovery_interval: int = flag('run', 0, 'save a recovery checkpoint every N updates (0: off)')
+    resume: Optional[str] = flag('run', None, 'resume from a run folder, its checkpoints/ folder or one step folder '
+                                 '(weights, optimizer, EMA, update count, data position)', metavar='CHECKPOINT')
+    no_resume_opt: bool = flag('run', False, 'do not restore the optimizer state when resuming')
+    checkpoint_hist: int = flag('run', 10, 'keep this many best checkpoints (and the last)')
+    eval_metric: str = flag('run', 'top1', choices=('top1', 'top5', 'loss'))
+
+    def __post_init__(self):
+        for key, value in _data_defaults(self).items():
+            object.__setattr__(self, key, value)
+        _validate(self)
+
+    @property
+    def ema_placement(self) -> str:
+        """Where the EMA lives (offload.PLACEMENTS): 'host' (--model-ema-force-cpu), 'sharded'
+        (--model-ema-shard) or 'device'."""
+        return 'host' if self.model_ema_force_cpu else 'sharded' if self.model_ema_shard else 'device'
+
+    def ema_config(self) -> ema.EmaConfig | None:
+        """The EMA settings (None with EMA off)."""
+        if not self.model_ema:
+            return None
+        return ema.EmaConfig(decay=self.model_ema_decay, use_warmup=self.model_ema_warmup,
+                             update_every=self.model_ema_update_every, extra_decays=self.model_ema_extra_decays,
+                             stds=self.model_ema_stds)
+
+
+def _data_defaults(config: Config) -> dict:
+    """The data-dependent defaults of the fields left None: timm's for a DATA folder, DIGITS_DEFAULTS without."""
+    base = DIGITS_DEFAULTS if config.data is None else TIMM_DEFAULTS
+    fill = {k: v for k, v in base.items() if getattr(config, k) is None}
+    if config.data is None and config.lr_base != Config.lr_base and config.lr is None:
+        fill.pop('lr')  # the user asked for lr scaling from --lr-base
+    return fill
+
+
+def _flag_name(key: str) -> str:
+    return f'--{key.replace("_", "-")}'
+
+
+def _validate(c: Config) -> None:
+    """Every check of the flags' values and combinations, each a one-line UserError."""
+    decays = (c.model_ema_decay, *c.model_ema_extra_decays)
+    if len(set(decays)) < len(decays):
+        raise UserError(f'--model-ema-decay {" ".join(map(str, decays))} repeats a decay; give each one once')
+    if c.model_ema_stds:
+        from jax_ema import power_ema
+        for std in c.model_ema_stds:
+            power_ema.gamma_from_std(std)  # UserError outside (0, 1/sqrt(12)]
+        if len(set(c.model_ema_stds)) < len(c.model_ema_stds):
+            raise UserError(f'--model-ema-std {" ".join(map(str, c.model_ema_stds))} repeats a value; give each '
+                            'one once')
+        if not c.model_ema:
+            raise UserError('--model-ema-std needs --model-ema (the power-function EMAs are kept beside it)')
+    if c.model_ema_snapshot_every < 0:
+        raise UserError(f'--model-ema-snapshot-every must be >= 0, got {c.model_ema_snapshot_every}')
+    if c.model_ema_snapshot_every and not c.model_ema_stds:
+        raise UserError('--model-ema-snapshot-every saves the power-function EMAs; add --model-ema '
+                        '--model-ema-std S [S ...] (e.g. 0.05 0.10)')
+    for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
+                'model_ema_update_every', 'grad_accum_steps', 'num_processes'):
+        value = getattr(c, key)
+        if value is not None and value <= 0:
+            raise UserError(f'{_flag_name(key)} must be positive, got {value}')
+    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers',
+                'process_id'):
+        value = getattr(c, key)
+        if value is not None and value < 0:
+            raise UserError(f'{_flag_name(key)} must be >= 0, got {value}')
+    for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):
+        value = getattr(c, key)
+        if value is not None and not value >= 0:  # also catches nan
+            raise UserError(f'{_flag_name(key)} must be a number >= 0, got {value}')
+    for key in ('drop', 'drop_path'):
+        value = getattr(c, key)
+        if value is not None and not 0.0 <= value < 1.0:
+            raise UserError(f'{_flag_name(key)} must be in [0, 1), got {value}')
+    lr_noise.check(c.lr_noise, c.lr_noise_pct, c.lr_noise_std)
+    if not 0.0 <= c.smoothing < 1.0:
+        raise UserError(f'--smoothing must be in [0, 1), got {c.smoothing}; timm uses 0.1')
+    if c.model_ema_force_cpu and c.model_ema_shard:
+        raise UserError('--model-ema-force-cpu and --model-ema-shard exclude each other (host memory or 1/N '
+                        'per device); give one of them')
+
+
+def _help(field: dataclasses.Field) -> str:
+    """The field's help text and its default (the data-dependent ones: timm's, and the digits')."""
+    text = field.metadata['help']
+    if field.name in TIMM_DEFAULTS and TIMM_DEFAULTS[field.name] is not None:
+        default = f"default: {TIMM_DEFAULTS[field.name]} (timm's); {DIGITS_DEFAULTS[field.name]} without DATA"
+    elif field.default not in (None, False, '', ()):
+        default = f'default: {field.default}'
+    else:
+        return text or None
+    return f'{text} ({default})' if text else default
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The trainer's command line, generated from Config's fields (absent flags keep the fields' defaults)."""
     p = ArgumentParser(prog='python -m jax_ema.train',
-                                description='timm-style image classification training with an EMA, in JAX.')
-    a = p.add_argument
-    a('data', nargs='?', default=None, help='dataset folder (omit to use the embedded digits)')
-    a('--data-dir', dest='data_dir', default=None, help='dataset folder (same as DATA)')
-    a('--train-split', default='train')
-    a('--val-split', default='validation')
-    a('--val-split-fraction', type=float, default=0.2,
-      help='held-out fraction when DATA has class folders but no split folders')
-    a('--model', default='resnet50')
-    a('--num-classes', type=int, default=None)
-    a('--initial-checkpoint', default=None, metavar='PATH',
-      help='start from timm weights: .safetensors, or .pth/.pth.tar/.bin (loaded with weights_only=True)')
-    a('--initial-checkpoint-ema', action='store_true',
-      help="take the file's state_dict_ema instead of its state_dict")
-    a('--drop', type=float, default=0.0, metavar='PCT', help='dropout rate before the classifier')
-    a('--drop-path', type=float, default=None, metavar='PCT', help='drop path (stochastic depth) rate')
-    a('--img-size', type=int, default=None)
-    a('-b', '--batch-size', type=int, default=None, help='per device (timm: per GPU)')
-    a('-vb', '--validation-batch-size', type=int, default=None)
-    a('--grad-accum-steps', type=int, default=1, help='micro-batches of -b per optimizer and EMA update')
-    a('-j', '--workers', type=int, default=4)
-    a('--scale', type=float, nargs=2, default=None)
-    a('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3))
-    a('--hflip', type=float, default=None)
-    a('--crop-pct', type=float, default=None)
-    a('--aa', default=None, metavar='NAME', help="RandAugment as timm's, e.g. rand-m9-mstd0.5 (see README)")
-    a('--reprob', type=float, default=0.0, metavar='PCT', help='random erasing probability')
-    a('--remode', default='pixel', help='random erasing fill: const, rand or pixel')
-    a('--recount', type=int, default=1, help='random erasing: at most this many boxes per image')
-    a('--opt', default='sgd')
-    a('--opt-eps', type=float, default=None)
-    a('--opt-betas', type=float, nargs='+', default=None)
-    a('--momentum', type=float, default=0.9)
-    a('--weight-decay', type=float, default=None)
-    a('--lr', type=float, default=None)
-    a('--lr-base', type=float, default=0.1)
-    a('--lr-base-size', type=int, default=256)
-    a('--lr-base-scale', default='')
-    a('--sched', default='cosine')
-    a('--sched-on-updates', action='store_true')
-    a('--epochs', type=int, default=None)
-    a('--warmup-epochs', type=int, default=None)
-    a('--warmup-lr', type=float, default=1e-5)
-    a('--min-lr', type=float, default=0.0)
-    a('--decay-epochs', type=float, default=90)
-    a('--decay-rate', '--dr', type=float, default=0.1)
-    a('--cooldown-epochs', type=int, default=0)
-    a('--warmup-prefix', action='store_true')
-    a('--lr-noise', type=float, nargs='+', default=None, metavar='PCT',
-      help='lr noise on (and off) points as fractions of --epochs, e.g. 0.42 0.9 (seeded by --seed)')
-    a('--lr-noise-pct', type=float, default=0.67, help='lr noise limit (|noise| < PCT)')
-    a('--lr-noise-std', type=float, default=1.0, help='lr noise std-dev')
-    a('--smoothing', type=float, default=0.1)
-    a('--model-ema', action='store_true', help='keep an EMA of the weights')
-    a('--model-ema-decay', type=_decay, nargs='+', default=[0.9998], metavar='D',
-      help='EMA decay; several (e.g. 0.999 0.9998 0.9999) keep one EMA each, updated together')
-    a('--model-ema-warmup', action='store_true', help="timm's decay warmup 1-(1+t)^(-2/3)")
-    a('--model-ema-force-cpu', action='store_true', help='keep the EMA in host memory')
-    a('--model-ema-update-every', type=int, default=1, metavar='K',
-      help='update the EMA once every K optimizer updates with decay**K (same horizon; for the host EMA)')
-    a('--ema-decay', type=_decay, nargs='+', default=None, metavar='D',
-      help='shorthand for --model-ema --model-ema-decay D [D ...]')
-    a('--model-ema-std', type=float, nargs='+', default=None, metavar='SIGMA_REL',
-      help='also keep power-function EMAs (EDM2) of these relative widths, e.g. 0.05 0.10')
-    a('--model-ema-snapshot-every', type=int, default=0, metavar='N',
-      help='save the --model-ema-std EMAs to RUN/snapshots/ every N updates (for python -m jax_ema.posthoc)')
-    a('--snapshot-dtype', default='float32', choices=('float32', 'float16'), help='dtype of the snapshots')
-    a('--amp', action='store_true', help='mixed precision: float32 weights, compute in --amp-dtype')
-    a('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'),
-      help='compute dtype of --amp (default bfloat16; float16 adds dynamic loss scaling)')
-    a('--model-dtype', default=None, metavar='DTYPE',
-      help='store the weights in this dtype (float32 or bfloat16); optimizer state and EMA stay float32')
-    a('--model-ema-shard', action='store_true',
-      help='split the EMA over the devices (1/N each, updated with no communication)')
-    a('--coordinator-address', default=None, metavar='HOST:PORT',
-      help='multi-process run: the address of process 0 (with --num-processes and --process-id)')
-    a('--num-processes', type=int, default=None)
-    a('--process-id', type=int, default=None)
-    a('--distributed', action='store_true',
-      help='multi-process run with the addresses detected from the environment (SLURM, Open MPI, TPU pod)')
-    a('--seed', type=int, default=42)
-    a('--output', default='')
-    a('--experiment', default='')
-    a('--log-interval', type=int, default=50)
-    a('--recovery-interval', type=int, default=0, help='save a recovery checkpoint every N updates')
-    a('--resume', default=None, metavar='CHECKPOINT',
-      help='resume from a run folder, its checkpoints/ folder or one step folder (weights, optimizer, EMA, '
-           'update count, data position)')
-    a('--no-resume-opt', action='store_true', help='do not restore the optimizer state when resuming')
-    a('--checkpoint-hist', type=int, default=10)
-    a('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'))
+                       description='timm-style image classification training with an EMA, in JAX.',
+                       argument_default=argparse.SUPPRESS)
+    groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        if 'group' not in field.metadata:
+            continue
+        kwargs = dict(field.metadata['argparse'], help=_help(field))
+        kind = hints[field.name]
+        kind = next(a for a in typing.get_args(kind) if a is not type(None)) if typing.get_args(kind) else kind
+        if kind is bool:
+            kwargs['action'] = 'store_true'
+        elif kind is not tuple:
+            kwargs.setdefault('type', kind)
+        names = field.metadata['flags'] or (_flag_name(field.name),)
+        if names[0].startswith('-'):
+            kwargs['dest'] = field.name
+        groups[field.metadata['group']].add_argument(*names, **kwargs)
+        if field.name == 'data':
+            groups['data'].add_argument('--data-dir', dest='data_dir', help='dataset folder (same as DATA)')
+        if field.name == 'model_ema_decay':
+            groups['ema'].add_argument('--ema-decay', type=_decay, nargs='+', metavar='D',
+                                       help='shorthand for --model-ema --model-ema-decay D [D ...]')
     return p
 
 
-def _split_ema_flags(args: dict) -> None:
-    """--model-ema-decay D0 [D1 ...] -> model_ema_decay D0 + model_ema_extra_decays; checks the EMA flags."""
-    decays = args['model_ema_decay']
-    if len(set(decays)) < len(decays):
-        raise UserError(f'--model-ema-decay {" ".join(map(str, decays))} repeats a decay; give each one once')
-    args['model_ema_decay'], args['model_ema_extra_decays'] = decays[0], tuple(decays[1:])
-    stds = args.pop('model_ema_std')
-    args['model_ema_stds'] = tuple(stds or ())
-    if stds is not None:
-        from jax_ema import power_ema
-        for std in stds:
-            power_ema.gamma_from_std(std)  # UserError outside (0, 1/sqrt(12)]
-        if len(set(stds)) < len(stds):
-            raise UserError(f'--model-ema-std {" ".join(map(str, stds))} repeats a value; give each one once')
-        if not args['model_ema']:
-            raise UserError('--model-ema-std needs --model-ema (the power-function EMAs are kept beside it)')
-    if args['model_ema_snapshot_every'] < 0:
-        raise UserError(f'--model-ema-snapshot-every must be >= 0, got {args["model_ema_snapshot_every"]}')
-    if args['model_ema_snapshot_every'] and not stds:
-        raise UserError('--model-ema-snapshot-every saves the power-function EMAs; add --model-ema '
-                        '--model-ema-std S [S ...] (e.g. 0.05 0.10)')
-
-
 def parse_args(argv=None) -> Config:
-    """Command line -> resolved Config; bad flags raise UserError with argparse's one line."""
+    """Command line -> Config (checked, defaults filled); bad flags raise UserError with one line."""
     args = vars(build_parser().parse_args(argv))
-    data_dir = args.pop('data_dir')
-    if args['data'] and data_dir and args['data'] != data_dir:
+    data_dir = args.pop('data_dir', None)
+    if args.get('data') and data_dir and args['data'] != data_dir:
         raise UserError(f'DATA {args["data"]!r} and --data-dir {data_dir!r} differ; give one of them')
-    args['data'] = args['data'] or data_dir
-    ema_decay = args.pop('ema_decay')
+    if data_dir:
+        args['data'] = args.get('data') or data_dir
+    ema_decay = args.pop('ema_decay', None)
     if ema_decay is not None:
         args['model_ema'], args['model_ema_decay'] = True, ema_decay
-    _split_ema_flags(args)
-    for key in ('scale', 'ratio', 'opt_betas', 'lr_noise'):
-        if args[key] is not None:
-            args[key] = tuple(args[key])
-    for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',
-                'model_ema_update_every', 'grad_accum_steps', 'num_processes'):
-        if args[key] is not None and args[key] <= 0:
-            raise UserError(f'--{key.replace("_", "-")} must be positive, got {args[key]}')
-    for key in ('checkpoint_hist', 'recovery_interval', 'warmup_epochs', 'cooldown_epochs', 'workers',
-                'process_id'):
-        if args[key] is not None and args[key] < 0:
-            raise UserError(f'--{key.replace("_", "-")} must be >= 0, got {args[key]}')
-    for key in ('lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'momentum'):
-        if args[key] is not None and not args[key] >= 0:  # also catches nan
-            raise UserError(f'--{key.replace("_", "-")} must be a number >= 0, got {args[key]}')
-    for key in ('drop', 'drop_path'):
-        if args[key] is not None and not 0.0 <= args[key] < 1.0:
-            raise UserError(f'--{key.replace("_", "-")} must be in [0, 1), got {args[key]}')
-    lr_noise.check(args['lr_noise'], args['lr_noise_pct'], args['lr_noise_std'])
-    if not 0.0 <= args['smoothing'] < 1.0:
-        raise UserError(f'--smoothing must be in [0, 1), got {args["smoothing"]}; timm uses 0.1')
-    return Config(**args).resolved()
+    if 'model_ema_decay' in args:  # D0 [D1 ...]: the first, and the extra EMAs
+        args['model_ema_decay'], args['model_ema_extra_decays'] = args['model_ema_decay'][0], \
+            tuple(args['model_ema_decay'][1:])
+    for key, value in args.items():
+        if isinstance(value, list):
+            args[key] = tuple(value)
+    return Config(**args)

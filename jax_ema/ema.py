@@ -37,11 +37,13 @@ import jax.numpy as jnp
 
 from jax_ema import power_ema
 
+DEFAULT_DECAY = 0.9998  # timm train.py's --model-ema-decay
+
 
 @dataclasses.dataclass(frozen=True)
 class EmaConfig:
-    """timm's ModelEmaV3 settings (same names, same defaults, decay as train.py's 0.9998)."""
-    decay: float = 0.9998
+    """timm's ModelEmaV3 settings (same names, same defaults, decay as train.py's DEFAULT_DECAY)."""
+    decay: float = DEFAULT_DECAY
     min_decay: float = 0.0
     update_after_step: int = 0
     use_warmup: bool = False
@@ -63,7 +65,7 @@ class EmaConfig:
         for value in self.extra_decays:
             if not 0.0 <= value <= 1.0:
                 from jax_ema.errors import UserError
-                raise UserError(f'EMA decay {value} is outside [0, 1]; use a value like 0.9998')
+                raise UserError(f'EMA decay {value} is outside [0, 1]; use a value like {DEFAULT_DECAY}')
         if int(self.update_every) < 1:
             from jax_ema.errors import UserError
             raise UserError(f'EMA update-every must be >= 1, got {self.update_every}')
@@ -72,7 +74,7 @@ class EmaConfig:
             if not 0.0 <= value <= 1.0:
                 from jax_ema.errors import UserError
                 raise UserError(f'EMA {name.replace("_", "-")} {value} is outside [0, 1]; '
-                                f'use a value like 0.9998 (the horizon is 1/(1-decay) updates)')
+                                f'use a value like {DEFAULT_DECAY} (the horizon is 1/(1-decay) updates)')
 
     @property
     def horizon(self) -> float:

@@ -1,4 +1,4 @@
-"""The epoch loop: steps with a tqdm bar, host-EMA dispatch, NaN guard, recovery and preemption hooks.
+"""The epoch loop: the steps of one epoch with a tqdm bar, the NaN guard, and the recovery and preemption hook.
 
 Nothing here syncs with the device per step: the loss and the finite flag are accumulated on device
 and read every `log_interval` updates, at the end of the epoch and before any save.
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from jax_ema.guard import TrainingDiverged
 
-log = logging.getLogger('jax_ema.train')
+log = logging.getLogger(__name__)
 
 # Fault injection for the resume and preemption tests: "N:SIG" sends SIG (KILL, TERM, INT) to this
 # process right after optimizer update N, at a known point instead of a timed one.
@@ -32,42 +32,11 @@ def _fault():
     return int(update), getattr(signal, f'SIG{name}')
 
 
-class Stepper:
-    """The train step, plus the EMA update when the EMA is not fused into it (held on the host, or
-    updated every K > 1 updates): then the device step runs without the EMA, and the EMA is updated
-    from its new params every `every` updates, folding in the updates since the last one (`gap`).
-    `flush` folds in the pending ones; the trainer calls it before evaluating and before saving."""
-
-    def __init__(self, p_train, ema_update=None, every: int = 1, last: int = 0):
-        self.p_train, self.ema_update, self.every, self.last = p_train, ema_update, every, last
-
-    def __call__(self, state, batch, count: int):
-        """One optimizer update; `count` is the update count after it (known on the host: no sync)."""
-        if self.ema_update is None:
-            return self.p_train(state, batch)
-        ema_params, ema_stats = state.ema_params, state.ema_batch_stats
-        state, metrics = self.p_train(state.replace(ema_params=None, ema_batch_stats=None), batch)
-        state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
-        if count % self.every == 0:
-            state = self._apply(state, count)
-        return state, metrics
-
-    def flush(self, state, count: int):
-        if self.ema_update is not None and count > self.last:
-            state = self._apply(state, count)
-        return state
-
-    def _apply(self, state, count):
-        ema_params, ema_stats = self.ema_update(state.ema_params, state.ema_batch_stats, state.params,
-                                                state.batch_stats, state.step, count - self.last)
-        self.last = count
-        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
-
-
 def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, first_update, schedule,
                 log_interval, after_update=None):
-    """Run the epoch's remaining updates. `after_update(state, update_count, check_finite)` may save a
-    recovery checkpoint; it returns (state, stop). Returns (state, mean train loss, stopped)."""
+    """Run the epoch's remaining updates with `step` (offload.build_step's). `after_update(state,
+    update_count, check_finite)` may save a recovery checkpoint; it returns (state, stop).
+    Returns (state, mean train loss, stopped)."""
     loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
     fault_at, fault_signal = _fault()
     bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',

@@ -1,9 +1,10 @@
-"""Where the EMA lives: on every device (`device`), in host memory (`host`), or split over the devices
-(`sharded`). README, "Memory: where the EMA lives", has the measured bytes.
+"""Where the EMA lives — on every device (`device`), in host memory (`host`), or split over the devices
+(`sharded`) — and the one step builder (`build_step`) that decides, from that placement, how the epoch
+loop's step updates it. Nothing else in the trainer branches on the placement.
 
 device   a full replicated copy per device, updated inside the donated train step (the default).
-host     `--model-ema-force-cpu`: replicated in the `pinned_host` memory kind. The device step stays the
-         donated step of an EMA-less run, and a second jitted function (`ema_update`) updates the host EMA
+host     `--model-ema-force-cpu`: replicated in the `pinned_host` memory kind. The device step is the
+         donated step without the EMA, and a second jitted function (`ema_update`) updates the host EMA
          from the step's new params, every update or every K; both dispatch asynchronously. We do not fuse
          the two with memory-kind shardings because the fused step could no longer donate its state (a
          host buffer donated into a device computation aborts the process), and without donation the
@@ -14,9 +15,12 @@ sharded  `--model-ema-shard`: the EMA's flat float32 buffer (`ema.FlatTree`) is 
          over the mesh's 'data' axis, zero-padded to a multiple of the device count, so each device holds
          1/N of every float byte (the non-float leaves, a few scalars, stay replicated). Each device updates
          its slice from its own copy of the replicated weights: no communication. The update is fused into
-         the donated train step; the new weights are pinned replicated there, else XLA's sharding
-         propagation would push the EMA's sharding back into the optimizer (and all-gather the weights).
-         Evaluation and checkpoints gather it (`to_device`, `parallel.gather`).
+         the donated train step (`sharded_update`); the new weights are pinned replicated there, else XLA's
+         sharding propagation would push the EMA's sharding back into the optimizer (and all-gather the
+         weights). Evaluation (`ema_for_eval`) and checkpoints (`parallel.gather`) gather it.
+
+`--model-ema-update-every K` > 1 takes the device and sharded EMAs out of the step too: the EMA is then
+updated every K updates by `ema_update`, folding in K updates at once.
 """
 from __future__ import annotations
 
@@ -25,17 +29,8 @@ import functools
 import jax
 
 from jax_ema import ema, parallel
-from jax_ema.errors import UserError
 
 PLACEMENTS = ('device', 'host', 'sharded')
-
-
-def placement(force_cpu: bool, shard: bool) -> str:
-    """The EMA's placement from `--model-ema-force-cpu` and `--model-ema-shard`."""
-    if force_cpu and shard:
-        raise UserError('--model-ema-force-cpu and --model-ema-shard exclude each other (host memory or 1/N '
-                        'per device); give one of them')
-    return 'host' if force_cpu else 'sharded' if shard else 'device'
 
 
 def host_sharding() -> jax.sharding.Sharding:
@@ -53,11 +48,11 @@ def _sharded(ema_tree):
                         [device_sharding()] * len(ema_tree.others), ema_tree.spec)
 
 
-def place(ema_tree, where: str):
+def place(ema_tree, placement: str):
     """A copy of the EMA (a FlatTree) in its placement (`PLACEMENTS`)."""
-    if where == 'host':
+    if placement == 'host':
         return to_host(ema_tree)
-    if where == 'sharded':
+    if placement == 'sharded':
         ema_tree = ema_tree.padded(len(parallel.mesh().devices.flat))
         return jax.device_put(ema_tree, _sharded(ema_tree))
     return jax.device_put(ema_tree, device_sharding())
@@ -90,38 +85,111 @@ def sharded_update(cfg: ema.EmaConfig, ema_params, ema_stats, params, stats, ste
     return _keep_sharded(ema_params), _keep_sharded(ema_stats)
 
 
-def fuse_sharded(train_step_without_ema, cfg: ema.EmaConfig):
-    """A train step (state, batch) -> (state, metrics) that also updates a sharded EMA, as one function
-    to jit and donate: `train_step_without_ema` sees a state without EMA."""
-    def step(state, batch):
-        ema_params, ema_stats = state.ema_params, state.ema_batch_stats
-        state, metrics = train_step_without_ema(state.replace(ema_params=None, ema_batch_stats=None), batch)
-        ema_params, ema_stats = sharded_update(cfg, ema_params, ema_stats, state.params, state.batch_stats,
-                                               state.step)
-        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats), metrics
-    return step
-
-
 @functools.lru_cache(maxsize=None)
-def ema_update(cfg: ema.EmaConfig, where: str):
+def ema_update(cfg: ema.EmaConfig, placement: str):
     """jit(ema_params, ema_stats, params, stats, step, gap) -> new EMA, for an EMA updated outside the
-    step (`where` in PLACEMENTS; see loop.Stepper).
+    step (`placement` in PLACEMENTS; see `build_step`).
 
     On the device, whole or sharded, the EMA buffers are donated (updated in place). On the host they are
     never donated (that aborts); the update runs on the device between two transfers, and `out_shardings`
     sends it back.
     """
-    if where not in PLACEMENTS:
-        raise ValueError(f'unknown EMA placement {where!r}; use one of {PLACEMENTS}')
-    if where == 'sharded':
+    if placement not in PLACEMENTS:
+        raise ValueError(f'unknown EMA placement {placement!r}; use one of {PLACEMENTS}')
+    if placement == 'sharded':
         return jax.jit(functools.partial(sharded_update, cfg), donate_argnums=(0, 1))
 
     def update(ema_params, ema_stats, params, stats, step, gap):
-        if where == 'host':
+        if placement == 'host':
             ema_params, ema_stats = jax.device_put((ema_params, ema_stats), device_sharding())
         return ema.update(cfg, ema_params, ema_stats, params, stats, step, gap)
 
-    if where != 'host':
+    if placement != 'host':
         return jax.jit(update, donate_argnums=(0, 1))
     host, dev = host_sharding(), device_sharding()
     return jax.jit(update, in_shardings=(host, host, dev, dev, None, None), out_shardings=(host, host))
+
+
+def place_state(state, placement: str):
+    """`state` replicated on every device, its EMA (when on) in `placement`; the EMA is placed from
+    where it is, never replicated on the devices first."""
+    ema_vars = state.ema_params, state.ema_batch_stats
+    state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
+    if ema_vars[0] is None:
+        return state
+    return state.replace(ema_params=place(ema_vars[0], placement), ema_batch_stats=place(ema_vars[1], placement))
+
+
+def ema_for_eval(state):
+    """The state's (ema_params, ema_batch_stats) where an evaluation reads them: a device EMA as it is,
+    a sharded one gathered whole onto every device, a host one read into host numpy once (`to_device`
+    then sends one member at a time, so the devices never hold a whole host stack)."""
+    ema_vars = state.ema_params, state.ema_batch_stats
+    if memory_kinds(ema_vars) == {'pinned_host'}:
+        return jax.device_get(ema_vars)
+    return to_device(ema_vars)
+
+
+class Step:
+    """What the epoch loop calls: `step(state, batch, count) -> (state, metrics)`, `count` being the
+    update count after this update (known on the host: no sync). Made by `build_step`.
+
+    With `ema_update` (the EMA outside the jitted step) the EMA is updated from the new weights every
+    `every` updates, folding in the updates since the last one; `flush(state, count)` folds in the
+    pending ones (the trainer calls it before evaluating, saving and snapshotting). Otherwise flush
+    returns the state as it is."""
+
+    def __init__(self, train_step_fn, ema_update=None, every: int = 1, last: int = 0):
+        self.train_step_fn, self.ema_update, self.every, self.last = train_step_fn, ema_update, every, last
+
+    def __call__(self, state, batch, count: int):
+        state, metrics = self.train_step_fn(state, batch)
+        if self.ema_update is not None and count % self.every == 0:
+            state = self._apply(state, count)
+        return state, metrics
+
+    def flush(self, state, count: int):
+        if self.ema_update is not None and count > self.last:
+            state = self._apply(state, count)
+        return state
+
+    def _apply(self, state, count):
+        ema_params, ema_stats = self.ema_update(state.ema_params, state.ema_batch_stats, state.params,
+                                                state.batch_stats, state.step, count - self.last)
+        self.last = count
+        return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
+
+
+def _beside_the_ema(train_step_without_ema):
+    """`train_step_without_ema` jitted and donated, called on the state without its EMA (which stays
+    where it is: a host buffer is never donated into a device computation) and returning it with it."""
+    jitted = jax.jit(train_step_without_ema, donate_argnums=0)
+
+    def step(state, batch):
+        ema_vars = state.ema_params, state.ema_batch_stats
+        state, metrics = jitted(state.replace(ema_params=None, ema_batch_stats=None), batch)
+        return state.replace(ema_params=ema_vars[0], ema_batch_stats=ema_vars[1]), metrics
+    return step
+
+
+def build_step(train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0) -> Step:
+    """The step the epoch loop calls, for the EMA settings and placement (the one place that decides it).
+
+    `train_step_fn(state, batch, ema_cfg, ema_update=...)` is the pure step with the run's settings bound
+    (`functools.partial(step.train_step, smoothing=..., accum_steps=..., seed=...)`). `last` is the
+    update count the EMA has folded in (the resumed step).
+      EMA off                           train_step_fn jitted, state donated
+      device / sharded, update_every 1  the EMA update fused into the jitted, donated step (sharded:
+                                        `sharded_update`, no collective)
+      host, or update_every K > 1       the step without the EMA (`_beside_the_ema`) + `ema_update(cfg,
+                                        placement)` every K updates; `flush` folds in the pending ones
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f'unknown EMA placement {placement!r}; use one of {PLACEMENTS}')
+    if ema_cfg is None:
+        return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=None), donate_argnums=0))
+    if placement != 'host' and ema_cfg.update_every == 1:
+        update = sharded_update if placement == 'sharded' else ema.update
+        return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update), donate_argnums=0))
+    return Step(_beside_the_ema(functools.partial(train_step_fn, ema_cfg=None)), ema_update(ema_cfg, placement),
+                every=ema_cfg.update_every, last=last)

@@ -281,3 +281,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
         return nll.mean()
     smooth = -logprobs.mean(axis=-1)
     return ((1.0 - smoothing) * nll + smoothing * smooth).mean()
+
+
+def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: int):
+    """(lr, schedule, num_epochs, tx) from a `config.Config`'s optimizer and schedule flags, as timm's train.py
+    builds them; batch_size is the global batch per optimizer update (for --lr-base scaling)."""
+    lr = resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale, batch_size, config.opt)
+    schedule, num_epochs = create_lr_schedule(
+        config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
+        config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
+        config.cooldown_epochs, config.warmup_prefix, config.lr_noise, config.lr_noise_pct, config.lr_noise_std,
+        config.seed)
+    tx = create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
+                          config.opt_betas)
+    return lr, schedule, num_epochs, tx

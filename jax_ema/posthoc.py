@@ -53,6 +53,11 @@ DTYPES = ('float32', 'float16')
 
 # ---------------------------------------------------------------- snapshots
 
+def snapshot_due(count: int, every: int, total: int) -> bool:
+    """Snapshots every `every` updates (--model-ema-snapshot-every) and at the run's last update."""
+    return bool(every) and (count % every == 0 or count == total)
+
+
 def save_snapshot(run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTree, ema_stats: ema.FlatTree,
                   dtype: str = 'float32') -> Path:
     """Write the power-function members (`cfg.stds`) of the stacked EMA as `RUN/snapshots/<step>.npz`.

@@ -151,7 +151,6 @@ def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | 
 
     A checkpoint of several EMAs holds them stacked; `use_ema` takes member `ema_index`, by default the
     one its metadata names best (`best_ema_index`). A given `ema_index` implies `use_ema`."""
-    from jax_ema import ema_members
     use_ema = use_ema or ema_index is not None
     metadata = checkpoint.read_metadata(step_dir)
     tree = checkpoint.restore_tree(step_dir)
@@ -164,8 +163,8 @@ def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | 
         keys = ('params', 'batch_stats')
     variables = {'params': tree[keys[0]], 'batch_stats': tree.get(keys[1]) or {}}
     if use_ema:
-        index = ema_members.pick_index(step_dir, metadata, ema_index)
-        if ema_members.saved_members(metadata) > 1:
+        index = checkpoint.pick_index(step_dir, metadata, ema_index)
+        if checkpoint.saved_members(metadata) > 1:
             from jax_ema import ema
             variables = {k: ema.tree(v, index) for k, v in variables.items()}
         metadata = dict(metadata, ema_index=index)

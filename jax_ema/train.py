@@ -1,10 +1,9 @@
-"""Training library and CLI: `python -m jax_ema.train [DATA] --model resnet50 --model-ema ...`.
+"""The training run and its CLI: `python -m jax_ema.train [DATA] --model resnet50 --model-ema ...`.
 
-Pure functions in the style of flax's examples/imagenet:
-  create_train_state  -> TrainState(params, batch_stats, opt_state, ema_params, ema_batch_stats, step)
-  train_step          -> one jitted, donated update: loss, grads, optimizer, then the EMA
-  eval_step           -> metric sums for any (params, batch_stats): raw and EMA weights alike
-  train_and_evaluate  -> the whole run, what the CLI and the notebooks call
+`train_and_evaluate(config)` is the epoch loop, read top to bottom; the small functions after it are its
+steps: set up (data, model, optimizer, state), resume, validate an epoch (raw weights and every EMA),
+write the records (summary.csv, TensorBoard, checkpoints), and the results. The TrainState and the pure
+step functions are step.py's; where the EMA lives and the step built for it, offload.py's.
 """
 from __future__ import annotations
 
@@ -14,186 +13,142 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.training import train_state
 
-from jax_ema import checkpoint, ema, ema_members, from_config, loop, offload, optim, parallel, precision, reporting
+from jax_ema import checkpoint, ema, loop, offload, optim, parallel, posthoc, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.guard import Preemption
-from jax_ema.models import create_model
+from jax_ema.models import create_model, drop_kwargs
+from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, restore_state, train_step
 
-log = logging.getLogger('jax_ema.train')
+log = logging.getLogger('jax_ema.train')  # also under `python -m`, where __name__ is '__main__'
 
-
-class TrainState(train_state.TrainState):
-    """flax TrainState + BatchNorm statistics + the EMA of both (None when EMA is off: no copy kept)
-    + the dynamic loss scale of float16 --amp (precision.LossScale; None otherwise)."""
-    batch_stats: Any = None
-    ema_params: Any = None
-    ema_batch_stats: Any = None
-    loss_scale: Any = None
+METRIC_KEYS = ('loss', 'top1', 'top5')
+_PLACEMENT_NOTE = {'device': '', 'host': ' on host', 'sharded': ' sharded'}
 
 
-def create_train_state(model, tx, variables, ema_cfg: ema.EmaConfig | None) -> TrainState:
-    """A TrainState from initial variables; the EMA starts as a real float32 copy of them."""
-    params, stats = variables['params'], variables.get('batch_stats', {})
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats)
-    return _strong(with_ema(state, ema_cfg))
+@dataclasses.dataclass
+class Run:
+    """What the set-up builds from a Config and the loop reads."""
+    config: Config
+    model: Any
+    train_ds: Any
+    val_ds: Any
+    num_classes: int
+    batch_size: int            # rows per optimizer update, over every device
+    updates_per_epoch: int
+    num_epochs: int
+    lr: float
+    schedule: Callable
+    ema_cfg: ema.EmaConfig | None
+
+    @property
+    def total_updates(self) -> int:
+        return self.num_epochs * self.updates_per_epoch
+
+    def score(self, metrics: dict) -> float:
+        """Higher is better: the --eval-metric itself, or minus the loss."""
+        if self.config.eval_metric == 'loss':
+            return -float(metrics['loss'])
+        return float(metrics[self.config.eval_metric])
 
 
-def _strong(tree):
-    """Own device copies without weak types: donating them never deletes the caller's arrays, and
-    the first step does not compile a second time."""
-    return jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), tree)
+def train_and_evaluate(config: Config, run_dir=None) -> dict:
+    """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
+    run, state = setup(config)
+    resumed_from = None
+    if config.resume:
+        state, resumed_from = resume(run, state)
+        if run_dir is None and resumed_from.parent.name == 'checkpoints':
+            run_dir = resumed_from.parent.parent  # go on in the same run folder
+    state = offload.place_state(state, config.ema_placement)
+    _warn_ema_horizon(run.ema_cfg, run.total_updates)
+    start = int(jax.device_get(state.step))
+    records = Records.open(run, run_dir, resumed_from, start)
+    step = offload.build_step(functools.partial(train_step, smoothing=config.smoothing,
+                                                accum_steps=config.grad_accum_steps, seed=config.seed),
+                              run.ema_cfg, config.ema_placement, last=start)
+    eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply))
+    preemption = Preemption()
+    after_update = _after_update(run, records, step, preemption)
+    with preemption:
+        for epoch in range(start // run.updates_per_epoch, run.num_epochs):
+            first = start - epoch * run.updates_per_epoch if epoch == start // run.updates_per_epoch else 0
+            state, train_loss, stopped = loop.train_epoch(
+                step, state, _train_batches(run, epoch, first), epoch=epoch, num_epochs=run.num_epochs,
+                updates_per_epoch=run.updates_per_epoch, first_update=first, schedule=run.schedule,
+                log_interval=config.log_interval, after_update=after_update)
+            if stopped:
+                records.close()
+                return {'preempted': True, 'run_dir': str(records.run_dir), 'step': int(jax.device_get(state.step))}
+            state = step.flush(state, (epoch + 1) * run.updates_per_epoch)
+            metrics = validate_epoch(run, eval_step_fn, state)
+            records.end_epoch(run, state, epoch, train_loss, metrics)
+    records.close()
+    results = final_results(run, records.rows)
+    reporting.write_results(records.run_dir, results)
+    return dict(results, run_dir=str(records.run_dir))
 
 
-def with_ema(state: TrainState, ema_cfg: ema.EmaConfig | None) -> TrainState:
-    """Start the EMA from the current weights (timm's behaviour for checkpoints saved without EMA)."""
-    if ema_cfg is None:
-        return state.replace(ema_params=None, ema_batch_stats=None)
-    return state.replace(ema_params=ema.init(state.params, ema_cfg.members),
-                         ema_batch_stats=ema.init(state.batch_stats, ema_cfg.members))
+# ---------------------------------------------------------------- set-up and resume
+
+def setup(config: Config) -> tuple[Run, TrainState]:
+    """Data, model, optimizer and schedule, and the initial TrainState (on one device, EMA included).
+
+    Every bad input is found here, before the run folder is made: an unknown model before the data is
+    read, a too small --img-size by tracing one forward."""
+    parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
+    model_kwargs = drop_kwargs(config.drop, config.drop_path)
+    create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
+    compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
+    from jax_ema import data  # the only package that imports tensorflow
+    train_ds, val_ds = data.load_datasets(data.data_config(config))
+    num_classes = train_ds.num_classes
+    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype, **model_kwargs)
+    batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
+    updates_per_epoch = train_ds.steps_per_epoch(batch_size)
+    lr, schedule, num_epochs, tx = optim.create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
+    if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
+        from jax_ema import timm_io
+        variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
+                                                   use_ema=config.initial_checkpoint_ema)
+        variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
+    else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
+        variables = jax.jit(functools.partial(model.init, train=False))(
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
+    _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
+    if param_dtype != jnp.float32:
+        tx = precision.fp32_optimizer(tx)
+    ema_cfg = config.ema_config()
+    state = create_train_state(model, tx, variables, ema_cfg)
+    if loss_scaling:
+        state = state.replace(loss_scale=precision.LossScale.create())
+    run = Run(config, model, train_ds, val_ds, num_classes, batch_size, updates_per_epoch, num_epochs, lr,
+              schedule, ema_cfg)
+    return run, state
 
 
-def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> TrainState:
-    """`state` with the weights, optimizer state, step and EMA of a checkpoint of the same model.
-
-    A checkpoint saved without EMA restored into a run with EMA starts the EMA from its raw weights,
-    as timm does; a checkpoint with EMA restored into a run without drops it. With `restore_opt=False`
-    (timm's --no-resume-opt) the optimizer state is fresh and its schedule continues from the step.
-    The float16 loss scale is restored with the optimizer state (timm resumes its GradScaler likewise).
-    """
-    metadata = checkpoint.read_metadata(step_dir)
-    saved_ema, saved_members = metadata.get('ema') is not None, ema_members.saved_members(metadata)
-    members = 1 if state.ema_params is None else state.ema_params.members
-    if state.ema_params is not None:
-        ema_members.check_members(step_dir, metadata, members)
-    if restore_opt:
-        target = checkpoint.state_tree(state.replace(ema_params=None, ema_batch_stats=None))
-        if saved_ema and saved_members > 1:  # a stack: float leaves with a leading member axis
-            target.update(ema_params=ema_members.stacked_target(target['params'], saved_members),
-                          ema_batch_stats=ema_members.stacked_target(target['batch_stats'], saved_members))
-        elif saved_ema:
-            target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
-        target.pop('loss_scale', None)
-        if metadata.get('loss_scale'):  # float16 --amp's GradScaler state, restored with the optimizer's
-            target['loss_scale'] = dict(scale=np.float32(0), growth_tracker=np.int32(0))
-        tree = checkpoint.restore_tree(step_dir, target)
-        opt_state = tree['opt_state']
-        if state.loss_scale is not None and 'loss_scale' in tree:
-            state = state.replace(loss_scale=state.loss_scale.replace(
-                scale=jnp.asarray(tree['loss_scale']['scale'], jnp.float32),
-                growth_tracker=jnp.asarray(tree['loss_scale']['growth_tracker'], jnp.int32)))
-    else:  # any optimizer's state: read without a target, keep only what does not depend on it
-        tree = checkpoint.restore_tree(step_dir)
-        opt_state = optim.at_step(state.opt_state, tree['step'])
-    restored = state.replace(step=tree['step'], params=tree['params'], batch_stats=tree['batch_stats'],
-                             opt_state=opt_state)
-    if state.ema_params is None:
-        return _strong(restored.replace(ema_params=None, ema_batch_stats=None))
-    if saved_ema and members > 1:
-        return _strong(restored.replace(ema_params=ema.init_stacked(tree['ema_params']),
-                                        ema_batch_stats=ema.init_stacked(tree['ema_batch_stats'])))
-    source = tree if saved_ema else {'ema_params': tree['params'], 'ema_batch_stats': tree['batch_stats']}
-    return _strong(restored.replace(ema_params=ema.init(source['ema_params'], members),
-                                    ema_batch_stats=ema.init(source['ema_batch_stats'], members)))
+def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
+    """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
+    x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                            rngs={'dropout': jax.random.PRNGKey(0)}), variables, x)
 
 
-def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1, seed: int = 0):
-    """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
-
-    With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
-    averaged (timm's --grad-accum-steps; each forward updates the BatchNorm statistics, as in torch)
-    before the one optimizer update and the one EMA update. The EMA step is the optimizer update count
-    after this update, as timm's `num_updates`. A state without EMA (off, or held elsewhere) skips it.
-    A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
-    update when the gradients are not finite (precision.skip_if_not_finite).
-    Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
-    """
-    scaler = state.loss_scale
-    dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
-
-    def loss_fn(params, batch_stats, micro, key=dropout_key):
-        logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
-                                         micro['image'], train=True, mutable=['batch_stats'],
-                                         rngs={'dropout': key})
-        loss = optim.cross_entropy(logits, micro['label'], smoothing)
-        return (loss if scaler is None else scaler.scale_loss(loss)), updates['batch_stats']
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if accum_steps == 1:
-        (loss, batch_stats), grads = grad_fn(state.params, state.batch_stats, batch)
-    else:
-        micro = jax.tree.map(lambda x: x.reshape(accum_steps, -1, *x.shape[1:]), batch)
-        micro['index'] = jnp.arange(accum_steps)
-
-        def accumulate(carry, micro_batch):
-            stats, grad_sum, loss_sum = carry
-            (loss, stats), grads = grad_fn(state.params, stats, micro_batch,
-                                           jax.random.fold_in(dropout_key, micro_batch['index']))
-            return (stats, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss), None
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (batch_stats, grad_sum, loss_sum), _ = jax.lax.scan(
-            accumulate, (state.batch_stats, zeros, jnp.zeros((), jnp.float32)), micro)
-        grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
-        loss = loss_sum / accum_steps
-    before = state
-    if scaler is not None:
-        loss, grads, finite = scaler.unscale(loss, grads)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    if ema_cfg is not None and state.ema_params is not None:
-        ema_params, ema_stats = ema.update(ema_cfg, state.ema_params, state.ema_batch_stats,
-                                           state.params, state.batch_stats, state.step)
-        state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
-    if scaler is not None:
-        state = precision.skip_if_not_finite(finite, state, before)
-    return state, {'loss': loss}
-
-
-def eval_step(params, batch_stats, batch, *, apply_fn):
-    """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count."""
-    params, batch_stats = ema.tree(params), ema.tree(batch_stats)  # the EMA is held flat
-    logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
-    logits = logits.astype(jnp.float32)
-    mask = batch['mask'].astype(jnp.float32)
-    labels = batch['label']
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    k = min(5, logits.shape[-1])
-    topk = jax.lax.top_k(logits, k)[1]
-    hit5 = jnp.any(topk == labels[:, None], axis=-1)
-    hit1 = topk[:, 0] == labels
-    return {'loss': jnp.sum(loss * mask), 'top1': jnp.sum(hit1 * mask), 'top5': jnp.sum(hit5 * mask),
-            'count': jnp.sum(mask)}
-
-
-def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
-    """Top-1/top-5 in percent and mean loss over the whole split."""
-    totals = None
-    for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
-        sums = p_eval(params, batch_stats, parallel.shard_batch(batch))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = max(float(totals['count']), 1.0)
-    return {'loss': float(totals['loss']) / count, 'top1': 100.0 * float(totals['top1']) / count,
-            'top5': 100.0 * float(totals['top5']) / count}
-
-
-def _resume(config: Config, state: TrainState, num_classes: int):
+def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
     """(state, step folder) from `--resume`; checks the checkpoint is of this model, classes and optimizer."""
+    config = run.config
     step_dir = checkpoint.resolve(config.resume)
     meta = checkpoint.read_metadata(step_dir)
-    if (meta.get('model'), meta.get('num_classes')) != (config.model, num_classes):
+    if (meta.get('model'), meta.get('num_classes')) != (config.model, run.num_classes):
         raise UserError(f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
-                        f'classes, but this run is {config.model} with {num_classes}; resume with the same '
+                        f'classes, but this run is {config.model} with {run.num_classes}; resume with the same '
                         '--model and data')
     if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
         raise UserError(f'--resume {config.resume!r} was trained with --opt {meta["opt"]}, this run asks for '
@@ -203,149 +158,147 @@ def _resume(config: Config, state: TrainState, num_classes: int):
     return restored, step_dir
 
 
-def _score(metrics: dict, eval_metric: str) -> float:
-    """Higher is better: the metric itself, or minus the loss."""
-    return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
+def _warn_ema_horizon(ema_cfg: ema.EmaConfig | None, total_updates: int) -> None:
+    for decay in ema_cfg.decays if ema_cfg is not None and not ema_cfg.use_warmup else ():
+        horizon = ema_cfg.single(decay).horizon
+        if horizon > total_updates:
+            log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
+                        'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
+                        '(e.g. %.4g).', decay, horizon, total_updates,
+                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
 
 
-def train_and_evaluate(config: Config, run_dir=None) -> dict:
-    """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
-    config = config.resolved()
-    where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
-    parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
-    model_kwargs = from_config.model_kwargs(config)
-    create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
-    compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
-    train_ds, val_ds = from_config.load_data(config)
-    num_classes = train_ds.num_classes
-    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype,
-                         **model_kwargs)
-    batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
-    updates_per_epoch = train_ds.steps_per_epoch(batch_size)
-    lr, schedule, num_epochs, tx = from_config.create_optimizer_and_schedule(config, updates_per_epoch,
-                                                                             batch_size)
-    if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
-        from jax_ema import timm_io
-        variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
-                                                   use_ema=config.initial_checkpoint_ema)
-        variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
-    else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
-        variables = jax.jit(functools.partial(model.init, train=False))(
-            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
-    from_config.check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
-    if param_dtype != jnp.float32:
-        tx = precision.fp32_optimizer(tx)
-    ema_cfg = from_config.ema_config(config)
-    state = create_train_state(model, tx, variables, ema_cfg)
-    if loss_scaling:
-        state = state.replace(loss_scale=precision.LossScale.create())
-    resumed_from = None
-    if config.resume:
-        state, resumed_from = _resume(config, state, num_classes)
-        if run_dir is None and resumed_from.parent.name == 'checkpoints':
-            run_dir = resumed_from.parent.parent  # go on in the same run folder
-    ema_vars = (state.ema_params, state.ema_batch_stats)
-    state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
-    if ema_cfg is not None:
-        state = state.replace(ema_params=offload.place(ema_vars[0], where),
-                              ema_batch_stats=offload.place(ema_vars[1], where))
-    host_ema = ema_cfg is not None and where == 'host'
-    from_config.warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
+def _train_batches(run: Run, epoch: int, first: int):
+    """The epoch's batches from update `first` on, this process's rows, sharded over the mesh."""
+    return map(parallel.shard_batch, run.train_ds.train_batches(
+        run.batch_size, epoch, start_step=first, process_index=jax.process_index(),
+        process_count=jax.process_count()))
 
-    if run_dir is None and parallel.is_main():
-        run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
-    run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
-    log.info('Run folder: %s', run_dir)
-    reporting.write_args(run_dir, config)
-    manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
-    board = reporting.TensorBoard(run_dir)
-    log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
-             config.model, num_classes, train_ds.num_examples, val_ds.num_examples, updates_per_epoch, lr,
-             'off' if ema_cfg is None else ', '.join(ema.member_names(ema_cfg)) + {'device': '', 'host': ' on host',
-                                                                                   'sharded': ' sharded'}[where])
 
-    start = int(jax.device_get(state.step))
-    fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
-    step_fn = functools.partial(train_step, ema_cfg=ema_cfg if fused and where == 'device' else None,
-                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps, seed=config.seed)
-    if fused and where == 'sharded':
-        step_fn = offload.fuse_sharded(step_fn, ema_cfg)
-    p_train = jax.jit(step_fn, donate_argnums=0)
-    step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, where),
-                        every=ema_cfg.update_every if ema_cfg else 1, last=start)
-    p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
-    eval_bs = (config.validation_batch_size or config.batch_size) * jax.device_count()
-    rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
-        if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
-    preemption = Preemption()
+# ---------------------------------------------------------------- during the epoch
+
+def _after_update(run: Run, records: Records, step: offload.Step, preemption: Preemption):
+    """The loop's hook after each update: EMA snapshots, recovery checkpoints, a preemption's save."""
+    config = run.config
 
     def after_update(state, count, check_finite):
-        epoch, position = divmod(count, updates_per_epoch)
-        if ema_cfg is not None and ema_members.snapshot_due(count, config.model_ema_snapshot_every,
-                                                            num_epochs * updates_per_epoch):
+        epoch, position = divmod(count, run.updates_per_epoch)
+        if run.ema_cfg is not None and posthoc.snapshot_due(count, config.model_ema_snapshot_every,
+                                                            run.total_updates):
             state = step.flush(state, count)
-            ema_members.save_snapshot(run_dir, count, ema_cfg, state, config.snapshot_dtype)
+            if parallel.is_main():
+                posthoc.save_snapshot(records.run_dir, count, run.ema_cfg, state.ema_params, state.ema_batch_stats,
+                                      config.snapshot_dtype)
         stop = preemption.agreed()
         if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
             check_finite()
             state = step.flush(state, count)
-            meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, position)
-            checkpoint.save(manager, state, meta)
+            checkpoint.save(records.manager, state, checkpoint.run_metadata(config, run.num_classes, run.ema_cfg,
+                                                                            epoch, position))
         if stop and parallel.is_main():
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
-                  f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
+                  f'Resume with: python -m jax_ema.train ... --resume {records.run_dir}', flush=True)
         return state, stop
+    return after_update
 
-    with preemption:
-        for epoch in range(start // updates_per_epoch, num_epochs):
-            first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
-            state, train_loss, stopped = loop.train_epoch(
-                step, state, map(parallel.shard_batch, train_ds.train_batches(
-                    batch_size, epoch, start_step=first, process_index=jax.process_index(),
-                    process_count=jax.process_count())), epoch=epoch,
-                num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, first_update=first,
-                schedule=schedule, log_interval=config.log_interval, after_update=after_update)
-            if stopped:
-                board.close()
-                manager.close()
-                return {'preempted': True, 'run_dir': str(run_dir), 'step': int(jax.device_get(state.step))}
-            state = step.flush(state, (epoch + 1) * updates_per_epoch)
-            raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
-            log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
-            ema_metrics, member_metrics, best_member = None, [], 0
-            if state.ema_params is not None and ema_cfg.members > 1:
-                stack = (state.ema_params, state.ema_batch_stats)
-                member_metrics = ema_members.evaluate_members(
-                    lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs),
-                    *(offload.to_device(stack) if where == 'sharded' else stack), host_ema, ema.member_names(ema_cfg))
-                ema_metrics = member_metrics[0]
-                best_member = ema_members.best_index(member_metrics, lambda m: _score(m, config.eval_metric))
-            elif state.ema_params is not None:
-                ema_vars = (state.ema_params, state.ema_batch_stats)
-                ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if where != 'device' else ema_vars),
-                                       val_ds, eval_bs)
-                log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
-                         ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
-            epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
-            row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, member_metrics[1:])
-            rows.append(row)
-            reporting.append_summary(run_dir, row)
-            board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-            reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
-            meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
-                             {'raw': raw, 'ema': ema_metrics})
-            if member_metrics:
-                meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
-            checkpoint.save(manager, state, meta,
-                            _score((member_metrics or [ema_metrics or raw])[best_member], config.eval_metric))
-    board.close()
-    manager.close()
-    scores = [(_score({k: r[f'eval_{k}'] for k in ('loss', 'top1', 'top5')}, config.eval_metric), int(r['epoch']))
-              for r in rows]
+
+# ---------------------------------------------------------------- validation
+
+def validate_epoch(run: Run, eval_step_fn, state: TrainState) -> dict:
+    """{'raw', 'ema', 'members', 'best'}: the raw weights' metrics, the EMA's (member 0's), with several
+    EMAs every member's (else []) and the index of the best one."""
+    eval_batch_size = (run.config.validation_batch_size or run.config.batch_size) * jax.device_count()
+
+    def evaluate_split(params, batch_stats):
+        return evaluate(eval_step_fn, params, batch_stats, run.val_ds, eval_batch_size)
+
+    raw = evaluate_split(state.params, state.batch_stats)
+    log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
+    if state.ema_params is None:
+        return dict(raw=raw, ema=None, members=[], best=0)
+    labels = ['EMA'] if run.ema_cfg.members == 1 else [f'EMA {n}' for n in ema.member_names(run.ema_cfg)]
+    members = evaluate_members(evaluate_split, *offload.ema_for_eval(state), labels)
+    if len(members) == 1:
+        return dict(raw=raw, ema=members[0], members=[], best=0)
+    return dict(raw=raw, ema=members[0], members=members, best=best_index(members, run.score))
+
+
+def evaluate_members(evaluate_one, ema_params, ema_stats, labels) -> list[dict]:
+    """`evaluate_one(params, stats)` of every EMA member (one jitted eval serves all: same [n] shapes), each
+    sent to the devices on its own and logged by its label."""
+    results = []
+    for i, label in enumerate(labels):
+        m = evaluate_one(*offload.to_device((ema.member(ema_params, i), ema.member(ema_stats, i))))
+        log.info('Test (%s): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', label, m['loss'], m['top1'], m['top5'])
+        results.append(m)
+    return results
+
+
+def best_index(member_metrics: list[dict], score) -> int:
+    """The member with the highest `score(metrics)`; ties go to the lower index."""
+    return int(np.argmax([score(m) for m in member_metrics]))
+
+
+# ---------------------------------------------------------------- records and results
+
+@dataclasses.dataclass
+class Records:
+    """The run folder's writers: checkpoints (orbax), summary.csv rows, TensorBoard, metrics.png."""
+    run_dir: Path
+    manager: Any
+    board: reporting.TensorBoard
+    rows: list
+
+    @classmethod
+    def open(cls, run: Run, run_dir, resumed_from, start: int) -> Records:
+        """The run folder (a new one, or the resumed run's), with the summary rows of the epochs done."""
+        config = run.config
+        if run_dir is None and parallel.is_main():
+            run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
+        run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
+        log.info('Run folder: %s', run_dir)
+        reporting.write_args(run_dir, config)
+        manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
+        board = reporting.TensorBoard(run_dir)
+        ema_note = 'off' if run.ema_cfg is None else (', '.join(ema.member_names(run.ema_cfg))
+                                                      + _PLACEMENT_NOTE[config.ema_placement])
+        log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
+                 config.model, run.num_classes, run.train_ds.num_examples, run.val_ds.num_examples,
+                 run.updates_per_epoch, run.lr, ema_note)
+        rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // run.updates_per_epoch] \
+            if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
+        return cls(run_dir, manager, board, rows)
+
+    def end_epoch(self, run: Run, state, epoch: int, train_loss: float, metrics: dict) -> None:
+        """summary.csv, TensorBoard and metrics.png get the epoch's row; a checkpoint scored by the best EMA
+        (else the raw weights) is saved."""
+        raw, ema_metrics, members, best = metrics['raw'], metrics['ema'], metrics['members'], metrics['best']
+        epoch_lr = float(run.schedule((epoch + 1) * run.updates_per_epoch - 1))  # timm: lr at the epoch's end
+        row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, members[1:])
+        self.rows.append(row)
+        reporting.append_summary(self.run_dir, row)
+        self.board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+        reporting.plot_metrics(self.run_dir, self.rows,
+                               member_names=ema.member_names(run.ema_cfg) if run.ema_cfg else None)
+        meta = checkpoint.run_metadata(run.config, run.num_classes, run.ema_cfg, epoch, run.updates_per_epoch,
+                                       {'raw': raw, 'ema': ema_metrics})
+        if members:
+            meta.update(best_ema_index=best, metrics=dict(meta['metrics'], ema_members=members))
+        checkpoint.save(self.manager, state, meta, run.score((members or [ema_metrics or raw])[best]))
+
+    def close(self) -> None:
+        self.board.close()
+        self.manager.close()
+
+
+def final_results(run: Run, rows: list[dict]) -> dict:
+    """results.json: the best epoch's metric (over every EMA member too), the last epoch's metrics, the EMA."""
+    config, ema_cfg = run.config, run.ema_cfg
+    scores = [(run.score({k: r[f'eval_{k}'] for k in METRIC_KEYS}), int(r['epoch'])) for r in rows]
     best_score, best_epoch = max(scores, key=lambda se: (se[0], -se[1]))
-    if ema_cfg is not None and ema_cfg.members > 1:  # the best over every member too
-        best_score, best_epoch, best_member = ema_members.best_over_rows(
-            rows, ema_cfg.members, lambda m: _score(m, config.eval_metric))
+    several = ema_cfg is not None and ema_cfg.members > 1
+    if several:  # the best over every member too
+        best_score, best_epoch, best_member = best_over_rows(rows, run.score)
     best_value = -best_score if config.eval_metric == 'loss' else best_score
     log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
     results = {'best_metric': best_value, 'best_epoch': best_epoch,
@@ -353,13 +306,30 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu,
                             shard=config.model_ema_shard)
                        if ema_cfg else None)}
-    if ema_cfg is not None and ema_cfg.members > 1:
+    if several:
         results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
-                       best_ema=ema_members.describe(ema_cfg, best_member))
-        results['final']['ema_members'] = [_final(rows[-1], prefix)
-                                           for prefix in ema_members.column_prefixes(ema_cfg.members)]
-    reporting.write_results(run_dir, results)
-    return dict(results, run_dir=str(run_dir))
+                       best_ema=describe_member(ema_cfg, best_member))
+        results['final']['ema_members'] = [_final(rows[-1], prefix) for prefix in reporting.member_prefixes(rows[-1])]
+    return results
+
+
+def best_over_rows(rows: list[dict], score) -> tuple[float, int, int]:
+    """(best score, its epoch, its member) over every epoch and EMA member of summary.csv rows; ties: the
+    earliest epoch, then the lower member."""
+    best = None
+    for row in rows:
+        for i, prefix in enumerate(reporting.member_prefixes(row)):
+            value = score({k: float(row[f'{prefix}_eval_{k}']) for k in METRIC_KEYS})
+            key = (value, -int(row['epoch']), -i)
+            best = key if best is None or key > best else best
+    return best[0], -best[1], -best[2]
+
+
+def describe_member(cfg: ema.EmaConfig, index: int) -> dict:
+    """{'index': i, 'decay': d} or {'index': i, 'std': s} for member `index`."""
+    if index < len(cfg.decays):
+        return {'index': index, 'decay': cfg.decays[index]}
+    return {'index': index, 'std': cfg.stds[index - len(cfg.decays)]}
 
 
 def _final(row: dict, prefix: str) -> dict:

@@ -25,14 +25,13 @@ import jax
 import numpy as np
 import yaml
 
-from jax_ema.checkpoint import resolve as resolve_checkpoint
+from jax_ema.checkpoint import resolve as resolve_checkpoint, saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.config import DIGITS_DEFAULTS
-from jax_ema.ema_members import saved_members
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.timm_io import variables_from_checkpoint
-from jax_ema.train import eval_step, evaluate
+from jax_ema.step import eval_step, evaluate
 
 log = logging.getLogger('jax_ema.validate')
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import functools
+
 from jax_ema import checkpoint, ema, offload, parallel
 from jax_ema.train import restore_state, train_step
 from test_train import _batch, _state
@@ -39,9 +41,8 @@ def _placed(where, base):
 
 
 def _fused(where, cfg=CFG):
-    if where == 'sharded':
-        return jax.jit(offload.fuse_sharded(lambda s, b: train_step(s, b, None, 0.1), cfg), donate_argnums=0)
-    return jax.jit(lambda s, b: train_step(s, b, cfg, 0.1), donate_argnums=0)
+    """The trainer's jitted, donated step with the EMA fused in (offload.build_step's), for `where`."""
+    return offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, where).train_step_fn
 
 
 @pytest.fixture(scope='module')

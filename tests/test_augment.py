@@ -13,7 +13,6 @@ from timm.data.random_erasing import RandomErasing
 
 from jax_ema import config as config_lib
 from jax_ema import data  # the one package that imports tensorflow (after triton, see _compat)
-from jax_ema import from_config
 from jax_ema.data import image_ops, rand_augment, random_erasing
 from jax_ema.errors import UserError
 
@@ -229,9 +228,9 @@ def test_erasing_modes():
 
 @pytest.fixture(scope='module')
 def augmented():
-    """The published mobilenetv3 command's data flags on the digits, through from_config.load_data."""
+    """The published mobilenetv3 command's data flags on the digits, through data.data_config."""
     argv = ['--aa', 'rand-m9-mstd0.5', '--reprob', '0.2', '--remode', 'pixel', '-j', '2', '--img-size', '32']
-    train, _ = from_config.load_data(config_lib.parse_args(argv))
+    train, _ = data.load_datasets(data.data_config(config_lib.parse_args(argv)))
     return train
 
 

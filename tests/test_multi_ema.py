@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from jax_ema import checkpoint, ema, ema_members, offload, plot, posthoc, reporting
+from jax_ema import checkpoint, ema, offload, plot, posthoc, reporting
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
 from jax_ema.export import export
 from jax_ema.loop import SIGNAL_AT_UPDATE
-from jax_ema.train import main, train_step
+from jax_ema.train import evaluate_members, main, train_step
 from jax_ema.validate import validate
 from test_resume import _assert_identical
 from test_train import _batch, _image_folder, _max_abs_diff, _state
@@ -154,8 +154,8 @@ def test_host_stack_of_three_decays_equals_the_device_stack():
 
     def summed(params, stats):  # stands in for the evaluation: what each member's weights are
         return {'loss': float(np.sum(np.asarray(params.flat), dtype=np.float64)), 'top1': 0.0, 'top5': 0.0}
-    on_host = ema_members.evaluate_members(summed, ema_p, ema_s, True, ['a', 'b', 'c'])
-    on_device = ema_members.evaluate_members(summed, device_state.ema_params, device_state.ema_batch_stats, False,
-                                             ['a', 'b', 'c'])
+    on_host = evaluate_members(summed, *offload.ema_for_eval(host_state.replace(ema_params=ema_p, ema_batch_stats=ema_s)),
+                               ['a', 'b', 'c'])
+    on_device = evaluate_members(summed, *offload.ema_for_eval(device_state), ['a', 'b', 'c'])
     assert [m['loss'] for m in on_host] == pytest.approx([m['loss'] for m in on_device], rel=1e-6)
     assert [m['loss'] for m in on_device] == [float(np.sum(m, dtype=np.float64)) for m in members]

@@ -11,7 +11,7 @@ import pytest
 from jax_ema import lr_noise, optim
 from jax_ema.config import parse_args
 from jax_ema.errors import UserError
-from jax_ema.from_config import create_optimizer_and_schedule
+from jax_ema.optim import create_optimizer_and_schedule
 
 
 def _params():

@@ -1,5 +1,6 @@
 """The trainer: one jitted step, the host EMA, EMA-off -> EMA-on restore, and the CLI end to end."""
 import csv
+import functools
 import json
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_ema import checkpoint, ema, loop, offload, optim, reporting
+from jax_ema import checkpoint, ema, offload, optim, reporting
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, main, restore_state, train_step
 
@@ -195,10 +196,10 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 
-def test_stepper_updates_every_k_and_flushes_what_is_pending():
+def test_host_step_updates_the_ema_every_k_and_flushes_what_is_pending():
     cfg = ema.EmaConfig(decay=0.9, update_every=3)
     plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    stepper = loop.Stepper(plain_step, offload.ema_update(cfg, 'host'), every=3)
+    stepper = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'host')
     state = _state(cfg)
     state = state.replace(ema_params=offload.to_host(state.ema_params),
                           ema_batch_stats=offload.to_host(state.ema_batch_stats))

@@ -5,6 +5,8 @@ and `param_dtype` (storage of the params; BatchNorm running statistics stay floa
 float32 logits whatever it computes in.
 """
 
+from __future__ import annotations
+
 import numbers
 
 import flax.linen as nn
@@ -40,3 +42,9 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
                             f'leave them at 0 or pick one of {", ".join(_BUILDERS)}')
         return resnet(name, int(num_classes), dtype, param_dtype, **kwargs)
     return _BUILDERS[name](name, int(num_classes), dtype=dtype, param_dtype=param_dtype, **kwargs)
+
+
+def drop_kwargs(drop: float = 0.0, drop_path: float | None = None) -> dict:
+    """timm's --drop / --drop-path as `create_model` kwargs (left out when 0, as timm leaves out None)."""
+    rates = {'drop_rate': drop, 'drop_path_rate': drop_path}
+    return {k: v for k, v in rates.items() if v}
