@@ -8,6 +8,8 @@ complete, so a crash mid-save leaves the previous checkpoints intact. With sever
 process calls `save` and `restore_tree` (orbax synchronises them; the folder must be shared).
 
 Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`.
+What a training run's checkpoint says about itself (`run_metadata`) and how many EMAs it holds
+(`saved_members`, `check_members`, `pick_index`) are read and written here too.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from jax_ema import ema, parallel
 from jax_ema.errors import UserError
-from jax_ema.guard import TrainingDiverged, all_finite
+from jax_ema.guard import TrainingDiverged, is_finite_on_host
 
 EMA_KEYS = ('ema_params', 'ema_batch_stats')
 
@@ -66,7 +68,7 @@ def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float | N
 def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score: float | None = None) -> Path:
     """`save` for a state tree already in host numpy (the post-hoc EMA tool writes one without a TrainState)."""
     step = int(tree['step'])
-    if not all_finite(tree):
+    if not is_finite_on_host(tree):
         raise TrainingDiverged(f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '
                                'checkpoint is kept). Lower --lr or check the data')
     metadata = dict(metadata, score=score, step=step)

@@ -50,7 +50,7 @@ class Preemption:
         return bool(np.any(flags))
 
 
-def all_finite(host_tree) -> bool:
+def is_finite_on_host(host_tree) -> bool:
     """Whether every float leaf of a host (numpy) tree is finite."""
     return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host_tree)
                if np.issubdtype(np.asarray(x).dtype, np.inexact))

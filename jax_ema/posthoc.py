@@ -10,8 +10,8 @@ Snapshots: `RUN/snapshots/<step>.npz`, one per `--model-ema-snapshot-every N` up
     batch_stats    [P, n_stats]  the same for the BatchNorm statistics
 
 (np.savez, read back with allow_pickle=False; written to a temporary name and renamed, so a crash never
-leaves half a snapshot). A ResNet-50 snapshot of 2 EMAs is 2 x 25.6 M x 4 B = 205 MB in float32, half in
-float16 (README). float16 is what EDM2 stores; an EMA that overflows it is kept in float32 instead.
+leaves half a snapshot). float16 halves the size and is what EDM2 stores; an EMA that overflows it is
+kept in float32 instead.
 
 Reconstruction (EDM2 Algorithm 3): a snapshot is an average of the weights with the power profile
 p(tau) = (g+1) tau^g / t^(g+1) on [0, t]. The target profile (sigma_rel -> gamma, at the last snapshot's

@@ -75,8 +75,8 @@ def fp32_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransforma
     return optax.GradientTransformation(init, update)
 
 
-def all_finite(tree) -> jax.Array:
-    """One boolean: every floating leaf of `tree` is free of NaN and Inf."""
+def finite_flag(tree) -> jax.Array:
+    """One traced boolean (usable inside jit): every floating leaf of `tree` is free of NaN and Inf."""
     flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
@@ -105,7 +105,7 @@ class LossScale(flax.struct.PyTreeNode):
         """(loss, grads) divided by the scale, and whether all those gradients are finite."""
         inv = (1.0 / self.scale).astype(jnp.float32)  # exact: the scale is a power of two
         grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), grads)
-        return loss * inv.astype(loss.dtype), grads, all_finite(grads)
+        return loss * inv.astype(loss.dtype), grads, finite_flag(grads)
 
     def adjust(self, finite) -> 'LossScale':
         """The scale for the next step (torch's `_amp_update_scale_`)."""
@@ -130,5 +130,5 @@ def skip_if_not_finite(finite, new: Any, old: Any) -> Any:
                        opt_state=pick(finite, new.opt_state, skipped_opt),
                        ema_params=pick(finite, new.ema_params, old.ema_params),
                        ema_batch_stats=pick(finite, new.ema_batch_stats, old.ema_batch_stats),
-                       batch_stats=pick(all_finite(new.batch_stats), new.batch_stats, old.batch_stats),
+                       batch_stats=pick(finite_flag(new.batch_stats), new.batch_stats, old.batch_stats),
                        loss_scale=old.loss_scale.adjust(finite))

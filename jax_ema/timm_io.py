@@ -25,7 +25,7 @@ from jax_ema.convert import to_flax
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 
-log = logging.getLogger('jax_ema.timm_io')
+log = logging.getLogger(__name__)
 
 TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.bin')
 SAFETENSORS_SUFFIX = '.safetensors'

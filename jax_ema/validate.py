@@ -27,7 +27,7 @@ import yaml
 
 from jax_ema.checkpoint import resolve as resolve_checkpoint, saved_members
 from jax_ema.cli import ArgumentParser, run_cli
-from jax_ema.config import DIGITS_DEFAULTS
+from jax_ema.config import DIGITS_DEFAULTS, TIMM_DEFAULTS
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.timm_io import variables_from_checkpoint
@@ -36,7 +36,6 @@ from jax_ema.step import eval_step, evaluate
 log = logging.getLogger('jax_ema.validate')
 
 DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not found
-TIMM_CROP_PCT = 0.875     # the trainer's crop_pct for a DATA folder (config.Config.resolved)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +121,7 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
         if not img_size:
             raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
     if crop_pct is None:
-        crop_pct = args.get('crop_pct') or (DIGITS_DEFAULTS['crop_pct'] if data is None else TIMM_CROP_PCT)
+        crop_pct = args.get('crop_pct') or (DIGITS_DEFAULTS if data is None else TIMM_DEFAULTS)['crop_pct']
     if batch_size is None:
         run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
         batch_size = args.get('validation_batch_size') or run_batch or DEFAULT_BATCH_SIZE
