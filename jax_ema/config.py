@@ -234,7 +234,7 @@ def _help(field: dataclasses.Field) -> str:
     """The field's help text and its default (the data-dependent ones: timm's, and the digits')."""
     text = field.metadata['help']
     if field.name in TIMM_DEFAULTS and TIMM_DEFAULTS[field.name] is not None:
-        default = f"default: {TIMM_DEFAULTS[field.name]} (timm's); {DIGITS_DEFAULTS[field.name]} without DATA"
+        default = f"default: timm's {TIMM_DEFAULTS[field.name]}; {DIGITS_DEFAULTS[field.name]} without DATA"
     elif field.default not in (None, False, '', ()):
         default = f'default: {field.default}'
     else:

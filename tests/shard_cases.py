@@ -114,7 +114,7 @@ def test_sharded_ema_equals_the_device_ema(steps, base):
     _assert_identical((sharded.params, sharded.batch_stats), (device.params, device.batch_stats))
     _assert_identical(_host(sharded.ema_params), _host(device.ema_params))
     _assert_identical(_host(sharded.ema_batch_stats), _host(device.ema_batch_stats))
-    # The update outside the step (--model-ema-update-every K, loop.Stepper): a 3-update gap folded in.
+    # The update outside the step (--model-ema-update-every K, offload.build_step): a 3-update gap folded in.
     every = ema.EmaConfig(decay=0.9, update_every=3)
     folded = {w: offload.ema_update(every, w)(s.ema_params, s.ema_batch_stats, device.params, device.batch_stats,
                                               7, 3) for w, s in (('device', device), ('sharded', sharded))}
