@@ -199,7 +199,7 @@ def test_float32_ema_follows_2000_bfloat16_steps_where_a_bfloat16_ema_stalls(bf1
     rms = np.linalg.norm(ours - float64_ema) / np.linalg.norm(float64_ema)
     worst = np.abs(ours - float64_ema).max() / scale
     assert moved > 0.05                                  # the average really travels over 2,000 steps
-    assert rms < 1e-5 and worst < 1e-4                   # measured 2.3e-6 and 2.4e-5 (README)
+    assert rms < 1e-5 and worst < 1e-4                   # measured 2.3e-6 and 2.4e-5 (docs/ema.md)
     stalled = _our_ema(bf16_weights, BF16)
     stall = np.abs(stalled - float64_ema).max() / scale
     assert stall > 0.9 * moved and stall > 1000 * worst  # a bfloat16 EMA stays (nearly) at its first copy
