@@ -219,6 +219,7 @@ def test_float32_ema_of_a_bfloat16_model_matches_timm_model_ema_v3(bf16_weights,
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_model_dtype_bfloat16_run_saves_and_exports(tmp_path, capsys):
     data = _image_folder(tmp_path / 'ds')
     argv = [str(data), *TINY, '--num-classes', '2', '--model-dtype', 'bfloat16', '--model-ema',
