@@ -22,6 +22,8 @@ from jax_ema.train import main as train_main
 from test_efficientnet_parity import FAMILY, NUM_CLASSES, eval_error, flax_eval
 from test_forward import _images, _max_rel_err, _state_dict, _torch_forward
 
+pytestmark = pytest.mark.slow  # one CLI training run per model
+
 IMG = 32
 
 

@@ -89,6 +89,7 @@ def eval_error(name: str) -> float:
     return _max_rel_err(logits, _torch_forward(timm_model(name), x))
 
 
+@pytest.mark.slow
 def test_float64_train_mode_and_running_stats_match_timm(name):
     """float64: any gap above 1e-10 is a semantic difference (eps, padding, activation, SE rounding...)."""
     errors = float64_train_errors(name)

@@ -33,6 +33,8 @@ from jax_ema.train import create_train_state, train_step
 from torch_ref import trainer
 from torch_ref.trainer import run_reference, to_numpy
 
+pytestmark = pytest.mark.slow  # whole training runs on both sides, per case
+
 MODEL, NUM_CLASSES, BATCH, IMG = 'resnet18', 10, 8, 32
 SMOOTHING = 0.1
 

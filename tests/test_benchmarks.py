@@ -41,6 +41,7 @@ def positive_numbers(tree, path=''):
         yield path, tree
 
 
+@pytest.mark.slow
 def test_update_figures(report):
     upd = report['ema_update']
     assert set(upd['median_s']) == set(upd['gb_per_s']) == set(upd['bytes_moved']) == UPDATE_VARIANTS
@@ -51,6 +52,7 @@ def test_update_figures(report):
     assert all(len(s) == report['rounds'] for s in upd['samples'].values())
 
 
+@pytest.mark.slow
 def test_step_figures(report):
     step, timm_step = report['step'], report['timm_step']
     assert set(step['median_s']) == STEP_VARIANTS | {'sharded_ema'}
@@ -66,6 +68,7 @@ def test_step_figures(report):
                                       'offloaded_k1_vs_on_device <= 1.05 (GPU)'}
 
 
+@pytest.mark.slow
 def test_every_number_positive_and_finite(report):
     numbers = dict(positive_numbers(report))
     assert len(numbers) > 50

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # four fresh interpreters importing TensorFlow, torch and triton
+
 TORCH_STEP = """
 import torch
 model = torch.nn.Linear(3, 2)

@@ -19,6 +19,8 @@ from jax_ema.validate import validate
 from test_resume import _assert_identical
 from test_train import _batch, _image_folder, _max_abs_diff, _state
 
+pytestmark = pytest.mark.slow  # a 2-epoch CLI run of four EMAs shared by the module, and its resume
+
 # 2 classes x 10 images, batch 4: 5 updates per epoch, 10 in all; snapshots at updates 3, 6, 9 and 10.
 RUN = ['--model', 'resnet18', '--img-size', '32', '-b', '4', '--epochs', '2', '--warmup-epochs', '1',
        '--sched-on-updates', '--lr', '0.05', '--model-ema', '--model-ema-decay', '0.6', '0.9',

@@ -15,6 +15,8 @@ from jax_ema import checkpoint, reporting
 from jax_ema.loop import SIGNAL_AT_UPDATE
 from test_parallel import assert_close, device_env, noise_folder
 
+pytestmark = pytest.mark.slow  # several processes training together
+
 RUN = ['--model', 'resnet18', '--img-size', '32', '--epochs', '2', '--warmup-epochs', '0', '--lr', '0.01',
        '-b', '2', '--model-ema', '--model-ema-decay', '0.9', '--model-ema-warmup', '--log-interval', '1',
        '--experiment', 'run']

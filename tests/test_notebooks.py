@@ -46,6 +46,7 @@ def test_notebook_is_stored_without_outputs(name):
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FIGURES))
 def test_notebook_runs_and_saves_its_figures(name, tmp_path, monkeypatch, jupyter_path):
     out = tmp_path / 'figures'

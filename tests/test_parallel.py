@@ -11,6 +11,8 @@ from jax_ema import checkpoint
 from jax_ema.loop import SIGNAL_AT_UPDATE
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # 8-device runs in subprocesses
+
 # 20 training images, global batch 8: 2 updates per epoch, 10 in all; SGD, EMA with warmup. The images
 # are noise that 10 steps cannot fit: on a learnable set the loss reaches label smoothing's floor, the
 # gradients become rounding-level sums, and float32 reduction-order differences (1e-7 after a step)

@@ -114,6 +114,7 @@ def run(tmp_path_factory):
     return run_dir, stacks
 
 
+@pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_validates_and_exports(run, tmp_path):
     run_dir, stacks = run
     out = tmp_path / 'out'

@@ -3,6 +3,8 @@
 import json
 import shlex
 
+import pytest
+
 from jax_ema.config import parse_args
 from jax_ema.train import main
 from tests.test_train import _image_folder
@@ -33,6 +35,7 @@ def test_recipe_flags_mean_what_they_mean_in_timm(tmp_path):
         ('rand-m9-mstd0.5', 'pixel', 0.2, True, 0.064, (0.42, 0.9))
 
 
+@pytest.mark.slow
 def test_recipe_runs_one_short_epoch(tmp_path, capsys):
     data = _image_folder(tmp_path / 'ds', per_class=4)
     assert main(_reduced_argv(data, tmp_path / 'out')) == 0

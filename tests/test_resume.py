@@ -51,6 +51,7 @@ def uninterrupted(data, tmp_path_factory):
     return checkpoint.restore_tree(checkpoint.resolve(out / 'run'))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(data, tmp_path, uninterrupted):
     killed = _cli([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run'], fault='7:KILL')
     assert killed.returncode == -9                                   # really killed, mid epoch 1
@@ -63,6 +64,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(data, tmp_path, uninterr
     _assert_identical(final, uninterrupted)                           # params, stats, optimizer, EMA, step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signal_name', ['TERM', 'INT'])
 def test_preemption_saves_at_the_next_step_and_resumes_exactly(data, tmp_path, capsys, monkeypatch,
                                                                uninterrupted, signal_name):

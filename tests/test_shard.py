@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jax_ema import ema
 from jax_ema.train import main
@@ -14,6 +15,7 @@ from test_parallel import device_env
 from test_train import TINY, _image_folder
 
 
+@pytest.mark.slow
 def test_on_eight_devices_the_sharded_ema_holds_an_eighth_needs_no_collective_and_resumes_exactly():
     """Runs tests/shard_cases.py: per-device bytes / 8, no collective in the update nor added to the step,
     bit-identical to the on-device EMA, checkpoint gathered and resumed bit-identically."""

@@ -17,6 +17,8 @@ from jax_ema import checkpoint, reporting, train
 from jax_ema.models import create_model
 from jax_ema.validate import main, validate
 
+pytestmark = pytest.mark.slow  # the module trains three runs to validate
+
 IMG, PER_CLASS, FRACTION = 32, 10, 0.3
 TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--warmup-epochs', '0', '--lr', '0.05',
         '--log-interval', '2', '--val-split-fraction', str(FRACTION)]
