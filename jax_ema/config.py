@@ -31,7 +31,7 @@ class Config:
     batch_size: Optional[int] = None           # per device, as timm's is per GPU
     grad_accum_steps: int = 1                  # micro-batches per optimizer update (and per EMA update)
     validation_batch_size: Optional[int] = None
-    workers: int = 4
+    workers: Optional[int] = None             # None: tf.data sizes its threads to the host
     scale: Optional[tuple] = None
     ratio: tuple = (3 / 4, 4 / 3)
     hflip: Optional[float] = None
@@ -40,6 +40,7 @@ class Config:
     reprob: float = 0.0                        # random erasing: probability, mode, boxes
     remode: str = 'pixel'
     recount: int = 1
+    verify_images: bool = False                # decode every image once before training (else: skip bad ones)
     # model
     model: str = 'resnet50'
     initial_checkpoint: Optional[str] = None   # timm weights (.safetensors / .pth / .pth.tar)
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     a('-b', '--batch-size', type=int, default=None, help='per device (timm: per GPU)')
     a('-vb', '--validation-batch-size', type=int, default=None)
     a('--grad-accum-steps', type=int, default=1, help='micro-batches of -b per optimizer and EMA update')
-    a('-j', '--workers', type=int, default=4)
+    a('-j', '--workers', type=int, default=None,
+      help='threads decoding and augmenting images (default: sized to the host by tf.data)')
     a('--scale', type=float, nargs=2, default=None)
     a('--ratio', type=float, nargs=2, default=(3 / 4, 4 / 3))
     a('--hflip', type=float, default=None)
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     a('--reprob', type=float, default=0.0, metavar='PCT', help='random erasing probability')
     a('--remode', default='pixel', help='random erasing fill: const, rand or pixel')
     a('--recount', type=int, default=1, help='random erasing: at most this many boxes per image')
+    a('--verify-images', action='store_true',
+      help='decode every image once before training and stop at a bad one (default: skip it when read)')
     a('--opt', default='sgd')
     a('--opt-eps', type=float, default=None)
     a('--opt-betas', type=float, nargs='+', default=None)

@@ -37,7 +37,7 @@ def load_data(config: Config):
                           num_classes=config.num_classes, seed=config.seed, scale=config.scale,
                           ratio=config.ratio, hflip=config.hflip, crop_pct=config.crop_pct,
                           num_workers=config.workers, auto_augment=config.aa, reprob=config.reprob,
-                          remode=config.remode, recount=config.recount)
+                          remode=config.remode, recount=config.recount, verify_images=config.verify_images)
     return data.load_datasets(cfg)
 
 

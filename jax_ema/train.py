@@ -23,6 +23,7 @@ import optax
 from flax.training import train_state
 
 from jax_ema import checkpoint, ema, ema_members, from_config, loop, offload, optim, parallel, precision, reporting
+from jax_ema import device_input
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -107,7 +108,7 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
 
 
 def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1, seed: int = 0):
+               accum_steps: int = 1, seed: int = 0, inputs: device_input.DeviceInput | None = None):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
     With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
@@ -117,7 +118,9 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
     update when the gradients are not finite (precision.skip_if_not_finite).
     Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
+    uint8 images are normalised and randomly erased here, on the device, as `inputs` says (device_input.py).
     """
+    batch = dict(batch, image=device_input.train_images(batch['image'], inputs, state.step))  # uint8 -> model input
     scaler = state.loss_scale
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
@@ -159,10 +162,11 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     return state, {'loss': loss}
 
 
-def eval_step(params, batch_stats, batch, *, apply_fn):
+def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.DeviceInput | None = None):
     """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count."""
     params, batch_stats = ema.tree(params), ema.tree(batch_stats)  # the EMA is held flat
-    logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+    images = device_input.eval_images(batch['image'], inputs)  # uint8 -> normalised, on the device
+    logits = apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=False)
     logits = logits.astype(jnp.float32)
     mask = batch['mask'].astype(jnp.float32)
     labels = batch['label']
@@ -178,8 +182,9 @@ def eval_step(params, batch_stats, batch, *, apply_fn):
 def evaluate(p_eval, params, batch_stats, dataset, batch_size: int) -> dict:
     """Top-1/top-5 in percent and mean loss over the whole split."""
     totals = None
-    for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
-        sums = p_eval(params, batch_stats, parallel.shard_batch(batch))
+    for batch in device_input.prefetch(dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()),
+                                       parallel.shard_batch):  # the next batches go to the device meanwhile
+        sums = p_eval(params, batch_stats, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals['count']), 1.0)
@@ -267,13 +272,14 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
     step_fn = functools.partial(train_step, ema_cfg=ema_cfg if fused and where == 'device' else None,
-                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps, seed=config.seed)
+                                smoothing=config.smoothing, accum_steps=config.grad_accum_steps, seed=config.seed,
+                                inputs=train_ds.device_input)
     if fused and where == 'sharded':
         step_fn = offload.fuse_sharded(step_fn, ema_cfg)
     p_train = jax.jit(step_fn, donate_argnums=0)
     step = loop.Stepper(p_train, None if fused or ema_cfg is None else offload.ema_update(ema_cfg, where),
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
-    p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
+    p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=val_ds.device_input))
     eval_bs = (config.validation_batch_size or config.batch_size) * jax.device_count()
     rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
         if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
@@ -300,9 +306,9 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         for epoch in range(start // updates_per_epoch, num_epochs):
             first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
             state, train_loss, stopped = loop.train_epoch(
-                step, state, map(parallel.shard_batch, train_ds.train_batches(
+                step, state, device_input.prefetch(train_ds.train_batches(
                     batch_size, epoch, start_step=first, process_index=jax.process_index(),
-                    process_count=jax.process_count())), epoch=epoch,
+                    process_count=jax.process_count()), parallel.shard_batch), epoch=epoch,
                 num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, first_update=first,
                 schedule=schedule, log_interval=config.log_interval, after_update=after_update)
             if stopped:
@@ -334,6 +340,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
             meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
                              {'raw': raw, 'ema': ema_metrics})
+            meta['unreadable_images'] = train_ds.skipped_images(epoch)  # slots that took the next image
             if member_metrics:
                 meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
             checkpoint.save(manager, state, meta,
