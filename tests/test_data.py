@@ -164,15 +164,15 @@ def test_eval_window_gives_the_pixels_of_resizing_everything(tmp_path):
         assert gap.max() <= 1 and np.mean(gap > 0) < 0.01  # float rounding only
 
 
-@pytest.mark.parametrize('hflip', [0.0, 1.0])
-def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip):
+@pytest.mark.parametrize('hflip, size', [(0.0, IMG), (1.0, IMG), (0.0, 61)])  # 61: enlarging
+def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip, size):
     # With scale (1, 1) and ratio (2, 3) no try fits these images: timm's centre fallback, no randomness.
     scale, ratio = (1.0, 1.0), (2.0, 3.0)
-    cfg = data.DataConfig(data_dir=splits_dir, img_size=IMG, scale=scale, ratio=ratio, hflip=hflip)
+    cfg = data.DataConfig(data_dir=splits_dir, img_size=size, scale=scale, ratio=ratio, hflip=hflip)
     train, _ = data.load_datasets(cfg)
     batch = first(train.train_batches(train.num_examples, epoch=0))
     timm_train = tv_transforms.Compose([  # up to timm's uint8 prefetcher hand-over (no normalisation)
-        timm_transforms.RandomResizedCropAndInterpolation(IMG, scale, ratio, interpolation='bilinear'),
+        timm_transforms.RandomResizedCropAndInterpolation(size, scale, ratio, interpolation='bilinear'),
         tv_transforms.RandomHorizontalFlip(hflip)])
     order = data.epoch_order(cfg.seed, 0, train.num_examples)
     for index, image in zip(order, batch['image']):

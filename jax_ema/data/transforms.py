@@ -59,7 +59,7 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     translation = offset * scale - start
 
     def resample(image, out_size, scale, translation):
-        resized = tf.raw_ops.ScaleAndTranslate(images=tf.cast(image, tf.float32)[None], size=out_size,
+        resized = tf.raw_ops.ScaleAndTranslate(images=image[None], size=out_size,
                                                scale=scale, translation=translation, kernel_type=kernel,
                                                antialias=True)[0]
         return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
@@ -88,6 +88,20 @@ def resize(image, size, interpolation='bilinear'):
     """The whole of PIL's resize of a decoded [H, W, 3] uint8 image to `size` = (height, width)."""
     shape = tf.shape(image)[:2]
     return resize_region(image, (0, 0), shape, size, (0, 0), size, interpolation)
+
+
+def _resize_crop(crop, size, interpolation):
+    """The crop resized to `size`. Enlarging with PIL's bilinear filter is plain bilinear interpolation
+    (the filter is not widened), which TensorFlow's ResizeBilinear computes at a third of the cost."""
+    shape = tf.shape(crop)[:2]
+    general = lambda: resize_region(crop, (0, 0), shape, size, (0, 0), size, interpolation)  # noqa: E731
+    if interpolation != 'bilinear':
+        return general()
+
+    def enlarge():
+        resized = tf.image.resize(crop, size, method='bilinear', antialias=False)
+        return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
+    return tf.cond(tf.reduce_all(shape <= size), enlarge, general)
 
 
 def random_resized_crop_box(key, height, width, scale, ratio):
@@ -135,7 +149,7 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
 
     crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
     size = (cfg.img_size, cfg.img_size)
-    image = resize_region(crop, (0, 0), tf.shape(crop)[:2], size, (0, 0), size, cfg.interpolation)
+    image = _resize_crop(crop, size, cfg.interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:
