@@ -18,7 +18,6 @@ images), transforms.py (per-example transforms), rand_augment.py + image_ops.py 
 import dataclasses
 import logging
 import os
-import re
 from typing import Iterator
 
 import numpy as np
@@ -36,7 +35,7 @@ _compat.hide_gpus_from(tf)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_ema.data import rand_augment  # noqa: E402
 from jax_ema.data.folder import (EVAL_SPLIT_SYNONYMS, IMAGE_EXTENSIONS, SPLIT_SEED,  # noqa: E402,F401
-                                 TRAIN_SPLIT_SYNONYMS, load_folders, natural_key, printable,
+                                 TRAIN_SPLIT_SYNONYMS, error_reason, load_folders, natural_key, printable,
                                  stratified_split, verify_images)
 from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, KERNELS,  # noqa: E402,F401
                                      eval_transform, random_resized_crop_box, resize, train_transform)
@@ -217,7 +216,7 @@ class Dataset:
                     yield batch
             except tf.errors.OpError as err:
                 if not self._find_unreadable([column[rows] for column in inputs], source[rows], load, epoch):
-                    raise UserError(f'reading a batch of images failed ({_first_line(err)}); '
+                    raise UserError(f'reading a batch of images failed ({error_reason(err)}); '
                                     'check the data folder and the disk') from None
         self.skipped[epoch] = self.skipped.get(epoch, 0) + skipped
         if skipped:
@@ -238,19 +237,11 @@ class Dataset:
                 self.unreadable[index] = True
                 found += 1
                 log.warning('cannot read image %s (%s); skipping it: %s', printable(self.paths[index]),
-                            _first_line(problem), 'its row is masked out' if epoch == 'eval' else
+                            error_reason(problem), 'its row is masked out' if epoch == 'eval' else
                             'its slots take the next image')
         if self.unreadable.all():
             raise UserError('no image of this split can be read; check the data folder')
         return found > 0
-
-
-def _first_line(err) -> str:
-    """What went wrong, from a TensorFlow error: its last line that is not about graph nodes."""
-    message = getattr(err, 'message', None) or str(err)
-    lines = [re.sub(r'\{\{[^}]*\}\}', '', line).strip() for line in message.splitlines()]
-    lines = [line for line in lines if line and not line.startswith(('[[', 'Detected at node', 'Graph execution'))]
-    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.ndarray:

@@ -9,11 +9,13 @@ modification times, which change whenever a file is added, removed or renamed in
 File names that are not UTF-8 are kept (Python's surrogate escapes; their bytes go to TensorFlow).
 """
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
 import re
+import sys
 import tempfile
 from concurrent import futures
 
@@ -223,10 +225,19 @@ def _read_listing(key: str, root: str):
 # --- --verify-images -------------------------------------------------------------------------------------
 
 def _decode(path: str):
+    """The whole image, eagerly (no tf.cond, whose failing branch logs to stderr from C++)."""
     data = tf.io.read_file(os.fsencode(path))
-    return tf.cond(tf.io.is_jpeg(data),
-                   lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-                   lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
+    if tf.io.is_jpeg(data):
+        return tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
+    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+
+
+def error_reason(err) -> str:
+    """What went wrong, from a TensorFlow error: its last line not about graph nodes, without them."""
+    message = getattr(err, 'message', None) or str(err)
+    lines = [re.sub(r'\{\{[^}]*\}\}|\[Op:.*$', '', line).strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(('[[', 'Detected at node', 'Graph execution'))]
+    return (lines[-1] if lines else type(err).__name__)[:300]
 
 
 def _problem(path: str) -> str | None:
@@ -234,14 +245,30 @@ def _problem(path: str) -> str | None:
     try:
         _decode(path)
     except tf.errors.OpError as err:
-        return (err.message or type(err).__name__).strip().splitlines()[0][:300]
+        return error_reason(err)
     return None
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr():
+    """File descriptor 2 to /dev/null: libjpeg and TensorFlow's C++ write there about each bad file,
+    which our one error line names anyway. Only while nothing else runs (start-up)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def verify_images(paths: list[str], num_workers: int | None) -> None:
     """--verify-images: decodes every image once, as training does, so that a bad file stops the run now
     rather than being skipped (with a warning) when its turn comes."""
-    with futures.ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
-        for path, problem in zip(paths, pool.map(_problem, paths)):
-            if problem is not None:
-                raise UserError(f'cannot read image {printable(path)} ({problem}); remove or fix it')
+    with _quiet_c_stderr(), futures.ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
+        problems = pool.map(_problem, paths)
+        bad = next(((path, problem) for path, problem in zip(paths, problems) if problem is not None), None)
+    if bad is not None:
+        raise UserError(f'cannot read image {printable(bad[0])} ({bad[1]}); remove or fix it')
