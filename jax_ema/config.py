@@ -61,7 +61,10 @@ class Config:
     val_split: str = flag('data', 'validation')
     val_split_fraction: float = flag('data', 0.2, 'held-out fraction when DATA has class folders but no split '
                                                   'folders')
-    workers: int = flag('data', 4, 'data loading threads', ('-j', '--workers'))
+    workers: Optional[int] = flag('data', None, 'threads decoding and augmenting images (default: sized to the host '
+                                  'by tf.data)', ('-j', '--workers'))
+    verify_images: bool = flag('data', False, 'decode every image once before training and stop at a bad one '
+                                              '(default: skip it when read)')
     # model, batch and image size
     model: str = flag('model', 'resnet50')
     num_classes: Optional[int] = flag('model', None, 'default: the number of class folders')

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, optim, parallel, precision
+from jax_ema import checkpoint, device_input, ema, optim, parallel, precision
 
 
 class TrainState(train_state.TrainState):
@@ -94,7 +94,8 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
 
 
 def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1, seed: int = 0, ema_update=ema.update):
+               accum_steps: int = 1, seed: int = 0, ema_update=ema.update,
+               inputs: device_input.DeviceInput | None = None):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
     With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
@@ -106,7 +107,9 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
     update when the gradients are not finite (precision.skip_if_not_finite).
     Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
+    uint8 images are normalised and randomly erased here, on the device, as `inputs` says (device_input.py).
     """
+    batch = dict(batch, image=device_input.train_images(batch['image'], inputs, state.step))  # uint8 -> model input
     scaler = state.loss_scale
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
@@ -148,10 +151,11 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     return state, {'loss': loss}
 
 
-def eval_step(params, batch_stats, batch, *, apply_fn):
+def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.DeviceInput | None = None):
     """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count."""
     params, batch_stats = ema.tree(params), ema.tree(batch_stats)  # the EMA is held flat
-    logits = apply_fn({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+    images = device_input.eval_images(batch['image'], inputs)  # uint8 -> normalised, on the device
+    logits = apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=False)
     logits = logits.astype(jnp.float32)
     mask = batch['mask'].astype(jnp.float32)
     labels = batch['label']
@@ -167,8 +171,9 @@ def eval_step(params, batch_stats, batch, *, apply_fn):
 def evaluate(eval_step_fn, params, batch_stats, dataset, batch_size: int) -> dict:
     """Top-1/top-5 in percent and mean loss over the whole split."""
     totals = None
-    for batch in dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()):
-        sums = eval_step_fn(params, batch_stats, parallel.shard_batch(batch))
+    for batch in device_input.prefetch(dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()),
+                                       parallel.shard_batch):  # the next batches go to the device meanwhile
+        sums = eval_step_fn(params, batch_stats, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals['count']), 1.0)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import checkpoint, ema, loop, offload, optim, parallel, posthoc, precision, reporting
+from jax_ema import checkpoint, device_input, ema, loop, offload, optim, parallel, posthoc, precision, reporting
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -72,9 +72,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     start = int(jax.device_get(state.step))
     records = Records.open(run, run_dir, resumed_from, start)
     step = offload.build_step(functools.partial(train_step, smoothing=config.smoothing,
-                                                accum_steps=config.grad_accum_steps, seed=config.seed),
+                                                accum_steps=config.grad_accum_steps, seed=config.seed,
+                                                inputs=run.train_ds.device_input),
                               run.ema_cfg, config.ema_placement, last=start)
-    eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply))
+    eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply, inputs=run.val_ds.device_input))
     preemption = Preemption()
     after_update = _after_update(run, records, step, preemption)
     with preemption:
@@ -169,10 +170,11 @@ def _warn_ema_horizon(ema_cfg: ema.EmaConfig | None, total_updates: int) -> None
 
 
 def _train_batches(run: Run, epoch: int, first: int):
-    """The epoch's batches from update `first` on, this process's rows, sharded over the mesh."""
-    return map(parallel.shard_batch, run.train_ds.train_batches(
+    """The epoch's batches from update `first` on, this process's rows, sharded over the mesh; the next ones
+    are put on the device while the current step runs."""
+    return device_input.prefetch(run.train_ds.train_batches(
         run.batch_size, epoch, start_step=first, process_index=jax.process_index(),
-        process_count=jax.process_count()))
+        process_count=jax.process_count()), parallel.shard_batch)
 
 
 # ---------------------------------------------------------------- during the epoch
@@ -282,6 +284,7 @@ class Records:
                                member_names=ema.member_names(run.ema_cfg) if run.ema_cfg else None)
         meta = checkpoint.run_metadata(run.config, run.num_classes, run.ema_cfg, epoch, run.updates_per_epoch,
                                        {'raw': raw, 'ema': ema_metrics})
+        meta['unreadable_images'] = run.train_ds.skipped_images(epoch)  # slots that took the next image
         if members:
             meta.update(best_ema_index=best, metrics=dict(meta['metrics'], ema_members=members))
         checkpoint.save(self.manager, state, meta, run.score((members or [ema_metrics or raw])[best]))

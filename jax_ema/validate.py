@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}")
     p.add_argument('--img-size', type=int, default=None, help="default: the checkpoint's image size")
     p.add_argument('--crop-pct', type=float, default=None, help="default: the run's --crop-pct")
-    p.add_argument('-j', '--workers', type=int, default=4)
+    p.add_argument('-j', '--workers', type=int, default=None, help='decoding threads (default: sized to the host)')
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     return p
@@ -83,7 +83,7 @@ def _compiled_eval(model_name: str, num_classes: int):
     return jax.jit(functools.partial(eval_step, apply_fn=model.apply))
 
 
-def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int):
+def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int | None):
     """One split of DATA built by data.load_datasets with the run's split settings."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
     is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS
@@ -100,7 +100,7 @@ def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, wor
 
 def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | None = None,
              img_size: int | None = None, crop_pct: float | None = None, split: str | None = None,
-             workers: int = 4, ema_index: int | None = None) -> dict:
+             workers: int | None = None, ema_index: int | None = None) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,

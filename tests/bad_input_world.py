@@ -67,8 +67,6 @@ def build_world(root: Path) -> types.SimpleNamespace:
         Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(full, format='JPEG')
         (r / 'validation' / 'dog' / 'cut.jpg').write_bytes(full.getvalue()[:len(full.getvalue()) // 2])
     w.truncated = _variant(w, 'truncated', truncate)
-    w.gif = _variant(w, 'gif', lambda r: Image.new('RGB', (40, 40)).save(r / 'train' / 'dog' / 'anim.png',
-                                                                           format='GIF'))
     w.out = root / 'out'
     w.out.mkdir()
     w.folder_out = root / 'model.safetensors'  # a folder named like a weights file

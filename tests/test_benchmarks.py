@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/bench_ema.py: its --quick run, in process, writes every figure (no timings judged)."""
+"""Smoke tests of benchmarks/bench_ema.py and bench_input.py: their --quick runs, in process, write every
+figure (no timings judged)."""
 import json
 import math
 import os
@@ -80,3 +81,36 @@ def test_quick_defaults_yield_to_explicit_flags():
     args = bench_ema.parse(['--quick', '--model', 'resnet34', '--steps', '3'])
     assert (args.model, args.steps, args.rounds) == ('resnet34', 3, bench_ema.QUICK['rounds'])
     assert bench_ema.parse([]).ema_model == 'resnet50'
+
+
+# --- benchmarks/bench_input.py -----------------------------------------------------------------------------
+
+import bench_input  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def input_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp('bench') / 'bench_input.json'
+    returned = bench_input.main(['--quick', '--out', str(out)])
+    with open(out) as f:
+        written = json.load(f)
+    assert written == json.loads(json.dumps(returned))
+    return written
+
+
+def test_input_figures(input_report):
+    names = set(bench_input.PIPELINES)
+    assert set(input_report['medians']) == {f'{side}_{name}' for name in names for side in ('ours', 'timm')}
+    assert set(input_report['ours_vs_timm']) == set(input_report['estimate_16_cores']) == names
+    assert all(len(s) == input_report['settings']['rounds'] for s in input_report['samples'].values())
+    startup = input_report['startup']
+    assert startup['files'] >= bench_input.QUICK['listing_files']  # empty files: listed, never decoded
+    assert {'commit', 'machine', 'versions'} <= set(input_report) and input_report['versions']['timm']
+    numbers = dict(positive_numbers({k: input_report[k] for k in ('medians', 'ours_vs_timm', 'startup')}))
+    assert numbers and all(math.isfinite(x) and x > 0 for x in numbers.values())
+
+
+def test_input_quick_defaults_yield_to_explicit_flags():
+    args = bench_input.parse(['--quick', '--rounds', '3'])
+    assert (args.rounds, args.batches) == (3, bench_input.QUICK['batches'])
+    assert bench_input.parse([]).images == bench_input.FULL['images']

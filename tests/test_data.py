@@ -19,8 +19,13 @@ from jax_ema.errors import UserError
 tf = data.tf
 
 IMG = 32
-LEVEL = 1 / 255 / min(data.IMAGENET_DEFAULT_STD)  # one 8-bit pixel level after normalisation
 SIZES = ((40, 40), (52, 40), (40, 56))  # (width, height)
+
+
+@pytest.fixture(autouse=True)
+def listing_cache(tmp_path_factory, monkeypatch):
+    """Folder listings are cached in a folder of this module's own, not in ~/.cache."""
+    monkeypatch.setenv(data.folder.CACHE_ENV, str(tmp_path_factory.getbasetemp() / 'listings'))
 
 
 def save_image(path, mode='RGB', size=(40, 40), seed=0):
@@ -81,7 +86,7 @@ def test_split_folders(splits_dir, caplog):
     skipped = [r.getMessage() for r in caplog.records if 'skipped' in r.getMessage()]
     assert len(skipped) == 1 and 'skipped 1 ' in skipped[0] and 'notes.txt' in skipped[0]
     batch = first(train.train_batches(5, epoch=0))
-    assert batch['image'].shape == (5, IMG, IMG, 3) and batch['image'].dtype == np.float32
+    assert batch['image'].shape == (5, IMG, IMG, 3) and batch['image'].dtype == np.uint8
     assert batch['label'].dtype == np.int32
 
 
@@ -126,30 +131,53 @@ def test_split_folder_search(tmp_path, names, val_split, expect):
 
 # --- transforms against timm ------------------------------------------------------------------------
 
-def test_eval_transform_matches_timm(splits_dir):
-    _, val = data.load_datasets(data.DataConfig(data_dir=splits_dir, img_size=IMG))
+@pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic', 'lanczos', 'box'])
+def test_eval_transform_matches_timm(splits_dir, interpolation):
+    """timm's eval transform (resize the short side to img_size / crop_pct, centre crop) as its uint8
+    prefetcher path hands it over; ours decodes and resizes only the window under the crop."""
+    _, val = data.load_datasets(data.DataConfig(data_dir=splits_dir, img_size=IMG, interpolation=interpolation))
     batch = first(val.eval_batches(val.num_examples))
-    timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.875, interpolation='bilinear')
+    assert batch['image'].dtype == np.uint8
+    timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.875, interpolation=interpolation,
+                                         use_prefetcher=True)
     for path, image in zip(val.paths, batch['image']):
         expected = timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()
-        np.testing.assert_allclose(image, expected, atol=1.01 * LEVEL, rtol=0)
+        assert np.abs(image.astype(int) - expected).max() <= 1
 
 
-@pytest.mark.parametrize('hflip', [0.0, 1.0])
-def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip):
+def test_eval_window_gives_the_pixels_of_resizing_everything(tmp_path):
+    """Crop before resize: resizing only the window under the centre crop (placed where it lies) gives
+    the pixels of resizing the whole image and cropping; decoding only that window of a JPEG gives
+    the pixels of decoding it all."""
+    cfg = data.DataConfig(img_size=64, crop_pct=0.8)
+    for size, subsampling in (((211, 157), 2), ((120, 301), 0), ((90, 90), 1)):
+        path = str(tmp_path / f'{size[0]}x{size[1]}.jpg')
+        noise = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(noise).save(path, quality=90, subsampling=subsampling)
+        encoded = tf.io.read_file(path)
+        window = data.eval_transform(encoded, cfg).numpy()
+        decoded = tf.io.decode_jpeg(encoded, channels=3, dct_method='INTEGER_ACCURATE')
+        np.testing.assert_array_equal(window, data.eval_transform(decoded, cfg, decoded=True).numpy())
+        new_size, (top, left) = [t.numpy() for t in data.transforms.eval_geometry(size[1], size[0], 64, 0.8)]
+        whole = data.resize(decoded, new_size).numpy()[top:top + 64, left:left + 64]
+        gap = np.abs(window.astype(int) - whole)
+        assert gap.max() <= 1 and np.mean(gap > 0) < 0.01  # float rounding only
+
+
+@pytest.mark.parametrize('hflip, size', [(0.0, IMG), (1.0, IMG), (0.0, 61)])  # 61: enlarging
+def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip, size):
     # With scale (1, 1) and ratio (2, 3) no try fits these images: timm's centre fallback, no randomness.
     scale, ratio = (1.0, 1.0), (2.0, 3.0)
-    cfg = data.DataConfig(data_dir=splits_dir, img_size=IMG, scale=scale, ratio=ratio, hflip=hflip)
+    cfg = data.DataConfig(data_dir=splits_dir, img_size=size, scale=scale, ratio=ratio, hflip=hflip)
     train, _ = data.load_datasets(cfg)
     batch = first(train.train_batches(train.num_examples, epoch=0))
-    timm_train = tv_transforms.Compose([
-        timm_transforms.RandomResizedCropAndInterpolation(IMG, scale, ratio, interpolation='bilinear'),
-        tv_transforms.RandomHorizontalFlip(hflip), tv_transforms.ToTensor(),
-        tv_transforms.Normalize(data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD)])
+    timm_train = tv_transforms.Compose([  # up to timm's uint8 prefetcher hand-over (no normalisation)
+        timm_transforms.RandomResizedCropAndInterpolation(size, scale, ratio, interpolation='bilinear'),
+        tv_transforms.RandomHorizontalFlip(hflip)])
     order = data.epoch_order(cfg.seed, 0, train.num_examples)
     for index, image in zip(order, batch['image']):
-        expected = timm_train(Image.open(train.paths[index]).convert('RGB')).permute(1, 2, 0).numpy()
-        np.testing.assert_allclose(image, expected, atol=1.01 * LEVEL, rtol=0)
+        expected = np.asarray(timm_train(Image.open(train.paths[index]).convert('RGB')), int)
+        assert np.abs(image.astype(int) - expected).max() <= 1
 
 
 def sample_boxes(height, width, n, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -308,20 +336,106 @@ def test_num_classes_mismatch(tmp_path):
         data.load_datasets(data.DataConfig(img_size=IMG, num_classes=3))
 
 
-@pytest.mark.parametrize('name, content', [
-    ('broken.png', 'truncated'), ('fake.jpg', b'this is text'), ('anim.png', 'gif')])
-def test_bad_image_is_named(tmp_path, name, content):
-    make_classes(str(tmp_path), ['a', 'b'], per_class=5)
-    path = tmp_path / 'b' / name
+def write_bad(path, content):
     if content == 'truncated':
         save_image(str(path))
         path.write_bytes(path.read_bytes()[:200])
-    elif content == 'gif':
-        Image.new('RGB', (8, 8)).save(path, 'GIF')
     else:
         path.write_bytes(content)
+
+
+@pytest.mark.parametrize('name, content', [
+    ('broken.png', 'truncated'), ('fake.jpg', b'this is text'), ('cut.jpg', 'truncated')])
+def test_verify_images_names_a_bad_image(tmp_path, name, content):
+    """--verify-images decodes every image with the decoder training uses; without it nothing is decoded.
+    (A GIF, BMP or WebP named .png is no error: TensorFlow decodes it, as PIL does for timm.)"""
+    make_classes(str(tmp_path), ['a', 'b'], per_class=5)
+    write_bad(tmp_path / 'b' / name, content)
     with pytest.raises(UserError, match=f'{name}.*remove or fix'):
-        load(tmp_path)
+        load(tmp_path, verify_images=True)
+    train, val = load(tmp_path)
+    assert str(tmp_path / 'b' / name) in train.paths + val.paths
+
+
+def slots_of(dataset, epoch, size):
+    return concat(list(dataset.train_batches(size, epoch)))
+
+
+def test_unreadable_image_is_skipped_in_place(tmp_path, caplog):
+    """timm's ImageDataset rule: the slot of an image that cannot be read takes the next image of the
+    dataset, so the batches are those of a folder where the bad file were a copy of the next one (same
+    slot, same augmentation key). In evaluation its row is masked out. Each is counted, the file named."""
+    for root in ('bad', 'copy'):
+        make_classes(str(tmp_path / root), ['a', 'b'], per_class=5)
+    write_bad(tmp_path / 'bad' / 'b' / '2x.png', 'truncated')  # sorts between b/2.png and b/3.png
+    cfg = dict(data_dir=None, img_size=IMG, val_split_fraction=0.25, scale=(0.5, 1.0))
+    bad_train, bad_val = data.load_datasets(data.DataConfig(**dict(cfg, data_dir=str(tmp_path / 'bad'))))
+    for ds in (bad_train, bad_val):  # copy/b/2x.png: the image after it in its split
+        if str(tmp_path / 'bad' / 'b' / '2x.png') in ds.paths:
+            after = ds.paths[(ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png')) + 1) % ds.num_examples]
+            source = os.path.join(tmp_path, 'copy', os.path.relpath(after, tmp_path / 'bad'))
+            (tmp_path / 'copy' / 'b' / '2x.png').write_bytes(open(source, 'rb').read())
+    copy_train, copy_val = data.load_datasets(data.DataConfig(**dict(cfg, data_dir=str(tmp_path / 'copy'))))
+    assert [os.path.basename(p) for p in bad_train.paths] == [os.path.basename(p) for p in copy_train.paths]
+    in_train = any(p.endswith('2x.png') for p in bad_train.paths)
+    bad_ds, copy_ds = (bad_train, copy_train) if in_train else (bad_val, copy_val)
+    with caplog.at_level(logging.WARNING, logger='jax_ema.data'):
+        if in_train:
+            for epoch in (0, 1):
+                got, want = slots_of(bad_ds, epoch, 4), slots_of(copy_ds, epoch, 4)
+                np.testing.assert_array_equal(got['image'], want['image'])
+                np.testing.assert_array_equal(got['label'], want['label'])
+                assert bad_ds.skipped_images(epoch) == (
+                    1 if bad_ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png')) in
+                    data.epoch_order(42, epoch, bad_ds.num_examples)[:len(got['label'])] else 0)
+        else:
+            got, want = concat(list(bad_ds.eval_batches(3))), concat(list(copy_ds.eval_batches(3)))
+            row = bad_ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png'))
+            assert not got['mask'][row] and want['mask'][row] and bad_ds.skipped_images('eval') == 1
+            keep = np.arange(len(got['mask'])) != row
+            np.testing.assert_array_equal(got['image'][keep], want['image'][keep])
+    named = [r.getMessage() for r in caplog.records if '2x.png' in r.getMessage()]
+    assert len(named) == 1 and 'cannot read image' in named[0]  # named once, when found
+    assert bad_ds.unreadable.sum() == 1
+
+
+def test_image_deleted_mid_run_is_skipped(tmp_path, caplog):
+    make_classes(str(tmp_path), ['a', 'b'], per_class=5)
+    train, _ = load(tmp_path)
+    before = slots_of(train, 0, 4)
+    gone = train.paths[int(data.epoch_order(42, 1, train.num_examples)[0])]
+    os.remove(gone)
+    with caplog.at_level(logging.WARNING, logger='jax_ema.data'):
+        after = slots_of(train, 1, 4)
+    assert after['image'].shape == before['image'].shape and train.skipped_images(1) == 1
+    assert any(os.path.basename(gone) in r.getMessage() for r in caplog.records)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    make_classes(str(tmp_path), ['a', 'b'], per_class=5)
+    odd = os.path.join(os.fsencode(str(tmp_path)), b'b', b'caf\xe9.png')  # Latin-1, not UTF-8
+    os.rename(os.fsencode(str(tmp_path / 'b' / '4.png')), odd)
+    train, val = load(tmp_path)
+    assert os.fsdecode(odd) in train.paths + val.paths
+    for ds in (train, val):
+        assert len(concat(list(ds.eval_batches(4)))['label']) >= ds.num_examples
+        assert not ds.unreadable.any()
+
+
+def test_listing_is_cached_and_follows_the_folder(tmp_path, monkeypatch):
+    """A warm start lists from the cache (no scan of the class folders); adding, removing or renaming
+    an image changes its folder's mtime and so the key."""
+    make_classes(str(tmp_path), ['a', 'b'], per_class=5)
+    cold, _ = load(tmp_path)
+    real_scan = data.folder._scan
+    monkeypatch.setattr(data.folder, '_scan', lambda *a: pytest.fail('scanned although cached'))
+    warm, _ = load(tmp_path)
+    assert warm.paths == cold.paths and np.array_equal(warm.labels, cold.labels)
+    monkeypatch.setattr(data.folder, '_scan', real_scan)
+    save_image(str(tmp_path / 'a' / '99.png'))
+    os.utime(tmp_path / 'a', ns=(1, 1))  # a new mtime even on a coarse-clocked file system
+    more, more_val = load(tmp_path)
+    assert str(tmp_path / 'a' / '99.png') in more.paths + more_val.paths
 
 
 def test_batch_size_larger_than_train_split(digits):

@@ -139,7 +139,9 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     argv = [str(data), *TINY, '--num-classes', '2', '--model-ema', '--model-ema-decay', '0.99',
             '--output', str(tmp_path / 'out'), '--experiment', 'tiny']
     extra = (['--model-ema-force-cpu', '--model-ema-update-every', '3'] if force_cpu
-             else ['-b', '2', '--grad-accum-steps', '2'])  # 4 rows per update either way
+             else ['-b', '2', '--grad-accum-steps', '2', '--reprob', '0.5'])  # 4 rows per update either way
+    if not force_cpu:  # an unreadable image: skipped in place (its slot takes the next image), counted
+        (data / 'train' / 'cat' / '3x.png').write_bytes(b'not a png')
     assert main(argv + extra) == 0
     out = capsys.readouterr().out
     run = tmp_path / 'out' / 'tiny'
@@ -160,6 +162,11 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     meta = checkpoint.read_metadata(step_dir)
     assert meta['model'] == 'resnet18' and meta['num_classes'] == 2 and meta['img_size'] == IMG
     assert meta['ema']['decay'] == 0.99 and meta['epoch'] == 0
+    if not force_cpu:
+        from jax_ema import data as data_lib
+        train_ds, _ = data_lib.load_datasets(data_lib.DataConfig(data_dir=str(data)))
+        used = data_lib.epoch_order(42, 0, train_ds.num_examples)[:5 * 4]  # 5 updates of 4 rows
+        assert meta['unreadable_images'] == int(train_ds.paths.index(str(data / 'train' / 'cat' / '3x.png')) in used)
     tree = checkpoint.restore_tree(step_dir)
     assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'step'} <= set(tree)
 
@@ -192,7 +199,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     assert 'bird' in _error_line(capsys, [str(data), *TINY, *out])
     (data / 'train' / 'bird').rmdir()
     (data / 'train' / 'cat' / 'broken.png').write_bytes(b'not a png')
-    assert 'broken.png' in _error_line(capsys, [str(data), *TINY, *out])
+    assert 'broken.png' in _error_line(capsys, [str(data), *TINY, '--verify-images', *out])
     assert not (tmp_path / 'out').exists() or not any((tmp_path / 'out').iterdir())
 
 

@@ -1,4 +1,4 @@
-"""Input pipeline: image folders or the built-in digits, as numpy NHWC batches (tf.data on the CPU).
+"""Input pipeline: image folders or the built-in digits, as uint8 NHWC batches (tf.data on the CPU).
 
 Sources, by `DataConfig.data_dir`:
   * DATA/<train_split>/<class>/<image> and DATA/<val_split>/<class>/<image>   -> source 'splits'
@@ -7,18 +7,23 @@ Sources, by `DataConfig.data_dir`:
 
 Everything random is a pure function of (seed, epoch, example index): the epoch order is a numpy
 permutation of (seed, epoch) and each example's augmentation runs TF stateless random ops keyed by
-fold_in(fold_in((seed, 0), epoch), index). Any step of any epoch can thus be reproduced, on any number
-of processes. This is the only package of the project that imports tensorflow: here, first, after
-triton; its modules folder.py (finding images), transforms.py (per-example transforms),
-rand_augment.py + image_ops.py (--aa) and random_erasing.py (--reprob) rely on that.
+fold_in(fold_in((seed, 0), epoch), index). Batches leave as uint8; the steps normalise them and apply
+random erasing on the device (jax_ema/device_input.py). An image that cannot be read is skipped in
+place (timm's ImageDataset rule): its slot takes the next example of the dataset, so the batches stay
+a pure function of (seed, epoch, index); in evaluation its row is masked out. This is the only package
+of the project that imports tensorflow: here, first, after triton; its modules folder.py (finding
+images), transforms.py (per-example transforms), rand_augment.py + image_ops.py (--aa) rely on that.
 """
 
 import dataclasses
+import logging
+import os
 from typing import Iterator
 
 import numpy as np
 
 from jax_ema import _compat
+from jax_ema.device_input import ERASING_MODES, DeviceInput
 from jax_ema.errors import UserError
 
 _compat.preload_triton()  # must precede `import tensorflow`, see _compat
@@ -28,14 +33,15 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment, random_erasing  # noqa: E402
+from jax_ema.data import rand_augment  # noqa: E402
 from jax_ema.data.folder import (EVAL_SPLIT_SYNONYMS, IMAGE_EXTENSIONS, SPLIT_SEED,  # noqa: E402,F401
-                                 TRAIN_SPLIT_SYNONYMS, load_folders, natural_key, stratified_split)
-from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,  # noqa: E402,F401
-                                     decode_image, eval_transform, random_resized_crop_box, resize,
-                                     train_transform)
+                                 TRAIN_SPLIT_SYNONYMS, error_reason, load_folders, natural_key, printable,
+                                 stratified_split, verify_images)
+from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, KERNELS,  # noqa: E402,F401
+                                     eval_transform, random_resized_crop_box, resize, train_transform)
 
 _DIGITS_MAX = 16.0  # load_digits pixel values are 0..16
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +58,15 @@ class DataConfig:
     ratio: tuple = (3 / 4, 4 / 3)
     hflip: float = 0.5
     crop_pct: float = 0.875
-    num_workers: int = 4  # -j: parallel map calls and the pipeline's private thread pool (0: sequential)
+    num_workers: int | None = None  # -j: parallel map calls and threads (None: sized to the host; 0: one)
     auto_augment: str | None = None  # --aa: 'rand-m9-mstd0.5', ... (see rand_augment.GRAMMAR)
-    reprob: float = 0.0  # --reprob: random erasing probability
+    reprob: float = 0.0  # --reprob: random erasing probability (applied on the device)
     remode: str = 'pixel'  # --remode: const | rand | pixel
     recount: int = 1  # --recount: at most this many erased boxes per image
+    mean: tuple = IMAGENET_DEFAULT_MEAN  # normalisation (on the device), timm's per-model mean/std
+    std: tuple = IMAGENET_DEFAULT_STD
+    interpolation: str = 'bilinear'  # resize filter (timm's names): bilinear | bicubic | lanczos | box
+    verify_images: bool = False  # --verify-images: decode every image once before training
 
 
 class Dataset:
@@ -70,16 +80,30 @@ class Dataset:
         self.labels = labels.astype(np.int32)
         self.num_examples = len(labels)
         self.paths = paths  # image files ('splits', 'folders'); None for 'digits'
-        self._inputs = np.asarray(paths) if paths is not None else pixels
+        self._inputs = (np.array([os.fsencode(p) for p in paths], dtype=object) if paths is not None
+                        else pixels)
         self._cfg = cfg
+        self.device_input = DeviceInput(mean=tuple(cfg.mean), std=tuple(cfg.std), reprob=cfg.reprob,
+                                        remode=cfg.remode.lower(), recount=cfg.recount, seed=cfg.seed)
+        self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
+        self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
         policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
+        decoded = source == 'digits'
+        spec = tf.TensorSpec(pixels.shape[1:], tf.float32) if decoded else tf.TensorSpec([], tf.string)
 
-        def transform(image, key):
-            return train_transform(image, key, cfg, policy)
+        def read(inputs):  # a file's bytes, or a digit decoded
+            return self._decoded(inputs) if decoded else tf.io.read_file(inputs)
+
+        def train_fn(inputs, key):
+            return train_transform(read(inputs), key, cfg, policy, decoded)
+
+        def eval_fn(inputs):
+            return eval_transform(read(inputs), cfg, decoded)
 
         # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
-        self._train_transform = tf.function(transform, autograph=False, input_signature=[
-            tf.TensorSpec([None, None, 3], tf.float32), tf.TensorSpec([2], tf.int64)])
+        self._train_fn = tf.function(train_fn, autograph=False,
+                                     input_signature=[spec, tf.TensorSpec([2], tf.int64)])
+        self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
@@ -90,7 +114,7 @@ class Dataset:
 
     def train_batches(self, batch_size: int, epoch: int, start_step: int = 0, process_index: int = 0,
                       process_count: int = 1) -> Iterator[dict]:
-        """Augmented batches {'image', 'label'} of epoch `epoch`, from step `start_step` on.
+        """Augmented uint8 batches {'image', 'label'} of epoch `epoch`, from step `start_step` on.
 
         `batch_size` is global; this process gets rows [process_index * b, (process_index + 1) * b) of
         every global batch, b = batch_size / process_count.
@@ -102,50 +126,122 @@ class Dataset:
                             'resume from a checkpoint made with this data and batch size')
         rows = _rows(start_step, steps, batch_size, process_index, local)
         index = epoch_order(self._cfg.seed, epoch, self.num_examples)[rows]
-        key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
+        epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64),
+                                                             epoch)
+
+        def columns(index):  # an unreadable example's slot takes the next readable one
+            source = self._replacements(index)
+            return (self._inputs[source], self.labels[source], index), source, source != index
 
         def load(inputs, label, i):
-            example_key = tf.random.experimental.stateless_fold_in(key, i)
-            image = self._train_transform(tf.cast(self._read(inputs), tf.float32), example_key)
-            return {'image': image, 'label': label}
+            return {'image': self._train_fn(inputs, tf.random.experimental.stateless_fold_in(epoch_key, i)),
+                    'label': label}
 
-        return self._batches((self._inputs[index], self.labels[index], index), load, local)
+        return self._batches(index, local, columns, load, epoch)
 
     def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1
                      ) -> Iterator[dict]:
-        """All examples in order, centre-cropped: {'image', 'label', 'mask'}.
+        """All examples in order, centre-cropped: uint8 {'image', 'label', 'mask'}.
 
         The last global batch is padded to `batch_size` with rows whose mask is False, so every batch
-        has one shape. Rows are split between processes as in `train_batches`.
+        has one shape; so are the rows of unreadable images. Rows are split between processes as in
+        `train_batches`.
         """
         local = _local_batch_size(batch_size, process_index, process_count)
         rows = _rows(0, -(-self.num_examples // batch_size), batch_size, process_index, local)
-        mask = rows < self.num_examples
-        index = np.where(mask, rows, 0)
+        in_range = rows < self.num_examples
+        index = np.where(in_range, rows, 0)
+        size = (self._cfg.img_size, self._cfg.img_size, 3)
+
+        def columns(index_and_range):
+            index, in_range = index_and_range[:, 0], index_and_range[:, 1].astype(bool)
+            valid = in_range & ~self.unreadable[index]
+            return (self._inputs[index], self.labels[index], valid), index, in_range & ~valid
 
         def load(inputs, label, valid):
-            return {'image': eval_transform(self._read(inputs), self._cfg), 'label': label,
-                    'mask': valid}
+            image = tf.cond(valid, lambda: self._eval_fn(inputs), lambda: tf.zeros(size, tf.uint8))
+            return {'image': image, 'label': label, 'mask': valid}
 
-        return self._batches((self._inputs[index], self.labels[index], mask), load, local)
+        return self._batches(np.stack([index, in_range], 1), local, columns, load, 'eval')
 
-    def _read(self, inputs):
-        """One example as an [H, W, 3] image with values in 0..255 (uint8 or float32)."""
-        if self.source == 'digits':  # the 8x8 digit, upscaled (bilinear) to img_size, grey -> RGB
-            gray = tf.cast(inputs, tf.float32)[..., None] * (255.0 / _DIGITS_MAX)
-            return tf.tile(resize(gray, (self._cfg.img_size, self._cfg.img_size)), (1, 1, 3))
-        return decode_image(tf.io.read_file(inputs))
+    def skipped_images(self, epoch) -> int:
+        """Slots of training epoch `epoch` (or rows of the evaluations: 'eval') given up so far."""
+        return self.skipped.get(epoch, 0)
 
-    def _batches(self, columns, load, local_batch_size):
+    def _replacements(self, index: np.ndarray) -> np.ndarray:
+        """`index` with each unreadable example replaced by the next readable one (cyclically)."""
+        source = np.array(index)
+        for position in np.flatnonzero(self.unreadable[source]):
+            candidate = source[position]
+            for _ in range(self.num_examples):
+                candidate = (candidate + 1) % self.num_examples
+                if not self.unreadable[candidate]:
+                    break
+            else:
+                raise UserError('no image of this split can be read; check the data folder')
+            source[position] = candidate
+        return source
+
+    def _decoded(self, pixels):
+        """A digit: the 8x8 image, upscaled (bilinear) to img_size, grey -> RGB, uint8."""
+        gray = tf.saturate_cast(tf.round(pixels * (255.0 / _DIGITS_MAX)), tf.uint8)[..., None]
+        return tf.tile(resize(gray, (self._cfg.img_size, self._cfg.img_size)), (1, 1, 3))
+
+    def _pipeline(self, columns, load, local_batch_size):
         workers = self._cfg.num_workers
+        parallel = tf.data.AUTOTUNE if workers is None else (workers or None)
         ds = tf.data.Dataset.from_tensor_slices(columns)
-        ds = ds.map(load, num_parallel_calls=workers if workers > 0 else None, deterministic=True)
-        ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
-        if workers > 0:  # timm's -j worker processes -> at most that many TF threads for this pipeline
-            options = tf.data.Options()
+        ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
+        ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE if workers is None else 2)
+        options = tf.data.Options()
+        options.deterministic = True
+        options.threading.max_intra_op_parallelism = 1  # one thread per image: the most images per core
+        if workers:  # -j N: at most N threads for this pipeline
             options.threading.private_threadpool_size = workers
-            ds = ds.with_options(options)
-        return ds.as_numpy_iterator()
+        return ds.with_options(options).as_numpy_iterator()
+
+    def _batches(self, plan, local_batch_size, columns, load, epoch):
+        """The batches of `plan` (one row per slot). A batch that fails to load is retried with its
+        unreadable images found and skipped, from that batch on (nothing before it is redone)."""
+        done, skipped = 0, 0
+        total = len(plan) // local_batch_size
+        while done < total:
+            inputs, source, replaced = columns(plan[done * local_batch_size:])
+            rows = slice(0, local_batch_size)  # those of the batch being loaded
+            try:
+                for batch in self._pipeline(inputs, load, local_batch_size):
+                    skipped += int(replaced[rows].sum())
+                    rows = slice(rows.stop, rows.stop + local_batch_size)
+                    done += 1
+                    yield batch
+            except tf.errors.OpError as err:
+                if not self._find_unreadable([column[rows] for column in inputs], source[rows], load, epoch):
+                    raise UserError(f'reading a batch of images failed ({error_reason(err)}); '
+                                    'check the data folder and the disk') from None
+        self.skipped[epoch] = self.skipped.get(epoch, 0) + skipped
+        if skipped:
+            what = 'masked out of the evaluation' if epoch == 'eval' else \
+                f'replaced by the next image in their slots in epoch {epoch}'
+            log.warning('%d unreadable images %s (%d files unreadable so far)', skipped, what,
+                        int(self.unreadable.sum()))
+
+    def _find_unreadable(self, columns, source, load, epoch) -> bool:
+        """Loads each example of one batch alone; marks those that fail. Whether any did."""
+        found = 0
+        for row, index in enumerate(source):
+            try:
+                load(*[column[row] for column in columns])
+            except tf.errors.OpError as problem:
+                if self.unreadable[index]:
+                    continue
+                self.unreadable[index] = True
+                found += 1
+                log.warning('cannot read image %s (%s); skipping it: %s', printable(self.paths[index]),
+                            error_reason(problem), 'its row is masked out' if epoch == 'eval' else
+                            'its slots take the next image')
+        if self.unreadable.all():
+            raise UserError('no image of this split can be read; check the data folder')
+        return found > 0
 
 
 def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.ndarray:
@@ -160,12 +256,15 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
-    """(train, validation) for `cfg`; all input is checked here, every image decoded once."""
+    """(train, validation) for `cfg`. The folders are listed (from a cache when it is warm); no image is
+    decoded here unless cfg.verify_images, which decodes each once, as training does."""
     _check_config(cfg)
     if cfg.data_dir is None:
         train, val = _load_digits(cfg)
     else:
         source, names, (train_paths, train_labels), (val_paths, val_labels) = load_folders(cfg)
+        if cfg.verify_images:
+            verify_images(train_paths + val_paths, cfg.num_workers)
         train = Dataset(cfg, source, names, train_labels, paths=train_paths)
         val = Dataset(cfg, source, names, val_labels, paths=val_paths)
     if cfg.num_classes is not None and cfg.num_classes != train.num_classes:
@@ -184,14 +283,18 @@ def _check_config(cfg: DataConfig) -> None:
         (0 < cfg.ratio[0] <= cfg.ratio[1], f'--ratio must be 0 < min <= max, got {cfg.ratio}'),
         (0 <= cfg.hflip <= 1, f'--hflip must be a probability in [0, 1], got {cfg.hflip}'),
         (0 < cfg.crop_pct <= 1, f'--crop-pct must be in (0, 1], got {cfg.crop_pct}'),
-        (cfg.num_workers >= 0, f'--workers must be >= 0, got {cfg.num_workers}'),
+        (cfg.num_workers is None or cfg.num_workers >= 0, f'--workers must be >= 0, got {cfg.num_workers}'),
         (cfg.seed >= 0, f'--seed must be >= 0, got {cfg.seed}'),
         (cfg.num_classes is None or cfg.num_classes >= 1,
          f'--num-classes must be positive, got {cfg.num_classes}'),
         (0 <= cfg.reprob <= 1, f'--reprob must be a probability in [0, 1], got {cfg.reprob}'),
-        (cfg.remode.lower() in random_erasing.MODES,
-         f'--remode must be one of {"/".join(random_erasing.MODES)}, got {cfg.remode!r}'),
+        (cfg.remode.lower() in ERASING_MODES,
+         f'--remode must be one of {"/".join(ERASING_MODES)}, got {cfg.remode!r}'),
         (cfg.recount >= 1, f'--recount must be >= 1, got {cfg.recount}'),
+        (cfg.interpolation in KERNELS,
+         f'--interpolation must be one of {"/".join(KERNELS)}, got {cfg.interpolation!r}'),
+        (len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std),
+         f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}'),
     ]
     for ok, message in checks:
         if not ok:
@@ -227,4 +330,5 @@ def data_config(config) -> DataConfig:
                       val_split_fraction=config.val_split_fraction, img_size=config.img_size,
                       num_classes=config.num_classes, seed=config.seed, scale=config.scale, ratio=config.ratio,
                       hflip=config.hflip, crop_pct=config.crop_pct, num_workers=config.workers,
-                      auto_augment=config.aa, reprob=config.reprob, remode=config.remode, recount=config.recount)
+                      auto_augment=config.aa, reprob=config.reprob, remode=config.remode, recount=config.recount,
+                      verify_images=config.verify_images)

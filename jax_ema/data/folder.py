@@ -1,19 +1,26 @@
-"""Image folders: finding splits and classes as timm does, listing and checking the images.
+"""Image folders: finding splits and classes as timm does, listing the images (cached), checking them.
 
 Layouts: DATA/<train_split>/<class>/<image> beside DATA/<val_split>/<class>/<image> (source 'splits'),
 or DATA/<class>/<image> split stratified by `val_split_fraction` (source 'folders').
+
+Start-up reads no image: a folder's listing (class folders, image files in timm's natural order) is
+cached under ~/.cache/jax_ema/listings (or $JAX_EMA_CACHE), keyed by the folder's entries and their
+modification times, which change whenever a file is added, removed or renamed in a class folder.
+File names that are not UTF-8 are kept (Python's surrogate escapes; their bytes go to TensorFlow).
 """
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
 import re
+import sys
+import tempfile
 from concurrent import futures
 
 import numpy as np
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from jax_ema.errors import UserError
 
@@ -21,7 +28,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # timm's IMG_EXTENSIONS, matched i
 TRAIN_SPLIT_SYNONYMS = ('train', 'training')  # timm.data.dataset_factory, in its search order
 EVAL_SPLIT_SYNONYMS = ('val', 'valid', 'validation', 'eval', 'evaluation')
 SPLIT_SEED = 0  # the train/validation split of 'folders' and 'digits' never depends on --seed
-_READABLE_FORMATS = ('JPEG', 'MPO', 'PNG')  # what PIL may call a file we decode with TF's jpeg/png ops
+CACHE_ENV = 'JAX_EMA_CACHE'
+_LISTING_VERSION = b'jax_ema listing 1'
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,11 @@ log = logging.getLogger(__name__)
 def natural_key(text: str) -> list:
     """timm's sort key (timm.utils.misc.natural_key): lower case, digit runs compared as numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', text.lower())]
+
+
+def printable(path: str) -> str:
+    """`path` for a message: bytes that are not UTF-8 shown as \\xNN."""
+    return os.fsencode(path).decode('utf-8', 'backslashreplace')
 
 
 def stratified_split(labels: np.ndarray, fraction: float, class_names, where: str):
@@ -39,8 +52,8 @@ def stratified_split(labels: np.ndarray, fraction: float, class_names, where: st
         members = np.flatnonzero(labels == label)
         n_val = math.floor(fraction * len(members) + 0.5)
         if not 1 <= n_val < len(members):
-            raise UserError(f'class {name!r} in {where} has {len(members)} images, too few to put a '
-                            f'fraction {fraction} of them into validation; add images or make '
+            raise UserError(f'class {printable(name)!r} in {where} has {len(members)} images, too few to put '
+                            f'a fraction {fraction} of them into validation; add images or make '
                             'train/validation split folders')
         val.append(rng.permutation(members)[:n_val])
     val = np.sort(np.concatenate(val))
@@ -51,47 +64,35 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
     """(source, class names, (train paths, labels), (val paths, labels)) of the folders at cfg.data_dir."""
     root = os.path.abspath(os.path.expanduser(cfg.data_dir))
     if not os.path.exists(root):
-        raise UserError(f'data folder {root} does not exist; pass an existing folder as DATA '
+        raise UserError(f'data folder {printable(root)} does not exist; pass an existing folder as DATA '
                         '(or none for the built-in digits)')
     if not os.path.isdir(root):
-        raise UserError(f'DATA {root} is not a folder; pass a folder holding <class>/<image> or '
+        raise UserError(f'DATA {printable(root)} is not a folder; pass a folder holding <class>/<image> or '
                         'train/<class>/<image> and validation/<class>/<image>')
     train_dir = _search_split(root, cfg.train_split, TRAIN_SPLIT_SYNONYMS)
     val_dir = _search_split(root, cfg.val_split, EVAL_SPLIT_SYNONYMS)
-    skipped = []
     if train_dir is not None:
         if val_dir is None:
             tried = ', '.join(_split_candidates(cfg.val_split, EVAL_SPLIT_SYNONYMS))
-            raise UserError(f'{train_dir} has no validation folder beside it (looked for {tried}); '
+            raise UserError(f'{printable(train_dir)} has no validation folder beside it (looked for {tried}); '
                             'add one, name it with --val-split, or put the class folders directly in DATA')
-        _check_split_folders(root, train_dir, val_dir)
-        train_classes, val_classes = _scan(train_dir, skipped), _scan(val_dir, skipped)
-        if sorted(train_classes) != sorted(val_classes):
-            only_train = sorted(set(train_classes) - set(val_classes))
-            only_val = sorted(set(val_classes) - set(train_classes))
-            raise UserError(f'class folders differ between {train_dir} and {val_dir} (only in train: '
-                            f'{only_train}, only in validation: {only_val}); give both the same class folders')
-        names = _class_names(train_classes)
-        train = _examples(train_classes, names, train_dir)
-        val = _examples(val_classes, names, val_dir)
-        source = 'splits'
-    else:
-        if cfg.train_split not in TRAIN_SPLIT_SYNONYMS or val_dir is not None:
-            found = f' but {val_dir} exists' if val_dir is not None else ''
-            raise UserError(f'no train split folder {os.path.join(root, cfg.train_split)}{found}; add it, '
-                            'name it with --train-split, or put the class folders directly in DATA')
-        classes = _scan(root, skipped)
-        names = _class_names(classes)
-        paths, labels = _examples(classes, names, root)
-        train_rows, val_rows = stratified_split(labels, cfg.val_split_fraction, names, root)
-        train = ([paths[i] for i in train_rows], labels[train_rows])
-        val = ([paths[i] for i in val_rows], labels[val_rows])
-        source = 'folders'
-    if skipped:
-        log.warning('skipped %d entries under %s that are not %s images (first: %s)', len(skipped),
-                    root, '/'.join(IMAGE_EXTENSIONS), skipped[0])
-    _verify_images(train[0] + val[0], cfg.num_workers)
-    return source, names, train, val
+        train_names, *train = list_folder(train_dir)
+        val_names, *val = list_folder(val_dir)
+        if sorted(train_names) != sorted(val_names):
+            only_train = [printable(n) for n in sorted(set(train_names) - set(val_names))]
+            only_val = [printable(n) for n in sorted(set(val_names) - set(train_names))]
+            raise UserError(f'class folders differ between {printable(train_dir)} and {printable(val_dir)} '
+                            f'(only in train: {only_train}, only in validation: {only_val}); give both the '
+                            'same class folders')
+        return 'splits', train_names, tuple(train), tuple(val)
+    if cfg.train_split not in TRAIN_SPLIT_SYNONYMS or val_dir is not None:
+        found = f' but {printable(val_dir)} exists' if val_dir is not None else ''
+        raise UserError(f'no train split folder {printable(os.path.join(root, cfg.train_split))}{found}; add '
+                        'it, name it with --train-split, or put the class folders directly in DATA')
+    names, paths, labels = list_folder(root)
+    train_rows, val_rows = stratified_split(labels, cfg.val_split_fraction, names, printable(root))
+    return ('folders', names, ([paths[i] for i in train_rows], labels[train_rows]),
+            ([paths[i] for i in val_rows], labels[val_rows]))
 
 
 def _split_candidates(split: str, synonyms) -> list[str]:
@@ -106,59 +107,64 @@ def _search_split(root: str, split: str, synonyms) -> str | None:
     return None
 
 
-def _check_split_folders(root: str, train_dir: str, val_dir: str) -> None:
-    """Uses tfds ImageFolder to confirm that both split folders hold images.
-
-    tfds.folder_dataset.ImageFolder reads DATA/<split>/<class>/<image> with extensions in any letter
-    case, but for the rest we do our own listing and reading, because it: sorts class names plainly,
-    not naturally as timm; returns examples in a shuffle keyed by the split name, only sequentially
-    (no random access for our (seed, epoch) order; its shuffle_files is unseeded); drops other files
-    without counting them; merges class names across splits without comparing them; and decodes JPEG
-    with TF's fast integer DCT, up to ~9 levels off PIL (timm), where INTEGER_ACCURATE matches PIL.
-    """
+def _scandir(folder: str) -> list:
     try:
-        splits = tfds.folder_dataset.ImageFolder(root).info.splits
-    except (OSError, tf.errors.OpError) as err:
-        raise UserError(f'cannot read {root}: {err}; check its permissions') from err
-    for folder in (train_dir, val_dir):
-        if os.path.basename(folder) not in splits:
-            raise UserError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in class folders under '
-                            f'{folder}; put images into {folder}/<class>/')
-
-
-def _listdir(folder: str) -> list[str]:
-    try:
-        return sorted(os.listdir(folder))
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda entry: entry.name)
     except OSError as err:
-        raise UserError(f'cannot read {folder}: {err}; check that it exists and is readable') from err
+        raise UserError(f'cannot read {printable(folder)}: {err.strerror or err}; check that it exists and '
+                        'is readable') from None
 
 
-def _scan(root: str, skipped: list[str]) -> dict[str, list[str]]:
-    """Class folder name -> its image files (root/<class>/<image>); everything else goes to `skipped`.
+def list_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(class names, image paths, labels) of root/<class>/<image>, from the cache when it is warm."""
+    entries = _scandir(root)
+    key = hashlib.sha256(b'\0'.join([_LISTING_VERSION, os.fsencode(root)] + [
+        os.fsencode(e.name) + b'/' + str(_mtime(e)).encode() for e in entries])).hexdigest()
+    cached = _read_listing(key, root)
+    if cached is None:
+        classes, skipped = _scan(root, entries)
+        names = _class_names(classes)
+        paths, labels = _examples(classes, names, root)
+        _write_listing(key, root, names, paths, labels, skipped)
+    else:
+        names, paths, labels, skipped = cached
+    if skipped:
+        log.warning('skipped %d entries under %s that are not %s images (first: %s)', len(skipped),
+                    printable(root), '/'.join(IMAGE_EXTENSIONS), printable(skipped[0]))
+    return names, paths, labels
 
-    Hidden entries (.DS_Store, .ipynb_checkpoints, ...) are skipped too; nested folders are not searched.
-    """
-    classes = {}
-    for name in _listdir(root):
-        folder = os.path.join(root, name)
-        if name.startswith('.') or not os.path.isdir(folder):
-            skipped.append(folder)
+
+def _mtime(entry) -> int:
+    try:
+        return entry.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
+def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
+    """(class folder name -> its image files, entries skipped). Hidden entries (.DS_Store,
+    .ipynb_checkpoints, ...) are skipped too; nested folders are not searched."""
+    classes, skipped = {}, []
+    for entry in entries:
+        if entry.name.startswith('.') or not entry.is_dir():
+            skipped.append(entry.path)
             continue
         images = []
-        for file in _listdir(folder):
-            path = os.path.join(folder, file)
-            is_image = os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(path)
-            (images if is_image and not file.startswith('.') else skipped).append(path)
-        classes[name] = images
+        for file in _scandir(entry.path):
+            is_image = os.path.splitext(file.name)[1].lower() in IMAGE_EXTENSIONS and file.is_file()
+            (images if is_image and not file.name.startswith('.') else skipped).append(file.path)
+        classes[entry.name] = images
     if not any(classes.values()):
-        raise UserError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in class folders under {root}; '
-                        f'put images into {root}/<class>/ (or {root}/train/<class>/ and '
-                        f'{root}/validation/<class>/)')
+        where = printable(root)
+        raise UserError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in class folders under {where}; '
+                        f'put images into {where}/<class>/ (or {where}/train/<class>/ and '
+                        f'{where}/validation/<class>/)')
     for name, images in classes.items():
         if not images:
-            raise UserError(f'class folder {os.path.join(root, name)} holds no '
+            raise UserError(f'class folder {printable(os.path.join(root, name))} holds no '
                             f'{"/".join(IMAGE_EXTENSIONS)} images; add images or remove the folder')
-    return classes
+    return classes, skipped
 
 
 def _class_names(classes: dict) -> list[str]:
@@ -173,22 +179,96 @@ def _examples(classes: dict, names: list[str], root: str) -> tuple[list[str], np
     return [p for p, _ in pairs], np.array([label for _, label in pairs], np.int32)
 
 
-def _verify_image(path: str) -> str | None:
-    """None if PIL fully decodes `path` as JPEG/PNG, else what is wrong (JPEGs decoded at 1/8 size)."""
+# --- the listing cache ---------------------------------------------------------------------------------
+
+def cache_dir() -> str:
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'jax_ema')
+    return os.path.join(base, 'listings')
+
+
+def _blob(strings) -> np.ndarray:
+    return np.frombuffer(b'\0'.join(os.fsencode(s) for s in strings), np.uint8)
+
+
+def _strings(blob: np.ndarray) -> list[str]:
+    return [os.fsdecode(b) for b in blob.tobytes().split(b'\0')]
+
+
+def _write_listing(key: str, root: str, names, paths, labels, skipped) -> None:
+    """Best effort: a folder we cannot write to only means listing again next time."""
+    prefix = os.path.join(root, '')
+    relative = [p[len(prefix):] for p in paths]
     try:
-        with Image.open(path) as image:
-            if image.format not in _READABLE_FORMATS:
-                return f'it is a {image.format} image, not JPEG or PNG'
-            image.draft('RGB', (1, 1))  # JPEG: DCT scaling, still reads all data; others: no-op
-            image.load()
-    except Exception as err:  # pylint: disable=broad-except  (PIL raises many kinds for bad files)
-        return str(err) or type(err).__name__
+        os.makedirs(cache_dir(), exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir(), suffix='.tmp', delete=False) as f:
+            np.savez(f, names=_blob(names), paths=_blob(relative), labels=labels, skipped=_blob(skipped))
+        os.replace(f.name, os.path.join(cache_dir(), key + '.npz'))
+    except OSError as err:
+        log.debug('listing cache not written (%s)', err)
+
+
+def _read_listing(key: str, root: str):
+    path = os.path.join(cache_dir(), key + '.npz')
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            names, relative, labels = _strings(cached['names']), _strings(cached['paths']), cached['labels']
+            skipped = _strings(cached['skipped']) if cached['skipped'].size else []
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(relative) != len(labels):
+        return None
+    prefix = os.path.join(root, '')
+    return names, [prefix + p for p in relative], labels.astype(np.int32), skipped
+
+
+# --- --verify-images -------------------------------------------------------------------------------------
+
+def _decode(path: str):
+    """The whole image, eagerly (no tf.cond, whose failing branch logs to stderr from C++)."""
+    data = tf.io.read_file(os.fsencode(path))
+    if tf.io.is_jpeg(data):
+        return tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
+    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+
+
+def error_reason(err) -> str:
+    """What went wrong, from a TensorFlow error: its last line not about graph nodes, without them."""
+    message = getattr(err, 'message', None) or str(err)
+    lines = [re.sub(r'\{\{[^}]*\}\}|\[Op:.*$', '', line).strip() for line in message.splitlines()]
+    lines = [line for line in lines if line and not line.startswith(('[[', 'Detected at node', 'Graph execution'))]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
+def _problem(path: str) -> str | None:
+    """None if the decoder training uses reads `path` whole, else what is wrong."""
+    try:
+        _decode(path)
+    except tf.errors.OpError as err:
+        return error_reason(err)
     return None
 
 
-def _verify_images(paths: list[str], num_workers: int) -> None:
-    """Decodes every image once, so that a bad file stops the run now rather than mid-epoch."""
-    with futures.ThreadPoolExecutor(max(1, num_workers)) as pool:
-        for path, problem in zip(paths, pool.map(_verify_image, paths)):
-            if problem is not None:
-                raise UserError(f'cannot read image {path} ({problem}); remove or fix it')
+@contextlib.contextmanager
+def _quiet_c_stderr():
+    """File descriptor 2 to /dev/null: libjpeg and TensorFlow's C++ write there about each bad file,
+    which our one error line names anyway. Only while nothing else runs (start-up)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def verify_images(paths: list[str], num_workers: int | None) -> None:
+    """--verify-images: decodes every image once, as training does, so that a bad file stops the run now
+    rather than being skipped (with a warning) when its turn comes."""
+    with _quiet_c_stderr(), futures.ThreadPoolExecutor(num_workers or os.cpu_count() or 1) as pool:
+        problems = pool.map(_problem, paths)
+        bad = next(((path, problem) for path, problem in zip(paths, problems) if problem is not None), None)
+    if bad is not None:
+        raise UserError(f'cannot read image {printable(bad[0])} ({bad[1]}); remove or fix it')

@@ -1,33 +1,107 @@
-"""Per-example transforms: decode, timm's train (crop, flip, RandAugment, random erasing) and eval."""
+"""Per-example transforms to uint8 [img_size, img_size, 3]: timm's train (crop, flip, RandAugment) and eval.
+
+Only the pixels used are decoded: the random-resized-crop window in training, the window under the
+centre crop in evaluation (`tf.io.decode_and_crop_jpeg`; PNG is decoded whole and sliced). Normalising
+and random erasing happen on the device, in the jitted steps (jax_ema/device_input.py), as after timm's
+prefetcher. Resizing is PIL's (antialiased when shrinking), which torchvision calls on timm's behalf.
+"""
 
 import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
 from jax_ema.data import rand_augment as rand_augment_lib
-from jax_ema.data import random_erasing as random_erasing_lib
+from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data.constants
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 AUGMENT_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)  # timm's aa img_mean
+# timm's interpolation names -> (ScaleAndTranslate's kernel, its radius = PIL's filter support).
+KERNELS = {'bilinear': ('triangle', 1.0), 'bicubic': ('keyscubic', 2.0), 'lanczos': ('lanczos3', 3.0),
+           'box': ('box', 0.5)}
+_MARGIN = 1  # decode_and_crop_jpeg upsamples chroma differently at the window's edges: decode 1 px more
 
 
-def decode_image(data):
-    """[H, W, 3] uint8: JPEG with the accurate DCT (bit-identical to PIL), PNG; grey/RGBA/palette -> RGB."""
-    return tf.cond(tf.io.is_jpeg(data),
-                   lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
-                   lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
+def decode_window(data, window_fn):
+    """(pixels, (top, left), (height, width)): the window `window_fn(height, width) -> (top, left, h, w)`
+    of the encoded image `data` as uint8 RGB, where it lies, and the image's size. JPEG: only the window is decoded (accurate DCT,
+    bit-identical to PIL); others (PNG): all, then sliced. Grey, RGBA and palette images become RGB."""
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(data)
+        top, left, h, w = window_fn(shape[0], shape[1])
+        top0, left0 = tf.maximum(top - _MARGIN, 0), tf.maximum(left - _MARGIN, 0)
+        bottom, right = tf.minimum(top + h + _MARGIN, shape[0]), tf.minimum(left + w + _MARGIN, shape[1])
+        wide = tf.io.decode_and_crop_jpeg(data, tf.stack([top0, left0, bottom - top0, right - left0]),
+                                          channels=3, dct_method='INTEGER_ACCURATE')
+        return wide[top - top0:top - top0 + h, left - left0:left - left0 + w], tf.stack([top, left]), shape[:2]
+
+    def other():
+        return crop_window(tf.io.decode_png(data, channels=3, dtype=tf.uint8), window_fn)
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
-def resize(image, size):
-    """Bilinear with antialiasing (as PIL's resize), rounded back to whole pixel values as PIL's uint8."""
-    return tf.round(tf.image.resize(image, size, method='bilinear', antialias=True))
+def crop_window(image, window_fn):
+    """decode_window for an already decoded [H, W, 3] image."""
+    shape = tf.shape(image)
+    top, left, h, w = window_fn(shape[0], shape[1])
+    return image[top:top + h, left:left + w], tf.stack([top, left]), shape[:2]
 
 
-def _normalize(image):
-    """0..255 -> [0, 1] -> (x - mean) / std, float32."""
-    image = tf.cast(image, tf.float32) / 255.0
-    return (image - tf.constant(IMAGENET_DEFAULT_MEAN)) / tf.constant(IMAGENET_DEFAULT_STD)
+def resize_region(window, offset, in_size, out_size, start, size, interpolation):
+    """Rows start[0]..+size[0] and columns start[1]..+size[1] of PIL's resize of an `in_size` image to
+    `out_size`, computed from `window`, that image's pixels from `offset` on (see `resize_support`).
+
+    PIL resamples rows, rounds to uint8 (clipping), then resamples columns, each with its filter widened
+    by the shrink factor (antialiasing). For filters without negative lobes (bilinear, box) one 2-D pass
+    in float32 rounded once lands within one level of that; bicubic and lanczos overshoot, so they take
+    PIL's two passes and its clipping between them."""
+    kernel, _ = KERNELS[interpolation]
+    scale = tf.cast(out_size, tf.float32) / tf.cast(in_size, tf.float32)
+    offset, start = tf.cast(offset, tf.float32), tf.cast(start, tf.float32)
+    translation = offset * scale - start
+
+    def resample(image, out_size, scale, translation):
+        resized = tf.raw_ops.ScaleAndTranslate(images=image[None], size=out_size,
+                                               scale=scale, translation=translation, kernel_type=kernel,
+                                               antialias=True)[0]
+        return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
+
+    if kernel in ('triangle', 'box'):
+        return resample(window, tf.constant(size, tf.int32), scale, translation)
+    rows = resample(window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]),
+                    tf.stack([0.0, translation[1]]))
+    return resample(rows, tf.constant(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
+
+
+def resize_support(in_size, out_size, start, size, interpolation):
+    """(first, end): the input pixels along one axis that outputs start..start+size-1 of a resize from
+    in_size to out_size read (one spare on each side), clipped to the image."""
+    _, radius = KERNELS[interpolation]
+    in_size = tf.cast(in_size, tf.float64)
+    per_output = in_size / tf.cast(out_size, tf.float64)
+    support = radius * tf.maximum(per_output, 1.0)
+    start = tf.cast(start, tf.float64)
+    first = tf.maximum(tf.floor((start + 0.5) * per_output - support) - 1, 0)
+    end = tf.minimum(tf.math.ceil((start + size - 0.5) * per_output + support) + 1, in_size)
+    return tf.cast(first, tf.int32), tf.cast(end, tf.int32)
+
+
+def resize(image, size, interpolation='bilinear'):
+    """The whole of PIL's resize of a decoded [H, W, 3] uint8 image to `size` = (height, width)."""
+    shape = tf.shape(image)[:2]
+    return resize_region(image, (0, 0), shape, size, (0, 0), size, interpolation)
+
+
+def _resize_crop(crop, size, interpolation):
+    """The crop resized to `size`. Enlarging with PIL's bilinear filter is plain bilinear interpolation
+    (the filter is not widened), which TensorFlow's ResizeBilinear computes at a third of the cost."""
+    shape = tf.shape(crop)[:2]
+    general = lambda: resize_region(crop, (0, 0), shape, size, (0, 0), size, interpolation)  # noqa: E731
+    if interpolation != 'bilinear':
+        return general()
+
+    def enlarge():
+        resized = tf.image.resize(crop, size, method='bilinear', antialias=False)
+        return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
+    return tf.cond(tf.reduce_all(shape <= size), enlarge, general)
 
 
 def random_resized_crop_box(key, height, width, scale, ratio):
@@ -63,40 +137,57 @@ def random_resized_crop_box(key, height, width, scale, ratio):
     return top, left, crop_h, crop_w
 
 
-def train_transform(image, key, cfg, policy=None):
-    """timm's train order: random-resized crop to img_size (bilinear), horizontal flip (hflip),
-    RandAugment `policy` (if any), normalise, random erasing (if reprob > 0)."""
+def train_transform(source, key, cfg, policy=None, decoded=False):
+    """timm's train order on encoded bytes (or a `decoded` image): random-resized crop to img_size
+    (cfg.interpolation), horizontal flip (cfg.hflip), RandAugment `policy` (if any). uint8 out."""
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-    augment_key, erase_key = tf.unstack(tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(key, 1), 2))  # crop and flip draw as before
-    shape = tf.shape(image)
-    top, left, crop_h, crop_w = random_resized_crop_box(crop_key, shape[0], shape[1], cfg.scale,
-                                                        cfg.ratio)
-    crop = resize(image[top:top + crop_h, left:left + crop_w], (cfg.img_size, cfg.img_size))
+    augment_key = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(key, 1), 2)[0]  # crop and flip draw as before
+
+    def window_fn(height, width):
+        return random_resized_crop_box(crop_key, height, width, cfg.scale, cfg.ratio)
+
+    crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
+    size = (cfg.img_size, cfg.img_size)
+    image = _resize_crop(crop, size, cfg.interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
-    crop = tf.cond(flip, lambda: tf.image.flip_left_right(crop), lambda: crop)
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:
-        crop = rand_augment_lib.rand_augment(crop, augment_key, policy, AUGMENT_FILL)
-    image = _normalize(crop)
-    if cfg.reprob > 0:
-        image = random_erasing_lib.random_erasing(image, erase_key, cfg.reprob, cfg.remode.lower(),
-                                                  cfg.recount)
+        image = rand_augment_lib.rand_augment(image, augment_key, policy, AUGMENT_FILL, cfg.interpolation)
     return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
 
 
-def eval_transform(image, cfg):
-    """Shorter side to floor(img_size / crop_pct), centre crop img_size (torchvision rounding), normalise."""
-    short_target = math.floor(cfg.img_size / cfg.crop_pct)
-    shape = tf.shape(image)
-    height, width = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-    short = tf.minimum(height, width)
-    # torchvision Resize(int): short side -> target, long side -> int(target * long / short).
-    new_h = tf.where(height <= width, short_target,
-                     tf.cast(tf.floor(short_target * height / short), tf.int32))
-    new_w = tf.where(width < height, short_target,
-                     tf.cast(tf.floor(short_target * width / short), tf.int32))
-    image = resize(image, tf.stack([new_h, new_w]))
-    top = tf.cast(tf.round(tf.cast(new_h - cfg.img_size, tf.float64) / 2), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_w - cfg.img_size, tf.float64) / 2), tf.int32)
-    image = image[top:top + cfg.img_size, left:left + cfg.img_size]
-    return _normalize(tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3)))
+def eval_geometry(height, width, img_size, crop_pct):
+    """torchvision's Resize(floor(img_size / crop_pct)) + CenterCrop(img_size), as timm's eval: the
+    resized (height, width) and the crop's (top, left) in it (round half to even, as torchvision)."""
+    short_target = math.floor(img_size / crop_pct)
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    short = tf.minimum(h, w)
+    # Resize(int): the short side -> target, the long side -> int(target * long / short).
+    new_h = tf.where(height <= width, short_target, tf.cast(tf.floor(short_target * h / short), tf.int32))
+    new_w = tf.where(width < height, short_target, tf.cast(tf.floor(short_target * w / short), tf.int32))
+    top = tf.cast(tf.round(tf.cast(new_h - img_size, tf.float64) / 2), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - img_size, tf.float64) / 2), tf.int32)
+    return tf.stack([new_h, new_w]), tf.stack([top, left])
+
+
+def eval_transform(source, cfg, decoded=False):
+    """timm's eval transform, uint8 out, decoding and resizing only the window under the centre crop.
+
+    Each output pixel of PIL's resize reads only the input pixels under its filter, so resizing that
+    window, placed where it lies, gives the very pixels of resizing the whole image and then cropping.
+    """
+    def geometry(height, width):
+        new_size, crop_start = eval_geometry(height, width, cfg.img_size, cfg.crop_pct)
+        return new_size, crop_start, [resize_support((height, width)[a], new_size[a], crop_start[a],
+                                                     cfg.img_size, cfg.interpolation) for a in (0, 1)]
+
+    def window_fn(height, width):
+        (top, bottom), (left, right) = geometry(height, width)[2]
+        return top, left, bottom - top, right - left
+
+    window, offset, shape = (crop_window if decoded else decode_window)(source, window_fn)
+    new_size, crop_start, _ = geometry(shape[0], shape[1])
+    size = (cfg.img_size, cfg.img_size)
+    image = resize_region(window, offset, shape, new_size, crop_start, size, cfg.interpolation)
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
