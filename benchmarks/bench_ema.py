@@ -196,7 +196,8 @@ def timm_runner(model_name, batch, steps, decay, options):
     batches = StampedBatches(batch, steps + 1)
 
     def timed():
-        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, **options)
+        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, device='cpu',
+                                    **options)
         return (batches.stamps[-1] - batches.stamps[1]) / steps
     return timed
 
