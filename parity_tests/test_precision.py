@@ -86,8 +86,10 @@ def test_each_setting_left_unpinned_is_named(setting):
     assert any(words[setting] in w for w in wrong), wrong  # torch links its matmul switches: one may flip others
 
 
-def test_a_parity_test_that_runs_unpinned_fails(pytester):
-    """The conftest's hook and fixture fail a test whose precision is unpinned at its call or at its end."""
+def test_a_parity_test_that_runs_unpinned_fails(pytester, monkeypatch):
+    """The conftest's hook and fixture fail a test whose precision is unpinned at its call or at its end; a
+    float64 test is skipped, with the reason, where float64 is missing."""
+    monkeypatch.setattr(precision, 'float64_missing', lambda: 'float64 bound cannot hold here: made up')
     pytester.makeconftest('from parity_tests.conftest import *  # noqa: F401,F403')
     pytester.makepyfile(test_cases="""
         import pytest
@@ -107,13 +109,22 @@ def test_a_parity_test_that_runs_unpinned_fails(pytester):
 
         def test_unpins_itself():
             torch.backends.cuda.matmul.allow_tf32 = True
+
+        @pytest.fixture
+        def costly():
+            raise RuntimeError('a skipped float64 test set up its fixtures')
+
+        @pytest.mark.float64
+        def test_in_float64(costly):
+            pass
     """)
     try:
         result = pytester.runpytest_inprocess('-p', 'no:cacheprovider', '-ra')
     finally:
         precision.pin()
-    result.assert_outcomes(passed=2, failed=1, errors=1)  # the teardown error's test itself passed
+    result.assert_outcomes(passed=2, failed=1, errors=1, skipped=1)  # the teardown error's test itself passed
     result.stdout.fnmatch_lines(['*ERROR at teardown of test_unpins_itself*',
+                                 'SKIPPED * float64 bound cannot hold here: made up',
                                  'FAILED test_cases.py::test_unpinned_at_call - AssertionError: precision not p*'])
 
 
