@@ -193,32 +193,53 @@ def timm_runner(model_name, batch, steps, decay, options):
     batches = StampedBatches(batch, steps + 1)
 
     def timed():
-        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, **options)
+        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, device='cpu',
+                                    **options)
         return (batches.stamps[-1] - batches.stamps[1]) / steps
     return timed
 
 
 # --- the run ---------------------------------------------------------------------------------------------
 
+def add_run_flags(p, quick: dict) -> None:
+    """The flags bench_ema.py and gpu_check.py share: sizes, timing, decay, torch threads, --quick."""
+    p.add_argument('-b', '--batch-size', type=int)
+    p.add_argument('--img-size', type=int)
+    p.add_argument('--steps', type=int, help='train steps per variant and round')
+    p.add_argument('--rounds', type=int)
+    p.add_argument('--decay', type=float, default=0.9998)
+    p.add_argument('--torch-threads', type=int, help="torch's intra-op threads (default: torch's own); on an "
+                   'oversubscribed machine its OpenMP step slows many-fold, so say 1 there')
+    p.add_argument('--quick', action='store_true', help=f'a seconds-long smoke run: {quick}')
+
+
+def with_defaults(args, defaults: dict):
+    """`args` with every flag left unset taken from `defaults` (QUICK or FULL)."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def with_torch_threads(args, run):
+    """run(args) with torch's thread count from --torch-threads, restored afterwards (for in-process callers)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.torch_threads or threads)
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', help=f'model of the train steps (default {FULL["model"]})')
     p.add_argument('--ema-model', help=f'model whose state the update alone averages (default {FULL["ema_model"]})')
-    p.add_argument('-b', '--batch-size', type=int)
-    p.add_argument('--img-size', type=int)
-    p.add_argument('--steps', type=int, help='train steps per variant and round (a multiple of 16 times K=16 fairly)')
-    p.add_argument('--rounds', type=int)
     p.add_argument('--reps', type=int, help='EMA updates per variant and round')
-    p.add_argument('--decay', type=float, default=0.9998)
-    p.add_argument('--torch-threads', type=int, help="torch's intra-op threads (default: torch's own); on an "
-                   'oversubscribed machine its OpenMP step slows many-fold, so say 1 there')
-    p.add_argument('--quick', action='store_true', help=f'a seconds-long smoke run: {QUICK}')
+    add_run_flags(p, QUICK)
     p.add_argument('--out', help='JSON path (default benchmarks/results/bench_ema_<backend>.json)')
     args = p.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    return args
+    return with_defaults(args, QUICK if args.quick else FULL)
 
 
 def log(message):
@@ -230,13 +251,7 @@ def init_variables(model, img_size=32):
 
 
 def main(argv=None):
-    args = parse(argv)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(args.torch_threads or threads)
-        return run(args)
-    finally:
-        torch.set_num_threads(threads)  # as it was, for whoever calls main in process
+    return with_torch_threads(parse(argv), run)
 
 
 def run(args):

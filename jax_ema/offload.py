@@ -169,6 +169,7 @@ def _beside_the_ema(train_step_without_ema):
         ema_vars = state.ema_params, state.ema_batch_stats
         state, metrics = jitted(state.replace(ema_params=None, ema_batch_stats=None), batch)
         return state.replace(ema_params=ema_vars[0], ema_batch_stats=ema_vars[1]), metrics
+    step.jitted = jitted  # for inspection (compiled memory plans in benchmarks/gpu_check_trainer.py)
     return step
 
 

@@ -4,7 +4,7 @@
     python -m parity_tests.report --readme   # also rewrite parity_tests/README.md with it
 
 It reuses the test modules' helpers (and test_trajectory's measuring functions), so it measures what the
-tests assert; it is not part of the test run. Rows marked "(timm vs timm)" are calibration, not our code:
+tests assert, with the precision pinned as in the tests; it is not part of the test run. Rows marked "(timm vs timm)" are calibration, not our code:
 how far timm is from itself under another summation order or precision.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict, save_timm_safetensors
 from parity_tests import test_convert, test_ema_parity, test_export_import, test_forward, test_optim_parity
 from parity_tests import test_efficientnet_parity, test_trajectory
+from torch_ref import precision
 
 README = Path(__file__).with_name('README.md')
 
@@ -50,8 +51,11 @@ def fmt(value) -> str:
 # --------------------------------------------------------------------------- EMA (test_ema_parity)
 
 
-def ema_rows():
+def ema_rows(num_steps: int | None = None):
+    """EMA math rows; `num_steps` (default the tests' 1,000) shortens the trajectories (gpu_check --quick)."""
     t = test_ema_parity
+    num_steps = num_steps or t.NUM_STEPS
+    check_at = sorted({s for s in t.CHECK_AT if s < num_steps} | {num_steps})
     rows = []
     worst = {'float64': (0.0, ''), 'float32': (0.0, '')}
     for name, (decay, kwargs) in t.SCHEDULE_CONFIGS.items():
@@ -74,7 +78,7 @@ def ema_rows():
         for name, (decay, kwargs) in t.TRAJECTORY_CONFIGS.items():
             cfg = ema.EmaConfig(decay=decay, **kwargs)
             rng = np.random.default_rng(0)
-            module = t.torch_module().to(getattr(torch, dtype))
+            module = t.torch_module().to(t.torch_device(), getattr(torch, dtype))
             with jax.enable_x64(dtype == 'float64'):
                 state = t.random_state(rng, module, dtype)
                 t.load(module, state)
@@ -82,16 +86,16 @@ def ema_rows():
                 params, stats = t.split(module, state)
                 ema_params, ema_stats = ema.init(params), ema.init(stats)
                 update = jax.jit(functools.partial(ema.update, cfg))
-                for step in range(1, t.NUM_STEPS + 1):
+                for step in range(1, num_steps + 1):
                     state = t.random_state(rng, module, dtype)
                     t.load(module, state)
                     timm_ema.update(module, step=step)
                     ema_params, ema_stats = update(ema_params, ema_stats, *t.split(module, state), step)
-                    if step not in t.CHECK_AT:
+                    if step not in check_at:
                         continue
                     ours = {**ema.tree(ema_params), **ema.tree(ema_stats)}
                     for key, ref in timm_ema.module.state_dict().items():
-                        ref, got = ref.numpy(), np.asarray(ours[key])
+                        ref, got = ref.cpu().numpy(), np.asarray(ours[key])
                         if np.issubdtype(ref.dtype, np.floating):
                             err = float(np.max(np.abs(got.astype(np.float64) - ref)) / np.max(np.abs(ref)))
                         else:
@@ -99,7 +103,7 @@ def ema_rows():
                         if err > err_max:
                             err_max, where = err, f'{name}, {key}, step {step}'
         rows.append((f'EMA of params + BN buffers vs ModelEmaV3, {len(t.TRAJECTORY_CONFIGS)} configs x '
-                     f'{t.NUM_STEPS} steps, {dtype} (x max|timm EMA| per tensor)', t.TOLERANCE[dtype], err_max,
+                     f'{num_steps} steps, {dtype} (x max|timm EMA| per tensor)', t.TOLERANCE[dtype], err_max,
                      where))
     return rows
 
@@ -112,7 +116,7 @@ def forward_rows():
     rows = []
     for name in t.PARITY_MODELS:
         torch.manual_seed(0)
-        timm_init = timm.create_model(name, pretrained=False, num_classes=t.NUM_CLASSES).eval()
+        timm_init = timm.create_model(name, pretrained=False, num_classes=t.NUM_CLASSES).eval().to(t.DEVICE)
         models = {'timm_init': timm_init, 'random_bn': t._randomise_batchnorms(copy.deepcopy(timm_init), seed=1)}
         flax_model = create_model(name, t.NUM_CLASSES)
         eval_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))
@@ -352,6 +356,8 @@ jax_ema against timm's own code (timm {timm.__version__}, torch {torch.__version
 EMA math, lr schedules, optimizers, loss, forward passes, weight conversion, export/import, and whole
 training trajectories of our jitted `train_step` against timm's train.py loop (`torch_ref/trainer.py`).
 float64 runs prove the semantics (only summation order differs); float32 runs bound the float32 error.
+Both sides compute at one pinned float32 precision, torch on the GPU when there is one
+(`torch_ref/precision.py`, docs/gpu.md).
 Rows "(timm vs timm)" are calibration: how far timm is from itself.
 
 Trajectory cases (ResNet-18 unless another model is named, from timm's init, 32x32 random images, batch 8, 10 classes, label smoothing 0.1):
@@ -369,6 +375,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m parity_tests.report', description=__doc__.splitlines()[0])
     parser.add_argument('--readme', action='store_true', help=f'also write the table into {README}')
     args = parser.parse_args(argv)
+    precision.pin()  # as the tests run: one float32 precision on both sides (torch_ref/precision.py)
     start, rows = time.time(), []
     for section in (ema_rows, forward_rows, family_rows, optim_rows, convert_rows, export_rows, trajectory_rows,
                     calibration_rows):

@@ -13,6 +13,7 @@ import torch
 from jax_ema.convert import to_flax, to_timm
 from jax_ema.errors import UserError
 from jax_ema.models import MODEL_NAMES, create_model
+from torch_ref.precision import torch_device
 
 NUM_CLASSES = 11
 
@@ -130,8 +131,8 @@ def test_timm_loads_exported_safetensors(tmp_path):
     assert set(state_dict) == set(exported)
     for key, value in state_dict.items():
         np.testing.assert_array_equal(value.numpy(), exported[key], err_msg=key)
-    loaded.eval()
+    loaded.eval().to(torch_device())
     with torch.no_grad():
-        expected = loaded(torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)).numpy()
+        expected = loaded(torch.from_numpy(np.array(x)).to(torch_device()).permute(0, 3, 1, 2)).cpu().numpy()
     logits = np.asarray(model.apply(variables, x, train=False))
     assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()

@@ -1,11 +1,15 @@
 """Every EfficientNet / MobileNetV3 model imports timm weights, trains through the CLI, exports to timm.
 
-Per model: timm's model with random BatchNorms gives our eval logits (<= 1e-5 x max|logits|) on its weights
-converted; saved as .safetensors it starts `python -m jax_ema.train --initial-checkpoint` (in-process `main`)
+Per model: timm's weights saved as .safetensors start `python -m jax_ema.train --initial-checkpoint` (in-process `main`)
 on a tiny image folder, one epoch of 2 updates with EMA, --drop and --drop-path; `python -m jax_ema.export
 --use-ema` of the run loads strictly into timm and gives our logits of the EMA weights; reading the file
-back gives the checkpoint's EMA weights bit for bit. One compiled forward per model serves both checks.
+back gives the checkpoint's EMA weights bit for bit. Our eval logits on timm's weights are checked by
+test_efficientnet_parity.py (`flax_eval`: one compiled forward per model serves both checks).
+
+The trainer's input pipeline is tf.data: without TensorFlow (the GPU image) this module is skipped.
 """
+import importlib.util
+
 import jax
 import numpy as np
 import pytest
@@ -19,12 +23,15 @@ from jax_ema.convert import to_flax
 from jax_ema.export import main as export_main
 from jax_ema.timm_io import load_timm_state_dict
 from jax_ema.train import main as train_main
-from test_efficientnet_parity import FAMILY, NUM_CLASSES, eval_error, flax_eval
-from test_forward import _images, _max_rel_err, _state_dict, _torch_forward
+from test_efficientnet_parity import FAMILY, NUM_CLASSES, flax_eval
+from test_forward import DEVICE, _images, _max_rel_err, _state_dict, _torch_forward
 
 pytestmark = pytest.mark.slow  # one CLI training run per model
 
 IMG = 32
+# find_spec, not importorskip: importing tensorflow here, before triton, would break torch (jax_ema._compat).
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None,
+                                reason="no TensorFlow: the trainer's input pipeline (tf.data) needs it")
 
 
 @pytest.fixture(scope='module')
@@ -44,8 +51,6 @@ def image_folder(tmp_path_factory):
 
 @pytest.mark.parametrize('name', FAMILY)
 def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
-    assert eval_error(name) <= 1e-5
-
     torch.manual_seed(2)  # timm's own init: random BatchNorm statistics would not suit training
     initial_weights = _state_dict(timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES))
     initial = tmp_path / 'initial.safetensors'
@@ -68,6 +73,7 @@ def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
     out = tmp_path / f'{name}.safetensors'
     assert export_main(['--checkpoint', str(tmp_path / 'run'), '--use-ema', '--out', str(out)]) == 0
     model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES, checkpoint_path=str(out)).eval()
+    model.to(DEVICE)
     assert set(model.state_dict()) == set(safetensors.numpy.load_file(out))  # strict load: every key
     x = _images(8, IMG)
     assert _max_rel_err(np.asarray(flax_eval(name)(ema_vars, x)), _torch_forward(model, x)) <= 1e-5

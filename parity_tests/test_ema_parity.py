@@ -1,5 +1,7 @@
 """jax_ema.ema against timm's own ModelEmaV3: the decay schedule and 1,000-step EMA trajectories.
 
+timm's EMA runs on torch's GPU when there is one (torch_ref.precision.torch_device).
+
 float64 runs use `with jax.enable_x64(True)` and float32 runs `with jax.enable_x64(False)`, so the
 results do not depend on the process-global x64 flag another test module may have set.
 """
@@ -13,6 +15,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from jax_ema import ema
+from torch_ref.precision import torch_device
 
 NUM_STEPS = 1000
 CHECK_AT = (1, 2, 11, 12, 13, 100, 500, NUM_STEPS)  # steps where the two EMAs are compared
@@ -27,6 +30,7 @@ TRAJECTORY_CONFIGS = {
     'exclude_buffers_d99': (0.99, dict(exclude_buffers=True)),
 }
 TOLERANCE = {'float64': 1e-12, 'float32': 2e-5}  # max |ours - timm| / max |timm EMA|, per tensor
+DTYPES = [pytest.param('float64', marks=pytest.mark.float64), 'float32']
 
 
 def torch_module():
@@ -61,7 +65,7 @@ def load(module, state):
 def assert_close(timm_ema, ema_params, ema_stats, dtype, step):
     ours = {**ema.tree(ema_params), **ema.tree(ema_stats)}
     for name, ref in timm_ema.module.state_dict().items():
-        ref = ref.numpy()
+        ref = ref.cpu().numpy()
         got = np.asarray(ours[name])
         if not np.issubdtype(ref.dtype, np.floating):
             assert got == ref, f'{name} at step {step}: int buffer {got} != {ref}'
@@ -71,13 +75,13 @@ def assert_close(timm_ema, ema_params, ema_stats, dtype, step):
         assert err <= TOLERANCE[dtype], f'{name} at step {step}: relative error {err:.3g}'
 
 
-@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('name', list(TRAJECTORY_CONFIGS))
 def test_trajectory_matches_model_ema_v3(name, dtype):
     decay, kwargs = TRAJECTORY_CONFIGS[name]
     cfg = ema.EmaConfig(decay=decay, **kwargs)
     rng = np.random.default_rng(0)
-    module = torch_module().to(getattr(torch, dtype))
+    module = torch_module().to(torch_device(), getattr(torch, dtype))
     with jax.enable_x64(dtype == 'float64'):
         state = random_state(rng, module, dtype)
         load(module, state)
@@ -109,6 +113,7 @@ SCHEDULE_CONFIGS = {
 STEPS = np.unique(np.concatenate([np.arange(2001), np.geomspace(2000, 1e6, 300).astype(np.int64)]))
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize('name', list(SCHEDULE_CONFIGS))
 def test_step_size_matches_get_decay(name):
     decay, kwargs = SCHEDULE_CONFIGS[name]
@@ -130,14 +135,14 @@ def test_step_size_matches_get_decay(name):
     assert err32 <= 1e-6, f'float32 relative error {err32:.3g}'
 
 
-@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('every,warmup', [(4, False), (4, True), (16, True)])
 def test_update_every_k_matches_timm_applied_every_k_with_decay_to_the_k(every, warmup, dtype):
     """--model-ema-update-every K: timm's EMA applied every K updates with get_decay(step) ** K."""
     decay = 0.999
     cfg = ema.EmaConfig(decay=decay, use_warmup=warmup, update_every=every)
     rng = np.random.default_rng(1)
-    module = torch_module().to(getattr(torch, dtype))
+    module = torch_module().to(torch_device(), getattr(torch, dtype))
     with jax.enable_x64(dtype == 'float64'):
         state = random_state(rng, module, dtype)
         load(module, state)

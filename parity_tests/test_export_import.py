@@ -24,7 +24,7 @@ from jax_ema.export import main as export_main
 from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict
 from jax_ema.train import create_train_state, train_step
-from test_forward import _randomise_batchnorms
+from test_forward import DEVICE, _randomise_batchnorms
 
 NAME, NUM_CLASSES, IMG = 'resnet18', 5, 32
 RTOL = 1e-5  # of max |logits|
@@ -44,7 +44,7 @@ def images():
 
 def _timm_logits(model, x):
     with torch.no_grad():
-        return model.eval()(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+        return model.eval().to(DEVICE)(torch.from_numpy(x).to(DEVICE).permute(0, 3, 1, 2)).cpu().numpy()
 
 
 def _max_rel_err(ours, theirs):

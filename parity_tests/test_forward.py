@@ -1,4 +1,8 @@
-"""Forward parity against timm's own ResNets: eval and train mode, float32 and float64."""
+"""Forward parity against timm's own ResNets: eval and train mode, float32 and float64.
+
+timm runs on torch's GPU when there is one (`DEVICE`); the precision is pinned on both sides by
+conftest.py (torch_ref/precision.py).
+"""
 
 import copy
 
@@ -11,7 +15,9 @@ import torch
 
 from jax_ema.convert import to_flax
 from jax_ema.models import create_model
+from torch_ref.precision import torch_device
 
+DEVICE = torch_device()
 NUM_CLASSES = 7
 PARITY_MODELS = ('resnet18', 'resnet50')
 
@@ -39,8 +45,10 @@ def _images(batch: int, size: int, dtype=np.float32) -> np.ndarray:
 
 
 def _torch_forward(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """timm's logits of NHWC images `x`, on the device that holds `model`."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+        return model(torch.from_numpy(x).to(device).permute(0, 3, 1, 2)).cpu().numpy()
 
 
 def _max_rel_err(ours, theirs) -> float:
@@ -55,7 +63,7 @@ def pair(request):
     """name, timm models {'timm_init', 'random_bn'} (eval mode), jitted flax eval and train functions."""
     name = request.param
     torch.manual_seed(0)
-    timm_init = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval()
+    timm_init = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).eval().to(DEVICE)
     models = {'timm_init': timm_init, 'random_bn': _randomise_batchnorms(copy.deepcopy(timm_init), seed=1)}
     flax_model = create_model(name, NUM_CLASSES)
     eval_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))
@@ -74,6 +82,7 @@ def test_eval_forward_matches_timm(pair, init, batch, size):
     assert _max_rel_err(logits, expected) <= 1e-5
 
 
+@pytest.mark.float64  # the float32 bound is calibrated on timm's float64 run
 def test_train_forward_and_running_stats_match_timm(pair):
     """One train-mode step; float32 roundoff tolerance calibrated on timm's own float32-vs-float64 gap.
 
@@ -107,6 +116,7 @@ def test_train_forward_and_running_stats_match_timm(pair):
         assert _max_rel_err(ours, theirs64) <= max(1e-5, 2 * roundoff), jax.tree_util.keystr(path)
 
 
+@pytest.mark.float64
 def test_float64_matches_timm_to_roundoff(pair):
     """In float64 the only differences are summation order: any gap above 1e-10 is a bug."""
     name, models, _, _ = pair

@@ -1,6 +1,8 @@
 """jax_ema.optim vs timm's own optimizer factory, schedulers and loss, in float64.
 
 Every float64 check runs inside `with jax.enable_x64(True):`, so x64 never leaks into other tests.
+timm's optimizers and loss run on torch's GPU when there is one (torch_ref.precision.torch_device);
+its schedulers only do arithmetic on Python floats.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 from jax_ema import lr_noise, optim
+from torch_ref.precision import torch_device
 
 RTOL = 1e-12
 
@@ -79,6 +82,7 @@ def schedule_vs_timm(case):
     return ours, expected, num_epochs, timm_epochs
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize('case', SCHEDULE_CASES, ids=lambda c: '-'.join(f'{k}={v}' for k, v in c.items()))
 def test_schedule_matches_timm_stepped_like_train_py(case):
     ours, expected, num_epochs, timm_epochs = schedule_vs_timm(case)
@@ -114,6 +118,7 @@ def our_lrs(case, count, x64=True):
         return np.asarray(ours, np.float64), num_epochs
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize('name', NOISE_CASES)
 def test_step_schedule_and_lr_noise_match_timm(name):
     case = {**RECIPE, **NOISE_CASES[name]}
@@ -197,7 +202,7 @@ def optimizer_steps(opt, lr, extra):
     extra = {'momentum': 0.9, **extra}
     grad_scale = extra.pop('grad_scale', 1.0)
     torch.manual_seed(0)
-    net = SmallNet().double()
+    net = SmallNet().double().to(torch_device())
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for p in net.parameters():
@@ -209,7 +214,7 @@ def optimizer_steps(opt, lr, extra):
         step_on_epochs=False, updates_per_epoch=upe)
 
     with jax.enable_x64(True):
-        params = to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
+        params = to_flax_tree({n: p.detach().cpu().numpy() for n, p in net.named_parameters()})
         schedule, _ = optim.create_lr_schedule('cosine', lr, epochs, upe, 1, 1e-3, 1e-4, sched_on_updates=True)
         tx = optim.create_optimizer(opt, schedule, weight_decay, **extra)
         state = tx.init(params)
@@ -223,14 +228,15 @@ def optimizer_steps(opt, lr, extra):
             grads = {n: grad_scale * rng.normal(size=tuple(p.shape)) for n, p in net.named_parameters()}
             timm_lr = optimizer.param_groups[0]['lr']
             for n, p in net.named_parameters():
-                p.grad = torch.from_numpy(grads[n].copy())  # torch may update grads in place
+                p.grad = torch.from_numpy(grads[n].copy()).to(p.device)  # torch may update grads in place
             optimizer.step()
             scheduler.step_update(num_updates=num_updates)
             params, state = step(params, state, to_flax_tree(grads))
-            expected = to_flax_tree({n: p.detach().numpy() for n, p in net.named_parameters()})
+            expected = to_flax_tree({n: p.detach().cpu().numpy() for n, p in net.named_parameters()})
             yield num_updates, float(optim.current_lr(state)), timm_lr, params, expected
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize('opt,lr,extra', OPT_CASES,
                          ids=[f'{o}-{"-".join(e)}' if e else o for o, _, e in OPT_CASES])
 def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
@@ -246,12 +252,13 @@ def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
 # --------------------------------------------------------------------------- loss
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.35])
 def test_cross_entropy_matches_timm_and_torch(smoothing):
     rng = np.random.default_rng(1)
     logits = rng.normal(scale=3.0, size=(16, 10))
     labels = rng.integers(0, 10, size=16)
-    t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels)
+    t_logits, t_labels = torch.from_numpy(logits).to(torch_device()), torch.from_numpy(labels).to(torch_device())
     timm_loss = LabelSmoothingCrossEntropy(smoothing=smoothing)(t_logits, t_labels).item()
     torch_loss = F.cross_entropy(t_logits, t_labels, label_smoothing=smoothing).item()
     with jax.enable_x64(True):

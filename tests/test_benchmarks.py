@@ -1,16 +1,23 @@
-"""Smoke tests of benchmarks/bench_ema.py and bench_input.py: their --quick runs, in process, write every
-figure (no timings judged)."""
+"""Smoke tests of benchmarks/bench_ema.py and bench_input.py (their --quick runs, in process) and
+benchmarks/gpu_check.py (its --quick run where TensorFlow cannot be imported): every figure written, no timing
+judged."""
+import glob
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
-BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, 'benchmarks')
 sys.path.insert(0, BENCHMARKS)
 import bench_ema  # noqa: E402
+import gpu_check  # noqa: E402
+from torch_ref.precision import problems as precision_problems  # noqa: E402
 
 STEP_VARIANTS = {'no_ema', 'device_ema', 'host_ema', 'host_ema_k4', 'host_ema_k16'}
 TIMM_VARIANTS = {'timm_no_ema', 'timm_ema', 'timm_ema_force_cpu'}
@@ -114,3 +121,88 @@ def test_input_quick_defaults_yield_to_explicit_flags():
     args = bench_input.parse(['--quick', '--rounds', '3'])
     assert (args.rounds, args.batches) == (3, bench_input.QUICK['batches'])
     assert bench_input.parse([]).images == bench_input.FULL['images']
+
+
+# --------------------------------------------------------------------------- benchmarks/gpu_check.py
+
+# What a GPU image without TensorFlow and tensorboardX must import: the step, the loop, the EMA placements,
+# the torch reference, every parity test module, and gpu_check itself (run whole below).
+NO_TF_MODULES = ['jax_ema.train', 'jax_ema.loop', 'jax_ema.offload', 'jax_ema.checkpoint', 'torch_ref.trainer',
+                 'torch_ref.precision', 'report'] + sorted(
+    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'parity_tests', 'test_*.py')))
+WITHOUT_TENSORFLOW = """
+import importlib, json, sys
+BLOCKED = ('tensorflow', 'tensorflow_datasets', 'tensorboardX', 'tensorboard')
+for name in BLOCKED:
+    sys.modules[name] = None  # as if not installed: `import` raises ImportError, find_spec gives None
+sys.path[:0] = [{root!r}, {parity!r}, {benchmarks!r}]
+for name in {modules!r}:
+    importlib.import_module(name)
+import gpu_check
+code = gpu_check.main(['--quick', '--out', {out!r}])
+loaded = [m for m in sys.modules if m.split('.')[0] in BLOCKED and sys.modules[m] is not None]
+print(json.dumps(dict(code=code, loaded=loaded)))
+"""
+
+
+@pytest.fixture(scope='module')
+def gpu_check_run(tmp_path_factory):
+    """gpu_check.py --quick in a fresh interpreter where TensorFlow and tensorboardX cannot be imported."""
+    out = str(tmp_path_factory.mktemp('gpu_check') / 'gpu_check.json')
+    code = WITHOUT_TENSORFLOW.format(root=ROOT, parity=os.path.join(ROOT, 'parity_tests'), benchmarks=BENCHMARKS,
+                                     modules=NO_TF_MODULES, out=out)
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), 'jax_ema_test_xla_cache'),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.loads(proc.stdout.strip().splitlines()[-1]), json.load(f), out, proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_needs_no_tensorflow(gpu_check_run):
+    result, report, _, _ = gpu_check_run
+    assert len(NO_TF_MODULES) > 10  # the parity test modules were found
+    assert result == {'code': 0, 'loaded': []}
+    assert report['machine']['modules_loaded'] == {'tensorflow': False, 'tensorboardX': False}
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_report(gpu_check_run):
+    _, report, _, stdout = gpu_check_run
+    parts = report['parts']
+    assert set(parts) == {'parity', 'step', 'timm', 'loop'}
+    parity = parts['parity']
+    assert parity['failed'] == 0 and len(parity['rows']) >= 5 and all(r['ok'] for r in parity['rows'])
+    assert precision_problems(parity['precision']) == []  # measured with the pins in force
+    variants = {f'{d}_ema_{p}' for d in ('float32', 'bfloat16') for p in ('none', 'device', 'host', 'sharded')}
+    assert set(parts['step']['images_per_s']) == set(parts['step']['memory']) == variants
+    for dtype in ('float32', 'bfloat16'):
+        none, device, host = (parts['step']['memory'][f'{dtype}_ema_{p}'] for p in ('none', 'device', 'host'))
+        assert device['device_bytes'] - none['device_bytes'] == device['ema_bytes'] > 0  # the EMA, on the device
+        assert host['host_bytes'] == host['ema_bytes'] and host['device_bytes'] == none['device_bytes']  # on the host
+        assert none['peak_device_bytes'] < device['peak_device_bytes'] and host['peak_device_bytes'] < \
+            device['peak_device_bytes']
+    assert set(parts['timm']['images_per_s']) == {f'timm_eager_{d}_ema_{e}' for d in ('float32', 'bfloat16')
+                                                  for e in ('none', 'device', 'cpu')}
+    runs = parts['loop']['runs']
+    assert set(runs) == {f'float32_ema_{p}' for p in ('none', 'device', 'host', 'sharded')} | {
+        'float32_ema_device_batches_on_device'}
+    assert all(len(r['loop_images_per_s']) == 2 for r in runs.values())  # 6 updates, log every 2: the first dropped
+    assert all(r['checkpoint_bytes'] > 0 and r['checkpoint_s'] > 0 for n, r in runs.items() if 'batches' not in n)
+    machine = report['machine']
+    assert len(machine['commit']) == 40 and machine['versions']['timm'] and machine['backend'] == 'cpu'
+    bad = {path: x for path, x in positive_numbers(parts) if not math.isfinite(x) or x < 0}
+    assert not bad
+    assert stdout.count('| step | jax_ema ') == len(variants) and '| loop | train_epoch' in stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_only_reruns_one_part(gpu_check_run, tmp_path):
+    _, before, out, _ = gpu_check_run
+    copy = tmp_path / 'report.json'
+    copy.write_text(json.dumps(before))
+    assert gpu_check.main(['--quick', '--only', 'timm', '--out', str(copy)]) == 0
+    after = json.loads(copy.read_text())
+    assert after['parts']['step'] == before['parts']['step'] and after['parts']['loop'] == before['parts']['loop']
+    assert after['parts']['timm']['samples'] != before['parts']['timm']['samples']  # measured anew

@@ -5,7 +5,8 @@ Per update, as in train.py's `train_one_epoch`:
     loss = loss_fn(model(x), y); loss.backward(); optimizer.step()
     num_updates += 1; optimizer.zero_grad(); model_ema.update(model, step=num_updates)
     lr_scheduler.step_update(num_updates=num_updates)
-and at each epoch end `lr_scheduler.step(epoch + 1)`.
+and at each epoch end `lr_scheduler.step(epoch + 1)`. It runs on torch's GPU when there is one
+(`precision.torch_device`); the parity tests pin its float32 precision (torch_ref/precision.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import timm.scheduler
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.utils import ModelEmaV3
+
+from torch_ref.precision import torch_device
 
 DTYPES = {'float32': torch.float32, 'float64': torch.float64}
 
@@ -41,11 +44,12 @@ def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='f
                   opt='sgd', lr=0.1, weight_decay=1e-4, momentum=0.9, opt_kwargs=None,
                   sched='cosine', epochs=1, updates_per_epoch=None, warmup_epochs=0, warmup_lr=1e-5,
                   min_lr=0., sched_on_updates=True, sched_kwargs=None, smoothing=0.1,
-                  model_ema=True, ema_decay=0.9998, ema_warmup=False, ema_kwargs=None) -> dict:
+                  model_ema=True, ema_decay=0.9998, ema_warmup=False, ema_kwargs=None, device=None) -> dict:
     """Train timm's `model_name` on `batches` = [(images NHWC, int labels), ...], one update each.
 
     The schedule spans `epochs` x `updates_per_epoch` updates (default: the batches split evenly
-    over `epochs`); the run may stop early but not run past it. Returns {'losses': [float per step],
+    over `epochs`); the run may stop early but not run past it. `device`: torch's (default: the GPU when
+    there is one; ModelEmaV3 follows the model unless `ema_kwargs` names a device). Returns {'losses': [float per step],
     'lrs': [lr used by each step], 'state_dict': numpy dict, 'ema_state_dict': numpy dict or None}.
     """
     if updates_per_epoch is None:
@@ -53,7 +57,8 @@ def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='f
     if len(batches) > epochs * updates_per_epoch:
         raise ValueError(f'{len(batches)} batches exceed the schedule of {epochs} x {updates_per_epoch} updates')
     torch_dtype = DTYPES[dtype]
-    model = create_model(model_name, num_classes, state_dict=state_dict, dtype=dtype, seed=seed)
+    device = torch_device() if device is None else torch.device(device)
+    model = create_model(model_name, num_classes, state_dict=state_dict, dtype=dtype, seed=seed).to(device)
 
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **(opt_kwargs or {}))
@@ -70,8 +75,8 @@ def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='f
     losses, lrs = [], []
     num_updates = 0
     for images, labels in batches:
-        x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).to(torch_dtype).contiguous()
-        y = torch.from_numpy(np.asarray(labels)).long()
+        x = torch.from_numpy(np.asarray(images)).to(device).permute(0, 3, 1, 2).to(torch_dtype).contiguous()
+        y = torch.from_numpy(np.asarray(labels)).to(device).long()
         groups = optimizer.param_groups
         lrs.append(sum(g['lr'] for g in groups) / len(groups))
 
