@@ -16,7 +16,8 @@ from jax_ema.errors import UserError
 
 # Defaults used only when no DATA is given (the embedded digits, 1,437 training images of 8x8 px).
 DIGITS_DEFAULTS = dict(epochs=10, img_size=32, batch_size=64, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
-                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0)
+                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0, interpolation='bilinear',
+                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))  # ImageNet's, whatever the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,16 +101,28 @@ class Config:
     no_resume_opt: bool = False
     checkpoint_hist: int = 10
     eval_metric: str = 'top1'
+    # pretrained weights and the data config (jax_ema/pretrained.py, jax_ema/data_config.py)
+    pretrained: bool = False                   # timm's weights of --model (NAME or NAME.TAG) from the HF hub
+    pretrained_path: Optional[str] = None      # the pretrained weights from this file (implies --pretrained)
+    input_size: Optional[tuple] = None         # (3, N, N): wins over --img-size, as in timm
+    interpolation: Optional[str] = None        # bilinear | bicubic; None: the model's
+    mean: Optional[tuple] = None               # None: the model's
+    std: Optional[tuple] = None
 
     def resolved(self) -> 'Config':
-        """Fill the data-dependent defaults: timm's for a user folder, small ones for digits."""
-        timm = dict(epochs=300, img_size=224, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
-                    scale=(0.08, 1.0), hflip=0.5, crop_pct=0.875)
+        """Fill the data-dependent defaults: timm's for a user folder, small ones for digits; then the data
+        config: the model's (timm's resolve_data_config) for a user folder, the digits' own for the digits."""
+        timm = dict(epochs=300, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
+                    scale=(0.08, 1.0), hflip=0.5)
         base = DIGITS_DEFAULTS if self.data is None else timm
         fill = {k: v for k, v in base.items() if getattr(self, k) is None}
         if self.data is None and self.lr_base != 0.1 and self.lr is None:
             fill.pop('lr')  # the user asked for lr scaling from --lr-base
-        return dataclasses.replace(self, **fill)
+        config = dataclasses.replace(self, **fill, pretrained=self.pretrained or bool(self.pretrained_path))
+        from jax_ema import data_config
+        resolved = data_config.resolve_data_config(config.model, config.img_size, config.input_size, config.crop_pct,
+                                                   config.mean, config.std, config.interpolation)
+        return dataclasses.replace(config, **data_config.config_fields(resolved))
 
 
 def _decay(text: str) -> float:
@@ -215,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     a('--no-resume-opt', action='store_true', help='do not restore the optimizer state when resuming')
     a('--checkpoint-hist', type=int, default=10)
     a('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'))
+    a('--pretrained', action='store_true',
+      help="start from timm's pretrained weights of --model (NAME: its default tag, or NAME.TAG), fetched from "
+           'the Hugging Face hub (HF_HUB_OFFLINE, HF_HOME, HF_HUB_CACHE apply)')
+    a('--pretrained-path', default=None, metavar='FILE',
+      help='the pretrained weights from this file instead (.safetensors; .pth/.bin need torch); implies --pretrained')
+    a('--input-size', type=int, nargs=3, default=None, metavar='N',
+      help="3 N N: image size (wins over --img-size; default: the model's pretrained config)")
+    a('--interpolation', default=None, metavar='NAME', help="bilinear or bicubic (default: the model's)")
+    a('--mean', type=float, nargs='+', default=None, metavar='MEAN', help="normalisation mean (default: the model's)")
+    a('--std', type=float, nargs='+', default=None, metavar='STD', help="normalisation std (default: the model's)")
     return p
 
 
@@ -252,7 +275,7 @@ def parse_args(argv=None) -> Config:
     if ema_decay is not None:
         args['model_ema'], args['model_ema_decay'] = True, ema_decay
     _split_ema_flags(args)
-    for key in ('scale', 'ratio', 'opt_betas', 'lr_noise'):
+    for key in ('scale', 'ratio', 'opt_betas', 'lr_noise', 'input_size', 'mean', 'std'):
         if args[key] is not None:
             args[key] = tuple(args[key])
     for key in ('batch_size', 'validation_batch_size', 'epochs', 'img_size', 'num_classes', 'log_interval',

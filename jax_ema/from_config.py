@@ -8,7 +8,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from jax_ema import ema, optim
+from jax_ema import data_config, ema, optim, pretrained_cfgs
 from jax_ema.config import Config
 
 log = logging.getLogger('jax_ema.train')
@@ -37,7 +37,8 @@ def load_data(config: Config):
                           num_classes=config.num_classes, seed=config.seed, scale=config.scale,
                           ratio=config.ratio, hflip=config.hflip, crop_pct=config.crop_pct,
                           num_workers=config.workers, auto_augment=config.aa, reprob=config.reprob,
-                          remode=config.remode, recount=config.recount)
+                          remode=config.remode, recount=config.recount,
+                          interpolation=config.interpolation, mean=config.mean, std=config.std)
     return data.load_datasets(cfg)
 
 
@@ -46,7 +47,10 @@ def checkpoint_metadata(config: Config, num_classes: int, ema_cfg, epoch: int, p
     return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
                 ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
                 epoch=epoch, position=position, metrics=metrics,
-                loss_scale=bool(config.amp and config.amp_dtype == 'float16'))
+                loss_scale=bool(config.amp and config.amp_dtype == 'float16'),
+                data_config=data_config.to_json(data_config.of_config(config)),
+                pretrained=(config.pretrained_path or pretrained_cfgs.lookup(config.model).hub_id)
+                if config.pretrained and not config.initial_checkpoint else None)
 
 
 def check_trainable(model, variables, batch_size: int, img_size: int) -> None:

@@ -211,10 +211,15 @@ def _score(metrics: dict, eval_metric: str) -> float:
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
     config = config.resolved()
+    from jax_ema import data_config  # timm's resolve_data_config, done by config.resolved()
+    log.info(data_config.describe(config.model, data_config.of_config(config)))
     where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
     model_kwargs = from_config.model_kwargs(config)
     create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
+    if config.pretrained and not config.initial_checkpoint:  # so do missing weights (--initial-checkpoint wins)
+        from jax_ema import pretrained
+        pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     train_ds, val_ds = from_config.load_data(config)
     num_classes = train_ds.num_classes
@@ -232,6 +237,9 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
             jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
+        if config.pretrained:  # timm's weights; a classifier that does not fit the classes keeps this initialisation
+            variables = precision.cast_params(
+                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype)
     from_config.check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)

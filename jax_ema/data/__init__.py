@@ -32,7 +32,7 @@ from jax_ema.data import rand_augment, random_erasing  # noqa: E402
 from jax_ema.data.folder import (EVAL_SPLIT_SYNONYMS, IMAGE_EXTENSIONS, SPLIT_SEED,  # noqa: E402,F401
                                  TRAIN_SPLIT_SYNONYMS, load_folders, natural_key, stratified_split)
 from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,  # noqa: E402,F401
-                                     decode_image, eval_transform, random_resized_crop_box, resize,
+                                     INTERPOLATIONS, decode_image, eval_transform, random_resized_crop_box, resize,
                                      train_transform)
 
 _DIGITS_MAX = 16.0  # load_digits pixel values are 0..16
@@ -57,6 +57,9 @@ class DataConfig:
     reprob: float = 0.0  # --reprob: random erasing probability
     remode: str = 'pixel'  # --remode: const | rand | pixel
     recount: int = 1  # --recount: at most this many erased boxes per image
+    interpolation: str = 'bilinear'  # resizes of the train and eval transforms: bilinear | bicubic
+    mean: tuple = IMAGENET_DEFAULT_MEAN  # normalisation, per RGB channel, of [0, 1] values
+    std: tuple = IMAGENET_DEFAULT_STD
 
 
 class Dataset:
@@ -192,6 +195,8 @@ def _check_config(cfg: DataConfig) -> None:
         (cfg.remode.lower() in random_erasing.MODES,
          f'--remode must be one of {"/".join(random_erasing.MODES)}, got {cfg.remode!r}'),
         (cfg.recount >= 1, f'--recount must be >= 1, got {cfg.recount}'),
+        (cfg.interpolation in INTERPOLATIONS,
+         f'--interpolation must be one of {"/".join(INTERPOLATIONS)}, got {cfg.interpolation!r}'),
     ]
     for ok, message in checks:
         if not ok:

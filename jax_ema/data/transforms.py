@@ -9,7 +9,15 @@ from jax_ema.data import random_erasing as random_erasing_lib
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data.constants
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-AUGMENT_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)  # timm's aa img_mean
+INTERPOLATIONS = ('bilinear', 'bicubic')  # of PIL's resize, as the data config names them
+
+
+def augment_fill(mean) -> tuple:
+    """timm's RandAugment fill colour (aa img_mean): the normalisation mean in 0..255."""
+    return tuple(min(255, round(255 * m)) for m in mean)
+
+
+AUGMENT_FILL = augment_fill(IMAGENET_DEFAULT_MEAN)
 
 
 def decode_image(data):
@@ -19,15 +27,22 @@ def decode_image(data):
                    lambda: tf.io.decode_png(data, channels=3, dtype=tf.uint8))
 
 
-def resize(image, size):
-    """Bilinear with antialiasing (as PIL's resize), rounded back to whole pixel values as PIL's uint8."""
-    return tf.round(tf.image.resize(image, size, method='bilinear', antialias=True))
+def resize(image, size, method='bilinear'):
+    """PIL's resize (antialiased when shrinking), rounded and clipped back to whole pixel values as PIL's uint8.
+
+    Bilinear and bicubic use PIL's kernels (triangle; Keys cubic with a = -0.5), widened by the scale when
+    shrinking. PIL resizes in two uint8 passes (horizontal, rounded and clipped, then vertical) with 22-bit
+    fixed-point weights; TF in one float pass. Bilinear thus differs by at most 1 level on a few pixels;
+    bicubic, whose overshoot PIL clips between its passes, by up to a few levels near sharp edges
+    (tests/test_data.py measures both against PIL).
+    """
+    return tf.clip_by_value(tf.round(tf.image.resize(image, size, method=method, antialias=True)), 0.0, 255.0)
 
 
-def _normalize(image):
+def _normalize(image, mean, std):
     """0..255 -> [0, 1] -> (x - mean) / std, float32."""
     image = tf.cast(image, tf.float32) / 255.0
-    return (image - tf.constant(IMAGENET_DEFAULT_MEAN)) / tf.constant(IMAGENET_DEFAULT_STD)
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def random_resized_crop_box(key, height, width, scale, ratio):
@@ -64,7 +79,7 @@ def random_resized_crop_box(key, height, width, scale, ratio):
 
 
 def train_transform(image, key, cfg, policy=None):
-    """timm's train order: random-resized crop to img_size (bilinear), horizontal flip (hflip),
+    """timm's train order: random-resized crop to img_size (cfg.interpolation), horizontal flip (hflip),
     RandAugment `policy` (if any), normalise, random erasing (if reprob > 0)."""
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     augment_key, erase_key = tf.unstack(tf.random.experimental.stateless_split(
@@ -72,12 +87,12 @@ def train_transform(image, key, cfg, policy=None):
     shape = tf.shape(image)
     top, left, crop_h, crop_w = random_resized_crop_box(crop_key, shape[0], shape[1], cfg.scale,
                                                         cfg.ratio)
-    crop = resize(image[top:top + crop_h, left:left + crop_w], (cfg.img_size, cfg.img_size))
+    crop = resize(image[top:top + crop_h, left:left + crop_w], (cfg.img_size, cfg.img_size), cfg.interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     crop = tf.cond(flip, lambda: tf.image.flip_left_right(crop), lambda: crop)
     if policy is not None:
-        crop = rand_augment_lib.rand_augment(crop, augment_key, policy, AUGMENT_FILL)
-    image = _normalize(crop)
+        crop = rand_augment_lib.rand_augment(crop, augment_key, policy, augment_fill(cfg.mean))
+    image = _normalize(crop, cfg.mean, cfg.std)
     if cfg.reprob > 0:
         image = random_erasing_lib.random_erasing(image, erase_key, cfg.reprob, cfg.remode.lower(),
                                                   cfg.recount)
@@ -95,8 +110,8 @@ def eval_transform(image, cfg):
                      tf.cast(tf.floor(short_target * height / short), tf.int32))
     new_w = tf.where(width < height, short_target,
                      tf.cast(tf.floor(short_target * width / short), tf.int32))
-    image = resize(image, tf.stack([new_h, new_w]))
+    image = resize(image, tf.stack([new_h, new_w]), cfg.interpolation)
     top = tf.cast(tf.round(tf.cast(new_h - cfg.img_size, tf.float64) / 2), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - cfg.img_size, tf.float64) / 2), tf.int32)
     image = image[top:top + cfg.img_size, left:left + cfg.img_size]
-    return _normalize(tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3)))
+    return _normalize(tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3)), cfg.mean, cfg.std)
