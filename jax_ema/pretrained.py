@@ -74,7 +74,8 @@ def read_weights(model: str, pretrained_path=None) -> dict:
 
 def load_pretrained(model: str, num_classes: int, init_variables, state_dict: dict) -> dict:
     """float32 {'params', 'batch_stats'} (numpy) for create_model(model, num_classes): the timm `state_dict`,
-    with the classifier of `init_variables` when the state_dict's does not fit `num_classes`."""
+    with the classifier of `init_variables` (the model's initialisation; read only then) when the
+    state_dict's does not fit `num_classes`."""
     architecture = split_model_name(model)[0]
     head = convert.classifier(architecture, num_classes)
     fits = all(key in state_dict and np.shape(state_dict[key]) == shape for key, (_, shape) in head.items())
