@@ -217,7 +217,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
     model_kwargs = from_config.model_kwargs(config)
     create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
-    if config.pretrained and not config.initial_checkpoint:  # so do missing weights (--initial-checkpoint wins)
+    pretrained_weights = None  # --pretrained, unless other weights replace them (as in timm) or a resume does
+    if config.pretrained and not (config.initial_checkpoint or config.resume):  # missing weights fail here too
         from jax_ema import pretrained
         pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
@@ -237,7 +238,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
             jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
-        if config.pretrained:  # timm's weights; a classifier that does not fit the classes keeps this initialisation
+        if pretrained_weights is not None:  # a classifier that does not fit the classes keeps this initialisation
             variables = precision.cast_params(
                 pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype)
     from_config.check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
