@@ -6,9 +6,9 @@
 RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`; the model,
 its number of classes and the image size come from the checkpoint. DATA follows the trainer's rules
 (split folders, or class folders split by the run's --val-split-fraction; omitted: the embedded
-digits), and the run's args.yaml (beside checkpoints/) supplies the split names, fraction, crop_pct and
-evaluation batch size, and the checkpoint's metadata the data config (interpolation, mean, std, crop_pct:
-timm's resolve_data_config at training time), so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
+digits), the run's args.yaml (beside checkpoints/) supplies the split names, fraction and evaluation
+batch size, and the checkpoint's metadata the data config (interpolation, mean, std, crop_pct, as the run
+resolved them), so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
 then `--result` and the results as JSON. Unlike timm, top-1/top-5 are not rounded, and `--use-ema` on a
 run without EMA is an error rather than a silent fall-back to the raw weights.
 """
