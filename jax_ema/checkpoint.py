@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jax_ema import ema, parallel
+from jax_ema import data_config, ema, parallel, pretrained_cfgs
 from jax_ema.errors import UserError
 from jax_ema.guard import TrainingDiverged, is_finite_on_host
 
@@ -148,11 +148,16 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
 
 def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
     """The metadata a training run's checkpoint carries (`config` a config.Config); `position` = updates done
-    within `epoch`."""
+    within `epoch`. `data_config` (timm's keys) lets validate and export use the run's; `pretrained` names
+    the weights the run started from (hub repo or file; None from scratch or --initial-checkpoint)."""
+    hub = pretrained_cfgs.lookup(config.model)
+    pretrained = (config.pretrained_path or (hub.hub_id if hub else None)) if config.pretrained else None
     return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
                 ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
                 epoch=epoch, position=position, metrics=metrics,
-                loss_scale=bool(config.amp and config.amp_dtype == 'float16'))
+                loss_scale=bool(config.amp and config.amp_dtype == 'float16'),
+                data_config=data_config.to_json(config.data_config),
+                pretrained=None if config.initial_checkpoint else pretrained)
 
 
 def saved_members(metadata: dict) -> int:

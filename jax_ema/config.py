@@ -5,7 +5,9 @@ Each field is the single source of its flag: default, help text, flag names and 
 `parse_args(argv)` turns a command line into a `Config`. Constructing a `Config` (from the CLI or the
 library API) checks it (`Config.__post_init__`, the one place flags are validated) and fills the defaults
 that depend on the data: timm's for a DATA folder (`TIMM_DEFAULTS`), small ones for the embedded digits
-(`DIGITS_DEFAULTS`), since timm's 300 epochs at 224 px would run for days on a CPU.
+(`DIGITS_DEFAULTS`), since timm's 300 epochs at 224 px would run for days on a CPU. Then it resolves the
+data config once (data_config.py): image size, interpolation, mean/std and crop_pct are the model's
+pretrained config, as timm's `resolve_data_config`, unless a flag sets them; the digits keep their own.
 
 Adding a timm flag is adding one field here (and reading it where it is used).
 """
@@ -16,15 +18,18 @@ import dataclasses
 import typing
 from typing import Optional
 
-from jax_ema import ema, lr_noise
+from jax_ema import data_config, ema, lr_noise
 from jax_ema.cli import ArgumentParser
+from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from jax_ema.errors import UserError
 
 # The defaults that depend on the data, filled where a field is left None.
-TIMM_DEFAULTS = dict(epochs=300, img_size=224, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
-                     scale=(0.08, 1.0), hflip=0.5, crop_pct=0.875)
+# (With DATA the image size, interpolation, mean/std and crop_pct are the model's: data_config.py.)
+TIMM_DEFAULTS = dict(epochs=300, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5,
+                     scale=(0.08, 1.0), hflip=0.5)
 DIGITS_DEFAULTS = dict(epochs=10, img_size=32, batch_size=64, lr=0.1, warmup_epochs=1, weight_decay=5e-4,
-                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0)  # the embedded digits: 1,437 images of 8x8 px
+                       scale=(0.6, 1.0), hflip=0.0, crop_pct=1.0,  # the embedded digits: 1,437 images of 8x8 px
+                       interpolation='bilinear', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)  # any model
 
 GROUPS = {  # theme -> --help section title, in timm's order
     'data': 'Dataset parameters', 'model': 'Model parameters', 'optimizer': 'Optimizer parameters',
@@ -72,8 +77,24 @@ class Config:
         'model', None, 'start from timm weights: .safetensors, or .pth/.pth.tar/.bin (loaded with '
         'weights_only=True)', metavar='PATH')
     initial_checkpoint_ema: bool = flag('model', False, "take the file's state_dict_ema instead of its state_dict")
-    img_size: Optional[int] = flag('model', None)
-    crop_pct: Optional[float] = flag('model', None, 'center crop fraction of the validation images')
+    pretrained: bool = flag('model', False, "start from timm's pretrained weights of --model (NAME: its default "
+                            'tag, or NAME.TAG), fetched from the Hugging Face hub (HF_HUB_OFFLINE, HF_HOME, '
+                            'HF_HUB_CACHE apply)')
+    pretrained_path: Optional[str] = flag('model', None, 'the pretrained weights from this file instead '
+                                          '(.safetensors; .pth/.bin need torch); implies --pretrained',
+                                          metavar='FILE')
+    # the data config (data_config.py): None takes the model's (timm's resolve_data_config), the digits' own
+    img_size: Optional[int] = flag('model', None, "default: the model's data config; 32 without DATA")
+    input_size: Optional[tuple] = flag('model', None, '3 N N: the image size (wins over --img-size, as in timm)',
+                                       nargs=3, type=int, metavar='N')
+    crop_pct: Optional[float] = flag('model', None, "center crop fraction of the validation images (default: the "
+                                     "model's data config; 1.0 without DATA)")
+    interpolation: Optional[str] = flag('model', None, "resize filter: bilinear, bicubic, lanczos or box (default: "
+                                        "the model's data config; bilinear without DATA)", metavar='NAME')
+    mean: Optional[tuple] = flag('model', None, "normalisation mean, 1 or 3 values (default: the model's data "
+                                 "config; ImageNet's without DATA)", nargs='+', type=float, metavar='MEAN')
+    std: Optional[tuple] = flag('model', None, "normalisation std, 1 or 3 values (default: the model's data "
+                                "config; ImageNet's without DATA)", nargs='+', type=float, metavar='STD')
     batch_size: Optional[int] = flag('model', None, 'per device (timm: per GPU)', ('-b', '--batch-size'))
     validation_batch_size: Optional[int] = flag('model', None, 'default: -b', ('-vb', '--validation-batch-size'))
     grad_accum_steps: int = flag('model', 1, 'micro-batches of -b per optimizer and EMA update')
@@ -158,7 +179,14 @@ class Config:
     def __post_init__(self):
         for key, value in _data_defaults(self).items():
             object.__setattr__(self, key, value)
+        for key, value in _resolve_data_config(self).items():
+            object.__setattr__(self, key, value)
         _validate(self)
+
+    @property
+    def data_config(self) -> dict:
+        """The run's data config with timm's keys (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
+        return data_config.of_config(self)
 
     @property
     def ema_placement(self) -> str:
@@ -182,6 +210,15 @@ def _data_defaults(config: Config) -> dict:
     if config.data is None and config.lr_base != Config.lr_base and config.lr is None:
         fill.pop('lr')  # the user asked for lr scaling from --lr-base
     return fill
+
+
+def _resolve_data_config(config: Config) -> dict:
+    """The data config's fields, resolved once as timm's resolve_data_config (--input-size folded into
+    --img-size), and --pretrained implied by --pretrained-path."""
+    resolved = data_config.resolve_data_config(config.model, config.img_size, config.input_size, config.crop_pct,
+                                               config.mean, config.std, config.interpolation)
+    return dict(data_config.config_fields(resolved), input_size=None,
+                pretrained=config.pretrained or bool(config.pretrained_path))
 
 
 def _flag_name(key: str) -> str:

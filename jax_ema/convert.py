@@ -77,6 +77,14 @@ def _mapping(model_name: str, num_classes: int) -> dict:
     return mapping
 
 
+def classifier(model_name: str, num_classes: int) -> dict:
+    """{timm key: (flax path, timm shape)} of the classifier head: the variables whose shape depends on
+    num_classes (e.g. 'fc.weight', 'fc.bias')."""
+    axes = _classes_axes(model_name)
+    return {key: (path, timm_shape) for key, (path, _, timm_shape, _) in _mapping(model_name, num_classes).items()
+            if path in axes}
+
+
 def _num_classes_from_timm(model_name: str, state_dict: dict) -> int:
     axes = _classes_axes(model_name)
     for timm_key, (path, _, timm_shape, kind) in _mapping(model_name, 1).items():

@@ -6,10 +6,15 @@ RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `
 name and number of classes come from the checkpoint, and the file loads into timm with every key:
 
     timm.create_model(MODEL, num_classes=N, checkpoint_path='model.safetensors')
+
+The run's data config (input size, interpolation, mean, std, crop_pct) goes into the file's header
+(`jax_ema.data_config`, JSON) and into the printed line, as `pretrained_cfg_overlay=dict(...)`, with
+which timm's `resolve_data_config(model=...)` gives the run's data config back.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +23,8 @@ from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
 from jax_ema.timm_io import SAFETENSORS_SUFFIX, save_timm_safetensors, variables_from_checkpoint
+
+DATA_CONFIG_KEY = 'jax_ema.data_config'  # in the .safetensors header: the run's data config as JSON
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,9 +54,20 @@ def export(checkpoint_path, out, use_ema: bool = False, ema_index: int | None = 
         raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
                         'it is not one of ours')
     state_dict = to_timm(model, variables)
-    save_timm_safetensors(state_dict, out)
+    data_config = metadata.get('data_config')
+    save_timm_safetensors(state_dict, out, {DATA_CONFIG_KEY: json.dumps(data_config)} if data_config else None)
     return dict(model=model, num_classes=int(num_classes), weights='EMA' if use_ema else 'raw',
-                step_dir=str(step_dir), out=str(out), ema_index=metadata.get('ema_index'))
+                step_dir=str(step_dir), out=str(out), ema_index=metadata.get('ema_index'), data_config=data_config)
+
+
+def timm_call(done: dict) -> str:
+    """The timm.create_model(...) call that loads the exported file with the run's data config."""
+    overlay = ''
+    if done['data_config']:
+        overlay = ', pretrained_cfg_overlay=dict({})'.format(', '.join(
+            f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in done['data_config'].items()))
+    return (f'timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}, '
+            f'checkpoint_path={done["out"]!r}{overlay})')
 
 
 def main(argv=None) -> int:
@@ -58,8 +76,7 @@ def main(argv=None) -> int:
         done = export(args.checkpoint, args.out, use_ema=args.use_ema, ema_index=args.ema_index)
         print(f'Wrote the {done["weights"]} weights of {done["model"]} ({done["num_classes"]} classes) from '
               f'{done["step_dir"]} to {done["out"]}\n'
-              f'Load them with timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}, '
-              f'checkpoint_path={done["out"]!r})', flush=True)
+              f'Load them with {timm_call(done)}', flush=True)
         return 0
     return run_cli(run)
 

@@ -121,8 +121,9 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
     return {_strip_prefixes(k): _to_numpy(v, k, path) for k, v in state_dict.items()}
 
 
-def save_timm_safetensors(state_dict: dict, path) -> Path:
-    """Write a state_dict (name -> array) as `.safetensors`, atomically (temporary file + rename)."""
+def save_timm_safetensors(state_dict: dict, path, metadata: dict | None = None) -> Path:
+    """Write a state_dict (name -> array) as `.safetensors`, atomically (temporary file + rename); `metadata`
+    (str -> str) joins the header's {'format': 'pt'}."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f'output {str(path)!r} is a folder; give a file name ending in {SAFETENSORS_SUFFIX}')
@@ -132,7 +133,7 @@ def save_timm_safetensors(state_dict: dict, path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp',
                                          delete=False) as f:
             tmp = f.name
-        safetensors.numpy.save_file(arrays, tmp, metadata={'format': 'pt'})
+        safetensors.numpy.save_file(arrays, tmp, metadata={'format': 'pt', **(metadata or {})})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plain open(), not mkstemp's 0600

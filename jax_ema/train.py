@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import checkpoint, device_input, ema, loop, offload, optim, parallel, posthoc, precision, reporting
+from jax_ema import (checkpoint, data_config, device_input, ema, loop, offload, optim, parallel, posthoc,
+                     precision, pretrained, reporting)
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -103,10 +104,15 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     """Data, model, optimizer and schedule, and the initial TrainState (on one device, EMA included).
 
     Every bad input is found here, before the run folder is made: an unknown model before the data is
-    read, a too small --img-size by tracing one forward."""
+    read, a too small --img-size by tracing one forward, --pretrained weights missing from the hub's cache
+    before the data is read too."""
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
+    log.info(data_config.describe(config.model, config.data_config))  # resolved by Config, as timm's
     model_kwargs = drop_kwargs(config.drop, config.drop_path)
     create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
+    pretrained_weights = None  # --pretrained, unless other weights replace them (as in timm) or a resume does
+    if config.pretrained and not (config.initial_checkpoint or config.resume):
+        pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     from jax_ema import data  # the only package that imports tensorflow
     train_ds, val_ds = data.load_datasets(data.data_config(config))
@@ -123,6 +129,9 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
             jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
+        if pretrained_weights is not None:  # a classifier that does not fit the classes keeps this initialisation
+            variables = precision.cast_params(
+                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype)
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)

@@ -6,8 +6,9 @@
 RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`; the model,
 its number of classes and the image size come from the checkpoint. DATA follows the trainer's rules
 (split folders, or class folders split by the run's --val-split-fraction; omitted: the embedded
-digits), and the run's args.yaml (beside checkpoints/) supplies the split names, fraction, crop_pct and
-evaluation batch size, so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
+digits), the run's args.yaml (beside checkpoints/) supplies the split names, fraction and evaluation
+batch size, and the checkpoint's metadata the data config (interpolation, mean, std, crop_pct, as the run
+resolved them), so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
 then `--result` and the results as JSON. Unlike timm, top-1/top-5 are not rounded, and `--use-ema` on a
 run without EMA is an error rather than a silent fall-back to the raw weights.
 """
@@ -27,7 +28,9 @@ import yaml
 
 from jax_ema.checkpoint import resolve as resolve_checkpoint, saved_members
 from jax_ema.cli import ArgumentParser, run_cli
-from jax_ema.config import DIGITS_DEFAULTS, TIMM_DEFAULTS
+from jax_ema.config import DIGITS_DEFAULTS
+from jax_ema.data_config import resolve_data_config
+from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.timm_io import variables_from_checkpoint
@@ -36,6 +39,7 @@ from jax_ema.step import eval_step, evaluate
 log = logging.getLogger('jax_ema.validate')
 
 DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not found
+LEGACY_CROP_PCT = 0.875   # crop_pct of DATA-folder runs that predate the recorded data config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}")
     p.add_argument('--img-size', type=int, default=None, help="default: the checkpoint's image size")
     p.add_argument('--crop-pct', type=float, default=None, help="default: the run's --crop-pct")
+    p.add_argument('--interpolation', default=None, metavar='NAME', help="default: the run's (bilinear, bicubic, "
+                   'lanczos, box)')
+    p.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help="default: the run's")
+    p.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help="default: the run's")
     p.add_argument('-j', '--workers', type=int, default=None, help='decoding threads (default: sized to the host)')
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
@@ -77,14 +85,16 @@ def run_args(step_dir: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_eval(model_name: str, num_classes: int):
-    """The trainer's jitted eval step for this model (kept, so repeated calls in a notebook compile once)."""
+def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple):
+    """The trainer's jitted eval step for this model, normalising with `mean`/`std` on the device (kept, so
+    repeated calls in a notebook compile once)."""
     model = create_model(model_name, num_classes)
-    return jax.jit(functools.partial(eval_step, apply_fn=model.apply))
+    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=DeviceInput(mean=mean, std=std)))
 
 
-def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int | None):
-    """One split of DATA built by data.load_datasets with the run's split settings."""
+def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int | None,
+               interpolation: str = 'bilinear', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+    """One split of DATA built by data.load_datasets with the run's split settings and this data config."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
     is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS
     if data is None and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
@@ -93,18 +103,20 @@ def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, wor
         data_dir=data, train_split=split if is_train else args.get('train_split', 'train'),
         val_split=args.get('val_split', 'validation') if is_train else split,
         val_split_fraction=args.get('val_split_fraction', 0.2), img_size=img_size,
-        seed=args.get('seed', 42), crop_pct=crop_pct, num_workers=workers)
+        seed=args.get('seed', 42), crop_pct=crop_pct, num_workers=workers, interpolation=interpolation,
+        mean=tuple(mean), std=tuple(std))
     train, val = data_lib.load_datasets(cfg)
     return train if is_train else val
 
 
 def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | None = None,
              img_size: int | None = None, crop_pct: float | None = None, split: str | None = None,
-             workers: int | None = None, ema_index: int | None = None) -> dict:
+             workers: int | None = None, ema_index: int | None = None, interpolation: str | None = None,
+             mean=None, std=None) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
-    weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images. None for a
+    interpolation, weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images. None for a
     default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
     """
     data = None if data is None else str(data)
@@ -120,8 +132,15 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
         img_size = metadata.get('img_size') or args.get('img_size')
         if not img_size:
             raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
+    trained = metadata.get('data_config') or {}  # the run's (older checkpoints: bilinear, ImageNet mean/std)
     if crop_pct is None:
-        crop_pct = args.get('crop_pct') or (DIGITS_DEFAULTS if data is None else TIMM_DEFAULTS)['crop_pct']
+        crop_pct = trained.get('crop_pct') or args.get('crop_pct') or (
+            DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT)
+    resolved = resolve_data_config(model_name, img_size, None, crop_pct,
+                                   trained.get('mean', IMAGENET_DEFAULT_MEAN) if mean is None else mean,
+                                   trained.get('std', IMAGENET_DEFAULT_STD) if std is None else std,
+                                   interpolation or trained.get('interpolation', 'bilinear'))
+    interpolation, mean, std = resolved['interpolation'], resolved['mean'], resolved['std']
     if batch_size is None:
         run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
         batch_size = args.get('validation_batch_size') or run_batch or DEFAULT_BATCH_SIZE
@@ -129,7 +148,7 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
         raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
     split = split or args.get('val_split', 'validation')
 
-    dataset = load_split(data, split, args, img_size, crop_pct, workers)
+    dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std)
     if dataset.num_classes != num_classes:
         where = data if data is not None else 'the built-in digits data (no DATA given)'
         hint = (f' (the run trained on {args["data"] or "the built-in digits data"})'
@@ -139,15 +158,16 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
     log.info('Model %s (%d classes) created, param count: %d; %s weights of %s', model_name, num_classes,
              param_count, 'EMA' if use_ema else 'raw', step_dir)
-    log.info('Validating %d images of split %r at %d px, crop_pct %g, batch size %d',
-             dataset.num_examples, split, img_size, crop_pct, batch_size)
+    log.info('Validating %d images of split %r at %d px, crop_pct %g, %s, mean %s, std %s, batch size %d',
+             dataset.num_examples, split, img_size, crop_pct, interpolation, mean, std, batch_size)
 
     variables = jax.device_put(variables)  # once, not at every batch
-    metrics = evaluate(_compiled_eval(model_name, int(num_classes)), variables['params'],
+    metrics = evaluate(_compiled_eval(model_name, int(num_classes), mean, std), variables['params'],
                        variables['batch_stats'], dataset, batch_size)
     results = dict(model=model_name, top1=metrics['top1'], top1_err=100.0 - metrics['top1'],
                    top5=metrics['top5'], top5_err=100.0 - metrics['top5'], loss=metrics['loss'],
                    param_count=round(param_count / 1e6, 2), img_size=int(img_size), crop_pct=float(crop_pct),
+                   interpolation=interpolation,
                    weights='ema' if use_ema else 'raw', checkpoint=str(step_dir), data=data, split=split,
                    num_images=dataset.num_examples)
     if use_ema and saved_members(metadata) > 1:
@@ -179,7 +199,8 @@ def main(argv=None) -> int:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
         results = validate(args.checkpoint, data=args.data or args.data_dir, use_ema=args.use_ema,
                            batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
-                           split=args.split, workers=args.workers, ema_index=args.ema_index)
+                           split=args.split, workers=args.workers, ema_index=args.ema_index,
+                           interpolation=args.interpolation, mean=args.mean, std=args.std)
         if args.results_file:
             write_results(args.results_file, results, args.results_format)
         print(f'--result\n{json.dumps(results, indent=4)}', flush=True)

@@ -73,6 +73,8 @@ def build_world(root: Path) -> types.SimpleNamespace:
     w.folder_out.mkdir()
     w.cwd = root / 'cwd'  # the CLIs run here: a default ./output/train would show up
     w.cwd.mkdir()
+    w.hub = root / 'hub'  # an empty Hugging Face cache, offline (hub_cache.offline_hub): --pretrained finds nothing
+    w.hub.mkdir()
 
     state = _state(None, num_classes=2)
     w.run = root / 'runs' / 'resnet18'

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bad_input_world import build_world
+from hub_cache import offline_hub
 from jax_ema import export, posthoc, train, validate
 from test_train import IMG
 
@@ -108,6 +109,18 @@ CASES = [
     ('--initial-checkpoint: other architecture', 'train',
      _run('data', '--model', 'resnet34', '--initial-checkpoint', lambda w: w.weights_r18),
      "missing key 'layer1.2."),
+    ('--pretrained: weights not in the offline hub cache', 'train', _run('data', '--pretrained'),
+     'is not in the Hugging Face cache'),
+    ('--pretrained: unknown tag', 'train', _run('data', '--model', 'resnet18.b9_in1k', '--pretrained'),
+     "resnet18 has no pretrained tag 'b9_in1k'"),
+    ('--pretrained-path: missing file', 'train',
+     _run('data', '--pretrained-path', lambda w: w.root / 'none.safetensors'), 'does not exist'),
+    ('--pretrained-path: other architecture', 'train',
+     _run('data', '--model', 'resnet34', '--pretrained-path', lambda w: w.weights_r18), "missing key 'layer1.2."),
+    ('--interpolation unsupported', 'train', _run('data', '--interpolation', 'nearest'), "'nearest' is not supported"),
+    ('--input-size not square', 'train', _run('data', '--input-size', '3', '32', '48'), 'square RGB images'),
+    ('--mean with two values', 'train', _run('data', '--mean', '0.5', '0.4'), 'takes 1 or 3 finite numbers'),
+    ('--std 0', 'train', _run('data', '--std', '0'), '--std must be > 0'),
     ('--smoothing outside [0, 1)', 'train', _run('data', '--smoothing', '1.5'),
      'smoothing must be in [0, 1), got 1.5'),
     ('negative validation batch size', 'train', _run('data', '-vb', '-4'), 'must be positive, got -4'),
@@ -153,6 +166,8 @@ CASES = [
      'out of range'),
     ('validate: --ema-index past the EMAs', 'validate',
      lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', '2'], 'indices 0..1'),
+    ('validate: --interpolation unsupported', 'validate',
+     lambda w: [str(w.data), '--checkpoint', str(w.run), '--interpolation', 'nearest'], "'nearest' is not supported"),
     ('validate: --ema-index not a number', 'validate',
      lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', 'best'], "invalid int value"),
     ('posthoc: a run without snapshots', 'posthoc',
@@ -245,7 +260,9 @@ def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
-    return build_world(tmp_path_factory.mktemp('bad_input'))
+    w = build_world(tmp_path_factory.mktemp('bad_input'))
+    with offline_hub(w.hub):
+        yield w
 
 
 @pytest.mark.parametrize('cli,build,expected', [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -324,7 +341,9 @@ def write_doc(table: str, problems: list[str]) -> Path:
 
 if __name__ == '__main__':
     with tempfile.TemporaryDirectory() as tmp:
-        table_, problems_ = markdown_table(build_world(Path(tmp)))
+        world_ = build_world(Path(tmp))
+        with offline_hub(world_.hub):
+            table_, problems_ = markdown_table(world_)
     print(table_)
     print(f'wrote {write_doc(table_, problems_)}')
     for problem in problems_:

@@ -14,6 +14,7 @@ from timm.data.transforms_factory import transforms_imagenet_eval
 from torchvision import transforms as tv_transforms
 
 from jax_ema import data  # the one module that imports tensorflow (after triton, see _compat)
+from jax_ema import device_input
 from jax_ema.errors import UserError
 
 tf = data.tf
@@ -143,6 +144,42 @@ def test_eval_transform_matches_timm(splits_dir, interpolation):
     for path, image in zip(val.paths, batch['image']):
         expected = timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()
         assert np.abs(image.astype(int) - expected).max() <= 1
+
+
+@pytest.fixture(scope='module')
+def photos_dir(tmp_path_factory):
+    """Images with flat areas and sharp edges (6x6 px blocks, where bicubic overshoots), of varied sizes."""
+    root, rng = tmp_path_factory.mktemp('photos'), np.random.default_rng(0)
+    for split in ('train', 'validation'):
+        for name in ('a', 'b'):
+            os.makedirs(root / split / name)
+            for i, (w, h) in enumerate(((61, 47), (90, 120), (200, 150), (33, 80))):
+                blocks = rng.integers(0, 256, (h // 6 + 1, w // 6 + 1, 3), dtype=np.uint8)
+                Image.fromarray(blocks).resize((w, h), Image.NEAREST).save(root / split / name / f'{i}.png')
+    return str(root)
+
+
+@pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic'])
+def test_eval_input_follows_the_data_config(photos_dir, interpolation):
+    """interpolation, crop_pct, mean and std as timm's eval transform: the model's input (uint8 batch
+    normalised on the device with the Dataset's DeviceInput) within 1 level of timm's normalised tensor,
+    also next to sharp edges, where the cubic overshoot is clipped between PIL's two uint8 passes. The
+    other interpolation is far off on these images, so the test tells them apart."""
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.5, 0.75)
+    _, val = data.load_datasets(data.DataConfig(data_dir=photos_dir, img_size=IMG, crop_pct=0.95, num_workers=1,
+                                                interpolation=interpolation, mean=mean, std=std))
+    assert (val.device_input.mean, val.device_input.std) == (mean, std)
+    batch = first(val.eval_batches(val.num_examples))
+    images = np.asarray(device_input.eval_images(batch['image'], val.device_input))
+
+    def timm_levels(interp):  # |ours - timm's| in 8-bit levels
+        timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.95, interpolation=interp, mean=mean, std=std)
+        return np.concatenate([
+            (np.abs(image - timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()) * std * 255).ravel()
+            for path, image in zip(val.paths, images)])
+    assert timm_levels(interpolation).max() <= 1.01
+    other = timm_levels('bicubic' if interpolation == 'bilinear' else 'bilinear')
+    assert np.mean(other > 1.01) > 0.1
 
 
 def test_eval_window_gives_the_pixels_of_resizing_everything(tmp_path):

@@ -1,4 +1,5 @@
 """Export of raw / EMA checkpoint weights to timm .safetensors, and the timm file reader (no torch here)."""
+import json
 import os
 import sys
 
@@ -6,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors
 import safetensors.numpy
 
 from jax_ema import checkpoint, ema, optim, timm_io
@@ -74,6 +76,23 @@ def test_export_writes_to_timm_of_the_chosen_weights(runs, which, tmp_path, caps
     assert 'resnet18' in printed and f'{NUM_CLASSES} classes' in printed and str(out) in printed
     assert ('EMA weights' if which == 'ema' else 'raw weights') in printed
     assert os.listdir(tmp_path) == ['model.safetensors']  # no temporary file left behind
+
+
+def test_export_carries_the_runs_data_config(runs, tmp_path, capsys):
+    """The data config of the checkpoint's metadata goes into the file's header and the printed timm call."""
+    config = dict(input_size=[3, IMG, IMG], interpolation='bicubic', mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5],
+                  crop_pct=0.95, crop_mode='center')
+    manager = checkpoint.open_manager(tmp_path / 'run' / 'checkpoints')
+    checkpoint.save_tree(manager, checkpoint.restore_tree(runs['ema_dir']),
+                         dict(checkpoint.read_metadata(runs['ema_dir']), data_config=config))
+    manager.close()
+    out = tmp_path / 'model.safetensors'
+    assert main(['--checkpoint', str(tmp_path / 'run'), '--out', str(out)]) == 0
+    with safetensors.safe_open(out, 'np') as f:
+        assert json.loads(f.metadata()['jax_ema.data_config']) == config and f.metadata()['format'] == 'pt'
+    assert (f"checkpoint_path='{out}', pretrained_cfg_overlay=dict(input_size=(3, {IMG}, {IMG}), "
+            "interpolation='bicubic', mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.95, "
+            "crop_mode='center'))") in capsys.readouterr().out
 
 
 def test_raw_and_ema_weights_differ(runs):

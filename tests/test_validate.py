@@ -96,7 +96,8 @@ def test_results_equal_the_runs_summary(runs, data, run_name, weights):
         assert results['top1_err'] == pytest.approx(100 - results['top1'])
         assert results['top5_err'] == pytest.approx(100 - results['top5'])
         assert results['weights'] == weights and results['checkpoint'] == str(step_dir)
-        assert (results['model'], results['img_size'], results['crop_pct']) == ('resnet18', IMG, 0.875)
+        assert (results['model'], results['img_size'], results['crop_pct'], results['interpolation']) == (
+            'resnet18', IMG, 0.95, 'bicubic')  # resnet18's data config (resnet18.a1_in1k), as timm's
         assert results['num_images'] == 2 * PER_CLASS and results['split'] == 'validation'
         assert results['param_count'] == round(_param_count('resnet18', 2) / 1e6, 2)
 

@@ -325,10 +325,11 @@ def _load_digits(cfg: DataConfig) -> tuple[Dataset, Dataset]:
 
 
 def data_config(config) -> DataConfig:
-    """The DataConfig of a training `config.Config` (its data and augmentation flags)."""
+    """The DataConfig of a training `config.Config` (its data and augmentation flags, its data config)."""
     return DataConfig(data_dir=config.data, train_split=config.train_split, val_split=config.val_split,
                       val_split_fraction=config.val_split_fraction, img_size=config.img_size,
                       num_classes=config.num_classes, seed=config.seed, scale=config.scale, ratio=config.ratio,
                       hflip=config.hflip, crop_pct=config.crop_pct, num_workers=config.workers,
                       auto_augment=config.aa, reprob=config.reprob, remode=config.remode, recount=config.recount,
+                      mean=tuple(config.mean), std=tuple(config.std), interpolation=config.interpolation,
                       verify_images=config.verify_images)

@@ -13,7 +13,13 @@ import tensorflow as tf  # already imported, after triton, by jax_ema.data
 from jax_ema.data import rand_augment as rand_augment_lib
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
-AUGMENT_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_DEFAULT_MEAN)  # timm's aa img_mean
+
+def augment_fill(mean) -> tuple:
+    """timm's RandAugment fill colour (aa img_mean): the data config's normalisation mean in 0..255."""
+    return tuple(min(255, round(255 * m)) for m in mean)
+
+
+AUGMENT_FILL = augment_fill(IMAGENET_DEFAULT_MEAN)  # that of the ImageNet mean
 # timm's interpolation names -> (ScaleAndTranslate's kernel, its radius = PIL's filter support).
 KERNELS = {'bilinear': ('triangle', 1.0), 'bicubic': ('keyscubic', 2.0), 'lanczos': ('lanczos3', 3.0),
            'box': ('box', 0.5)}
@@ -153,7 +159,8 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:
-        image = rand_augment_lib.rand_augment(image, augment_key, policy, AUGMENT_FILL, cfg.interpolation)
+        image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean),
+                                              cfg.interpolation)
     return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
 
 

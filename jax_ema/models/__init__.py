@@ -16,6 +16,7 @@ from jax_ema.errors import UserError
 from jax_ema.models.efficientnet import EFFICIENTNETS, efficientnet
 from jax_ema.models.mobilenetv3 import MOBILENETV3S, mobilenetv3
 from jax_ema.models.resnet import RESNET_LAYOUTS, resnet
+from jax_ema.pretrained_cfgs import split_model_name
 
 _BUILDERS = {**{n: efficientnet for n in EFFICIENTNETS}, **{n: mobilenetv3 for n in MOBILENETV3S}}
 MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
@@ -24,11 +25,14 @@ MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
 def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp.float32, **kwargs) -> nn.Module:
     """Flax module whose variables map one-to-one onto timm.create_model(name, num_classes=...).state_dict().
 
+    `name` may carry a pretrained tag, as timm's ('resnet50.a1_in1k'); the tag does not change the module.
+
     kwargs go to the model: timm's `drop_rate` (--drop, dropout before the classifier) and `drop_path_rate`
     (--drop-path, stochastic depth) for the EfficientNet / MobileNetV3 family.
     """
+    full_name, name = name, split_model_name(name)[0]
     if name not in MODEL_NAMES:
-        raise UserError(f'unknown model {name!r}; known models: {", ".join(MODEL_NAMES)}')
+        raise UserError(f'unknown model {full_name!r}; known models: {", ".join(MODEL_NAMES)}')
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
     for key in ('drop_rate', 'drop_path_rate'):
