@@ -106,14 +106,17 @@ def test_op_matches_timm(picture, name):
     for magnitude in (3, 5.5, 9, top):
         for negate in (False, True):
             theirs = _timm_op(name, picture, magnitude, negate)
-            ours = rand_augment.apply_op(name, tf.constant(picture, tf.float32), magnitude, negate,
-                                         FILL).numpy().astype(np.int64)
-            gap = np.abs(ours - theirs)
-            if name in GEOMETRIC:
-                assert gap.max() <= 1 and np.mean(gap > 0) < 0.1, (magnitude, negate, np.mean(gap > 0))
-                assert np.any(np.all(ours == FILL, axis=-1)) or magnitude == 0  # the fill colour shows
-            else:
-                assert gap.max() == 0, (magnitude, negate, np.mean(gap > 0))
+            image = tf.constant(picture, tf.float32)
+            runs = [rand_augment.apply_op(name, image, magnitude, negate, FILL)]
+            if name in rand_augment.COMPILED_OPS:  # and as the pipeline runs it, under XLA
+                runs.append(rand_augment.compiled_op(name, FILL)(image, magnitude, negate))
+            for ours in [run.numpy().astype(np.int64) for run in runs]:
+                gap = np.abs(ours - theirs)
+                if name in GEOMETRIC:
+                    assert gap.max() <= 1 and np.mean(gap > 0) < 0.1, (magnitude, negate, np.mean(gap > 0))
+                    assert np.any(np.all(ours == FILL, axis=-1)) or magnitude == 0  # the fill colour shows
+                else:
+                    assert gap.max() == 0, (magnitude, negate, np.mean(gap > 0))
 
 
 @pytest.mark.parametrize('name, magnitude', [('Posterize', 2), ('PosterizeIncreasing', 10)])
