@@ -1,7 +1,10 @@
 """--aa (RandAugment), --reprob/--remode/--recount (random erasing, on the device) and -j, against timm's own code."""
 
 import dataclasses
+import os
 import random
+import subprocess
+import sys
 from unittest import mock
 
 import jax
@@ -248,6 +251,16 @@ def test_erasing_is_keyed_by_seed_update_and_row():
     assert not np.array_equal(step(images, dataclasses.replace(inputs, seed=4), 7), first)
     floats = jnp.ones((2, 4, 4, 3))
     np.testing.assert_array_equal(device_input.train_images(floats, inputs, 7), floats)
+
+
+def test_the_steps_import_without_tensorflow():
+    """Normalising and erasing live in device_input.py, which the steps import: the GPU image has no
+    TensorFlow, so neither it nor jax_ema.train may pull it in."""
+    code = ('import sys, jax_ema.device_input, jax_ema.train\n'
+            'assert "tensorflow" not in sys.modules, "tensorflow imported"')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # --- the pipeline ------------------------------------------------------------------------------------
