@@ -1,7 +1,10 @@
 """--aa (RandAugment), --reprob/--remode/--recount (random erasing, on the device) and -j, against timm's own code."""
 
 import dataclasses
+import os
 import random
+import subprocess
+import sys
 from unittest import mock
 
 import jax
@@ -106,14 +109,17 @@ def test_op_matches_timm(picture, name):
     for magnitude in (3, 5.5, 9, top):
         for negate in (False, True):
             theirs = _timm_op(name, picture, magnitude, negate)
-            ours = rand_augment.apply_op(name, tf.constant(picture, tf.float32), magnitude, negate,
-                                         FILL).numpy().astype(np.int64)
-            gap = np.abs(ours - theirs)
-            if name in GEOMETRIC:
-                assert gap.max() <= 1 and np.mean(gap > 0) < 0.1, (magnitude, negate, np.mean(gap > 0))
-                assert np.any(np.all(ours == FILL, axis=-1)) or magnitude == 0  # the fill colour shows
-            else:
-                assert gap.max() == 0, (magnitude, negate, np.mean(gap > 0))
+            image = tf.constant(picture, tf.float32)
+            runs = [rand_augment.apply_op(name, image, magnitude, negate, FILL)]
+            if name in rand_augment.COMPILED_OPS:  # and as the pipeline runs it, under XLA
+                runs.append(rand_augment.compiled_op(name, FILL)(image, magnitude, negate))
+            for ours in [run.numpy().astype(np.int64) for run in runs]:
+                gap = np.abs(ours - theirs)
+                if name in GEOMETRIC:
+                    assert gap.max() <= 1 and np.mean(gap > 0) < 0.1, (magnitude, negate, np.mean(gap > 0))
+                    assert np.any(np.all(ours == FILL, axis=-1)) or magnitude == 0  # the fill colour shows
+                else:
+                    assert gap.max() == 0, (magnitude, negate, np.mean(gap > 0))
 
 
 @pytest.mark.parametrize('name, magnitude', [('Posterize', 2), ('PosterizeIncreasing', 10)])
@@ -245,6 +251,16 @@ def test_erasing_is_keyed_by_seed_update_and_row():
     assert not np.array_equal(step(images, dataclasses.replace(inputs, seed=4), 7), first)
     floats = jnp.ones((2, 4, 4, 3))
     np.testing.assert_array_equal(device_input.train_images(floats, inputs, 7), floats)
+
+
+def test_the_steps_import_without_tensorflow():
+    """Normalising and erasing live in device_input.py, which the steps import: the GPU image has no
+    TensorFlow, so neither it nor jax_ema.train may pull it in."""
+    code = ('import sys, jax_ema.device_input, jax_ema.train\n'
+            'assert "tensorflow" not in sys.modules, "tensorflow imported"')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # --- the pipeline ------------------------------------------------------------------------------------

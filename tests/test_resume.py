@@ -14,9 +14,10 @@ from jax_ema.train import main, restore_state, train_step
 from test_train import _batch, _image_folder, _state
 
 # 2 classes x 10 images, batch 4: 5 updates per epoch, 10 in all; a recovery checkpoint every 2 updates.
+# RandAugment (host) and random erasing (device) on: their draws must resume exactly too.
 RUN = ['--model', 'resnet18', '--img-size', '32', '-b', '4', '--epochs', '2', '--warmup-epochs', '1',
        '--sched-on-updates', '--lr', '0.05', '--model-ema', '--model-ema-decay', '0.9', '--model-ema-warmup',
-       '--recovery-interval', '2', '--log-interval', '1']
+       '--recovery-interval', '2', '--log-interval', '1', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25']
 
 
 def _cli(argv, fault=None):
