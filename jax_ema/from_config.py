@@ -21,13 +21,16 @@ def ema_config(config: Config) -> ema.EmaConfig | None:
 
 
 def warn_horizon(ema_cfg, total_updates: int) -> None:
+    """Warn when an EMA's horizon 1/(1-decay) exceeds the run: suggest the decay warmup, or a decay whose horizon
+    is a tenth of the run (at least 2 updates), so that an EMA is still kept."""
     for decay in ema_cfg.decays if ema_cfg is not None and not ema_cfg.use_warmup else ():
         horizon = ema_cfg.single(decay).horizon
         if horizon > total_updates:
+            suggested = 1.0 - 1.0 / max(total_updates / 10.0, 2.0)
             log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
-                        'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
-                        '(e.g. %.4g).', decay, horizon, total_updates,
-                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
+                        'stay near the initial weights. Add --model-ema-warmup, or use --model-ema-decay %.4g '
+                        '(a horizon of %.0f updates).', decay, horizon, total_updates, suggested,
+                        1.0 / (1.0 - suggested))
 
 
 def load_data(config: Config):

@@ -8,7 +8,7 @@ Pure functions in the style of flax's examples/imagenet:
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import json
 import logging
@@ -22,7 +22,9 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, ema, ema_members, from_config, loop, offload, optim, parallel, precision, reporting
+from jax_ema import (checkpoint, data_fingerprint, ema, ema_members, faults, from_config, loop, offload, optim,
+                     parallel, precision, reporting)
+from jax_ema import run_dir as run_dir_lib
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -203,13 +205,13 @@ def _resume(config: Config, state: TrainState, num_classes: int):
     return restored, step_dir
 
 
-def _score(metrics: dict, eval_metric: str) -> float:
-    """Higher is better: the metric itself, or minus the loss."""
-    return -float(metrics['loss']) if eval_metric == 'loss' else float(metrics[eval_metric])
-
-
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
+    with contextlib.ExitStack() as cleanup:  # issue 13: the run lock, checkpoints and TensorBoard closed on any exit
+        return _train_and_evaluate(config, run_dir, cleanup)
+
+
+def _train_and_evaluate(config: Config, run_dir, cleanup: contextlib.ExitStack) -> dict:
     config = config.resolved()
     where = offload.placement(config.model_ema_force_cpu, config.model_ema_shard)  # of the EMA
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
@@ -239,11 +241,22 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     state = create_train_state(model, tx, variables, ema_cfg)
     if loss_scaling:
         state = state.replace(loss_scale=precision.LossScale.create())
-    resumed_from = None
+    # --- issue 13 (reliability): the resume's position, realigned when the data or the global batch changed;
+    # the run folder (a new one, or the resumed run's when it goes on there) and its lock, taken before any write.
+    data_fp = data_fingerprint.of_datasets(train_ds, val_ds)
+    resumed_from, resumed_meta, carried_loss = None, None, None
     if config.resume:
         state, resumed_from = _resume(config, state, num_classes)
-        if run_dir is None and resumed_from.parent.name == 'checkpoints':
-            run_dir = resumed_from.parent.parent  # go on in the same run folder
+        resumed_meta = checkpoint.read_metadata(resumed_from)
+        state, carried_loss = _resume_position(state, resumed_meta, data_fp, batch_size, updates_per_epoch,
+                                               resumed_from)
+    if parallel.is_main():
+        run_dir, lock = run_dir_lib.claim(run_dir, config.output, config.experiment, config.model, config.img_size,
+                                          resumed_from)
+        cleanup.enter_context(lock)
+    run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
+    continuing = resumed_from is not None and run_dir_lib.goes_on(run_dir, resumed_from)
+    # --- end issue 13
     ema_vars = (state.ema_params, state.ema_batch_stats)
     state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
     if ema_cfg is not None:
@@ -252,19 +265,25 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
     host_ema = ema_cfg is not None and where == 'host'
     from_config.warn_horizon(ema_cfg, num_epochs * updates_per_epoch)
 
-    if run_dir is None and parallel.is_main():
-        run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
-    run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
     log.info('Run folder: %s', run_dir)
+    start = int(jax.device_get(state.step))
+    # --- issue 13: args.yaml as started (args-resume-<n>.yaml beside it); summary.csv = the checkpoint's rows
     reporting.write_args(run_dir, config)
     manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
-    board = reporting.TensorBoard(run_dir)
+    cleanup.callback(manager.close)
+    rows = reporting.rows_at_checkpoint(run_dir, resumed_meta, start // updates_per_epoch) if continuing else []
+    if continuing:
+        reporting.write_summary(run_dir, rows)
+    board = reporting.TensorBoard(run_dir, purge_step=(int(rows[-1]['epoch']) + 1 if rows else 0) if continuing
+                                  else None)
+    cleanup.callback(board.close)
+    records = dict(data=data_fp, global_batch_size=batch_size, updates_per_epoch=updates_per_epoch)
+    # --- end issue 13
     log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
              config.model, num_classes, train_ds.num_examples, val_ds.num_examples, updates_per_epoch, lr,
              'off' if ema_cfg is None else ', '.join(ema.member_names(ema_cfg)) + {'device': '', 'host': ' on host',
                                                                                    'sharded': ' sharded'}[where])
 
-    start = int(jax.device_get(state.step))
     fused = ema_cfg is not None and not host_ema and ema_cfg.update_every == 1  # EMA inside the step
     step_fn = functools.partial(train_step, ema_cfg=ema_cfg if fused and where == 'device' else None,
                                 smoothing=config.smoothing, accum_steps=config.grad_accum_steps, seed=config.seed)
@@ -275,27 +294,79 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                         every=ema_cfg.update_every if ema_cfg else 1, last=start)
     p_eval = jax.jit(functools.partial(eval_step, apply_fn=model.apply))
     eval_bs = (config.validation_batch_size or config.batch_size) * jax.device_count()
-    rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // updates_per_epoch] \
-        if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
     preemption = Preemption()
 
+    def epoch_loss(epoch, mean, done):
+        """{'sum', 'count'} of the epoch's train losses after `done` of its updates (with those before a resume)."""
+        first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
+        base = carried_loss if carried_loss and epoch == start // updates_per_epoch else {'sum': 0.0, 'count': 0}
+        return {'sum': base['sum'] + mean * (done - first), 'count': base['count'] + done - first}
+
     def after_update(state, count, check_finite):
-        epoch, position = divmod(count, updates_per_epoch)
+        epoch, position = divmod(count - 1, updates_per_epoch)  # issue 13: an epoch's last update is its own
+        position += 1
         if ema_cfg is not None and ema_members.snapshot_due(count, config.model_ema_snapshot_every,
                                                             num_epochs * updates_per_epoch):
             state = step.flush(state, count)
             ema_members.save_snapshot(run_dir, count, ema_cfg, state, config.snapshot_dtype)
         stop = preemption.agreed()
-        if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
-            check_finite()
+        if stop or (config.recovery_interval and count % config.recovery_interval == 0
+                    and position != updates_per_epoch):
+            mean = check_finite()
             state = step.flush(state, count)
             meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, position)
+            meta.update(records, summary=rows, train_loss_partial=epoch_loss(epoch, mean, position))
             checkpoint.save(manager, state, meta)
         if stop and parallel.is_main():
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
                   f'Resume with: python -m jax_ema.train ... --resume {run_dir}', flush=True)
         return state, stop
 
+    def finish_epoch(state, epoch, train_loss, saved=None):
+        """Validate raw and EMA weights, then save the checkpoint (or give `saved`, an existing one of this state,
+        its validation), then the records: the checkpoint first, so a kill never leaves a row it lacks."""
+        faults.hit('epoch-end:before-validate', (epoch + 1) * updates_per_epoch)
+        raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
+        log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
+        ema_metrics, member_metrics, best_member = None, [], 0
+        if state.ema_params is not None and ema_cfg.members > 1:
+            stack = (state.ema_params, state.ema_batch_stats)
+            member_metrics = ema_members.evaluate_members(
+                lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs),
+                *(offload.to_device(stack) if where == 'sharded' else stack), host_ema, ema.member_names(ema_cfg))
+            ema_metrics = member_metrics[0]
+            best_member = ema_members.best_index(member_metrics, lambda m: reporting.score(m, config.eval_metric))
+        elif state.ema_params is not None:
+            ema_vars = (state.ema_params, state.ema_batch_stats)
+            ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if where != 'device' else ema_vars),
+                                   val_ds, eval_bs)
+            log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
+                     ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
+        epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
+        row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, member_metrics[1:])
+        meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
+                                               {'raw': raw, 'ema': ema_metrics})
+        if member_metrics:
+            meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
+        meta.update(records, summary=rows + [row])
+        score = reporting.score((member_metrics or [ema_metrics or raw])[best_member], config.eval_metric)
+        if saved is None:
+            checkpoint.save(manager, state, meta, score)
+        else:
+            checkpoint.record_validation(manager, saved, meta, score)
+        rows.append(row)
+        reporting.write_summary(run_dir, rows)
+        faults.hit('save:after-summary', (epoch + 1) * updates_per_epoch)
+        board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
+        reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
+        reporting.write_results(run_dir, reporting.results_of(rows, config, ema_cfg))
+
+    if resumed_meta is not None and resumed_meta.get('metrics') is None \
+            and resumed_meta.get('position') == resumed_meta.get('updates_per_epoch'):  # issue 13
+        # stopped on an epoch's last update, before validating it: validate it now (its row, its best decision)
+        loss = resumed_meta['train_loss_partial']
+        finish_epoch(state, int(resumed_meta['epoch']), loss['sum'] / max(loss['count'], 1),
+                     saved=resumed_from if continuing else None)
     with preemption:
         for epoch in range(start // updates_per_epoch, num_epochs):
             first = start - epoch * updates_per_epoch if epoch == start // updates_per_epoch else 0
@@ -306,64 +377,46 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                 num_epochs=num_epochs, updates_per_epoch=updates_per_epoch, first_update=first,
                 schedule=schedule, log_interval=config.log_interval, after_update=after_update)
             if stopped:
-                board.close()
-                manager.close()
                 return {'preempted': True, 'run_dir': str(run_dir), 'step': int(jax.device_get(state.step))}
+            if first and carried_loss:  # issue 13: the epoch began before the resume; its loss covers all of it
+                total = epoch_loss(epoch, train_loss, updates_per_epoch)
+                train_loss = total['sum'] / total['count']
             state = step.flush(state, (epoch + 1) * updates_per_epoch)
-            raw = evaluate(p_eval, state.params, state.batch_stats, val_ds, eval_bs)
-            log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
-            ema_metrics, member_metrics, best_member = None, [], 0
-            if state.ema_params is not None and ema_cfg.members > 1:
-                stack = (state.ema_params, state.ema_batch_stats)
-                member_metrics = ema_members.evaluate_members(
-                    lambda p, s: evaluate(p_eval, p, s, val_ds, eval_bs),
-                    *(offload.to_device(stack) if where == 'sharded' else stack), host_ema, ema.member_names(ema_cfg))
-                ema_metrics = member_metrics[0]
-                best_member = ema_members.best_index(member_metrics, lambda m: _score(m, config.eval_metric))
-            elif state.ema_params is not None:
-                ema_vars = (state.ema_params, state.ema_batch_stats)
-                ema_metrics = evaluate(p_eval, *(offload.to_device(ema_vars) if where != 'device' else ema_vars),
-                                       val_ds, eval_bs)
-                log.info('Test (EMA): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f',
-                         ema_metrics['loss'], ema_metrics['top1'], ema_metrics['top5'])
-            epoch_lr = float(schedule((epoch + 1) * updates_per_epoch - 1))  # timm: lr at the epoch's end
-            row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, member_metrics[1:])
-            rows.append(row)
-            reporting.append_summary(run_dir, row)
-            board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-            reporting.plot_metrics(run_dir, rows, member_names=ema.member_names(ema_cfg) if ema_cfg else None)
-            meta = from_config.checkpoint_metadata(config, num_classes, ema_cfg, epoch, updates_per_epoch,
-                             {'raw': raw, 'ema': ema_metrics})
-            if member_metrics:
-                meta.update(best_ema_index=best_member, metrics=dict(meta['metrics'], ema_members=member_metrics))
-            checkpoint.save(manager, state, meta,
-                            _score((member_metrics or [ema_metrics or raw])[best_member], config.eval_metric))
-    board.close()
-    manager.close()
-    scores = [(_score({k: r[f'eval_{k}'] for k in ('loss', 'top1', 'top5')}, config.eval_metric), int(r['epoch']))
-              for r in rows]
-    best_score, best_epoch = max(scores, key=lambda se: (se[0], -se[1]))
-    if ema_cfg is not None and ema_cfg.members > 1:  # the best over every member too
-        best_score, best_epoch, best_member = ema_members.best_over_rows(
-            rows, ema_cfg.members, lambda m: _score(m, config.eval_metric))
-    best_value = -best_score if config.eval_metric == 'loss' else best_score
-    log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
-    results = {'best_metric': best_value, 'best_epoch': best_epoch,
-               'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
-               'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu,
-                            shard=config.model_ema_shard)
-                       if ema_cfg else None)}
-    if ema_cfg is not None and ema_cfg.members > 1:
-        results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
-                       best_ema=ema_members.describe(ema_cfg, best_member))
-        results['final']['ema_members'] = [_final(rows[-1], prefix)
-                                           for prefix in ema_members.column_prefixes(ema_cfg.members)]
+            finish_epoch(state, epoch, train_loss)
+    results = reporting.results_of(rows, config, ema_cfg)
+    if results is None:
+        log.info('Nothing left to train: the checkpoint is at update %d of %d', start, num_epochs * updates_per_epoch)
+        return {'run_dir': str(run_dir), 'best_metric': None}
+    log.info('*** Best metric: %s (epoch %d)', results['best_metric'], results['best_epoch'])
     reporting.write_results(run_dir, results)
     return dict(results, run_dir=str(run_dir))
 
 
-def _final(row: dict, prefix: str) -> dict:
-    return {k: float(row[f'{prefix}_eval_{k}']) for k in ('top1', 'top5', 'loss')}
+def _resume_position(state: TrainState, meta: dict, data_fp: dict, batch_size: int, updates_per_epoch: int,
+                     step_dir):
+    """(state, the resumed epoch's train loss so far) for a resume from `meta`'s checkpoint (issue 13).
+
+    When the training data or the global batch differ from the checkpoint's, the epochs are sliced anew: the
+    run goes on from the start of the next epoch under the new updates-per-epoch, with the update count (the
+    lr schedule's count and the EMA step) set there, and one warning line saying what changed.
+    """
+    changed = data_fingerprint.changes(meta.get('data'), data_fp, 'train')
+    changed = [f'training data: {", ".join(changed)}'] if changed else []
+    if meta.get('global_batch_size') not in (None, batch_size):
+        changed.append(f'global batch: {meta["global_batch_size"]} -> {batch_size}')
+    if not changed:
+        val_changed = data_fingerprint.changes(meta.get('data'), data_fp, 'validation')
+        if val_changed:
+            log.warning('The validation data changed since %s (%s); the summary rows before this resume were '
+                        'measured on the old one', step_dir, ', '.join(val_changed))
+        position = int(jax.device_get(state.step)) % updates_per_epoch
+        return state, meta.get('train_loss_partial') if position else None
+    epoch, start = data_fingerprint.next_epoch_start(meta, updates_per_epoch)
+    log.warning('The %s changed since %s; going on from the start of epoch %d: update %d of %d per epoch '
+                '(the lr schedule and the EMA step too)', '; '.join(changed), step_dir, epoch, start,
+                updates_per_epoch)
+    step = jnp.asarray(start, jnp.asarray(state.step).dtype)
+    return state.replace(step=step, opt_state=optim.at_step(state.opt_state, start)), None
 
 
 def main(argv=None) -> int:
