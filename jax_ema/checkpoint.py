@@ -33,6 +33,8 @@ from jax_ema.guard import TrainingDiverged, all_finite
 
 EMA_KEYS = ('ema_params', 'ema_batch_stats')
 TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's temporary step folders: <step>.orbax-checkpoint-tmp[-<time>]
+# What orbax / TensorStore say when a checkpoint's files are cut short or missing (kept apart from a tree mismatch)
+DAMAGED = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'does not exist', 'Unterminated', 'Expecting')
 
 
 def state_tree(state) -> dict:
@@ -232,6 +234,9 @@ def resolve(path) -> Path:
         raise UserError(f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ '
                         'folder or one step folder')
     steps = _step_dirs(ckpt_dir)
+    if not steps and _foreign(ckpt_dir):
+        raise UserError(f'{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema\'s (a step '
+                        'folder with state/ and metadata/); give a folder written by python -m jax_ema.train')
     if not steps:
         raise UserError(f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved '
                         'at least one epoch')
@@ -241,6 +246,14 @@ def resolve(path) -> Path:
     if not scored:
         raise UserError(f'no end-of-epoch checkpoint in {str(ckpt_dir)!r} to call best; use last')
     return max(scored, key=lambda p: (read_metadata(p)['score'], -int(p.name)))  # ties: the earliest, as timm
+
+
+def _foreign(folder: Path) -> bool:
+    """Whether `folder` is an orbax checkpoint (or a manager's folder of them) laid out as no jax_ema one is."""
+    def other_step(step: Path) -> bool:  # a manager's step folder without our `state` item
+        return (step / '_CHECKPOINT_METADATA').exists() and not (step / 'state').exists()
+    return (folder / '_METADATA').exists() or other_step(folder) or any(
+        other_step(p) for p in folder.iterdir() if p.name.isdigit())
 
 
 def read_metadata(step_dir) -> dict:
@@ -273,4 +286,9 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
             if 'mismatch' in reason.lower() or isinstance(e, KeyError):
                 reason = ("its saved arrays do not fit this run (another --model, class count or --opt?); use "
                           "the settings it was trained with, or --no-resume-opt for another optimizer")
+            elif any(sign in reason for sign in DAMAGED):
+                code, array = re.match(r'[A-Z_]+', reason), re.search(r'"([^"/]+)/', reason)
+                detail = f'{code.group(0)} reading {array.group(1)}' if code and array else reason[:80]
+                reason = (f'its files are incomplete or damaged ({detail}); use another checkpoint of the run '
+                          '(RUN/checkpoints/<step>)')
             raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None

@@ -401,20 +401,21 @@ def _resume_position(state: TrainState, meta: dict, data_fp: dict, batch_size: i
     lr schedule's count and the EMA step) set there, and one warning line saying what changed.
     """
     changed = data_fingerprint.changes(meta.get('data'), data_fp, 'train')
-    changed = [f'training data: {", ".join(changed)}'] if changed else []
+    changed = [f'the training data ({", ".join(changed)})'] if changed else []
     if meta.get('global_batch_size') not in (None, batch_size):
-        changed.append(f'global batch: {meta["global_batch_size"]} -> {batch_size}')
+        changed.append(f'the global batch ({meta["global_batch_size"]} -> {batch_size})')
     if not changed:
         val_changed = data_fingerprint.changes(meta.get('data'), data_fp, 'validation')
         if val_changed:
-            log.warning('The validation data changed since %s (%s); the summary rows before this resume were '
-                        'measured on the old one', step_dir, ', '.join(val_changed))
+            log.warning('The validation data (%s) changed since %s; the summary rows before this resume were '
+                        'measured on the old one', ', '.join(val_changed), step_dir)
         position = int(jax.device_get(state.step)) % updates_per_epoch
         return state, meta.get('train_loss_partial') if position else None
     epoch, start = data_fingerprint.next_epoch_start(meta, updates_per_epoch)
-    log.warning('The %s changed since %s; going on from the start of epoch %d: update %d of %d per epoch '
-                '(the lr schedule and the EMA step too)', '; '.join(changed), step_dir, epoch, start,
-                updates_per_epoch)
+    what = ' and '.join(changed)
+    log.warning('%s changed since %s; going on from the start of epoch %d: update %d, at %d updates per epoch '
+                '(the lr schedule and the EMA step set there too)', what[0].upper() + what[1:], step_dir, epoch,
+                start, updates_per_epoch)
     step = jnp.asarray(start, jnp.asarray(state.step).dtype)
     return state.replace(step=step, opt_state=optim.at_step(state.opt_state, start)), None
 
