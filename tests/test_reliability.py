@@ -5,8 +5,10 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +225,12 @@ def test_the_short_run_warning_suggests_a_decay_that_keeps_an_ema(updates, decay
     message = caplog.records[-1].getMessage()
     assert f'--model-ema-decay {decay} ' in message and '--model-ema-warmup' in message
     assert '--model-ema-decay 0 ' not in message and '(e.g. 0)' not in message
+
+
+def test_the_reliability_page_names_every_fault_point_and_only_tests_that_exist():
+    tests = Path(__file__).resolve().parent
+    page = (tests.parent / 'docs' / 'reliability.md').read_text()
+    assert all(f'`{point}`' in page for point in faults.POINTS)
+    cited = set(re.findall(r'`(test_\w+)', page))
+    defined = {name for path in tests.glob('test_*.py') for name in re.findall(r'^def (test_\w+)', path.read_text(), re.M)}
+    assert len(cited) >= 15 and cited <= defined, sorted(cited - defined)
