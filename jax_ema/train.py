@@ -267,13 +267,14 @@ def _train_and_evaluate(config: Config, run_dir, cleanup: contextlib.ExitStack) 
 
     log.info('Run folder: %s', run_dir)
     start = int(jax.device_get(state.step))
-    # --- issue 13: args.yaml as started (args-resume-<n>.yaml beside it); summary.csv = the checkpoint's rows
+    # --- issue 13: args.yaml as started (args-resume-<n>.yaml beside it); the records = the checkpoint's rows
     reporting.write_args(run_dir, config)
     manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
     cleanup.callback(manager.close)
     rows = reporting.rows_at_checkpoint(run_dir, resumed_meta, start // updates_per_epoch) if continuing else []
     if continuing:
-        reporting.write_summary(run_dir, rows)
+        reporting.rewrite_records(run_dir, rows, reporting.results_of(rows, config, ema_cfg),
+                                  ema.member_names(ema_cfg) if ema_cfg else None)
     board = reporting.TensorBoard(run_dir, purge_step=(int(rows[-1]['epoch']) + 1 if rows else 0) if continuing
                                   else None)
     cleanup.callback(board.close)
