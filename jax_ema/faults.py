@@ -30,7 +30,8 @@ ERRNOS = ('ENOSPC', 'EROFS', 'EACCES')
 
 @functools.lru_cache(maxsize=8)
 def _parse(spec: str, legacy: str) -> tuple:
-    """((point, step or None, action), ...) of the two variables' values; ValueError for a spec that could never fire."""
+    """((point, step or None, action), ...) of the two variables' values; ValueError for a spec that could
+    never fire."""
     faults = []
     for item in filter(None, (s.strip() for s in spec.split(','))):
         where, _, action = item.rpartition(':')

@@ -55,8 +55,9 @@ class Records:
         cleanup.callback(manager.close)
         rows = (reporting.rows_at_checkpoint(run_dir, resumed_meta, start // run.updates_per_epoch)
                 if continuing else [])
-        if continuing:
-            reporting.write_summary(run_dir, rows)
+        if continuing:  # summary.csv, metrics.png and results.json as the checkpoint stands for them, at once
+            reporting.rewrite_records(run_dir, rows, final_results(run, rows),
+                                      ema.member_names(run.ema_cfg) if run.ema_cfg else None)
         board = reporting.TensorBoard(run_dir, purge_step=(int(rows[-1]['epoch']) + 1 if rows else 0)
                                       if continuing else None)
         cleanup.callback(board.close)

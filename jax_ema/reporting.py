@@ -135,6 +135,17 @@ def rows_at_checkpoint(run_dir: Path, metadata: dict, start_epoch: int) -> list[
     return [dict(r) for r in rows]
 
 
+def rewrite_records(run_dir: Path, rows: list[dict], results: dict | None, member_names=None) -> None:
+    """summary.csv, metrics.png and results.json as `rows` make them (a resume's: the checkpoint's rows)."""
+    write_summary(run_dir, rows)
+    if rows:
+        plot_metrics(run_dir, rows, member_names=member_names)
+        write_results(run_dir, results)
+    elif _writes():
+        for name in ('metrics.png', 'results.json'):
+            (run_dir / name).unlink(missing_ok=True)
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     if not _writes():
         return

@@ -117,7 +117,7 @@ def run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cli_writes_a_checkpoint_that_validates_and_exports_and_only_reads_the_run(run, tmp_path):
-    """posthoc, validate, export and plot work on a read-only run folder (tests/read_only.py): they never write there."""
+    """posthoc, validate, export and plot work on a read-only run folder (tests/read_only.py): they only read it."""
     run_dir, stacks = run
     out = tmp_path / 'out'
     row = reporting.summary_row(0, 1.0, 0.1, {'loss': 1.0, 'top1': 50.0, 'top5': 100.0}, None)

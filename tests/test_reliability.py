@@ -237,5 +237,6 @@ def test_the_reliability_page_names_every_fault_point_and_only_tests_that_exist(
     page = (tests.parent / 'docs' / 'reliability.md').read_text()
     assert all(f'`{point}`' in page for point in faults.POINTS)
     cited = set(re.findall(r'`(test_\w+)', page))
-    defined = {name for path in tests.glob('test_*.py') for name in re.findall(r'^def (test_\w+)', path.read_text(), re.M)}
+    defined = {name for path in tests.glob('test_*.py')
+               for name in re.findall(r'^def (test_\w+)', path.read_text(), re.M)}
     assert len(cited) >= 15 and cited <= defined, sorted(cited - defined)

@@ -59,7 +59,8 @@ def uninterrupted(data, tmp_path_factory):
     assert done.returncode == 0, done.stderr
     run = out / 'run'
     return types.SimpleNamespace(run=run, tree=checkpoint.restore_tree(checkpoint.resolve(run)),
-                                 rows=reporting.read_summary(run), results=json.loads((run / 'results.json').read_text()))
+                                 rows=reporting.read_summary(run),
+                                 results=json.loads((run / 'results.json').read_text()))
 
 
 def _assert_same_records(run, reference, epochs=('0', '1')):
@@ -69,7 +70,8 @@ def _assert_same_records(run, reference, epochs=('0', '1')):
     rows, want = reporting.read_summary(run), [r for r in reference.rows if r['epoch'] in epochs]
     assert [r['epoch'] for r in rows] == list(epochs)
     for row, ref in zip(rows, want):
-        assert {k: v for k, v in row.items() if k != 'train_loss'} == {k: v for k, v in ref.items() if k != 'train_loss'}
+        assert ({k: v for k, v in row.items() if k != 'train_loss'}
+                == {k: v for k, v in ref.items() if k != 'train_loss'})
         assert float(row['train_loss']) == pytest.approx(float(ref['train_loss']), rel=1e-5)
     results = json.loads((run / 'results.json').read_text())
     assert {k: results[k] for k in ('best_metric', 'best_epoch', 'final')} == \
