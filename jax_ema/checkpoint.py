@@ -4,8 +4,11 @@ Each step folder holds two items:
   state/     params, batch_stats, opt_state, step (+ ema_params, ema_batch_stats when EMA is on)
   metadata/  JSON: model, num_classes, img_size, ema settings, epoch, position, metrics, score
 so no tool needs `--model` to read it. Orbax writes into a temporary folder and renames it when
-complete, so a crash mid-save leaves the previous checkpoints intact. With several processes every
-process calls `save` and `restore_tree` (orbax synchronises them; the folder must be shared).
+complete, so a crash mid-save leaves the previous checkpoints intact; a save that fails (a full disk, a
+read-only folder) removes its temporary folder and raises a UserError naming the intact previous one.
+Which checkpoints are kept is decided from the `score` in their metadata (the latest plus the best N),
+so it survives a resume. With several processes every process calls `save` and `restore_tree` (orbax
+synchronises them; the folder must be shared).
 
 Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`.
 What a training run's checkpoint says about itself (`run_metadata`) and how many EMAs it holds
@@ -13,20 +16,28 @@ What a training run's checkpoint says about itself (`run_metadata`) and how many
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
+import logging
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers as policies
 
-from jax_ema import data_config, ema, parallel, pretrained_cfgs
+from jax_ema import data_config, ema, faults, parallel, pretrained_cfgs
 from jax_ema.errors import UserError
 from jax_ema.guard import TrainingDiverged, is_finite_on_host
 
 EMA_KEYS = ('ema_params', 'ema_batch_stats')
+TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's temporary step folders: <step>.orbax-checkpoint-tmp[-<time>]
+# What orbax / TensorStore say when a checkpoint's files are cut short or missing (kept apart from a tree mismatch)
+DAMAGED = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'does not exist', 'Unterminated', 'Expecting')
 
 
 def state_tree(state) -> dict:
@@ -44,16 +55,55 @@ def state_tree(state) -> dict:
     return tree
 
 
+class KeepLatestAndBest:
+    """orbax preservation policy: the latest checkpoint and the `n` best by the `score` in our metadata
+    (highest first, the earliest among equals, as `resolve(.../best)`); recovery checkpoints have no score.
+    Reading the score from disk keeps the best of earlier sessions when a resumed run saves."""
+
+    def __init__(self, directory: Path, n: int):
+        self.directory, self.n = directory, n
+
+    def should_preserve(self, checkpoints, *, context=None):
+        steps = [int(c.step) for c in checkpoints]
+        scores = {step: _score(self.directory / str(step)) for step in steps}
+        ranked = sorted((step for step in steps if scores[step] is not None), key=lambda t: (-scores[t], t))
+        keep = set(ranked[:self.n]) | {max(steps, default=None)}
+        return [step in keep for step in steps]
+
+
+def _score(step_dir: Path) -> float | None:
+    try:
+        return read_metadata(step_dir).get('score')
+    except UserError:
+        return None
+
+
+class _StateHandler(ocp.StandardCheckpointHandler):
+    """orbax's handler of the `state` item, with the `save:write` fault point once its writes have begun."""
+
+    async def async_save(self, directory, *args, **kwargs):
+        futures = await super().async_save(directory, *args, **kwargs)
+        faults.hit('save:write', _saving_step.get())
+        return futures
+
+
+_saving_step = contextvars.ContextVar('saving_step', default=None)
+
+
 def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:
     """A manager that keeps the `keep_best` best checkpoints by score plus the latest one (timm's
-    --checkpoint-hist plus last; older recovery checkpoints, which have no score, are removed)."""
-    keep = policies.AnyPreservationPolicy([
-        policies.LatestN(1),
-        policies.BestN(get_metric_fn=lambda m: m['score'], reverse=False, n=keep_best,  # keeps the highest
-                       keep_checkpoints_without_metrics=False),
-    ])
-    options = ocp.CheckpointManagerOptions(preservation_policy=keep, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    --checkpoint-hist plus last; older recovery checkpoints, which have no score, are removed).
+    Temporary folders of saves that died are removed first (by process 0, the run's one writer)."""
+    directory = Path(directory).absolute()
+    if jax.process_index() == 0 and directory.is_dir():
+        for stale in directory.glob(f'*{TMP_MARK}*'):
+            shutil.rmtree(stale, ignore_errors=True)
+    registry = ocp.DefaultCheckpointHandlerRegistry()
+    registry.add('state', ocp.args.StandardSave, _StateHandler())
+    registry.add('metadata', ocp.args.JsonSave, ocp.JsonCheckpointHandler())
+    options = ocp.CheckpointManagerOptions(preservation_policy=KeepLatestAndBest(directory, keep_best),
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
 def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float | None = None) -> Path:
@@ -66,18 +116,104 @@ def save(manager: ocp.CheckpointManager, state, metadata: dict, score: float | N
 
 
 def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score: float | None = None) -> Path:
-    """`save` for a state tree already in host numpy (the post-hoc EMA tool writes one without a TrainState)."""
+    """`save` for a state tree already in host numpy (the post-hoc EMA tool writes one without a TrainState).
+
+    An OS failure of the write (a full disk, a read-only or vanished folder) leaves no partial folder and
+    raises a UserError that names the previous checkpoint, intact (orbax renames a step folder only when complete).
+    """
     step = int(tree['step'])
     if not is_finite_on_host(tree):
         raise TrainingDiverged(f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '
                                'checkpoint is kept). Lower --lr or check the data')
     metadata = dict(metadata, score=score, step=step)
-    metrics = None if score is None else {'score': float(score)}
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                               metadata=ocp.args.JsonSave(metadata)),
-                 metrics=metrics, force=True)
-    manager.wait_until_finished()
-    return Path(manager.directory) / str(step)
+    directory = Path(manager.directory)
+    previous = manager.latest_step()
+    faults.hit('save:before', step)
+    token = _saving_step.set(step)
+    try:
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
+                                                   metadata=ocp.args.JsonSave(metadata)), force=True)
+        manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (orbax wraps OS errors in ValueError, RuntimeError...)
+        reason = os_reason(e)
+        if reason is None:
+            raise
+        quiet_orbax_aftermath()
+        for partial in directory.glob(f'{step}{TMP_MARK}*'):
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = (f'the previous checkpoint {str(directory / str(previous))!r} is intact' if previous is not None
+                else 'no earlier checkpoint of this run exists')
+        hint = 'free some space' if 'space' in reason or 'quota' in reason else 'make it writable'
+        raise UserError(f'cannot save checkpoint {step} in {str(directory)!r} ({reason}); {kept}: {hint}, then '
+                        f'resume with --resume {str(directory.parent)!r}') from None
+    finally:
+        _saving_step.reset(token)
+    faults.hit('save:after-checkpoint', step)
+    return directory / str(step)
+
+
+def os_reason(error: BaseException) -> str | None:
+    """The OS error behind `error` in words ('No space left on device'), None when it is not an OS error.
+    orbax and TensorStore report them as ValueError('... [os_error_code=\'28\']') or chain the OSError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno)
+        code = re.search(r"os_error_code='?(\d+)", str(error))
+        if code:
+            return os.strerror(int(code.group(1)))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+class _DropOrbaxThreadEcho(logging.Filter):
+    """orbax logs each failed writer thread's exception (with its traceback) before re-raising it to the caller,
+    which reports it in one line: the echo is noise."""
+
+    def filter(self, record):
+        return '_SignalingThread.run() raised an exception' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_DropOrbaxThreadEcho())
+
+
+def quiet_orbax_aftermath() -> None:
+    """After a failed save or restore, TensorStore's writes still in flight complete into orbax's closed event
+    loop, each printing 'RuntimeError: Event loop is closed' with a traceback: drop those (and only those)."""
+    hook = sys.unraisablehook
+    if getattr(hook, 'drops_closed_loops', False):
+        return
+
+    def drop_closed_loops(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed':
+            return
+        hook(unraisable)
+
+    drop_closed_loops.drops_closed_loops = True
+    sys.unraisablehook = drop_closed_loops
+
+
+def update_metadata(step_dir, changes: dict) -> dict:
+    """Rewrite a saved checkpoint's metadata with `changes` (a temporary file renamed over it: atomic)."""
+    path = Path(step_dir) / 'metadata' / 'metadata'
+    metadata = dict(read_metadata(step_dir), **changes)
+    tmp = Path(step_dir) / '.metadata.tmp'
+    tmp.write_text(json.dumps(metadata))
+    os.replace(tmp, path)
+    return metadata
+
+
+def record_validation(manager: ocp.CheckpointManager, step_dir, metadata: dict, score: float) -> Path:
+    """Give an existing checkpoint (saved at an epoch's last update by a run stopped before validating)
+    the validation done since: its metadata and score, as the epoch-end save would have written them."""
+    if jax.process_index() == 0:
+        update_metadata(step_dir, dict(metadata, score=score, step=int(Path(step_dir).name)))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices('jax_ema.checkpoint.record_validation')
+    manager.reload()
+    return Path(step_dir)
 
 
 def _step_dirs(ckpt_dir: Path) -> list[Path]:
@@ -101,6 +237,9 @@ def resolve(path) -> Path:
         raise UserError(f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ '
                         'folder or one step folder')
     steps = _step_dirs(ckpt_dir)
+    if not steps and _foreign(ckpt_dir):
+        raise UserError(f'{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema\'s (a step '
+                        'folder with state/ and metadata/); give a folder written by python -m jax_ema.train')
     if not steps:
         raise UserError(f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved '
                         'at least one epoch')
@@ -110,6 +249,14 @@ def resolve(path) -> Path:
     if not scored:
         raise UserError(f'no end-of-epoch checkpoint in {str(ckpt_dir)!r} to call best; use last')
     return max(scored, key=lambda p: (read_metadata(p)['score'], -int(p.name)))  # ties: the earliest, as timm
+
+
+def _foreign(folder: Path) -> bool:
+    """Whether `folder` is an orbax checkpoint (or a manager's folder of them) laid out as no jax_ema one is."""
+    def other_step(step: Path) -> bool:  # a manager's step folder without our `state` item
+        return (step / '_CHECKPOINT_METADATA').exists() and not (step / 'state').exists()
+    return (folder / '_METADATA').exists() or other_step(folder) or any(
+        other_step(p) for p in folder.iterdir() if p.name.isdigit())
 
 
 def read_metadata(step_dir) -> dict:
@@ -136,11 +283,17 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, 'dtype', None)
                                                                          or np.asarray(x).dtype), target)
             return ckptr.restore(step_dir / 'state', abstract)
-        except (ValueError, KeyError, FileNotFoundError) as e:
+        except (ValueError, KeyError, OSError) as e:
+            quiet_orbax_aftermath()
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             if 'mismatch' in reason.lower() or isinstance(e, KeyError):
                 reason = ("its saved arrays do not fit this run (another --model, class count or --opt?); use "
                           "the settings it was trained with, or --no-resume-opt for another optimizer")
+            elif any(sign in reason for sign in DAMAGED):
+                code, array = re.match(r'[A-Z_]+', reason), re.search(r'"([^"/]+)/', reason)
+                detail = f'{code.group(0)} reading {array.group(1)}' if code and array else reason[:80]
+                reason = (f'its files are incomplete or damaged ({detail}); use another checkpoint of the run '
+                          '(RUN/checkpoints/<step>)')
             raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None
 
 

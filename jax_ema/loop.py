@@ -6,8 +6,6 @@ and read every `log_interval` updates, at the end of the epoch and before any sa
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import sys
 import time
 
@@ -15,21 +13,11 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from jax_ema import faults
+from jax_ema.faults import SIGNAL_AT_UPDATE  # noqa: F401  (the tests' "N:SIG" variable, kept here too)
 from jax_ema.guard import TrainingDiverged
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the resume and preemption tests: "N:SIG" sends SIG (KILL, TERM, INT) to this
-# process right after optimizer update N, at a known point instead of a timed one.
-SIGNAL_AT_UPDATE = 'JAX_EMA_FAULT_SIGNAL_AT_UPDATE'
-
-
-def _fault():
-    spec = os.environ.get(SIGNAL_AT_UPDATE)
-    if not spec:
-        return -1, None
-    update, name = spec.split(':')
-    return int(update), getattr(signal, f'SIG{name}')
 
 
 def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, first_update, schedule,
@@ -38,7 +26,6 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
     update_count, check_finite)` may save a recovery checkpoint; it returns (state, stop).
     Returns (state, mean train loss, stopped)."""
     loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
-    fault_at, fault_signal = _fault()
     bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',
                unit='step', dynamic_ncols=True, leave=False, file=sys.stderr,
                disable=None if jax.process_index() == 0 else True)  # off unless a tty, and on process 0
@@ -61,8 +48,7 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
             loss = check(loss_sum, finite, count_before + 1)  # the host sync, every log_interval
             bar.set_postfix(loss=f'{loss:.4f}', lr=f'{float(schedule(count_before)):.3g}',
                             img_s=f'{seen / (time.perf_counter() - t0):.0f}')
-        if count_before + 1 == fault_at:
-            os.kill(os.getpid(), fault_signal)
+        faults.hit('update', count_before + 1)  # the tests' kill / signal at a known update
         if after_update is not None:
             state, stopped = after_update(state, count_before + 1,
                                           lambda: check(loss_sum, finite, count_before + 1))

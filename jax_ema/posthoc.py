@@ -29,12 +29,15 @@ for --resume). The run's args.yaml is copied beside it, so validate uses the run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import jax
@@ -77,12 +80,18 @@ def save_snapshot(run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTr
             cast = rows
         arrays[key] = cast
     folder = Path(run_dir) / SNAPSHOTS
-    folder.mkdir(parents=True, exist_ok=True)
     path, tmp = folder / f'{int(step)}.npz', folder / f'.{int(step)}.npz.tmp'
-    with open(tmp, 'wb') as f:
-        np.savez(f, step=np.int64(step), stds=np.float64(cfg.stds),
-                 gammas=np.float64([power_ema.gamma_from_std(s) for s in cfg.stds]), **arrays)
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'wb') as f:
+            np.savez(f, step=np.int64(step), stds=np.float64(cfg.stds),
+                     gammas=np.float64([power_ema.gamma_from_std(s) for s in cfg.stds]), **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f'cannot write snapshot {str(path)!r} ({e.strerror}); the earlier snapshots are intact: '
+                        'fix the folder (free space?), then resume the run with --resume') from None
     return path
 
 
@@ -95,8 +104,21 @@ class Snapshot:
 
     def arrays(self, key: str) -> np.ndarray:
         """[P, n] float64 flat buffers of `key` ('params' or 'batch_stats')."""
-        with np.load(self.path, allow_pickle=False) as f:
-            return f[key].astype(np.float64)
+        with _reading(self.path):
+            with np.load(self.path, allow_pickle=False) as f:
+                return f[key].astype(np.float64)
+
+
+@contextlib.contextmanager
+def _reading(path: Path):
+    """A snapshot that cannot be read (truncated, not an .npz, lacking a key) is a UserError naming it."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        reason = 'truncated or not a snapshot' if isinstance(e, (zipfile.BadZipFile, EOFError, zlib.error)) \
+            else type(e).__name__
+        raise UserError(f'cannot read snapshot {str(path)!r} ({reason}); remove it (a snapshot is written whole '
+                        'or not at all, so this one was damaged or copied in part)') from None
 
 
 def list_snapshots(run_dir) -> list[Snapshot]:
@@ -108,11 +130,9 @@ def list_snapshots(run_dir) -> list[Snapshot]:
     for path in sorted(folder.glob('*.npz')) if folder.is_dir() else []:
         if not path.stem.isdigit():
             continue
-        try:
+        with _reading(path):
             with np.load(path, allow_pickle=False) as f:
                 found.append(Snapshot(path, int(f['step']), tuple(f['stds'].tolist()), tuple(f['gammas'].tolist())))
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(f'cannot read snapshot {str(path)!r} ({type(e).__name__}); remove it') from None
     if not found:
         raise UserError(f'no EMA snapshots in {str(folder)!r}; train with --model-ema-std S [S ...] '
                         '--model-ema-snapshot-every N to write them')

@@ -7,18 +7,30 @@ further decays, then the --model-ema-std ones).
 
 With several processes only process 0 writes here (the writers below do nothing on the others);
 checkpoints are written by all of them together (checkpoint.py).
+
+The checkpoints are the truth: each holds the summary rows up to it, a resume rewrites summary.csv from
+the one it starts from (as timm's `trim_summary` drops the rows at or after the resumed epoch), and an
+epoch's row is written after its checkpoint. Every file is written to a temporary name and renamed, so
+a reader never sees half a file. args.yaml keeps the settings a run was started with; each resume's
+go beside it as args-resume-<n>.yaml.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
+import io
 import json
+import logging
+import os
 from pathlib import Path
 
 import yaml
 
 from jax_ema.errors import UserError
+
+log = logging.getLogger('jax_ema.train')
 
 SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr',
                    'raw_eval_loss', 'raw_eval_top1', 'raw_eval_top5',
@@ -48,11 +60,31 @@ def _writes() -> bool:
     return jax.process_index() == 0
 
 
-def write_args(run_dir: Path, config) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, renamed over it. An OS failure (a full disk)
+    is a UserError; nothing is lost, since a resume rewrites the records from the checkpoints."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f'cannot write {str(path)!r} ({e.strerror}); the checkpoints hold the run\'s records: fix '
+                        f'this (free space?), then resume with --resume {str(path.parent)!r} to rewrite it') from None
+
+
+def write_args(run_dir: Path, config) -> Path | None:
+    """args.yaml, the settings the run was started with; when it exists (a resume), args-resume-<n>.yaml."""
     if not _writes():
-        return
+        return None
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    (run_dir / 'args.yaml').write_text(yaml.safe_dump(values, sort_keys=False))
+    path, count = run_dir / 'args.yaml', 1
+    while path.exists():
+        path, count = run_dir / f'args-resume-{count}.yaml', count + 1
+    write_atomic(path, yaml.safe_dump(values, sort_keys=False))
+    return path
 
 
 def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict | None, more=()) -> dict:
@@ -69,16 +101,18 @@ def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict |
     return row
 
 
-def append_summary(run_dir: Path, row: dict) -> None:
+def write_summary(run_dir: Path, rows: list[dict]) -> None:
+    """summary.csv with exactly `rows` (rewritten whole: one row per validated epoch, whatever came before)."""
     if not _writes():
         return
-    path = run_dir / 'summary.csv'
-    new = not path.exists()
-    with path.open('a', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))  # SUMMARY_COLUMNS, then any ema<i>_eval_*
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    if not rows:
+        (run_dir / 'summary.csv').unlink(missing_ok=True)
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator='\n')  # SUMMARY_COLUMNS, ema<i>_*
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(run_dir / 'summary.csv', text.getvalue())
 
 
 def read_summary(run_dir) -> list[dict]:
@@ -86,20 +120,46 @@ def read_summary(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def rows_at_checkpoint(run_dir: Path, metadata: dict, start_epoch: int) -> list[dict]:
+    """The summary rows a checkpoint stands for: those it records, else (a checkpoint of an older version)
+    summary.csv's rows before `start_epoch`, as timm's trim_summary keeps them. Logs what is dropped or restored."""
+    path = Path(run_dir) / 'summary.csv'
+    on_disk = read_summary(run_dir) if path.is_file() else []
+    rows = metadata.get('summary')
+    if rows is None:
+        rows = [r for r in on_disk if int(float(r['epoch'])) < start_epoch]
+    on_disk_epochs, epochs = [int(float(r['epoch'])) for r in on_disk], [int(r['epoch']) for r in rows]
+    if on_disk_epochs != epochs:
+        log.info('summary.csv: epochs %s on disk, the checkpoint stands for %s; rewriting it', on_disk_epochs or 'none',
+                 epochs or 'none')
+    return [dict(r) for r in rows]
+
+
+def rewrite_records(run_dir: Path, rows: list[dict], results: dict | None, member_names=None) -> None:
+    """summary.csv, metrics.png and results.json as `rows` make them (a resume's: the checkpoint's rows)."""
+    write_summary(run_dir, rows)
+    if rows:
+        plot_metrics(run_dir, rows, member_names=member_names)
+        write_results(run_dir, results)
+    elif _writes():
+        for name in ('metrics.png', 'results.json'):
+            (run_dir / name).unlink(missing_ok=True)
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     if not _writes():
         return
-    tmp = run_dir / 'results.json.tmp'
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(run_dir / 'results.json')
+    write_atomic(run_dir / 'results.json', json.dumps(results, indent=2))
 
 
 class TensorBoard:
     """Scalar event files via tensorboardX (no tensorflow import outside data.py)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        """`purge_step`: a resume's first epoch; TensorBoard then hides the events of epochs from it on."""
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=str(run_dir / 'tensorboard')) if _writes() else None
+        self.writer = (SummaryWriter(logdir=str(run_dir / 'tensorboard'), purge_step=purge_step) if _writes()
+                       else None)
 
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is None:
@@ -149,5 +209,7 @@ def plot_metrics(run_dir: Path, rows: list[dict], out: Path | None = None, membe
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=100, format='png')
+    write_atomic(out, image.getvalue())
     return out

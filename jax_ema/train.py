@@ -2,11 +2,13 @@
 
 `train_and_evaluate(config)` is the epoch loop, read top to bottom; the small functions after it are its
 steps: set up (data, model, optimizer, state), resume, validate an epoch (raw weights and every EMA),
-write the records (summary.csv, TensorBoard, checkpoints), and the results. The TrainState and the pure
-step functions are step.py's; where the EMA lives and the step built for it, offload.py's.
+and the records (records.py: the run folder and its lock, checkpoints, summary.csv, TensorBoard, results).
+The TrainState and the pure step functions are step.py's; where the EMA lives and the step built for it,
+offload.py's; the fault hooks the tests use to kill or signal at a named point, faults.py's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,19 +21,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import (checkpoint, data_config, device_input, ema, loop, offload, optim, parallel, posthoc,
-                     precision, pretrained, reporting)
+from jax_ema import (checkpoint, data_config, data_fingerprint, device_input, ema, faults, loop, offload, optim,
+                     parallel, posthoc, precision, pretrained, reporting)
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.guard import Preemption
 from jax_ema.models import create_model, drop_kwargs
+from jax_ema.records import Records, final_results, resume_position, unvalidated_epoch
 from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, restore_state, train_step
 
 log = logging.getLogger('jax_ema.train')  # also under `python -m`, where __name__ is '__main__'
 
-METRIC_KEYS = ('loss', 'top1', 'top5')
-_PLACEMENT_NOTE = {'device': '', 'host': ' on host', 'sharded': ' sharded'}
 
 
 @dataclasses.dataclass
@@ -62,40 +63,53 @@ class Run:
 
 def train_and_evaluate(config: Config, run_dir=None) -> dict:
     """Train and validate raw and EMA weights every epoch; returns the results dict (also results.json)."""
-    run, state = setup(config)
-    resumed_from = None
-    if config.resume:
-        state, resumed_from = resume(run, state)
-        if run_dir is None and resumed_from.parent.name == 'checkpoints':
-            run_dir = resumed_from.parent.parent  # go on in the same run folder
-    state = offload.place_state(state, config.ema_placement)
-    _warn_ema_horizon(run.ema_cfg, run.total_updates)
-    start = int(jax.device_get(state.step))
-    records = Records.open(run, run_dir, resumed_from, start)
-    step = offload.build_step(functools.partial(train_step, smoothing=config.smoothing,
-                                                accum_steps=config.grad_accum_steps, seed=config.seed,
-                                                inputs=run.train_ds.device_input),
-                              run.ema_cfg, config.ema_placement, last=start)
-    eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply, inputs=run.val_ds.device_input))
-    preemption = Preemption()
-    after_update = _after_update(run, records, step, preemption)
-    with preemption:
-        for epoch in range(start // run.updates_per_epoch, run.num_epochs):
-            first = start - epoch * run.updates_per_epoch if epoch == start // run.updates_per_epoch else 0
-            state, train_loss, stopped = loop.train_epoch(
-                step, state, _train_batches(run, epoch, first), epoch=epoch, num_epochs=run.num_epochs,
-                updates_per_epoch=run.updates_per_epoch, first_update=first, schedule=run.schedule,
-                log_interval=config.log_interval, after_update=after_update)
-            if stopped:
-                records.close()
-                return {'preempted': True, 'run_dir': str(records.run_dir), 'step': int(jax.device_get(state.step))}
-            state = step.flush(state, (epoch + 1) * run.updates_per_epoch)
-            metrics = validate_epoch(run, eval_step_fn, state)
-            records.end_epoch(run, state, epoch, train_loss, metrics)
-    records.close()
-    results = final_results(run, records.rows)
-    reporting.write_results(records.run_dir, results)
-    return dict(results, run_dir=str(records.run_dir))
+    with contextlib.ExitStack() as cleanup:  # the run lock, checkpoints and TensorBoard closed on any exit
+        run, state = setup(config)
+        data_fp = data_fingerprint.of_datasets(run.train_ds, run.val_ds)
+        resumed_from, resumed_meta, carried_loss = None, None, None
+        if config.resume:
+            state, resumed_from = resume(run, state)
+            resumed_meta = checkpoint.read_metadata(resumed_from)
+            state, carried_loss = resume_position(run, state, resumed_meta, data_fp, resumed_from)
+        state = offload.place_state(state, config.ema_placement)
+        _warn_ema_horizon(run.ema_cfg, run.total_updates)
+        start = int(jax.device_get(state.step))
+        records = Records.open(run, run_dir, resumed_from, resumed_meta, start, data_fp, carried_loss, cleanup)
+        step = offload.build_step(functools.partial(train_step, smoothing=config.smoothing,
+                                                    accum_steps=config.grad_accum_steps, seed=config.seed,
+                                                    inputs=run.train_ds.device_input),
+                                  run.ema_cfg, config.ema_placement, last=start)
+        eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply,
+                                                 inputs=run.val_ds.device_input))
+        stopped_epoch = unvalidated_epoch(resumed_meta)
+        if stopped_epoch is not None:  # stopped on an epoch's last update, before validating it: validate it now
+            loss = resumed_meta['train_loss_partial']
+            _validate_and_record(run, eval_step_fn, records, state, stopped_epoch,
+                                 loss['sum'] / max(loss['count'], 1), resumed_from if records.continuing else None)
+        preemption = Preemption()
+        after_update = _after_update(run, records, step, preemption)
+        with preemption:
+            for epoch in range(start // run.updates_per_epoch, run.num_epochs):
+                first = start - epoch * run.updates_per_epoch if epoch == start // run.updates_per_epoch else 0
+                state, train_loss, stopped = loop.train_epoch(
+                    step, state, _train_batches(run, epoch, first), epoch=epoch, num_epochs=run.num_epochs,
+                    updates_per_epoch=run.updates_per_epoch, first_update=first, schedule=run.schedule,
+                    log_interval=config.log_interval, after_update=after_update)
+                if stopped:
+                    return {'preempted': True, 'run_dir': str(records.run_dir),
+                            'step': int(jax.device_get(state.step))}
+                if first and records.carried_loss:  # the epoch began before the resume: its loss covers all of it
+                    total = records.epoch_loss(run, epoch, train_loss, run.updates_per_epoch)
+                    train_loss = total['sum'] / total['count']
+                state = step.flush(state, (epoch + 1) * run.updates_per_epoch)
+                _validate_and_record(run, eval_step_fn, records, state, epoch, train_loss)
+        results = final_results(run, records.rows)
+        if results is None:
+            log.info('Nothing left to train: the checkpoint is at update %d of %d', start, run.total_updates)
+            return {'run_dir': str(records.run_dir), 'best_metric': None}
+        log.info('*** Best metric: %s (epoch %d)', results['best_metric'], results['best_epoch'])
+        reporting.write_results(records.run_dir, results)  # also when a resume had nothing left to train
+        return dict(results, run_dir=str(records.run_dir))
 
 
 # ---------------------------------------------------------------- set-up and resume
@@ -169,13 +183,16 @@ def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
 
 
 def _warn_ema_horizon(ema_cfg: ema.EmaConfig | None, total_updates: int) -> None:
+    """Warn when an EMA's horizon 1/(1-decay) exceeds the run: suggest the decay warmup, or a decay whose horizon
+    is a tenth of the run (at least 2 updates), so that an EMA is still kept."""
     for decay in ema_cfg.decays if ema_cfg is not None and not ema_cfg.use_warmup else ():
         horizon = ema_cfg.single(decay).horizon
         if horizon > total_updates:
+            suggested = 1.0 - 1.0 / max(total_updates / 10.0, 2.0)
             log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
-                        'stay near the initial weights. Add --model-ema-warmup or use a smaller --model-ema-decay '
-                        '(e.g. %.4g).', decay, horizon, total_updates,
-                        max(0.0, 1.0 - 10.0 / max(total_updates, 1)))
+                        'stay near the initial weights. Add --model-ema-warmup, or use --model-ema-decay %.4g '
+                        '(a horizon of %.0f updates).', decay, horizon, total_updates, suggested,
+                        1.0 / (1.0 - suggested))
 
 
 def _train_batches(run: Run, epoch: int, first: int):
@@ -193,7 +210,8 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
     config = run.config
 
     def after_update(state, count, check_finite):
-        epoch, position = divmod(count, run.updates_per_epoch)
+        epoch, position = divmod(count - 1, run.updates_per_epoch)  # an epoch's last update is its own
+        position += 1
         if run.ema_cfg is not None and posthoc.snapshot_due(count, config.model_ema_snapshot_every,
                                                             run.total_updates):
             state = step.flush(state, count)
@@ -201,11 +219,11 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
                 posthoc.save_snapshot(records.run_dir, count, run.ema_cfg, state.ema_params, state.ema_batch_stats,
                                       config.snapshot_dtype)
         stop = preemption.agreed()
-        if stop or (config.recovery_interval and count % config.recovery_interval == 0 and position != 0):
-            check_finite()
+        if stop or (config.recovery_interval and count % config.recovery_interval == 0
+                    and position != run.updates_per_epoch):
+            mean_loss = check_finite()
             state = step.flush(state, count)
-            checkpoint.save(records.manager, state, checkpoint.run_metadata(config, run.num_classes, run.ema_cfg,
-                                                                            epoch, position))
+            records.save_recovery(run, state, epoch, position, mean_loss)
         if stop and parallel.is_main():
             print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
                   f'Resume with: python -m jax_ema.train ... --resume {records.run_dir}', flush=True)
@@ -214,6 +232,13 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
 
 
 # ---------------------------------------------------------------- validation
+
+def _validate_and_record(run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int,
+                         train_loss: float, saved=None) -> None:
+    """Validate the epoch's weights, then its checkpoint and records (`saved`: see Records.end_epoch)."""
+    faults.hit('epoch-end:before-validate', (epoch + 1) * run.updates_per_epoch)
+    records.end_epoch(run, state, epoch, train_loss, validate_epoch(run, eval_step_fn, state), saved)
+
 
 def validate_epoch(run: Run, eval_step_fn, state: TrainState) -> dict:
     """{'raw', 'ema', 'members', 'best'}: the raw weights' metrics, the EMA's (member 0's), with several
@@ -248,104 +273,6 @@ def evaluate_members(evaluate_one, ema_params, ema_stats, labels) -> list[dict]:
 def best_index(member_metrics: list[dict], score) -> int:
     """The member with the highest `score(metrics)`; ties go to the lower index."""
     return int(np.argmax([score(m) for m in member_metrics]))
-
-
-# ---------------------------------------------------------------- records and results
-
-@dataclasses.dataclass
-class Records:
-    """The run folder's writers: checkpoints (orbax), summary.csv rows, TensorBoard, metrics.png."""
-    run_dir: Path
-    manager: Any
-    board: reporting.TensorBoard
-    rows: list
-
-    @classmethod
-    def open(cls, run: Run, run_dir, resumed_from, start: int) -> Records:
-        """The run folder (a new one, or the resumed run's), with the summary rows of the epochs done."""
-        config = run.config
-        if run_dir is None and parallel.is_main():
-            run_dir = reporting.make_run_dir(config.output, config.experiment, config.model, config.img_size)
-        run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
-        log.info('Run folder: %s', run_dir)
-        reporting.write_args(run_dir, config)
-        manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
-        board = reporting.TensorBoard(run_dir)
-        ema_note = 'off' if run.ema_cfg is None else (', '.join(ema.member_names(run.ema_cfg))
-                                                      + _PLACEMENT_NOTE[config.ema_placement])
-        log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
-                 config.model, run.num_classes, run.train_ds.num_examples, run.val_ds.num_examples,
-                 run.updates_per_epoch, run.lr, ema_note)
-        rows = [r for r in reporting.read_summary(run_dir) if int(r['epoch']) < start // run.updates_per_epoch] \
-            if resumed_from is not None and (run_dir / 'summary.csv').exists() else []
-        return cls(run_dir, manager, board, rows)
-
-    def end_epoch(self, run: Run, state, epoch: int, train_loss: float, metrics: dict) -> None:
-        """summary.csv, TensorBoard and metrics.png get the epoch's row; a checkpoint scored by the best EMA
-        (else the raw weights) is saved."""
-        raw, ema_metrics, members, best = metrics['raw'], metrics['ema'], metrics['members'], metrics['best']
-        epoch_lr = float(run.schedule((epoch + 1) * run.updates_per_epoch - 1))  # timm: lr at the epoch's end
-        row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, members[1:])
-        self.rows.append(row)
-        reporting.append_summary(self.run_dir, row)
-        self.board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-        reporting.plot_metrics(self.run_dir, self.rows,
-                               member_names=ema.member_names(run.ema_cfg) if run.ema_cfg else None)
-        meta = checkpoint.run_metadata(run.config, run.num_classes, run.ema_cfg, epoch, run.updates_per_epoch,
-                                       {'raw': raw, 'ema': ema_metrics})
-        meta['unreadable_images'] = run.train_ds.skipped_images(epoch)  # slots that took the next image
-        if members:
-            meta.update(best_ema_index=best, metrics=dict(meta['metrics'], ema_members=members))
-        checkpoint.save(self.manager, state, meta, run.score((members or [ema_metrics or raw])[best]))
-
-    def close(self) -> None:
-        self.board.close()
-        self.manager.close()
-
-
-def final_results(run: Run, rows: list[dict]) -> dict:
-    """results.json: the best epoch's metric (over every EMA member too), the last epoch's metrics, the EMA."""
-    config, ema_cfg = run.config, run.ema_cfg
-    scores = [(run.score({k: r[f'eval_{k}'] for k in METRIC_KEYS}), int(r['epoch'])) for r in rows]
-    best_score, best_epoch = max(scores, key=lambda se: (se[0], -se[1]))
-    several = ema_cfg is not None and ema_cfg.members > 1
-    if several:  # the best over every member too
-        best_score, best_epoch, best_member = best_over_rows(rows, run.score)
-    best_value = -best_score if config.eval_metric == 'loss' else best_score
-    log.info('*** Best metric: %s (epoch %d)', best_value, best_epoch)
-    results = {'best_metric': best_value, 'best_epoch': best_epoch,
-               'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
-               'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu,
-                            shard=config.model_ema_shard)
-                       if ema_cfg else None)}
-    if several:
-        results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
-                       best_ema=describe_member(ema_cfg, best_member))
-        results['final']['ema_members'] = [_final(rows[-1], prefix) for prefix in reporting.member_prefixes(rows[-1])]
-    return results
-
-
-def best_over_rows(rows: list[dict], score) -> tuple[float, int, int]:
-    """(best score, its epoch, its member) over every epoch and EMA member of summary.csv rows; ties: the
-    earliest epoch, then the lower member."""
-    best = None
-    for row in rows:
-        for i, prefix in enumerate(reporting.member_prefixes(row)):
-            value = score({k: float(row[f'{prefix}_eval_{k}']) for k in METRIC_KEYS})
-            key = (value, -int(row['epoch']), -i)
-            best = key if best is None or key > best else best
-    return best[0], -best[1], -best[2]
-
-
-def describe_member(cfg: ema.EmaConfig, index: int) -> dict:
-    """{'index': i, 'decay': d} or {'index': i, 'std': s} for member `index`."""
-    if index < len(cfg.decays):
-        return {'index': index, 'decay': cfg.decays[index]}
-    return {'index': index, 'std': cfg.stds[index - len(cfg.decays)]}
-
-
-def _final(row: dict, prefix: str) -> dict:
-    return {k: float(row[f'{prefix}_eval_{k}']) for k in ('top1', 'top5', 'loss')}
 
 
 def main(argv=None) -> int:

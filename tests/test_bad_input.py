@@ -18,12 +18,14 @@ import pytest
 
 from bad_input_world import build_world
 from hub_cache import offline_hub
-from jax_ema import export, posthoc, train, validate
+from jax_ema import export, plot, posthoc, train, validate
+from read_only import read_only
 from test_train import IMG
 
 TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
         '--lr', '0.01', '-j', '1']
-CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main, 'posthoc': posthoc.main}
+CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main, 'posthoc': posthoc.main,
+        'plot': plot.main}
 
 
 # --- the cases: (id, cli, argv builder, expected substring) -----------------------------------------
@@ -188,6 +190,32 @@ CASES = [
      'batch size must be positive'),
     ('validate: unknown split of the digits', 'validate',
      lambda w: ['--checkpoint', str(w.run), '--split', 'test'], "has no split 'test'"),
+    # runs that survive real life (issue 13, docs/reliability.md)
+    ('--resume: a run another trainer is writing', 'train', _run('data', '--resume', lambda w: w.run_busy),
+     'is in use by another trainer (pid'),
+    ('--resume: an older checkpoint, no --experiment', 'train',
+     _run('data', '--resume', lambda w: w.run_two_steps / 'checkpoints' / '5'), 'add --experiment NAME'),
+    ('--resume: a read-only run folder', 'train', _run('data', '--resume', lambda w: w.run_read_only),
+     'it is read-only here'),
+    ('--resume: a truncated checkpoint', 'train', _run('data', '--resume', lambda w: w.run_truncated),
+     'incomplete or damaged'),
+    ('validate: a truncated checkpoint', 'validate', lambda w: [str(w.data), '--checkpoint', str(w.run_truncated)],
+     'incomplete or damaged'),
+    ('export: a truncated checkpoint', 'export',
+     lambda w: ['--checkpoint', str(w.run_truncated), '--out', str(w.out / 'm.safetensors')], 'incomplete or damaged'),
+    ('export: an orbax checkpoint of another program', 'export',
+     lambda w: ['--checkpoint', str(w.foreign), '--out', str(w.out / 'm.safetensors')], 'of another program'),
+    ('validate: an orbax checkpoint of another program', 'validate',
+     lambda w: [str(w.data), '--checkpoint', str(w.foreign)], 'of another program'),
+    ('posthoc: a truncated snapshot', 'posthoc',
+     lambda w: ['--run', str(w.run_snapshot_cut), '--std', '0.07', '--out', str(w.out / 'ph')], 'truncated'),
+    ('posthoc: --out in a read-only folder', 'posthoc',
+     lambda w: ['--run', str(w.run_snapshots), '--std', '0.07', '--out', str(w.root / 'read_only_out' / 'ph')],
+     'Read-only file system'),
+    ('plot: a damaged summary.csv', 'plot', lambda w: [str(w.run_summary_damaged), '--out', str(w.out / 'p.png')],
+     'holds a non-number'),
+    ('plot: --out in a read-only folder', 'plot',
+     lambda w: [str(w.run_summary), '--out', str(w.root / 'read_only_out' / 'p.png')], 'Read-only'),
 ]
 
 
@@ -216,7 +244,7 @@ def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
     os.chdir(w.cwd)
     train.train_step = watched_train_step
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), read_only(*w.read_only):
             try:
                 code = CLIS[cli](argv)
             except Exception:  # pylint: disable=broad-except  # what `python -m` would print, exit 1

@@ -75,7 +75,8 @@ def test_two_processes_match_one_stop_together_and_resume_in_one(data, tmp_path,
     assert [r['epoch'] for r in reporting.read_summary(run)] == ['0']   # one row: one writer
     assert_close(reference[2], checkpoint.restore_tree(run / 'checkpoints' / '2'))   # 2 x 2 == 1 x 4
 
-    done = subprocess.run([*TRAIN, str(data), *RUN, '--model-ema-shard', '--resume', str(run)],
+    done = subprocess.run([*TRAIN, str(data), *RUN, '--model-ema-shard', '--resume', str(run),  # RUN's --experiment:
+                           '--output', str(tmp_path)],  # --output/--experiment is the run, so it goes on there
                           env=device_env(4), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r['epoch'] for r in reporting.read_summary(run)] == ['0', '1']

@@ -16,10 +16,12 @@ def _make_run(root, name, config: Config | None, results_ema='from_config', epoc
     if config is not None:
         reporting.write_args(run_dir, config)
     with_ema = results_ema is not None and (config is None or config.model_ema)
+    rows = []
     for epoch in range(epochs):
         raw = {'loss': 2.0 - 0.3 * epoch - 0.01 * seed, 'top1': 30.0 + 20 * epoch + seed, 'top5': 70.0 + 5 * epoch}
         ema_metrics = {k: v + 1.0 for k, v in raw.items()} if with_ema else None
-        reporting.append_summary(run_dir, reporting.summary_row(epoch, 2.1 - 0.3 * epoch, 0.1, raw, ema_metrics))
+        rows.append(reporting.summary_row(epoch, 2.1 - 0.3 * epoch, 0.1, raw, ema_metrics))
+    reporting.write_summary(run_dir, rows)
     if results_ema == 'from_config':
         results_ema = (dict(dataclasses.asdict(ema.EmaConfig(decay=config.model_ema_decay,
                                                               use_warmup=config.model_ema_warmup,

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_ema import checkpoint, ema, optim, posthoc, power_ema
+from jax_ema import checkpoint, ema, optim, plot, posthoc, power_ema, reporting
 from jax_ema.export import export
 from jax_ema.models import create_model
 from jax_ema.timm_io import variables_from_checkpoint
 from jax_ema.train import create_train_state
 from jax_ema.validate import validate
+from read_only import read_only
 
 STDS = (0.05, 0.10)
 CFG = ema.EmaConfig(decay=0.999, stds=STDS)
@@ -115,27 +116,35 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cli_writes_a_checkpoint_that_validates_and_exports(run, tmp_path):
+def test_cli_writes_a_checkpoint_that_validates_and_exports_and_only_reads_the_run(run, tmp_path):
+    """posthoc, validate, export and plot work on a read-only run folder (tests/read_only.py): they only read it."""
     run_dir, stacks = run
     out = tmp_path / 'out'
-    assert posthoc.main(['--run', str(run_dir), '--std', '0.10', '--out', str(out)]) == 0
-    metadata, variables = variables_from_checkpoint(checkpoint.resolve(out), use_ema=True)
-    assert metadata['ema']['posthoc'] and metadata['ema']['std'] == 0.10 and metadata['ema']['step'] == 6
-    want = ema.tree(stacks[0], 2)  # the tracked 0.10 EMA
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want))
-    gap = max(float(np.max(np.abs(g - w))) for g, w in zip(jax.tree.leaves(variables['params']),
-                                                            jax.tree.leaves(want)))
-    assert gap <= 1e-4 * scale
-    done = export(out, tmp_path / 'm.safetensors', use_ema=True)
-    assert done['model'] == 'resnet18' and (tmp_path / 'm.safetensors').stat().st_size > 40e6
+    row = reporting.summary_row(0, 1.0, 0.1, {'loss': 1.0, 'top1': 50.0, 'top5': 100.0}, None)
+    reporting.write_summary(run_dir, [row])
     data = tmp_path / 'ds'
     for split in ('train', 'validation'):
         for c, name in enumerate(('cat', 'dog')):
             (data / split / name).mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(np.full((32, 32, 3), 60 * c + 10 * i, np.uint8)).save(data / split / name / f'{i}.png')
-    results = validate(out, data=data, use_ema=True, batch_size=4)
-    assert results['weights'] == 'ema' and results['num_images'] == 4 and np.isfinite(results['loss'])
+    with read_only(run_dir):
+        assert posthoc.main(['--run', str(run_dir), '--std', '0.10', '--out', str(out)]) == 0
+        metadata, variables = variables_from_checkpoint(checkpoint.resolve(out), use_ema=True)
+        assert metadata['ema']['posthoc'] and metadata['ema']['std'] == 0.10 and metadata['ema']['step'] == 6
+        want = ema.tree(stacks[0], 2)  # the tracked 0.10 EMA
+        scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want))
+        gap = max(float(np.max(np.abs(g - w))) for g, w in zip(jax.tree.leaves(variables['params']),
+                                                                jax.tree.leaves(want)))
+        assert gap <= 1e-4 * scale
+        done = export(out, tmp_path / 'm.safetensors', use_ema=True)
+        assert done['model'] == 'resnet18' and (tmp_path / 'm.safetensors').stat().st_size > 40e6
+        results = validate(out, data=data, use_ema=True, batch_size=4)
+        assert results['weights'] == 'ema' and results['num_images'] == 4 and np.isfinite(results['loss'])
+        assert validate(run_dir, data=data, batch_size=4)['num_images'] == 4
+        assert plot.plot_runs([run_dir], tmp_path / 'runs.png').stat().st_size > 0
+        with pytest.raises(OSError):
+            (run_dir / 'probe').write_text('x')  # the folder really is read-only in this block
 
 
 @pytest.mark.parametrize('args, message', [

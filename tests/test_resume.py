@@ -1,16 +1,22 @@
-"""Exact resume after SIGKILL, preemption by SIGTERM/Ctrl-C, atomic saves, the NaN guard, --no-resume-opt."""
+"""Exact resume after SIGKILL at every point of a save, preemption by SIGTERM/Ctrl-C (an epoch's last update
+included), records that agree with the checkpoints after any kill, where a resumed run writes, data changed
+between runs, a full disk, atomic saves, the NaN guard, --no-resume-opt."""
+import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import yaml
 
-from jax_ema import checkpoint
-from jax_ema.loop import SIGNAL_AT_UPDATE
+from jax_ema import checkpoint, faults, reporting
 from jax_ema.train import main, restore_state, train_step
+from read_only import read_only
 from test_train import _batch, _image_folder, _state
 
 # 2 classes x 10 images, batch 4: 5 updates per epoch, 10 in all; a recovery checkpoint every 2 updates.
@@ -21,12 +27,14 @@ RUN = ['--model', 'resnet18', '--img-size', '32', '-b', '4', '--epochs', '2', '-
 
 
 def _cli(argv, fault=None):
-    """Run the trainer in a fresh process (sharing the tests' XLA cache); returns the CompletedProcess."""
+    """Run the trainer in a fresh process (sharing the tests' XLA cache) with the fault hook `fault`
+    (faults.py: 'POINT@STEP:ACTION'); returns the CompletedProcess."""
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-    env.pop(SIGNAL_AT_UPDATE, None)
+    env.pop(faults.SIGNAL_AT_UPDATE, None)
+    env.pop(faults.FAULT, None)
     if fault:
-        env[SIGNAL_AT_UPDATE] = fault
+        env[faults.FAULT] = fault
     return subprocess.run([sys.executable, '-m', 'jax_ema.train', *argv], env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -46,37 +54,136 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def uninterrupted(data, tmp_path_factory):
+    """The run killed nowhere: its folder, final state tree, summary rows and results."""
     out = tmp_path_factory.mktemp('full')
     done = _cli([str(data), *RUN, '--output', str(out), '--experiment', 'run'])
     assert done.returncode == 0, done.stderr
-    return checkpoint.restore_tree(checkpoint.resolve(out / 'run'))
+    run = out / 'run'
+    return types.SimpleNamespace(run=run, tree=checkpoint.restore_tree(checkpoint.resolve(run)),
+                                 rows=reporting.read_summary(run),
+                                 results=json.loads((run / 'results.json').read_text()))
+
+
+def _assert_same_records(run, reference, epochs=('0', '1')):
+    """summary.csv, results.json and the best checkpoint of `run` are those of the uninterrupted run: the same
+    epochs once each, the same validation numbers to the bit; the train loss of an epoch cut by a resume is
+    summed from both parts. No temporary file or folder is left."""
+    rows, want = reporting.read_summary(run), [r for r in reference.rows if r['epoch'] in epochs]
+    assert [r['epoch'] for r in rows] == list(epochs)
+    for row, ref in zip(rows, want):
+        assert ({k: v for k, v in row.items() if k != 'train_loss'}
+                == {k: v for k, v in ref.items() if k != 'train_loss'})
+        assert float(row['train_loss']) == pytest.approx(float(ref['train_loss']), rel=1e-5)
+    results = json.loads((run / 'results.json').read_text())
+    assert {k: results[k] for k in ('best_metric', 'best_epoch', 'final')} == \
+        {k: reference.results[k] for k in ('best_metric', 'best_epoch', 'final')}
+    assert checkpoint.resolve(run / 'checkpoints' / 'best').name == \
+        checkpoint.resolve(reference.run / 'checkpoints' / 'best').name
+    leftovers = [p.name for p in run.rglob('*') if 'tmp' in p.name and p.name != 'tmp']
+    assert not leftovers, leftovers
+
+
+# Each kill leaves (latest checkpoint, summary.csv's epochs on disk); the next run resumes from there.
+KILLS = [('save:before@4:KILL', '2', None),                     # recovery save 4 about to start
+         ('save:write@5:KILL', '4', None),                      # epoch 0's save killed half written
+         ('save:after-checkpoint@5:KILL', '5', None),           # epoch 0 saved, its row not yet written
+         ('epoch-end:before-validate@10:KILL', '8', ['0']),     # the row restored from checkpoint 5
+         ('save:after-summary@10:KILL', '10', ['0', '1'])]      # results.json not yet rewritten
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(data, tmp_path, uninterrupted):
-    killed = _cli([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run'], fault='7:KILL')
-    assert killed.returncode == -9                                   # really killed, mid epoch 1
-    last = checkpoint.resolve(tmp_path / 'run')
-    assert int(last.name) == 6 and checkpoint.read_metadata(last)['position'] == 1
-    resumed = _cli([str(data), *RUN, '--resume', str(tmp_path / 'run')])
-    assert resumed.returncode == 0, resumed.stderr
-    final = checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run'))
+def test_sigkill_at_every_point_of_a_save_then_resume_keeps_weights_and_records(data, tmp_path, uninterrupted):
+    run = tmp_path / 'run'
+    for i, (fault, latest, epochs) in enumerate(KILLS):
+        argv = [str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run'] if i == 0 else \
+            [str(data), *RUN, '--resume', str(run)]
+        killed = _cli(argv, fault)
+        assert killed.returncode == -9, killed.stderr[-3000:]        # really killed, where the hook says
+        assert checkpoint.resolve(run).name == latest, fault
+        on_disk = [r['epoch'] for r in reporting.read_summary(run)] if (run / 'summary.csv').exists() else None
+        assert on_disk == epochs, fault
+    assert checkpoint.read_metadata(run / 'checkpoints' / '5')['summary'][0]['epoch'] == 0  # the truth, saved first
+    resumed = _cli([str(data), *RUN, '--resume', str(run)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = checkpoint.restore_tree(checkpoint.resolve(run))
     assert int(final['step']) == 10
-    _assert_identical(final, uninterrupted)                           # params, stats, optimizer, EMA, step
+    _assert_identical(final, uninterrupted.tree)                      # params, stats, optimizer, EMA, step
+    _assert_same_records(run, uninterrupted)
+    started = yaml.safe_load((run / 'args.yaml').read_text())         # the settings the run started with
+    assert started['resume'] is None and started['experiment'] == 'run'
+    resumes = [yaml.safe_load((run / f'args-resume-{n}.yaml').read_text()) for n in range(1, len(KILLS) + 1)]
+    assert all(r['resume'] == str(run) for r in resumes) and not (run / f'args-resume-{len(KILLS) + 1}.yaml').exists()
+    holder = json.loads((run / '.lock').read_text())                  # a killed holder leaves no stale lock
+    assert holder['pid'] != os.getpid() and set(holder) == {'pid', 'host', 'started'}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('signal_name', ['TERM', 'INT'])
+@pytest.mark.parametrize('signal_name,update', [('TERM', 5), ('INT', 3)])
 def test_preemption_saves_at_the_next_step_and_resumes_exactly(data, tmp_path, capsys, monkeypatch,
-                                                               uninterrupted, signal_name):
-    monkeypatch.setenv(SIGNAL_AT_UPDATE, f'3:{signal_name}')
+                                                               uninterrupted, signal_name, update):
+    """SIGTERM on epoch 0's last update stops before its validation: the resume validates it (its row, its
+    chance to be the best checkpoint) before going on; Ctrl-C mid epoch resumes from there."""
+    monkeypatch.setenv(faults.FAULT, f'update@{update}:{signal_name}')
     assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 0
     out = capsys.readouterr().out
-    assert f'Stopped by SIG{signal_name} at update 3' in out and f'--resume {tmp_path / "run"}' in out
-    assert int(checkpoint.resolve(tmp_path / 'run').name) == 3
-    monkeypatch.delenv(SIGNAL_AT_UPDATE)
+    assert f'Stopped by SIG{signal_name} at update {update}' in out and f'--resume {tmp_path / "run"}' in out
+    assert int(checkpoint.resolve(tmp_path / 'run').name) == update
+    assert not (tmp_path / 'run' / 'summary.csv').exists()                   # no epoch was validated
+    monkeypatch.delenv(faults.FAULT)
     assert main([str(data), *RUN, '--resume', str(tmp_path / 'run')]) == 0
-    _assert_identical(checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run')), uninterrupted)
+    _assert_identical(checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run')), uninterrupted.tree)
+    _assert_same_records(tmp_path / 'run', uninterrupted)
+    assert checkpoint.read_metadata(tmp_path / 'run' / 'checkpoints' / '5')['score'] is not None
+
+
+def test_an_older_checkpoint_resumes_only_into_a_new_folder_and_the_source_is_never_written(
+        data, tmp_path, capsys, uninterrupted):
+    older = uninterrupted.run / 'checkpoints' / '5'
+    with read_only(uninterrupted.run):                                        # any write there would fail
+        for where in ([], ['--output', str(uninterrupted.run.parent), '--experiment', 'run']):
+            assert main([str(data), *RUN, '--resume', str(older), *where]) == 2
+            err = capsys.readouterr().err
+            assert err.count('\n') == 1 and 'is not the latest checkpoint of its run (that is update 10)' in err
+            assert 'add --experiment NAME' in err
+        assert main([str(data), *RUN, '--resume', str(older), '--output', str(tmp_path), '--experiment',
+                     'branch']) == 0
+    branch = tmp_path / 'branch'
+    _assert_identical(checkpoint.restore_tree(checkpoint.resolve(branch)), uninterrupted.tree)  # epoch 1 again
+    assert [r['epoch'] for r in reporting.read_summary(branch)] == ['1']     # the epochs this folder ran
+    assert yaml.safe_load((branch / 'args.yaml').read_text())['resume'] == str(older)
+
+
+def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, monkeypatch, capsys):
+    images = shutil.copytree(data, tmp_path / 'ds')
+    argv = [*RUN, '--epochs', '3', '--recovery-interval', '0']
+    monkeypatch.setenv(faults.FAULT, 'update@6:TERM')                          # epoch 1, after 1 of its 5 updates
+    assert main([str(images), *argv, '--output', str(tmp_path), '--experiment', 'run']) == 0
+    monkeypatch.delenv(faults.FAULT)
+    (images / 'train' / 'cat' / '0.png').unlink()                               # 19 images: 4 updates per epoch
+    capsys.readouterr()
+    assert main([str(images), *argv, '--resume', str(tmp_path / 'run')]) == 0
+    warned = [line for line in capsys.readouterr().out.splitlines() if 'changed since' in line]  # the CLI's log
+    assert len(warned) == 1 and warned[0].startswith('The training data (20 -> 19 images) changed since')
+    assert 'going on from the start of epoch 2: update 8, at 4 updates per epoch' in warned[0]
+    last = checkpoint.resolve(tmp_path / 'run')
+    tree = checkpoint.restore_tree(last)
+    assert last.name == '12' and int(tree['step']) == 12 and int(tree['opt_state']['count']) == 12
+    assert checkpoint.read_metadata(last)['data']['train']['count'] == 19
+    assert [r['epoch'] for r in reporting.read_summary(tmp_path / 'run')] == ['0', '2']
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch,
+                                                                                   capfd):
+    monkeypatch.setenv(faults.FAULT, 'save:write@5:ENOSPC')                    # epoch 0's save, half written
+    assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 2
+    err = capfd.readouterr().err
+    previous = tmp_path / 'run' / 'checkpoints' / '4'
+    assert err == (f"error: cannot save checkpoint 5 in '{previous.parent}' (No space left on device); the previous "
+                   f"checkpoint '{previous}' is intact: free some space, then resume with --resume "
+                   f"'{tmp_path / 'run'}'\n")
+    assert checkpoint.resolve(tmp_path / 'run') == previous
+    assert int(checkpoint.restore_tree(previous)['step']) == 4
+    assert not (tmp_path / 'run' / 'summary.csv').exists()                    # no row without its checkpoint
 
 
 def test_huge_lr_stops_with_a_clear_message_and_saves_nothing_non_finite(data, tmp_path, capsys):

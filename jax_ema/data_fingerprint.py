@@ -1,0 +1,79 @@
+"""What data a run trained on, in a few bytes: checkpoints record it, and a resume compares it with today's data.
+
+A fingerprint holds the class names and, per split, the number of examples, the count per class and a
+SHA-256 of the sorted (relative path, size in bytes) of its files (of its labels where there are no files,
+as for the built-in digits). Any data source builds it with `fingerprint`; `of_datasets` does it for the
+trainer's folder and digits datasets (one stat per file, no image read). No TensorFlow here.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def file_entries(paths: Sequence[str]) -> list[tuple[str, int]]:
+    """(path relative to the files' common folder, size in bytes) of each file: a moved copy has the same entries."""
+    if not paths:
+        return []
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    return [(os.path.relpath(p, root).replace(os.sep, '/'), _size(p)) for p in paths]
+
+
+def _size(path: str) -> int:
+    """The file's size; -1 for one listed (a cached listing) but gone: the input pipeline skips it later."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def fingerprint(class_names: Sequence[str], splits: dict) -> dict:
+    """{'classes': [...], '<split>': {'count', 'per_class', 'sha256'}} of `splits`: name -> (labels, entries),
+    entries being (name, size) pairs of the split's files (any order) or None where the split has no files."""
+    result = {'classes': [str(c) for c in class_names]}
+    for name, (labels, entries) in splits.items():
+        labels = np.asarray(labels, np.int64)
+        digest = hashlib.sha256()
+        if entries is None:
+            digest.update(labels.tobytes())
+        else:
+            for rel, size in sorted(entries):
+                digest.update(f'{rel}\0{size}\n'.encode('utf-8', 'surrogateescape'))
+        result[name] = {'count': int(labels.size),
+                        'per_class': np.bincount(labels, minlength=len(class_names)).tolist(),
+                        'sha256': digest.hexdigest()}
+    return result
+
+
+def of_datasets(train, val) -> dict:
+    """The fingerprint of the trainer's two splits (jax_ema.data.Dataset: class_names, labels, paths)."""
+    return fingerprint(train.class_names, {
+        split: (ds.labels, None if ds.paths is None else file_entries(ds.paths))
+        for split, ds in (('train', train), ('validation', val))})
+
+
+def changes(saved: dict | None, current: dict, split: str) -> list[str]:
+    """What differs in `split` between a checkpoint's fingerprint and today's, in words ([] when nothing does,
+    or when the checkpoint recorded no fingerprint)."""
+    if not saved or split not in saved:
+        return []
+    before, now = saved[split], current[split]
+    found = ['the class names'] if saved.get('classes') != current.get('classes') else []
+    if before['count'] != now['count']:
+        found.append(f'{before["count"]} -> {now["count"]} images')
+    elif before['per_class'] != now['per_class']:
+        found.append('the images per class')
+    elif before['sha256'] != now['sha256']:
+        found.append('the file names or sizes')
+    return found
+
+
+def next_epoch_start(metadata: dict, updates_per_epoch: int) -> tuple[int, int]:
+    """(epoch, update count at its start under `updates_per_epoch`) of the first epoch a checkpoint had not
+    begun: a run whose data or batch changed goes on from there, as timm's would after its own restart."""
+    epoch = int(metadata.get('epoch') or 0) + (1 if int(metadata.get('position') or 0) > 0 else 0)
+    return epoch, epoch * updates_per_epoch
+
