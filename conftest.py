@@ -1,4 +1,5 @@
 """Shared test set-up: a persistent XLA compilation cache so the many tiny runs compile once; pytester."""
+
 import os
 import tempfile
 

@@ -16,6 +16,7 @@
 Variants alternate in rounds (A B C A B C ...) and each figure is a median over rounds, so drift in the
 load of a shared machine hits all of them alike. Writes benchmarks/results/bench_ema_<backend>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,15 @@ from torch_ref import trainer as torch_trainer  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 STEP_VARIANTS = ('no_ema', 'device_ema', 'host_ema', 'host_ema_k4', 'host_ema_k16', 'sharded_ema')
-TIMM_VARIANTS = {'timm_no_ema': dict(model_ema=False), 'timm_ema': dict(model_ema=True),
-                 'timm_ema_force_cpu': dict(model_ema=True, ema_kwargs={'device': 'cpu'})}
+TIMM_VARIANTS = {
+    'timm_no_ema': dict(model_ema=False),
+    'timm_ema': dict(model_ema=True),
+    'timm_ema_force_cpu': dict(model_ema=True, ema_kwargs={'device': 'cpu'}),
+}
 FULL = dict(model='resnet18', ema_model='resnet50', batch_size=16, img_size=32, steps=16, rounds=3, reps=10)
-QUICK = dict(model='resnet18', ema_model='resnet18', batch_size=2, img_size=32, steps=1, rounds=1, reps=2,
-             torch_threads=1)
+QUICK = dict(
+    model='resnet18', ema_model='resnet18', batch_size=2, img_size=32, steps=1, rounds=1, reps=2, torch_threads=1
+)
 
 
 def interleave(fns: dict, rounds: int) -> dict:
@@ -66,6 +71,7 @@ def medians(times: dict) -> dict:
 
 # --- 1. the EMA update alone -------------------------------------------------------------------------
 
+
 def timed_jax(fn, carry, reps):
     """A closure timing `reps` calls of carry = fn(carry) ending in one block_until_ready (per call)."""
     box = [jax.block_until_ready(fn(carry))]  # compile and warm up
@@ -76,6 +82,7 @@ def timed_jax(fn, carry, reps):
             box[0] = fn(box[0])
         jax.block_until_ready(box[0])
         return (time.perf_counter() - t0) / reps
+
     return run
 
 
@@ -92,6 +99,7 @@ def timed_torch(fn, reps, device):
             fn(count[0])
         sync()
         return (time.perf_counter() - t0) / reps
+
     return run
 
 
@@ -115,23 +123,33 @@ def bench_update(variables, model_name, decay, reps, rounds):
     tmodel = torch_trainer.create_model(model_name, 1000).to(device)
     n_torch = sum(v.numel() for v in tmodel.state_dict().values() if v.is_floating_point())
     v2, v3 = ModelEmaV2(tmodel, decay=decay), ModelEmaV3(tmodel, decay=decay)
-    fns = {'ours': timed_jax(lambda p: update(*p, params, stats, step, 1), ema_pair, reps),
-           'ours_flat_lerp': timed_jax(lambda e: lerp(e, flat_new, size), flat, reps),
-           'timm_v2': timed_torch(lambda k: v2.update(tmodel), reps, device),
-           'timm_v3': timed_torch(lambda k: v3.update(tmodel, step=k), reps, device),
-           'copy': timed_jax(copy, jnp.array(flat_new, copy=True), reps)}
+    fns = {
+        'ours': timed_jax(lambda p: update(*p, params, stats, step, 1), ema_pair, reps),
+        'ours_flat_lerp': timed_jax(lambda e: lerp(e, flat_new, size), flat, reps),
+        'timm_v2': timed_torch(lambda k: v2.update(tmodel), reps, device),
+        'timm_v3': timed_torch(lambda k: v3.update(tmodel, step=k), reps, device),
+        'copy': timed_jax(copy, jnp.array(flat_new, copy=True), reps),
+    }
     times = interleave(fns, rounds)
     med = medians(times)
     moved = {name: (8 if name == 'copy' else 12) * n for name in fns}
     gb_s = {name: moved[name] / med[name] / 1e9 for name in fns}
-    return dict(model=model_name, n_floats=int(n), n_floats_timm=int(n_torch), torch_device=device,
-                bytes_moved=moved, median_s=med, gb_per_s=gb_s,
-                ratio_to_timm_v3={name: med[name] / med['timm_v3'] for name in fns if name != 'copy'},
-                fraction_of_copy_bandwidth={name: gb_s[name] / gb_s['copy'] for name in fns if name != 'copy'},
-                samples=times)
+    return dict(
+        model=model_name,
+        n_floats=int(n),
+        n_floats_timm=int(n_torch),
+        torch_device=device,
+        bytes_moved=moved,
+        median_s=med,
+        gb_per_s=gb_s,
+        ratio_to_timm_v3={name: med[name] / med['timm_v3'] for name in fns if name != 'copy'},
+        fraction_of_copy_bandwidth={name: gb_s[name] / gb_s['copy'] for name in fns if name != 'copy'},
+        samples=times,
+    )
 
 
 # --- 2. our train step ---------------------------------------------------------------------------------
+
 
 def sharded_variant(model, variables, batch, decay):
     """The step with the EMA split over the devices (`--model-ema-shard`) as the trainer builds it."""
@@ -155,6 +173,7 @@ def step_runner(run, state, steps, warmup):
             box[0] = run(box[0])
         jax.block_until_ready(box[0].params)
         return (time.perf_counter() - t0) / steps
+
     return timed
 
 
@@ -162,13 +181,17 @@ def step_fns(model, variables, batch, decay, steps, warmup):
     """{variant: timing closure} for the STEP_VARIANTS."""
     fns = {}
     for name in STEP_VARIANTS:
-        built = (sharded_variant(model, variables, batch, decay) if name == 'sharded_ema'
-                 else bench_step.make_variant(name, model, variables, batch, decay))
+        built = (
+            sharded_variant(model, variables, batch, decay)
+            if name == 'sharded_ema'
+            else bench_step.make_variant(name, model, variables, batch, decay)
+        )
         fns[name] = step_runner(*built, steps, warmup)
     return fns
 
 
 # --- 3. timm's step --------------------------------------------------------------------------------------
+
 
 class StampedBatches:
     """`n` copies of one batch for torch_ref's loop, stamping the time at each hand-out and at the end,
@@ -193,13 +216,14 @@ def timm_runner(model_name, batch, steps, decay, options):
     batches = StampedBatches(batch, steps + 1)
 
     def timed():
-        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, device='cpu',
-                                    **options)
+        torch_trainer.run_reference(model_name, 1000, batches, ema_decay=decay, smoothing=0.1, device='cpu', **options)
         return (batches.stamps[-1] - batches.stamps[1]) / steps
+
     return timed
 
 
 # --- the run ---------------------------------------------------------------------------------------------
+
 
 def add_run_flags(p, quick: dict) -> None:
     """The flags bench_ema.py and gpu_check.py share: sizes, timing, decay, torch threads, --quick."""
@@ -208,8 +232,12 @@ def add_run_flags(p, quick: dict) -> None:
     p.add_argument('--steps', type=int, help='train steps per variant and round')
     p.add_argument('--rounds', type=int)
     p.add_argument('--decay', type=float, default=0.9998)
-    p.add_argument('--torch-threads', type=int, help="torch's intra-op threads (default: torch's own); on an "
-                   'oversubscribed machine its OpenMP step slows many-fold, so say 1 there')
+    p.add_argument(
+        '--torch-threads',
+        type=int,
+        help="torch's intra-op threads (default: torch's own); on an "
+        'oversubscribed machine its OpenMP step slows many-fold, so say 1 there',
+    )
     p.add_argument('--quick', action='store_true', help=f'a seconds-long smoke run: {quick}')
 
 
@@ -270,19 +298,37 @@ def run(args):
     batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
     log(f'compiling the train steps of {args.model} ...')
     fns = step_fns(model, variables, batch, args.decay, args.steps, warmup)
-    fns.update({name: timm_runner(args.model, (images, labels), args.steps, args.decay, options)
-                for name, options in TIMM_VARIANTS.items()})
+    fns.update(
+        {
+            name: timm_runner(args.model, (images, labels), args.steps, args.decay, options)
+            for name, options in TIMM_VARIANTS.items()
+        }
+    )
     log(f'timing {len(fns)} step variants, {args.rounds} rounds of {args.steps} steps ...')
     times = interleave(fns, args.rounds)
     med = medians(times)
     report = dict(
-        model=args.model, ema_model=args.ema_model, batch_size=args.batch_size, img_size=args.img_size,
-        steps=args.steps, rounds=args.rounds, reps=args.reps, decay=args.decay, quick=args.quick,
-        backend=backend, device=str(jax.devices()[0]), machine=platform.machine(), cpu_count=os.cpu_count(),
-        torch_threads=torch.get_num_threads(), versions=dict(jax=jax.__version__, torch=torch.__version__,
-                                                             timm=timm.__version__),
-        ema_update=update, step=step_summary(med, backend),
-        timm_step=timm_summary(med, backend), images_per_s=throughput(med, args.batch_size), samples=times)
+        model=args.model,
+        ema_model=args.ema_model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        steps=args.steps,
+        rounds=args.rounds,
+        reps=args.reps,
+        decay=args.decay,
+        quick=args.quick,
+        backend=backend,
+        device=str(jax.devices()[0]),
+        machine=platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        versions=dict(jax=jax.__version__, torch=torch.__version__, timm=timm.__version__),
+        ema_update=update,
+        step=step_summary(med, backend),
+        timm_step=timm_summary(med, backend),
+        images_per_s=throughput(med, args.batch_size),
+        samples=times,
+    )
     report['targets'] = targets(report, backend)
     out = args.out or os.path.join(RESULTS, f'bench_ema_{backend}.json')
     with open(out, 'w') as f:
@@ -296,46 +342,69 @@ def step_summary(med, backend):
     base = med['no_ema']
     ratio = {name: med[name] / base for name in STEP_VARIANTS}
     offloaded = {f'k{k}': med[f'host_ema{"" if k == 1 else f"_k{k}"}'] / med['device_ema'] for k in (1, 4, 16)}
-    note = ('GPU run' if backend == 'gpu' else
-            f'no GPU in this run ({backend}): the offloaded-vs-on-device figures are CPU figures; '
-            'pinned_host and device memory are the same RAM here, so they say little about a GPU')
-    return dict(median_s={n: med[n] for n in STEP_VARIANTS}, ratio_to_no_ema=ratio,
-                offloaded_vs_on_device=offloaded, offloaded_note=note)
+    note = (
+        'GPU run'
+        if backend == 'gpu'
+        else f'no GPU in this run ({backend}): the offloaded-vs-on-device figures are CPU figures; '
+        'pinned_host and device memory are the same RAM here, so they say little about a GPU'
+    )
+    return dict(
+        median_s={n: med[n] for n in STEP_VARIANTS},
+        ratio_to_no_ema=ratio,
+        offloaded_vs_on_device=offloaded,
+        offloaded_note=note,
+    )
 
 
 def timm_summary(med, backend):
     base = med['timm_no_ema']
-    return dict(median_s={n: med[n] for n in TIMM_VARIANTS}, ratio_to_no_ema={n: med[n] / base for n in TIMM_VARIANTS},
-                device='cpu', note=(
-                    "torch_ref's step runs on the CPU. ModelEmaV3(device='cpu') (--model-ema-force-cpu) "
-                    'differs from the default EMA only by skipping foreach (per-tensor lerp): with the model '
-                    'on the CPU too, nothing crosses a bus, so its ratio says nothing about the GPU case'
-                    + ('' if backend == 'cpu' else '; ours ran on the accelerator, so ours-vs-timm is '
-                       'accelerator vs torch CPU')))
+    return dict(
+        median_s={n: med[n] for n in TIMM_VARIANTS},
+        ratio_to_no_ema={n: med[n] / base for n in TIMM_VARIANTS},
+        device='cpu',
+        note=(
+            "torch_ref's step runs on the CPU. ModelEmaV3(device='cpu') (--model-ema-force-cpu) "
+            'differs from the default EMA only by skipping foreach (per-tensor lerp): with the model '
+            'on the CPU too, nothing crosses a bus, so its ratio says nothing about the GPU case'
+            + ('' if backend == 'cpu' else '; ours ran on the accelerator, so ours-vs-timm is accelerator vs torch CPU')
+        ),
+    )
 
 
 def throughput(med, batch_size):
     ips = {name: batch_size / t for name, t in med.items()}
-    pairs = {'no_ema': ('no_ema', 'timm_no_ema'), 'ema': ('device_ema', 'timm_ema'),
-             'force_cpu_ema': ('host_ema', 'timm_ema_force_cpu')}
+    pairs = {
+        'no_ema': ('no_ema', 'timm_no_ema'),
+        'ema': ('device_ema', 'timm_ema'),
+        'force_cpu_ema': ('host_ema', 'timm_ema_force_cpu'),
+    }
     return dict(images_per_s=ips, ours_vs_timm={k: ips[a] / ips[b] for k, (a, b) in pairs.items()})
 
 
 def targets(report, backend):
     """The issue's targets, met or not, as measured (no target is asserted anywhere)."""
     upd, step = report['ema_update'], report['step']
-    return {'ema_update_vs_timm_v3 <= 1.0': upd['ratio_to_timm_v3']['ours'] <= 1.0,
-            'ema_update_fraction_of_copy >= 0.8': upd['fraction_of_copy_bandwidth']['ours'] >= 0.8,
-            'offloaded_k1_vs_on_device <= 1.05 (GPU)': (step['offloaded_vs_on_device']['k1'] <= 1.05
-                                                        if backend == 'gpu' else 'no GPU in this run')}
+    return {
+        'ema_update_vs_timm_v3 <= 1.0': upd['ratio_to_timm_v3']['ours'] <= 1.0,
+        'ema_update_fraction_of_copy >= 0.8': upd['fraction_of_copy_bandwidth']['ours'] >= 0.8,
+        'offloaded_k1_vs_on_device <= 1.05 (GPU)': (
+            step['offloaded_vs_on_device']['k1'] <= 1.05 if backend == 'gpu' else 'no GPU in this run'
+        ),
+    }
 
 
 def print_report(r):
     u = r['ema_update']
     print(f'EMA update alone, {u["model"]} state ({u["n_floats"] / 1e6:.2f} M floats):')
     for name, t in u['median_s'].items():
-        extra = '' if name == 'copy' else (f'  x timm V3 {u["ratio_to_timm_v3"][name]:.3f}  '
-                                           f'of copy bandwidth {u["fraction_of_copy_bandwidth"][name]:.0%}')
+        extra = (
+            ''
+            if name == 'copy'
+            else (
+                f'  x timm V3 {u["ratio_to_timm_v3"][name]:.3f}  '
+                f'of copy bandwidth {u["fraction_of_copy_bandwidth"][name]:.0%}'
+            )
+        )
         print(f'  {name:>15}: {t * 1e3:8.2f} ms  {u["gb_per_s"][name]:6.2f} GB/s{extra}')
     print(f'Train step, {r["model"]}, batch {r["batch_size"]}, {r["img_size"]} px (ratio to no EMA):')
     for name, ratio in {**r['step']['ratio_to_no_ema'], **r['timm_step']['ratio_to_no_ema']}.items():

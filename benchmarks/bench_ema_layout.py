@@ -6,6 +6,7 @@ Variants, alternating in rounds in one run: the step without EMA; with the EMA a
 it (`ema.FlatTree`: one float32 vector, one fused update); and with the EMA as an ordinary pytree (one
 buffer and one update per leaf). Also reports the host-side dispatch time per step (call returns, no sync).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,10 @@ def main(argv=None):
     model = create_model(args.model, 1000)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.img_size, args.img_size, 3)), train=False)
     rng = np.random.default_rng(0)
-    batch = {'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)), jnp.float32),
-             'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32)}
+    batch = {
+        'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)), jnp.float32),
+        'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32),
+    }
     tx = optim.create_optimizer('sgd', lambda s: 0.01, 1e-4, 0.9)
     cfg = ema.EmaConfig(decay=0.9998)
 
@@ -43,10 +46,11 @@ def main(argv=None):
     with_ema = jax.jit(lambda s, b: train_step(s, b, cfg, 0.1)[0], donate_argnums=0)
     flat_state = create_train_state(model, tx, variables, cfg)
     leaf_state = create_train_state(model, tx, variables, cfg)
-    leaf_state = leaf_state.replace(ema_params=jax.tree.map(jnp.copy, ema.tree(leaf_state.ema_params)),
-                                    ema_batch_stats=jax.tree.map(jnp.copy, ema.tree(leaf_state.ema_batch_stats)))
-    states = {'no_ema': create_train_state(model, tx, variables, None), 'flat_ema': flat_state,
-              'leaf_ema': leaf_state}
+    leaf_state = leaf_state.replace(
+        ema_params=jax.tree.map(jnp.copy, ema.tree(leaf_state.ema_params)),
+        ema_batch_stats=jax.tree.map(jnp.copy, ema.tree(leaf_state.ema_batch_stats)),
+    )
+    states = {'no_ema': create_train_state(model, tx, variables, None), 'flat_ema': flat_state, 'leaf_ema': leaf_state}
     fns = {'no_ema': plain, 'flat_ema': with_ema, 'leaf_ema': with_ema}
     for name in fns:
         for _ in range(3):
@@ -68,11 +72,16 @@ def main(argv=None):
     dmed = {n: statistics.median(t) for n, t in dispatch.items()}
     leaves = {n: len(jax.tree.leaves(states[n])) for n in fns}
     for n in fns:
-        print(f'{n:>9}: {med[n] * 1e3:8.2f} ms/step  ratio {med[n] / med["no_ema"]:.3f}  '
-              f'dispatch {dmed[n] * 1e3:6.2f} ms/step  state leaves {leaves[n]}')
+        print(
+            f'{n:>9}: {med[n] * 1e3:8.2f} ms/step  ratio {med[n] / med["no_ema"]:.3f}  '
+            f'dispatch {dmed[n] * 1e3:6.2f} ms/step  state leaves {leaves[n]}'
+        )
     with open(args.out, 'w') as f:
-        json.dump(dict(vars(args), device=str(jax.devices()[0]), median_step_s=med, dispatch_s=dmed,
-                       leaves=leaves), f, indent=2)
+        json.dump(
+            dict(vars(args), device=str(jax.devices()[0]), median_step_s=med, dispatch_s=dmed, leaves=leaves),
+            f,
+            indent=2,
+        )
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ the load of a shared machine hits all alike. Start-up: CPU-seconds to list a fol
 empty .jpg files (nothing can be decoded) per 100k files, cold (empty cache) and warm.
 Writes benchmarks/results/bench_input_cpu.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,11 @@ def parse(argv):
 
 # --- the folder ---------------------------------------------------------------------------------------
 
+
 def write_jpeg(path: str, seed: int, size=(500, 375), quality: int = 90) -> None:
     """One ImageNet-like JPEG: soft colour blobs and ramps, mid-frequency texture, fine grain."""
     from PIL import Image, ImageFilter
+
     rng = np.random.default_rng(seed)
     width, height = size
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -80,7 +83,8 @@ def write_jpeg(path: str, seed: int, size=(500, 375), quality: int = 90) -> None
     texture = rng.normal(0, 50, (height // 4 + 1, width // 4 + 1, 3))
     image += np.kron(texture, np.ones((4, 4, 1)))[:height, :width] + rng.normal(0, 13, image.shape)
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH).save(
-        path, 'JPEG', quality=quality)
+        path, 'JPEG', quality=quality
+    )
 
 
 def make_folder(root: str, images: int, classes: int = 10) -> str:
@@ -94,6 +98,7 @@ def make_folder(root: str, images: int, classes: int = 10) -> str:
 
 
 # --- timing ---------------------------------------------------------------------------------------------
+
 
 def cpu_seconds() -> float:
     """user + sys of this process (all threads) and of its children, alive or reaped."""
@@ -133,12 +138,22 @@ def ours(args, name: str, epoch: int):
 def timm_batches(args, name: str):
     import torch
     from timm.data import ImageDataset, create_loader
+
     split = os.path.join(args.data, 'train')
     loader = create_loader(
-        ImageDataset(split), (3, args.img_size, args.img_size), args.batch_size, is_training=name != 'eval',
-        use_prefetcher=True, color_jitter=None, auto_augment=PIPELINES[name].get('auto_augment'),
-        interpolation='bilinear', crop_pct=0.875, num_workers=1, persistent_workers=False,
-        device=torch.device('cpu'))
+        ImageDataset(split),
+        (3, args.img_size, args.img_size),
+        args.batch_size,
+        is_training=name != 'eval',
+        use_prefetcher=True,
+        color_jitter=None,
+        auto_augment=PIPELINES[name].get('auto_augment'),
+        interpolation='bilinear',
+        crop_pct=0.875,
+        num_workers=1,
+        persistent_workers=False,
+        device=torch.device('cpu'),
+    )
     return loader.loader  # the DataLoader under the PrefetchLoader: uint8 NCHW, before normalisation
 
 
@@ -153,14 +168,21 @@ def bench_pipelines(args) -> dict:
                     batches, size_of = timm_batches(args, name), lambda b: len(b[1])
                 samples[f'{side}_{name}'].append(steady(batches, size_of, args.warmup, args.batches))
                 log(f'round {round_} {side} {name}: {samples[f"{side}_{name}"][-1]}')
-    medians = {k: {m: statistics.median(s[m] for s in v) for m in ('images_per_s', 'images_per_core_s')}
-               for k, v in samples.items()}
-    ratios = {name: {m: medians[f'ours_{name}'][m] / medians[f'timm_{name}'][m]
-                     for m in ('images_per_core_s', 'images_per_s')} for name in PIPELINES}
+    medians = {
+        k: {m: statistics.median(s[m] for s in v) for m in ('images_per_s', 'images_per_core_s')}
+        for k, v in samples.items()
+    }
+    ratios = {
+        name: {
+            m: medians[f'ours_{name}'][m] / medians[f'timm_{name}'][m] for m in ('images_per_core_s', 'images_per_s')
+        }
+        for name in PIPELINES
+    }
     return {'samples': samples, 'medians': medians, 'ours_vs_timm': ratios}
 
 
 # --- start-up ---------------------------------------------------------------------------------------------
+
 
 def bench_startup(args, work: str) -> dict:
     """CPU-seconds of load_datasets on a folder of empty .jpg files (decoding any would fail), per 100k."""
@@ -185,6 +207,7 @@ def bench_startup(args, work: str) -> dict:
 
 # --- the report ---------------------------------------------------------------------------------------------
 
+
 def log(message):
     print(message, file=sys.stderr, flush=True)
 
@@ -195,16 +218,29 @@ def versions() -> dict:
     import tensorflow as tf
     import timm
     import torch
-    return dict(jax=jax.__version__, tensorflow=tf.__version__, torch=torch.__version__, timm=timm.__version__,
-                pillow=PIL.__version__, python=platform.python_version())
+
+    return dict(
+        jax=jax.__version__,
+        tensorflow=tf.__version__,
+        torch=torch.__version__,
+        timm=timm.__version__,
+        pillow=PIL.__version__,
+        python=platform.python_version(),
+    )
 
 
 def commit() -> str:
     try:
-        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
     return head + ('+dirty' if dirty else '')
@@ -217,8 +253,13 @@ def machine() -> dict:
             model = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), model)
     except OSError:
         pass
-    return dict(cpu=model, cpu_count=os.cpu_count(), machine=platform.machine(), system=platform.system(),
-                load_average=list(os.getloadavg()))
+    return dict(
+        cpu=model,
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        system=platform.system(),
+        load_average=list(os.getloadavg()),
+    )
 
 
 def main(argv=None) -> dict:
@@ -230,8 +271,12 @@ def main(argv=None) -> dict:
         if args.data is None:
             log(f'writing {args.images} JPEGs under {work}/data ...')
             args.data = make_folder(os.path.join(work, 'data'), args.images)
-        report = dict(settings={k: getattr(args, k) for k in FULL} | {'data': args.data, 'workers': 1},
-                      machine=machine(), versions=versions(), commit=commit())
+        report = dict(
+            settings={k: getattr(args, k) for k in FULL} | {'data': args.data, 'workers': 1},
+            machine=machine(),
+            versions=versions(),
+            commit=commit(),
+        )
         report.update(bench_pipelines(args))
         report['startup'] = bench_startup(args, work)
     finally:
@@ -243,11 +288,12 @@ def main(argv=None) -> dict:
     per_core = {name: report['medians'][f'ours_{name}']['images_per_core_s'] for name in PIPELINES}
     report['estimate_16_cores'] = {
         name: {'images_per_s': 16 * rate, **{f'vs_h200_{k}': 16 * rate / v for k, v in H200_STEP_RATES.items()}}
-        for name, rate in per_core.items()}
+        for name, rate in per_core.items()
+    }
     report['targets'] = {
         f'{name} >= 1.0x timm per core-second': report['ours_vs_timm'][name]['images_per_core_s'] >= 1.0
-        for name in PIPELINES} | {
-        'start-up warm <= 2 CPU-s per 100k files': report['startup']['warm_cpu_s_per_100k_files'] <= 2.0}
+        for name in PIPELINES
+    } | {'start-up warm <= 2 CPU-s per 100k files': report['startup']['warm_cpu_s_per_100k_files'] <= 2.0}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=2)
@@ -256,15 +302,21 @@ def main(argv=None) -> dict:
 
 
 def print_report(r):
-    print(f'{"pipeline":<10}{"ours img/core-s":>17}{"timm img/core-s":>17}{"ratio":>8}{"ours img/s":>12}'
-          f'{"timm img/s":>12}')
+    print(
+        f'{"pipeline":<10}{"ours img/core-s":>17}{"timm img/core-s":>17}{"ratio":>8}{"ours img/s":>12}'
+        f'{"timm img/s":>12}'
+    )
     for name in PIPELINES:
         o, t = r['medians'][f'ours_{name}'], r['medians'][f'timm_{name}']
-        print(f'{name:<10}{o["images_per_core_s"]:>17.0f}{t["images_per_core_s"]:>17.0f}'
-              f'{r["ours_vs_timm"][name]["images_per_core_s"]:>8.2f}{o["images_per_s"]:>12.0f}{t["images_per_s"]:>12.0f}')
+        print(
+            f'{name:<10}{o["images_per_core_s"]:>17.0f}{t["images_per_core_s"]:>17.0f}'
+            f'{r["ours_vs_timm"][name]["images_per_core_s"]:>8.2f}{o["images_per_s"]:>12.0f}{t["images_per_s"]:>12.0f}'
+        )
     s = r['startup']
-    print(f'start-up, CPU-s per 100k files: cold {s["cold_cpu_s_per_100k_files"]:.2f}, '
-          f'warm {s["warm_cpu_s_per_100k_files"]:.2f} ({s["files"]} files listed, none decoded)')
+    print(
+        f'start-up, CPU-s per 100k files: cold {s["cold_cpu_s_per_100k_files"]:.2f}, '
+        f'warm {s["warm_cpu_s_per_100k_files"]:.2f} ({s["files"]} files listed, none decoded)'
+    )
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ in (batch `-b`, `--img-size`), as benchmarks/bench_step.py measures it, plus the
 Variants alternate in rounds (machine-load drift hits all alike); medians over rounds. The update's
 memory traffic (XLA's cost analysis, "bytes accessed") is printed too: it does not depend on machine load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def step_variant(members, model, variables, batch):
     tx = optim.create_optimizer('sgd', lambda s: 0.01, 1e-4, 0.9)
     state = create_train_state(model, tx, variables, None)
     if cfg is not None:
-        state = state.replace(ema_params=ema.init(state.params, members),
-                              ema_batch_stats=ema.init(state.batch_stats, members))
+        state = state.replace(
+            ema_params=ema.init(state.params, members), ema_batch_stats=ema.init(state.batch_stats, members)
+        )
     step = jax.jit(functools.partial(train_step, ema_cfg=cfg, smoothing=0.1), donate_argnums=0)
     return (lambda st: step(st, batch)[0]), state
 
@@ -87,16 +89,24 @@ def main(argv=None):
     model = create_model(args.model, 1000)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.img_size, args.img_size, 3)), train=False)
     n = sum(int(np.size(x)) for x in jax.tree.leaves(variables))
-    report = dict(model=args.model, floats_per_member=n, device=str(jax.devices()[0]), backend=jax.default_backend(),
-                  machine=platform.machine(), steps=args.steps, rounds=args.rounds)
+    report = dict(
+        model=args.model,
+        floats_per_member=n,
+        device=str(jax.devices()[0]),
+        backend=jax.default_backend(),
+        machine=platform.machine(),
+        steps=args.steps,
+        rounds=args.rounds,
+    )
     runs, states, traffic = {}, {}, {}
     for m in args.members:
         runs[f'update_x{m}'], states[f'update_x{m}'], traffic[f'update_x{m}'] = update_variant(m, variables)
     if args.train_step:
         rng = np.random.default_rng(0)
-        batch = {'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)),
-                                      jnp.float32),
-                 'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32)}
+        batch = {
+            'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)), jnp.float32),
+            'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32),
+        }
         report.update(batch_size=args.batch_size, img_size=args.img_size)
         for m in [0, *args.members]:
             runs[f'step_x{m}'], states[f'step_x{m}'] = step_variant(m, model, variables, batch)
@@ -107,14 +117,21 @@ def main(argv=None):
         base['step'] = medians['step_x0']
     ratios = {name: m / base[name.split('_')[0]] for name, m in medians.items()}
     one = args.members[0]  # the issue's figure: the step with m decays over the step with 1
-    ratio_to_1 = {name: m / medians[f'{name.split("_")[0]}_x{one}'] for name, m in medians.items()
-                  if not name.endswith('_x0')}
+    ratio_to_1 = {
+        name: m / medians[f'{name.split("_")[0]}_x{one}'] for name, m in medians.items() if not name.endswith('_x0')
+    }
     for name, m in medians.items():
         moved = f'  {traffic[name] / 1e6:8.1f} MB accessed' if traffic.get(name) else ''
         to_1 = f'  ratio to x{one} {ratio_to_1[name]:.3f}' if name in ratio_to_1 else ''
         print(f'{name:>10}: median {m * 1e3:9.3f} ms  ratio {ratios[name]:.3f}{to_1}{moved}')
-    report.update(median_s=medians, ratio=ratios, ratio_to_1=ratio_to_1, samples=times, bytes_accessed=traffic,
-                  ratio_base=f'update_x{args.members[0]}' + (', step_x0 (no EMA)' if args.train_step else ''))
+    report.update(
+        median_s=medians,
+        ratio=ratios,
+        ratio_to_1=ratio_to_1,
+        samples=times,
+        bytes_accessed=traffic,
+        ratio_base=f'update_x{args.members[0]}' + (', step_x0 (no EMA)' if args.train_step else ''),
+    )
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=2)
     print(f'wrote {args.out}')

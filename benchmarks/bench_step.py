@@ -5,6 +5,7 @@
 The variants alternate in rounds within one run (so drift in machine load hits all of them alike);
 each round times `--steps` steps ending in one block_until_ready. Prints medians and ratios to no-EMA.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def make_variant(name, model, variables, batch, decay):
     cfg = None if name == 'no_ema' else ema.EmaConfig(decay=decay, update_every=every)
     state = create_train_state(model, tx, variables, cfg)
     if on_host:
-        state = state.replace(ema_params=offload.to_host(state.ema_params),
-                              ema_batch_stats=offload.to_host(state.ema_batch_stats))
+        state = state.replace(
+            ema_params=offload.to_host(state.ema_params), ema_batch_stats=offload.to_host(state.ema_batch_stats)
+        )
     stepper = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'host' if on_host else 'device')
     count = itertools.count(1)
     return (lambda st: stepper(st, batch, next(count))[0]), state
@@ -47,17 +49,17 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=10, help='steps per timed round')
     p.add_argument('--rounds', type=int, default=7)
     p.add_argument('--decay', type=float, default=0.9998)
-    p.add_argument('--variants', nargs='+', default=['no_ema', 'device_ema', 'host_ema', 'host_ema_k4',
-                                                     'host_ema_k16'])
+    p.add_argument('--variants', nargs='+', default=['no_ema', 'device_ema', 'host_ema', 'host_ema_k4', 'host_ema_k16'])
     p.add_argument('--out', default='bench_step.json')
     args = p.parse_args(argv)
 
     model = create_model(args.model, 1000)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, args.img_size, args.img_size, 3)), train=False)
     rng = np.random.default_rng(0)
-    batch = {'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)),
-                                  jnp.float32),
-             'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32)}
+    batch = {
+        'image': jnp.asarray(rng.normal(size=(args.batch_size, args.img_size, args.img_size, 3)), jnp.float32),
+        'label': jnp.asarray(rng.integers(0, 1000, size=args.batch_size), jnp.int32),
+    }
     runs, states = {}, {}
     for name in args.variants:
         runs[name], states[name] = make_variant(name, model, variables, batch, args.decay)
@@ -74,10 +76,19 @@ def main(argv=None):
             times[name].append((time.perf_counter() - t0) / args.steps)
     medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians.get('no_ema')
-    report = dict(model=args.model, batch_size=args.batch_size, img_size=args.img_size, steps=args.steps,
-                  rounds=args.rounds, device=str(jax.devices()[0]), backend=jax.default_backend(),
-                  machine=platform.machine(), median_step_s=medians,
-                  ratio_to_no_ema={n: m / base for n, m in medians.items()} if base else None, samples=times)
+    report = dict(
+        model=args.model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        steps=args.steps,
+        rounds=args.rounds,
+        device=str(jax.devices()[0]),
+        backend=jax.default_backend(),
+        machine=platform.machine(),
+        median_step_s=medians,
+        ratio_to_no_ema={n: m / base for n, m in medians.items()} if base else None,
+        samples=times,
+    )
     for name in args.variants:
         ratio = f'  ratio {medians[name] / base:.3f}' if base else ''
         print(f'{name:>11}: median {medians[name] * 1e3:8.2f} ms/step{ratio}')

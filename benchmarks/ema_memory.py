@@ -7,6 +7,7 @@ Runs on N fake CPU devices (XLA_FLAGS is set here, before JAX starts). For each 
 addressable shards), and XLA's plan for one donated train step (`memory_analysis()`: the arguments,
 i.e. the state, per device, and the temporaries). Prints JSON and writes benchmarks/results/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def main(argv=None):
     p.add_argument('--img-size', type=int, default=32)
     p.add_argument('--out', default=None)
     args = p.parse_args(argv)
-    os.environ['XLA_FLAGS'] = (f'--xla_force_host_platform_device_count={args.devices} '
-                               '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+    os.environ['XLA_FLAGS'] = (
+        f'--xla_force_host_platform_device_count={args.devices} --xla_cpu_collective_call_terminate_timeout_seconds=600'
+    )
     import functools
 
     import jax
@@ -41,9 +43,12 @@ def main(argv=None):
     tx = optim.create_optimizer('sgd', lambda step: 0.1, 1e-4, 0.9)
     cfg = ema.EmaConfig(decay=0.9998)
     rng = np.random.default_rng(0)
-    batch = parallel.shard_batch({
-        'image': rng.normal(size=(args.devices, args.img_size, args.img_size, 3)).astype(np.float32),
-        'label': rng.integers(0, args.num_classes, size=args.devices).astype(np.int32)})
+    batch = parallel.shard_batch(
+        {
+            'image': rng.normal(size=(args.devices, args.img_size, args.img_size, 3)).astype(np.float32),
+            'label': rng.integers(0, args.num_classes, size=args.devices).astype(np.int32),
+        }
+    )
     device0 = jax.devices()[0]
 
     def bytes_on(tree, where):
@@ -58,8 +63,13 @@ def main(argv=None):
                     total += shard.data.nbytes
         return total
 
-    results = {'model': args.model, 'num_classes': args.num_classes, 'devices': args.devices,
-               'jax': jax.__version__, 'placements': {}}
+    results = {
+        'model': args.model,
+        'num_classes': args.num_classes,
+        'devices': args.devices,
+        'jax': jax.__version__,
+        'placements': {},
+    }
     for where in offload.PLACEMENTS:
         state = create_train_state(model, tx, variables, cfg)
         ema_vars = (state.ema_params, state.ema_batch_stats)
@@ -68,9 +78,15 @@ def main(argv=None):
         state = offload.place_state(state, where)
         # what the trainer compiles for each placement (EMA every update): the host EMA's device step runs
         # without it (offload.ema_update updates it on its own)
-        plan = jax.jit(functools.partial(train_step, ema_cfg=None if where == 'host' else cfg, smoothing=0.1,
-                                         ema_update=offload.sharded_update if where == 'sharded' else ema.update),
-                       donate_argnums=0)
+        plan = jax.jit(
+            functools.partial(
+                train_step,
+                ema_cfg=None if where == 'host' else cfg,
+                smoothing=0.1,
+                ema_update=offload.sharded_update if where == 'sharded' else ema.update,
+            ),
+            donate_argnums=0,
+        )
         arg = state.replace(ema_params=None, ema_batch_stats=None) if where == 'host' else state
         plan = plan.lower(arg, batch).compile().memory_analysis()
         ema_tree = (state.ema_params, state.ema_batch_stats)

@@ -12,6 +12,7 @@
    the 6-class classifier does not fit the 4 classes, so it starts afresh) and from scratch.
 Prints the markdown table of raw and EMA top-1 per epoch (docs/finetune.md). A few CPU minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / 'tests'))
 from hub_cache import write_hub_cache  # noqa: E402  pylint: disable=wrong-import-position
 
-COMMON = ['--model', 'resnet18', '--img-size', '16', '-j', '2', '--log-interval', '1000', '--model-ema',
-          '--warmup-epochs', '1']
+COMMON = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    '16',
+    '-j',
+    '2',
+    '--log-interval',
+    '1000',
+    '--model-ema',
+    '--warmup-epochs',
+    '1',
+]
 PRETRAIN = ['--epochs', '8', '-b', '64', '--lr', '0.1', '--model-ema-decay', '0.99', '--model-ema-warmup']
 FINETUNE = ['-b', '8', '--lr', '0.02', '--model-ema-decay', '0.9']
 
@@ -38,6 +50,7 @@ def write_folders(work: Path, train_per_class: int = 8, val_per_class: int = 100
     """PRE (digits 4-9, class folders) and FT (digits 0-3, train/ and validation/), as 8x8 grey PNGs."""
     from PIL import Image
     from sklearn.datasets import load_digits
+
     digits = load_digits()
     rng = np.random.default_rng(0)
     pre, ft = work / 'pre', work / 'ft'
@@ -46,8 +59,10 @@ def write_folders(work: Path, train_per_class: int = 8, val_per_class: int = 100
         if label >= 4:
             places = [(pre / str(label), images)]
         else:
-            places = [(ft / 'train' / str(label), images[:train_per_class]),
-                      (ft / 'validation' / str(label), images[train_per_class:train_per_class + val_per_class])]
+            places = [
+                (ft / 'train' / str(label), images[:train_per_class]),
+                (ft / 'validation' / str(label), images[train_per_class : train_per_class + val_per_class]),
+            ]
         for folder, subset in places:
             folder.mkdir(parents=True)
             for i, image in enumerate(subset):
@@ -79,24 +94,34 @@ def main(argv=None) -> str:
     run(['jax_ema.export', '--checkpoint', str(out / 'pretrain'), '--use-ema', '--out', str(weights)])
     write_hub_cache(work / 'hub', 'timm/resnet18.a1_in1k', _read(weights))
     finetune = [str(ft), *COMMON, *FINETUNE, '--epochs', str(args.epochs), '--output', str(out)]
-    run(['jax_ema.train', *finetune, '--pretrained', '--experiment', 'pretrained'],
-        HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(work / 'hub'))
+    run(
+        ['jax_ema.train', *finetune, '--pretrained', '--experiment', 'pretrained'],
+        HF_HUB_OFFLINE='1',
+        HF_HUB_CACHE=str(work / 'hub'),
+    )
     run(['jax_ema.train', *finetune, '--experiment', 'scratch'])
     pretrain_last = summary(out / 'pretrain')[-1]
-    rows = ['| epoch | from scratch: raw | from scratch: EMA | pretrained: raw | pretrained: EMA |',
-            '| ---: | ---: | ---: | ---: | ---: |']
+    rows = [
+        '| epoch | from scratch: raw | from scratch: EMA | pretrained: raw | pretrained: EMA |',
+        '| ---: | ---: | ---: | ---: | ---: |',
+    ]
     for s, p in zip(summary(out / 'scratch'), summary(out / 'pretrained')):
-        rows.append(f'| {int(s["epoch"]) + 1} | {float(s["raw_eval_top1"]):.1f} | {float(s["ema_eval_top1"]):.1f} | '
-                    f'{float(p["raw_eval_top1"]):.1f} | {float(p["ema_eval_top1"]):.1f} |')
+        rows.append(
+            f'| {int(s["epoch"]) + 1} | {float(s["raw_eval_top1"]):.1f} | {float(s["ema_eval_top1"]):.1f} | '
+            f'{float(p["raw_eval_top1"]):.1f} | {float(p["ema_eval_top1"]):.1f} |'
+        )
     table = '\n'.join(rows)
-    print(f'\nPretraining on digits 4-9, last epoch: raw top-1 {float(pretrain_last["raw_eval_top1"]):.1f}, '
-          f'EMA top-1 {float(pretrain_last["ema_eval_top1"]):.1f}\nFine-tuning on digits 0-3 (validation top-1, %):\n'
-          f'\n{table}\n\nwork folder: {work}')
+    print(
+        f'\nPretraining on digits 4-9, last epoch: raw top-1 {float(pretrain_last["raw_eval_top1"]):.1f}, '
+        f'EMA top-1 {float(pretrain_last["ema_eval_top1"]):.1f}\nFine-tuning on digits 0-3 (validation top-1, %):\n'
+        f'\n{table}\n\nwork folder: {work}'
+    )
     return table
 
 
 def _read(path: Path) -> dict:
     import safetensors.numpy
+
     return safetensors.numpy.load_file(path)
 
 

@@ -21,6 +21,7 @@ precision, timm with train.py's TF32 and cuDNN autotuner. Prints one table; writ
 benchmarks/results/gpu_check_<backend>.json (--only merges into it) with the machine, versions and commit
 (also per part). Exits 1 if a parity bound fails.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,12 +31,12 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # jax and torch
 # pylint: disable=wrong-import-position
 import argparse  # noqa: E402
 import json  # noqa: E402
-from importlib.metadata import version  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from importlib.metadata import version  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
@@ -46,20 +47,43 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks')]
 import gpu_check_timm  # noqa: E402
-from bench_ema import add_run_flags, interleave, log, with_defaults, with_torch_threads  # noqa: E402
 import gpu_check_trainer as trainer_api  # noqa: E402
+from bench_ema import add_run_flags, interleave, log, with_defaults, with_torch_threads  # noqa: E402
+
 from torch_ref import precision  # noqa: E402
 
 RESULTS = ROOT / 'benchmarks' / 'results'
 PARTS = ('parity', 'step', 'timm', 'loop')
 NUM_CLASSES = 1000
-FULL = dict(model='resnet50', batch_size=128, img_size=224, steps=10, rounds=5, loop_updates=200, log_interval=50,
-            eval_batches=10, ema_steps=1000, compile_backend='inductor',
-            parity_models=('resnet50', 'efficientnet_b0', 'mobilenetv3_large_100'),
-            trajectories=('sgd_f32', 'adamw_f32', 'rmsproptf_f64'))
-QUICK = dict(model='resnet-tiny', batch_size=4, img_size=32, steps=2, rounds=2, loop_updates=6, log_interval=2,
-             eval_batches=2, ema_steps=20, compile_backend=None, parity_models=('resnet18',), trajectories=(),
-             torch_threads=1)
+FULL = dict(
+    model='resnet50',
+    batch_size=128,
+    img_size=224,
+    steps=10,
+    rounds=5,
+    loop_updates=200,
+    log_interval=50,
+    eval_batches=10,
+    ema_steps=1000,
+    compile_backend='inductor',
+    parity_models=('resnet50', 'efficientnet_b0', 'mobilenetv3_large_100'),
+    trajectories=('sgd_f32', 'adamw_f32', 'rmsproptf_f64'),
+)
+QUICK = dict(
+    model='resnet-tiny',
+    batch_size=4,
+    img_size=32,
+    steps=2,
+    rounds=2,
+    loop_updates=6,
+    log_interval=2,
+    eval_batches=2,
+    ema_steps=20,
+    compile_backend=None,
+    parity_models=('resnet18',),
+    trajectories=(),
+    torch_threads=1,
+)
 
 
 # --------------------------------------------------------------------------- parity
@@ -72,25 +96,39 @@ def part_parity(args) -> dict:
     import report  # noqa: E402  parity_tests/report.py: its rows are the tests' comparisons
     import test_efficientnet_parity  # noqa: E402
     import test_trajectory  # noqa: E402
+
     restore = precision.pin()
     try:
         pinned = precision.state()
         rows = []
         for name in args.parity_models:
             log(f'parity: {name} eval logits')
-            rows.append((f'{name} eval logits, float32, 32 px, random BN (x max|logit|)', 1e-5,
-                         test_efficientnet_parity.eval_error(name), ''))
+            rows.append(
+                (
+                    f'{name} eval logits, float32, 32 px, random BN (x max|logit|)',
+                    1e-5,
+                    test_efficientnet_parity.eval_error(name),
+                    '',
+                )
+            )
         log('parity: EMA vs ModelEmaV3')
         rows += report.ema_rows(args.ema_steps)
         for name in args.trajectories:
             log(f'parity: trajectory {name}')
-            rows += [(f'trajectory {name}: {q}', bound, err, where)
-                     for q, (err, where, bound) in test_trajectory.measure(name).items()]
+            rows += [
+                (f'trajectory {name}: {q}', bound, err, where)
+                for q, (err, where, bound) in test_trajectory.measure(name).items()
+            ]
     finally:
         restore()
     rows = [dict(what=w, bound=b, error=float(e), where=where, ok=bool(e <= b)) for w, b, e, where in rows]
-    return dict(precision=pinned, float64_missing=precision.float64_missing(), rows=rows,
-                failed=sum(not r['ok'] for r in rows), torch_device=str(precision.torch_device()))
+    return dict(
+        precision=pinned,
+        float64_missing=precision.float64_missing(),
+        rows=rows,
+        failed=sum(not r['ok'] for r in rows),
+        torch_device=str(precision.torch_device()),
+    )
 
 
 # --------------------------------------------------------------------------- our train step
@@ -99,8 +137,10 @@ def part_parity(args) -> dict:
 def batch_arrays(batch_size: int, img_size: int, seed: int = 0) -> dict:
     """One batch as the input pipeline hands it over: normalised float32 NHWC images, int32 labels."""
     rng = np.random.default_rng(seed)
-    return {'image': rng.normal(size=(batch_size, img_size, img_size, 3)).astype(np.float32),
-            'label': rng.integers(0, NUM_CLASSES, size=batch_size).astype(np.int32)}
+    return {
+        'image': rng.normal(size=(batch_size, img_size, img_size, 3)).astype(np.float32),
+        'label': rng.integers(0, NUM_CLASSES, size=batch_size).astype(np.int32),
+    }
 
 
 def step_runner(state, step, batch, steps: int):
@@ -117,6 +157,7 @@ def step_runner(state, step, batch, steps: int):
         t0 = time.perf_counter()
         run(steps)
         return (time.perf_counter() - t0) / steps
+
     run(2)  # compile and warm up
     return timed, box
 
@@ -130,16 +171,22 @@ def part_step(args) -> dict:
         for placement in trainer_api.PLACEMENTS:
             name = f'{dtype}_ema_{placement}'
             log(f'step: compiling {name}')
-            fns[name], box = step_runner(*trainer_api.build(model, variables, placement, args.decay), batch,
-                                         args.steps)
+            fns[name], box = step_runner(*trainer_api.build(model, variables, placement, args.decay), batch, args.steps)
             memory[name] = trainer_api.memory(box['step'], box['state'], batch)
     log(f'step: timing {len(fns)} variants, {args.rounds} rounds of {args.steps} steps')
     times = interleave(fns, args.rounds)
     med = {name: statistics.median(t) for name, t in times.items()}
-    return dict(model=args.model, batch_size=args.batch_size, img_size=args.img_size, decay=args.decay,
-                median_s=med, images_per_s={n: args.batch_size / m for n, m in med.items()},
-                ratio_to_no_ema={n: m / med[f'{n.split("_")[0]}_ema_none'] for n, m in med.items()},
-                memory=memory, samples=times)
+    return dict(
+        model=args.model,
+        batch_size=args.batch_size,
+        img_size=args.img_size,
+        decay=args.decay,
+        median_s=med,
+        images_per_s={n: args.batch_size / m for n, m in med.items()},
+        ratio_to_no_ema={n: m / med[f'{n.split("_")[0]}_ema_none'] for n, m in med.items()},
+        memory=memory,
+        samples=times,
+    )
 
 
 # --------------------------------------------------------------------------- timm's step
@@ -157,8 +204,9 @@ def _timm(args) -> dict:
     fns, peaks = {}, {}
     for name, variant in variants.items():
         log(f'timm: building {name}')
-        step = gpu_check_timm.build(args.model, NUM_CLASSES, arrays['image'], arrays['label'], args.decay, variant,
-                                    args.compile_backend, device)
+        step = gpu_check_timm.build(
+            args.model, NUM_CLASSES, arrays['image'], arrays['label'], args.decay, variant, args.compile_backend, device
+        )
         gpu_check_timm.peak_bytes(device)  # reset
         fns[name] = gpu_check_timm.runner(step, args.steps, 2, device)
         peaks[name] = gpu_check_timm.peak_bytes(device)
@@ -169,10 +217,16 @@ def _timm(args) -> dict:
     del fns
     if device.type == 'cuda':
         torch.cuda.empty_cache()
-    return dict(model=args.model, device=str(device), compile_backend=args.compile_backend, median_s=med,
-                images_per_s={n: args.batch_size / m for n, m in med.items()},
-                ratio_to_no_ema={n: m / base[variants[n][1]] for n, m in med.items()},
-                peak_device_bytes=peaks, samples=times)
+    return dict(
+        model=args.model,
+        device=str(device),
+        compile_backend=args.compile_backend,
+        median_s=med,
+        images_per_s={n: args.batch_size / m for n, m in med.items()},
+        ratio_to_no_ema={n: m / base[variants[n][1]] for n, m in med.items()},
+        peak_device_bytes=peaks,
+        samples=times,
+    )
 
 
 # --------------------------------------------------------------------------- the trainer's epoch loop
@@ -204,18 +258,21 @@ def part_loop(args) -> dict:
     for placement, feed in runs:
         name = f'float32_ema_{placement}' + ('_batches_on_device' if feed == 'device' else '')
         log(f'loop: {name}')
-        bare, box = step_runner(*trainer_api.build(model, variables, placement, args.decay), device_batch,
-                                args.steps)
+        bare, box = step_runner(*trainer_api.build(model, variables, placement, args.decay), device_batch, args.steps)
         bare_rate = args.batch_size / statistics.median(bare() for _ in range(args.rounds))
         source, to_device = (host_batches, trainer_api.shard) if feed == 'host' else ([device_batch], lambda b: b)
         stamps = []
         batches = stamped(source, args.loop_updates, args.log_interval, stamps, to_device)
-        state = trainer_api.run_epoch(box['step'], box.pop('state'), batches, args.loop_updates, args.log_interval,
-                                      start=box['count'])
+        state = trainer_api.run_epoch(
+            box['step'], box.pop('state'), batches, args.loop_updates, args.log_interval, start=box['count']
+        )
         rates = interval_rates(stamps, args.log_interval, args.batch_size)
-        out[name] = dict(bare_step_images_per_s=bare_rate, loop_images_per_s=rates,
-                         loop_vs_bare=statistics.median(rates) / bare_rate,
-                         batch_bytes=sum(v.nbytes for v in source[0].values()) if feed == 'host' else 0)
+        out[name] = dict(
+            bare_step_images_per_s=bare_rate,
+            loop_images_per_s=rates,
+            loop_vs_bare=statistics.median(rates) / bare_rate,
+            batch_bytes=sum(v.nbytes for v in source[0].values()) if feed == 'host' else 0,
+        )
         if feed == 'host':
             out[name].update(trainer_api.time_eval_and_save(model, state, placement, dataset, args))
     return dict(model=args.model, updates=args.loop_updates, log_interval=args.log_interval, runs=out)
@@ -227,21 +284,38 @@ def part_loop(args) -> dict:
 def machine() -> dict:
     def git(*cmd):
         try:
-            return subprocess.run(['git', '-C', str(ROOT), *cmd], capture_output=True, text=True, timeout=20,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ['git', '-C', str(ROOT), *cmd], capture_output=True, text=True, timeout=20, check=True
+            ).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return 'unknown'
+
     dev = jax.devices()[0]
     return dict(
-        backend=jax.default_backend(), jax_device=str(dev), jax_device_kind=dev.device_kind,
-        jax_device_count=jax.device_count(), torch_device=str(precision.torch_device()),
-        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, cpu=platform.processor() or
-        platform.machine(), cpu_count=os.cpu_count(), python=platform.python_version(),
-        commit=git('rev-parse', 'HEAD'), dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
-        versions=dict(jax=jax.__version__, jaxlib=version('jaxlib'), flax=version('flax'), optax=version('optax'),
-                      orbax=version('orbax-checkpoint'), torch=torch.__version__, cuda=torch.version.cuda,
-                      timm=timm.__version__, numpy=np.__version__),
-        modules_loaded={m: sys.modules.get(m) is not None for m in ('tensorflow', 'tensorboardX')})
+        backend=jax.default_backend(),
+        jax_device=str(dev),
+        jax_device_kind=dev.device_kind,
+        jax_device_count=jax.device_count(),
+        torch_device=str(precision.torch_device()),
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        python=platform.python_version(),
+        commit=git('rev-parse', 'HEAD'),
+        dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
+        versions=dict(
+            jax=jax.__version__,
+            jaxlib=version('jaxlib'),
+            flax=version('flax'),
+            optax=version('optax'),
+            orbax=version('orbax-checkpoint'),
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            timm=timm.__version__,
+            numpy=np.__version__,
+        ),
+        modules_loaded={m: sys.modules.get(m) is not None for m in ('tensorflow', 'tensorboardX')},
+    )
 
 
 def table(report: dict) -> str:
@@ -251,36 +325,47 @@ def table(report: dict) -> str:
     parts = report['parts']
     if 'parity' in parts:
         for r in parts['parity']['rows']:
-            lines.append(f"| parity | {r['what'].replace('|', '/')} | {r['error']:.2g} (bound {r['bound']:g})"
-                         f"{'' if r['ok'] else ' **FAIL**'} |")
+            lines.append(
+                f'| parity | {r["what"].replace("|", "/")} | {r["error"]:.2g} (bound {r["bound"]:g})'
+                f'{"" if r["ok"] else " **FAIL**"} |'
+            )
     if 'step' in parts:
         s = parts['step']
         for name, ips in s['images_per_s'].items():
             m = s['memory'][name]
-            lines.append(f"| step | jax_ema {name} | {ips:,.0f} img/s ({s['ratio_to_no_ema'][name]:.3f}); state on "
-                         f"device {mb(m['device_bytes'])}, on host {mb(m['host_bytes'])}; peak "
-                         f"{mb(m['peak_device_bytes'])} (plan), high-water {mb(m['high_water_bytes'])} |")
+            lines.append(
+                f'| step | jax_ema {name} | {ips:,.0f} img/s ({s["ratio_to_no_ema"][name]:.3f}); state on '
+                f'device {mb(m["device_bytes"])}, on host {mb(m["host_bytes"])}; peak '
+                f'{mb(m["peak_device_bytes"])} (plan), high-water {mb(m["high_water_bytes"])} |'
+            )
     if 'timm' in parts:
         t = parts['timm']
         for name, ips in t['images_per_s'].items():
-            lines.append(f"| timm | {name} | {ips:,.0f} img/s ({t['ratio_to_no_ema'][name]:.3f}); peak "
-                         f"{mb(t['peak_device_bytes'][name])} |")
+            lines.append(
+                f'| timm | {name} | {ips:,.0f} img/s ({t["ratio_to_no_ema"][name]:.3f}); peak '
+                f'{mb(t["peak_device_bytes"][name])} |'
+            )
     if 'loop' in parts:
         for name, r in parts['loop']['runs'].items():
             extra = ''
             if 'eval_images_per_s' in r:
                 ema_eval = r['ema_eval_images_per_s']
-                extra = (f"; eval {r['eval_images_per_s']:,.0f} img/s"
-                         + ('' if ema_eval is None else f', EMA eval {ema_eval:,.0f} img/s')
-                         + f"; checkpoint {r['checkpoint_s']:.2f} s ({mb(r['checkpoint_bytes'])})")
-            lines.append(f"| loop | train_epoch {name} | {r['loop_vs_bare']:.3f} x bare step "
-                         f"({r['bare_step_images_per_s']:,.0f} img/s){extra} |")
+                extra = (
+                    f'; eval {r["eval_images_per_s"]:,.0f} img/s'
+                    + ('' if ema_eval is None else f', EMA eval {ema_eval:,.0f} img/s')
+                    + f'; checkpoint {r["checkpoint_s"]:.2f} s ({mb(r["checkpoint_bytes"])})'
+                )
+            lines.append(
+                f'| loop | train_epoch {name} | {r["loop_vs_bare"]:.3f} x bare step '
+                f'({r["bare_step_images_per_s"]:,.0f} img/s){extra} |'
+            )
     return '\n'.join(lines)
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument('--only', choices=PARTS, help='run one part and merge it into the JSON')
     p.add_argument('--model', help=f'default {FULL["model"]}')
     add_run_flags(p, QUICK)
@@ -306,11 +391,14 @@ def run(args) -> int:
     for part in (args.only,) if args.only else PARTS:
         t0, cpu0 = time.time(), time.process_time()
         report['parts'][part] = globals()[f'part_{part}'](args)
-        report['parts'][part].update(seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0,
-                                     commit=commit)
+        report['parts'][part].update(seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0, commit=commit)
         log(f'{part}: {time.time() - t0:.0f} s ({time.process_time() - cpu0:.0f} CPU-s)')
-    report.update(machine=machine(), quick=args.quick, seconds=sum(p['seconds'] for p in report['parts'].values()),
-                  args={k: v for k, v in vars(args).items() if k != 'out'})
+    report.update(
+        machine=machine(),
+        quick=args.quick,
+        seconds=sum(p['seconds'] for p in report['parts'].values()),
+        args={k: v for k, v in vars(args).items() if k != 'out'},
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + '\n')
     print(table(report))

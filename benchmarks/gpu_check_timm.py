@@ -7,6 +7,7 @@ then `model_ema.update(model, step=num_updates)`. The EMA averages the eager mod
 compiled model shares (timm builds its EMA before compiling). Speed is measured as train.py runs: with
 TF32 matmuls and cuDNN's autotuner on (`train_py_flags`), not at the parity tests' pinned precision.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,11 @@ def build(model_name, num_classes, images, labels, decay, variant, compile_backe
     forward = torch.compile(model, backend=compile_backend) if mode == 'compile' else model
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(labels).to(device).long()
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if dtype == 'bfloat16'
-                else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if dtype == 'bfloat16'
+        else contextlib.nullcontext()
+    )
     count = [0]
 
     def step():
@@ -82,6 +86,7 @@ def build(model_name, num_classes, images, labels, decay, variant, compile_backe
         count[0] += 1
         if model_ema is not None:
             model_ema.update(model, step=count[0])
+
     return step
 
 
@@ -97,6 +102,7 @@ def runner(step, steps: int, warmup: int, device: torch.device):
             step()
         sync(device)
         return (time.perf_counter() - t0) / steps
+
     return timed
 
 

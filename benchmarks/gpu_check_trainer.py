@@ -5,6 +5,7 @@ adapt this file, and only this file, when their functions move or change.
 `offload.build_step`: the EMA fused into the donated step (device, sharded) or updated by `offload.ema_update`
 after it (host); `step(state, batch, count)` runs one optimizer update.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,15 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import checkpoint, ema, loop, offload, optim, parallel
-from jax_ema import train as trainer
+from jax_ema import checkpoint, ema, loop, offload, optim, parallel, train as trainer
 from jax_ema.models import create_model
 from jax_ema.models.resnet import BasicBlock, ResNet
 
 PLACEMENTS = ('none', 'device', 'host', 'sharded')  # 'none': no EMA; the others: offload.PLACEMENTS
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flax_model(name: str, num_classes: int, dtype: str):
     """Our model computing in `dtype` with float32 params (bfloat16 = --amp). 'resnet-tiny' (--quick): the
     stem and one BasicBlock, the least that compiles a whole step in seconds (timm's side has one block per
@@ -35,22 +35,24 @@ def flax_model(name: str, num_classes: int, dtype: str):
     return create_model(name, num_classes, dtype=jnp.dtype(dtype), param_dtype=jnp.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def init(model, img_size: int):
-    return jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0),
-                                                               jnp.zeros((1, img_size, img_size, 3)))
+    return jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(0), jnp.zeros((1, img_size, img_size, 3))
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(placement: str, decay: float):
     """The jitted step of a placement, shared by every build: each model and dtype compiles once."""
     cfg = None if placement == 'none' else ema.EmaConfig(decay=decay)
-    built = offload.build_step(functools.partial(trainer.train_step, smoothing=0.1), cfg,
-                               'device' if placement == 'none' else placement)
+    built = offload.build_step(
+        functools.partial(trainer.train_step, smoothing=0.1), cfg, 'device' if placement == 'none' else placement
+    )
     return built.train_step_fn, built.ema_update
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimizer():
     """One optimizer object: it is static in the TrainState, so a new one would recompile the step."""
     return optim.create_optimizer('sgd', lambda count: 0.01, 1e-4, 0.9)
@@ -71,8 +73,17 @@ def shard(batch: dict) -> dict:
 
 def run_epoch(step, state, batches, updates: int, log_interval: int, start: int = 0):
     """One epoch of `updates` updates through the trainer's loop (NaN guard, logging); returns the state."""
-    state, _, _ = loop.train_epoch(step, state, batches, epoch=0, num_epochs=1, updates_per_epoch=start + updates,
-                                   first_update=start, schedule=lambda count: 0.01, log_interval=log_interval)
+    state, _, _ = loop.train_epoch(
+        step,
+        state,
+        batches,
+        epoch=0,
+        num_epochs=1,
+        updates_per_epoch=start + updates,
+        first_update=start,
+        schedule=lambda count: 0.01,
+        log_interval=log_interval,
+    )
     return step.flush(state, start + updates)
 
 
@@ -88,7 +99,7 @@ class InMemory:
             yield dict(batch, mask=np.ones(len(batch['label']), bool))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _eval_step(model):
     return jax.jit(functools.partial(trainer.eval_step, apply_fn=model.apply))
 
@@ -112,16 +123,24 @@ def time_eval_and_save(model, state, placement: str, dataset: InMemory, args) ->
     raw()
     out = dict(eval_images_per_s=size / _timed(raw), ema_eval_images_per_s=None)
     if state.ema_params is not None:
+
         def ema_eval():
             ema_vars = (state.ema_params, state.ema_batch_stats)
             evaluate(*(offload.to_device(ema_vars) if placement != 'device' else ema_vars))
+
         ema_eval()
         out['ema_eval_images_per_s'] = size / _timed(ema_eval)
     folder = Path(tempfile.mkdtemp(prefix='gpu_check_ckpt_'))
     try:
         manager = checkpoint.open_manager(folder)
-        meta = dict(model=args.model, num_classes=1000, img_size=args.img_size, epoch=0, position=0,
-                    ema=None if state.ema_params is None else {'decay': args.decay})
+        meta = dict(
+            model=args.model,
+            num_classes=1000,
+            img_size=args.img_size,
+            epoch=0,
+            position=0,
+            ema=None if state.ema_params is None else {'decay': args.decay},
+        )
         checkpoint.save(manager, state, meta, score=0.0)
         t0 = time.perf_counter()
         saved = checkpoint.save(manager, state.replace(step=state.step + 1), meta, score=1.0)
@@ -148,8 +167,12 @@ def _plan(compiled) -> dict:
     m = compiled.memory_analysis()
     if m is None:
         return {}
-    plan = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes, alias=m.alias_size_in_bytes,
-                temp=m.temp_size_in_bytes)
+    plan = dict(
+        argument=m.argument_size_in_bytes,
+        output=m.output_size_in_bytes,
+        alias=m.alias_size_in_bytes,
+        temp=m.temp_size_in_bytes,
+    )
     return dict(plan, peak=plan['argument'] + plan['output'] - plan['alias'] + plan['temp'])
 
 
@@ -162,8 +185,14 @@ def memory(step, state, batch) -> dict:
     peak = plan['step'].get('peak', 0)
     if 'ema_update' in plan:
         peak = max(peak, held['device'] + plan['ema_update'].get('temp', 0))
-    return dict(device_bytes=held['device'], host_bytes=held['host'], ema_bytes=ema_bytes(state), plan=plan,
-                peak_device_bytes=peak or None, high_water_bytes=peak_bytes())
+    return dict(
+        device_bytes=held['device'],
+        host_bytes=held['host'],
+        ema_bytes=ema_bytes(state),
+        plan=plan,
+        peak_device_bytes=peak or None,
+        high_water_bytes=peak_bytes(),
+    )
 
 
 def plans(step, state, batch) -> dict:
@@ -173,8 +202,9 @@ def plans(step, state, batch) -> dict:
     if step.ema_update is None:
         return {'step': _plan(jitted.lower(state, batch).compile())}
     without = state.replace(ema_params=None, ema_batch_stats=None)
-    update = step.ema_update.lower(state.ema_params, state.ema_batch_stats, state.params, state.batch_stats,
-                                   state.step, 1).compile()
+    update = step.ema_update.lower(
+        state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, state.step, 1
+    ).compile()
     return {'step': _plan(jitted.lower(without, batch).compile()), 'ema_update': _plan(update)}
 
 

@@ -8,6 +8,7 @@ Without --run it trains `python -m jax_ema.train --model resnet18 --model-ema --
 first (a few CPU minutes).
 Writes posthoc_sweep.png (validation top-1 and loss vs sigma_rel) and posthoc_sweep.md (the table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,24 @@ from jax_ema import posthoc, reporting
 from jax_ema.train import main as train_main
 from jax_ema.validate import validate
 
-TRAIN = ['--model', 'resnet18', '--model-ema', '--model-ema-decay', '0.99', '--model-ema-std', '0.05', '0.1',
-         '--model-ema-snapshot-every', '10', '--epochs', '5', '--img-size', '16', '--log-interval', '100']
+TRAIN = [
+    '--model',
+    'resnet18',
+    '--model-ema',
+    '--model-ema-decay',
+    '0.99',
+    '--model-ema-std',
+    '0.05',
+    '0.1',
+    '--model-ema-snapshot-every',
+    '10',
+    '--epochs',
+    '5',
+    '--img-size',
+    '16',
+    '--log-interval',
+    '100',
+]
 STDS = (0.02, 0.03, 0.05, 0.07, 0.10, 0.13, 0.17, 0.21, 0.25)
 
 
@@ -31,13 +48,16 @@ def sweep(run_dir: Path, work: Path, stds=STDS) -> list[dict]:
         done = posthoc.posthoc(run_dir, std, work / f'std_{std:g}')
         got = validate(work / f'std_{std:g}', use_ema=True)
         rows.append(dict(std=std, gamma=done['gamma'], top1=got['top1'], loss=got['loss']))
-        print(f'sigma_rel {std:5.3f}  gamma {done["gamma"]:7.3f}  top-1 {got["top1"]:7.3f}  loss {got["loss"]:.4f}',
-              flush=True)
+        print(
+            f'sigma_rel {std:5.3f}  gamma {done["gamma"]:7.3f}  top-1 {got["top1"]:7.3f}  loss {got["loss"]:.4f}',
+            flush=True,
+        )
     return rows
 
 
 def write(rows: list[dict], run_dir: Path, out_dir: Path) -> None:
     from matplotlib.figure import Figure
+
     last = reporting.read_summary(run_dir)[-1]
     results = json.loads((run_dir / 'results.json').read_text())
     first = len(results['ema_decays'])  # the power members follow the decays in summary.csv
@@ -61,8 +81,11 @@ def write(rows: list[dict], run_dir: Path, out_dir: Path) -> None:
     fig.savefig(out_dir / 'posthoc_sweep.png', dpi=100)
     table = ['| σ_rel | γ | top-1 (%) | loss |', '| --- | --- | --- | --- |']
     table += [f'| {r["std"]:g} | {r["gamma"]:.2f} | {r["top1"]:.2f} | {r["loss"]:.4f} |' for r in rows]
-    table += [f'| {name}, validated in training | | {float(last[f"{prefix}_eval_top1"]):.2f} | '
-              f'{float(last[f"{prefix}_eval_loss"]):.4f} |' for name, prefix in tracked.items()]
+    table += [
+        f'| {name}, validated in training | | {float(last[f"{prefix}_eval_top1"]):.2f} | '
+        f'{float(last[f"{prefix}_eval_loss"]):.4f} |'
+        for name, prefix in tracked.items()
+    ]
     table += [f'| raw weights | | {float(last["raw_eval_top1"]):.2f} | {float(last["raw_eval_loss"]):.4f} |']
     (out_dir / 'posthoc_sweep.md').write_text('\n'.join(table) + '\n')
     print('\n'.join(table))
@@ -74,7 +97,7 @@ def main(argv=None):
     p.add_argument('--out-dir', default='docs/figures')
     p.add_argument('--work', default=None, help='keep the run and the reconstructions here (default: a temp folder)')
     args = p.parse_args(argv)
-    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory()) as tmp:
+    with contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.run) if args.run else Path(tmp) / 'run'
         if args.run is None:
             assert train_main([*TRAIN, '--output', tmp, '--experiment', 'run']) == 0

@@ -16,6 +16,7 @@ The default model, `tiny`, is a two-block ResNet of the project's own BasicBlock
 CPU cores, where resnet18 (11M parameters, whose optimizer and EMA updates dominate a CPU step) runs at
 ~3-4 steps/s there. Any name of jax_ema.models works too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,10 @@ import json
 import platform
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import flax.linen as nn
 
 from jax_ema import ema, loop, offload, optim
 from jax_ema.models import create_model
@@ -42,6 +42,7 @@ GROWTH_BAR_PCT = 5.0
 
 class TinyResNet(nn.Module):
     """3x3 stem (16 ch), BasicBlock(16), BasicBlock(32, stride 2), average pool, fc."""
+
     num_classes: int
 
     @nn.compact
@@ -64,8 +65,13 @@ def rss_mb() -> float:
 
 def fixed_batches(count, batch_size, img_size, num_classes, seed=0):
     rng = np.random.default_rng(seed)
-    return [{'image': rng.normal(size=(batch_size, img_size, img_size, 3)).astype(np.float32),
-             'label': rng.integers(0, num_classes, size=batch_size).astype(np.int32)} for _ in range(count)]
+    return [
+        {
+            'image': rng.normal(size=(batch_size, img_size, img_size, 3)).astype(np.float32),
+            'label': rng.integers(0, num_classes, size=batch_size).astype(np.int32),
+        }
+        for _ in range(count)
+    ]
 
 
 def feed(batches, steps):
@@ -83,10 +89,12 @@ def build(args):
     ema_cfg = ema.EmaConfig(decay=args.decay)
     state = create_train_state(model, tx, variables, ema_cfg)
     if args.host_ema:
-        state = state.replace(ema_params=offload.to_host(state.ema_params),
-                              ema_batch_stats=offload.to_host(state.ema_batch_stats))
-    step = offload.build_step(functools.partial(train_step, smoothing=0.1), ema_cfg,
-                              'host' if args.host_ema else 'device')
+        state = state.replace(
+            ema_params=offload.to_host(state.ema_params), ema_batch_stats=offload.to_host(state.ema_batch_stats)
+        )
+    step = offload.build_step(
+        functools.partial(train_step, smoothing=0.1), ema_cfg, 'host' if args.host_ema else 'device'
+    )
     return step, state, schedule
 
 
@@ -98,29 +106,60 @@ def run(args) -> dict:
         chunks.append(args.steps - sum(chunks))
     samples, done, t_start = [], 0, None
     for i, n in enumerate(chunks):
-        state, _, _ = loop.train_epoch(step, state, feed(batches, n), epoch=i, num_epochs=len(chunks),
-                                       updates_per_epoch=n, first_update=0, schedule=schedule,
-                                       log_interval=args.log_interval)
+        state, _, _ = loop.train_epoch(
+            step,
+            state,
+            feed(batches, n),
+            epoch=i,
+            num_epochs=len(chunks),
+            updates_per_epoch=n,
+            first_update=0,
+            schedule=schedule,
+            log_interval=args.log_interval,
+        )
         jax.block_until_ready(state)
         done += n
         if i == 0:
             t_start = time.perf_counter()
-        samples.append({'step': done, 'rss_mb': rss_mb(), 'live_arrays': len(jax.live_arrays()),
-                        'elapsed_s': time.perf_counter() - t_start})
-        print(f'step {done:>6}: RSS {samples[-1]["rss_mb"]:8.1f} MiB, {samples[-1]["live_arrays"]} live arrays',
-              flush=True)
+        samples.append(
+            {
+                'step': done,
+                'rss_mb': rss_mb(),
+                'live_arrays': len(jax.live_arrays()),
+                'elapsed_s': time.perf_counter() - t_start,
+            }
+        )
+        print(
+            f'step {done:>6}: RSS {samples[-1]["rss_mb"]:8.1f} MiB, {samples[-1]["live_arrays"]} live arrays',
+            flush=True,
+        )
     warm, end = samples[0], samples[-1]
     timed_steps = done - args.warmup
     growth = 100.0 * (end['rss_mb'] - warm['rss_mb']) / warm['rss_mb']
-    return dict(model=args.model, params=sum(int(np.size(x)) for x in jax.tree.leaves(state.params)),
-                img_size=args.img_size, batch_size=args.batch_size, steps=done,
-                warmup=args.warmup, host_ema=args.host_ema, decay=args.decay, device=str(jax.devices()[0]),
-                backend=jax.default_backend(), machine=platform.machine(), jax_version=jax.__version__,
-                rss_warmup_mb=warm['rss_mb'], rss_end_mb=end['rss_mb'],
-                rss_peak_mb=max(s['rss_mb'] for s in samples), growth_pct=growth,
-                live_arrays_warmup=warm['live_arrays'], live_arrays_end=end['live_arrays'],
-                steps_per_s=timed_steps / end['elapsed_s'] if timed_steps else None,
-                step=int(jax.device_get(state.step)), passed=growth < GROWTH_BAR_PCT, samples=samples)
+    return dict(
+        model=args.model,
+        params=sum(int(np.size(x)) for x in jax.tree.leaves(state.params)),
+        img_size=args.img_size,
+        batch_size=args.batch_size,
+        steps=done,
+        warmup=args.warmup,
+        host_ema=args.host_ema,
+        decay=args.decay,
+        device=str(jax.devices()[0]),
+        backend=jax.default_backend(),
+        machine=platform.machine(),
+        jax_version=jax.__version__,
+        rss_warmup_mb=warm['rss_mb'],
+        rss_end_mb=end['rss_mb'],
+        rss_peak_mb=max(s['rss_mb'] for s in samples),
+        growth_pct=growth,
+        live_arrays_warmup=warm['live_arrays'],
+        live_arrays_end=end['live_arrays'],
+        steps_per_s=timed_steps / end['elapsed_s'] if timed_steps else None,
+        step=int(jax.device_get(state.step)),
+        passed=growth < GROWTH_BAR_PCT,
+        samples=samples,
+    )
 
 
 def main(argv=None):
@@ -140,11 +179,13 @@ def main(argv=None):
     if not 0 < args.warmup < args.steps:
         p.error('--warmup must be between 0 and --steps')
     report = run(args)
-    print(f'{report["model"]} {report["img_size"]}px b{report["batch_size"]}, {report["steps"]} steps, '
-          f'{"host" if report["host_ema"] else "device"} EMA: RSS {report["rss_warmup_mb"]:.1f} MiB after '
-          f'{report["warmup"]} steps -> {report["rss_end_mb"]:.1f} MiB at the end ({report["growth_pct"]:+.2f}%, '
-          f'bar < {GROWTH_BAR_PCT}%: {"ok" if report["passed"] else "FAILED"}); live arrays '
-          f'{report["live_arrays_warmup"]} -> {report["live_arrays_end"]}; {report["steps_per_s"]:.1f} steps/s')
+    print(
+        f'{report["model"]} {report["img_size"]}px b{report["batch_size"]}, {report["steps"]} steps, '
+        f'{"host" if report["host_ema"] else "device"} EMA: RSS {report["rss_warmup_mb"]:.1f} MiB after '
+        f'{report["warmup"]} steps -> {report["rss_end_mb"]:.1f} MiB at the end ({report["growth_pct"]:+.2f}%, '
+        f'bar < {GROWTH_BAR_PCT}%: {"ok" if report["passed"] else "FAILED"}); live arrays '
+        f'{report["live_arrays_warmup"]} -> {report["live_arrays_end"]}; {report["steps_per_s"]:.1f} steps/s'
+    )
     with open(args.out, 'w') as f:
         json.dump(report, f, indent=2)
     print(f'wrote {args.out}')

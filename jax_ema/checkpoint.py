@@ -14,6 +14,7 @@ Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../l
 What a training run's checkpoint says about itself (`run_metadata`) and how many EMAs it holds
 (`saved_members`, `check_members`, `pick_index`) are read and written here too.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -67,7 +68,7 @@ class KeepLatestAndBest:
         steps = [int(c.step) for c in checkpoints]
         scores = {step: _score(self.directory / str(step)) for step in steps}
         ranked = sorted((step for step in steps if scores[step] is not None), key=lambda t: (-scores[t], t))
-        keep = set(ranked[:self.n]) | {max(steps, default=None)}
+        keep = set(ranked[: self.n]) | {max(steps, default=None)}
         return [step in keep for step in steps]
 
 
@@ -101,8 +102,9 @@ def open_manager(directory, keep_best: int = 10) -> ocp.CheckpointManager:
     registry = ocp.DefaultCheckpointHandlerRegistry()
     registry.add('state', ocp.args.StandardSave, _StateHandler())
     registry.add('metadata', ocp.args.JsonSave, ocp.JsonCheckpointHandler())
-    options = ocp.CheckpointManagerOptions(preservation_policy=KeepLatestAndBest(directory, keep_best),
-                                           enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=KeepLatestAndBest(directory, keep_best), enable_async_checkpointing=False
+    )
     return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
 
@@ -123,16 +125,21 @@ def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score:
     """
     step = int(tree['step'])
     if not is_finite_on_host(tree):
-        raise TrainingDiverged(f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '
-                               'checkpoint is kept). Lower --lr or check the data')
+        raise TrainingDiverged(
+            f'the weights became NaN/Inf by update {step}; nothing was saved (the last good '
+            'checkpoint is kept). Lower --lr or check the data'
+        )
     metadata = dict(metadata, score=score, step=step)
     directory = Path(manager.directory)
     previous = manager.latest_step()
     faults.hit('save:before', step)
     token = _saving_step.set(step)
     try:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(tree),
-                                                   metadata=ocp.args.JsonSave(metadata)), force=True)
+        manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata)),
+            force=True,
+        )
         manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except  (orbax wraps OS errors in ValueError, RuntimeError...)
         reason = os_reason(e)
@@ -141,11 +148,16 @@ def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score:
         quiet_orbax_aftermath()
         for partial in directory.glob(f'{step}{TMP_MARK}*'):
             shutil.rmtree(partial, ignore_errors=True)
-        kept = (f'the previous checkpoint {str(directory / str(previous))!r} is intact' if previous is not None
-                else 'no earlier checkpoint of this run exists')
+        kept = (
+            f'the previous checkpoint {str(directory / str(previous))!r} is intact'
+            if previous is not None
+            else 'no earlier checkpoint of this run exists'
+        )
         hint = 'free some space' if 'space' in reason or 'quota' in reason else 'make it writable'
-        raise UserError(f'cannot save checkpoint {step} in {str(directory)!r} ({reason}); {kept}: {hint}, then '
-                        f'resume with --resume {str(directory.parent)!r}') from None
+        raise UserError(
+            f'cannot save checkpoint {step} in {str(directory)!r} ({reason}); {kept}: {hint}, then '
+            f'resume with --resume {str(directory.parent)!r}'
+        ) from None
     finally:
         _saving_step.reset(token)
     faults.hit('save:after-checkpoint', step)
@@ -211,14 +223,16 @@ def record_validation(manager: ocp.CheckpointManager, step_dir, metadata: dict, 
         update_metadata(step_dir, dict(metadata, score=score, step=int(Path(step_dir).name)))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices('jax_ema.checkpoint.record_validation')
     manager.reload()
     return Path(step_dir)
 
 
 def _step_dirs(ckpt_dir: Path) -> list[Path]:
-    return sorted((p for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / 'metadata').exists()),
-                  key=lambda p: int(p.name))
+    return sorted(
+        (p for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / 'metadata').exists()), key=lambda p: int(p.name)
+    )
 
 
 def resolve(path) -> Path:
@@ -230,19 +244,24 @@ def resolve(path) -> Path:
     if (path / 'state').is_dir() and (path / 'metadata').exists():
         return path
     if path.is_file():
-        raise UserError(f'checkpoint {str(path)!r} is a file; give a run folder, its checkpoints/ folder or '
-                        'one step folder')
+        raise UserError(
+            f'checkpoint {str(path)!r} is a file; give a run folder, its checkpoints/ folder or one step folder'
+        )
     ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
     if not ckpt_dir.is_dir():
-        raise UserError(f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ '
-                        'folder or one step folder')
+        raise UserError(
+            f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ folder or one step folder'
+        )
     steps = _step_dirs(ckpt_dir)
     if not steps and _foreign(ckpt_dir):
-        raise UserError(f'{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema\'s (a step '
-                        'folder with state/ and metadata/); give a folder written by python -m jax_ema.train')
+        raise UserError(
+            f"{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema's (a step "
+            'folder with state/ and metadata/); give a folder written by python -m jax_ema.train'
+        )
     if not steps:
-        raise UserError(f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved '
-                        'at least one epoch')
+        raise UserError(
+            f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved at least one epoch'
+        )
     if name == 'last':
         return steps[-1]
     scored = [p for p in steps if read_metadata(p).get('score') is not None]
@@ -253,16 +272,24 @@ def resolve(path) -> Path:
 
 def _foreign(folder: Path) -> bool:
     """Whether `folder` is an orbax checkpoint (or a manager's folder of them) laid out as no jax_ema one is."""
+
     def other_step(step: Path) -> bool:  # a manager's step folder without our `state` item
         return (step / '_CHECKPOINT_METADATA').exists() and not (step / 'state').exists()
-    return (folder / '_METADATA').exists() or other_step(folder) or any(
-        other_step(p) for p in folder.iterdir() if p.name.isdigit())
+
+    return (
+        (folder / '_METADATA').exists()
+        or other_step(folder)
+        or any(other_step(p) for p in folder.iterdir() if p.name.isdigit())
+    )
 
 
 def read_metadata(step_dir) -> dict:
     step_dir = Path(step_dir)
-    files = [p for p in (step_dir / 'metadata').rglob('*') if p.is_file()] if (step_dir / 'metadata').is_dir() \
+    files = (
+        [p for p in (step_dir / 'metadata').rglob('*') if p.is_file()]
+        if (step_dir / 'metadata').is_dir()
         else [step_dir / 'metadata']
+    )
     for f in files:
         try:
             metadata = json.loads(f.read_text())
@@ -280,24 +307,30 @@ def restore_tree(step_dir, target: dict | None = None) -> dict:
         try:
             if target is None:
                 return ckptr.restore(step_dir / 'state')
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, 'dtype', None)
-                                                                         or np.asarray(x).dtype), target)
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, 'dtype', None) or np.asarray(x).dtype), target
+            )
             return ckptr.restore(step_dir / 'state', abstract)
         except (ValueError, KeyError, OSError) as e:
             quiet_orbax_aftermath()
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             if 'mismatch' in reason.lower() or isinstance(e, KeyError):
-                reason = ("its saved arrays do not fit this run (another --model, class count or --opt?); use "
-                          "the settings it was trained with, or --no-resume-opt for another optimizer")
+                reason = (
+                    'its saved arrays do not fit this run (another --model, class count or --opt?); use '
+                    'the settings it was trained with, or --no-resume-opt for another optimizer'
+                )
             elif any(sign in reason for sign in DAMAGED):
                 code, array = re.match(r'[A-Z_]+', reason), re.search(r'"([^"/]+)/', reason)
                 detail = f'{code.group(0)} reading {array.group(1)}' if code and array else reason[:80]
-                reason = (f'its files are incomplete or damaged ({detail}); use another checkpoint of the run '
-                          '(RUN/checkpoints/<step>)')
+                reason = (
+                    f'its files are incomplete or damaged ({detail}); use another checkpoint of the run '
+                    '(RUN/checkpoints/<step>)'
+                )
             raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None
 
 
 # ---------------------------------------------------------------- what a checkpoint says about its run
+
 
 def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, metrics=None) -> dict:
     """The metadata a training run's checkpoint carries (`config` a config.Config); `position` = updates done
@@ -305,12 +338,20 @@ def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, m
     the weights the run started from (hub repo or file; None from scratch or --initial-checkpoint)."""
     hub = pretrained_cfgs.lookup(config.model)
     pretrained = (config.pretrained_path or (hub.hub_id if hub else None)) if config.pretrained else None
-    return dict(model=config.model, num_classes=num_classes, img_size=config.img_size, opt=config.opt,
-                ema=dataclasses.asdict(ema_cfg) if ema_cfg else None, host_ema=config.model_ema_force_cpu,
-                epoch=epoch, position=position, metrics=metrics,
-                loss_scale=bool(config.amp and config.amp_dtype == 'float16'),
-                data_config=data_config.to_json(config.data_config),
-                pretrained=None if config.initial_checkpoint else pretrained)
+    return dict(
+        model=config.model,
+        num_classes=num_classes,
+        img_size=config.img_size,
+        opt=config.opt,
+        ema=dataclasses.asdict(ema_cfg) if ema_cfg else None,
+        host_ema=config.model_ema_force_cpu,
+        epoch=epoch,
+        position=position,
+        metrics=metrics,
+        loss_scale=bool(config.amp and config.amp_dtype == 'float16'),
+        data_config=data_config.to_json(config.data_config),
+        pretrained=None if config.initial_checkpoint else pretrained,
+    )
 
 
 def saved_members(metadata: dict) -> int:
@@ -323,11 +364,13 @@ def saved_members(metadata: dict) -> int:
 
 def stacked_target(tree, members: int):
     """Shapes of `tree` saved as a stack: float leaves get a leading member axis (float32, the EMA dtype)."""
+
     def leaf(x):
         dtype = np.dtype(getattr(x, 'dtype', np.float32))
         if np.issubdtype(dtype, np.floating):
             return jax.ShapeDtypeStruct((members, *np.shape(x)), ema.ema_dtype())
         return jax.ShapeDtypeStruct(np.shape(x), dtype)
+
     return jax.tree.map(leaf, tree)
 
 
@@ -335,8 +378,10 @@ def check_members(step_dir, metadata: dict, members: int) -> None:
     """UserError when a checkpoint's EMA stack has another height than this run's."""
     saved = saved_members(metadata)
     if saved and saved != members:
-        raise UserError(f'checkpoint {str(step_dir)!r} holds {saved} EMA(s) but this run keeps {members}; resume '
-                        'with the same --model-ema-decay and --model-ema-std values it was trained with')
+        raise UserError(
+            f'checkpoint {str(step_dir)!r} holds {saved} EMA(s) but this run keeps {members}; resume '
+            'with the same --model-ema-decay and --model-ema-std values it was trained with'
+        )
 
 
 def pick_index(step_dir, metadata: dict, ema_index: int | None) -> int:
@@ -346,6 +391,8 @@ def pick_index(step_dir, metadata: dict, ema_index: int | None) -> int:
     if ema_index is None:
         return int(metadata.get('best_ema_index') or 0) if members > 1 else 0
     if not 0 <= ema_index < members:
-        raise UserError(f'--ema-index {ema_index} is out of range: checkpoint {str(step_dir)!r} holds {members} '
-                        f'EMA(s), indices 0..{members - 1}')
+        raise UserError(
+            f'--ema-index {ema_index} is out of range: checkpoint {str(step_dir)!r} holds {members} '
+            f'EMA(s), indices 0..{members - 1}'
+        )
     return int(ema_index)

@@ -1,4 +1,5 @@
 """What every CLI shares: logging set-up and bad input answered with one line and exit code 2."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,12 @@ def run_cli(fn) -> int:
         return 2
     except OSError as e:  # a file system fault no check foresaw (a full disk, a read-only or vanished folder)
         where = f' {e.filename!r}' if e.filename else ''
-        print(f'error: cannot access{where} ({e.strerror or e}); fix the file system (space, permissions), then '
-              'run again (a training run resumes from its last checkpoint with --resume RUN)', file=sys.stderr,
-              flush=True)
+        print(
+            f'error: cannot access{where} ({e.strerror or e}); fix the file system (space, permissions), then '
+            'run again (a training run resumes from its last checkpoint with --resume RUN)',
+            file=sys.stderr,
+            flush=True,
+        )
         return 2
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr, flush=True)

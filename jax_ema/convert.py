@@ -30,7 +30,7 @@ def _timm_module(path: tuple[str, ...]) -> str:
     return '.'.join(parts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flax_shapes(model_name: str, num_classes: int) -> dict:
     """{(collection, *path): shape} of the model's variables, without computing anything."""
     model = create_model(model_name, num_classes)
@@ -40,7 +40,7 @@ def _flax_shapes(model_name: str, num_classes: int) -> dict:
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes_axes(model_name: str) -> dict:
     """{flax_path: axis} of the variables whose shape depends on num_classes (the classifier head)."""
     one, two = _flax_shapes(model_name, 1), _flax_shapes(model_name, 2)
@@ -52,7 +52,7 @@ def _classes_axes(model_name: str) -> dict:
     return axes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mapping(model_name: str, num_classes: int) -> dict:
     """{timm_key: (flax_path, flax_shape, timm_shape, kind)}; kind in {'conv', 'dense', 'copy', 'count'}."""
     axes = _classes_axes(model_name)
@@ -81,8 +81,11 @@ def classifier(model_name: str, num_classes: int) -> dict:
     """{timm key: (flax path, timm shape)} of the classifier head: the variables whose shape depends on
     num_classes (e.g. 'fc.weight', 'fc.bias')."""
     axes = _classes_axes(model_name)
-    return {key: (path, timm_shape) for key, (path, _, timm_shape, _) in _mapping(model_name, num_classes).items()
-            if path in axes}
+    return {
+        key: (path, timm_shape)
+        for key, (path, _, timm_shape, _) in _mapping(model_name, num_classes).items()
+        if path in axes
+    }
 
 
 def _num_classes_from_timm(model_name: str, state_dict: dict) -> int:
@@ -90,13 +93,15 @@ def _num_classes_from_timm(model_name: str, state_dict: dict) -> int:
     for timm_key, (path, _, timm_shape, kind) in _mapping(model_name, 1).items():
         if path in axes:
             if timm_key not in state_dict:
-                raise UserError(f'missing key {timm_key!r} in the {model_name} state_dict; '
-                                f'pass a complete timm state_dict')
+                raise UserError(
+                    f'missing key {timm_key!r} in the {model_name} state_dict; pass a complete timm state_dict'
+                )
             shape = np.shape(state_dict[timm_key])
             axis = {'conv': _HWIO_TO_OIHW.index(axes[path]), 'dense': 1 - axes[path]}.get(kind, axes[path])
             if len(shape) != len(timm_shape):
-                raise UserError(f'shape mismatch for {timm_key!r}: got {shape}, {model_name} expects '
-                                f'{len(timm_shape)} dimensions')
+                raise UserError(
+                    f'shape mismatch for {timm_key!r}: got {shape}, {model_name} expects {len(timm_shape)} dimensions'
+                )
             return int(shape[axis])
     raise AssertionError(f'{model_name} has no classifier head')
 
@@ -106,8 +111,10 @@ def _num_classes_from_flax(model_name: str, variables: dict) -> int:
         node = variables
         for part in path:
             if not hasattr(node, 'keys') or part not in node:
-                raise UserError(f'missing flax variable {"/".join(path)} for {model_name}; '
-                                f'pass the full {{"params", "batch_stats"}} variables')
+                raise UserError(
+                    f'missing flax variable {"/".join(path)} for {model_name}; '
+                    f'pass the full {{"params", "batch_stats"}} variables'
+                )
             node = node[part]
         if np.ndim(node) <= axis:
             raise UserError(f'shape mismatch for flax variable {"/".join(path)}: got {np.shape(node)}')
@@ -120,15 +127,16 @@ def to_flax(model_name: str, state_dict: dict) -> dict:
     mapping = _mapping(model_name, _num_classes_from_timm(model_name, state_dict))
     unknown = [k for k in state_dict if k not in mapping]
     if unknown:
-        raise UserError(f'unknown key {unknown[0]!r} in the {model_name} state_dict '
-                        f'({len(unknown)} unknown); pass a timm {model_name} state_dict')
+        raise UserError(
+            f'unknown key {unknown[0]!r} in the {model_name} state_dict '
+            f'({len(unknown)} unknown); pass a timm {model_name} state_dict'
+        )
     variables = {'params': {}, 'batch_stats': {}}
     for timm_key, (path, _, shape, kind) in mapping.items():
         if kind == 'count':
             continue
         if timm_key not in state_dict:
-            raise UserError(f'missing key {timm_key!r} in the {model_name} state_dict; '
-                            f'pass a complete timm state_dict')
+            raise UserError(f'missing key {timm_key!r} in the {model_name} state_dict; pass a complete timm state_dict')
         value = np.asarray(state_dict[timm_key])
         if value.shape != shape:
             raise UserError(f'shape mismatch for {timm_key!r}: got {value.shape}, {model_name} expects {shape}')
@@ -147,25 +155,30 @@ def to_timm(model_name: str, variables) -> dict:
     """{'params': ..., 'batch_stats': ...} (numpy or jax leaves) -> timm state_dict of numpy arrays."""
     variables = jax.tree_util.tree_map(np.asarray, dict(variables))
     mapping = _mapping(model_name, _num_classes_from_flax(model_name, variables))
-    flat = {tuple(k.key for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
     expected = {entry[0] for entry in mapping.values() if entry[3] != 'count'}
     unknown = [p for p in flat if p not in expected]
     if unknown:
-        raise UserError(f'unknown flax variable {"/".join(unknown[0])} for {model_name} '
-                        f'({len(unknown)} unknown); pass variables of create_model({model_name!r}, ...)')
+        raise UserError(
+            f'unknown flax variable {"/".join(unknown[0])} for {model_name} '
+            f'({len(unknown)} unknown); pass variables of create_model({model_name!r}, ...)'
+        )
     state_dict = {}
     for timm_key, (path, flax_shape, _, kind) in mapping.items():
         if kind == 'count':
             state_dict[timm_key] = np.zeros((), np.int64)
             continue
         if path not in flat:
-            raise UserError(f'missing flax variable {"/".join(path)} for {model_name}; '
-                            f'pass the full {{"params", "batch_stats"}} variables')
+            raise UserError(
+                f'missing flax variable {"/".join(path)} for {model_name}; '
+                f'pass the full {{"params", "batch_stats"}} variables'
+            )
         value = flat[path]
         if value.shape != flax_shape:
-            raise UserError(f'shape mismatch for flax variable {"/".join(path)} (timm {timm_key!r}): '
-                            f'got {value.shape}, {model_name} expects {flax_shape}')
+            raise UserError(
+                f'shape mismatch for flax variable {"/".join(path)} (timm {timm_key!r}): '
+                f'got {value.shape}, {model_name} expects {flax_shape}'
+            )
         if kind == 'conv':
             value = value.transpose(_HWIO_TO_OIHW)
         elif kind == 'dense':

@@ -5,11 +5,12 @@ SHA-256 of the sorted (relative path, size in bytes) of its files (of its labels
 as for the built-in digits). Any data source builds it with `fingerprint`; `of_datasets` does it for the
 trainer's folder and digits datasets (one stat per file, no image read). No TensorFlow here.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -42,17 +43,23 @@ def fingerprint(class_names: Sequence[str], splits: dict) -> dict:
         else:
             for rel, size in sorted(entries):
                 digest.update(f'{rel}\0{size}\n'.encode('utf-8', 'surrogateescape'))
-        result[name] = {'count': int(labels.size),
-                        'per_class': np.bincount(labels, minlength=len(class_names)).tolist(),
-                        'sha256': digest.hexdigest()}
+        result[name] = {
+            'count': int(labels.size),
+            'per_class': np.bincount(labels, minlength=len(class_names)).tolist(),
+            'sha256': digest.hexdigest(),
+        }
     return result
 
 
 def of_datasets(train, val) -> dict:
     """The fingerprint of the trainer's two splits (jax_ema.data.Dataset: class_names, labels, paths)."""
-    return fingerprint(train.class_names, {
-        split: (ds.labels, None if ds.paths is None else file_entries(ds.paths))
-        for split, ds in (('train', train), ('validation', val))})
+    return fingerprint(
+        train.class_names,
+        {
+            split: (ds.labels, None if ds.paths is None else file_entries(ds.paths))
+            for split, ds in (('train', train), ('validation', val))
+        },
+    )
 
 
 def changes(saved: dict | None, current: dict, split: str) -> list[str]:
@@ -76,4 +83,3 @@ def next_epoch_start(metadata: dict, updates_per_epoch: int) -> tuple[int, int]:
     begun: a run whose data or batch changed goes on from there, as timm's would after its own restart."""
     epoch = int(metadata.get('epoch') or 0) + (1 if int(metadata.get('position') or 0) > 0 else 0)
     return epoch, epoch * updates_per_epoch
-

@@ -7,6 +7,7 @@ its draws are a pure function of (seed, optimizer update, row of the global batc
 epoch, example index), on any number of devices or processes and after a resume. No TensorFlow here:
 the steps must import on a GPU image without it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,6 +29,7 @@ _TRIES = 10
 class DeviceInput:
     """What the steps do to a uint8 batch: (x - 255 mean) / (255 std) per channel, then (training only)
     timm's RandomErasing(reprob, mode=remode, max_count=recount) keyed by `seed`."""
+
     mean: tuple = IMAGENET_DEFAULT_MEAN
     std: tuple = IMAGENET_DEFAULT_STD
     reprob: float = 0.0
@@ -53,8 +55,9 @@ def train_images(images, inputs: DeviceInput | None, update):
     images = normalize(images, inputs.mean, inputs.std)
     if is_uint8 and inputs.reprob > 0:
         keys = erasing_keys(inputs.seed, update, images.shape[0])
-        images = jax.vmap(lambda image, key: random_erasing(image, key, inputs.reprob, inputs.remode,
-                                                            inputs.recount))(images, keys)
+        images = jax.vmap(lambda image, key: random_erasing(image, key, inputs.reprob, inputs.remode, inputs.recount))(
+            images, keys
+        )
     return images
 
 
@@ -75,8 +78,9 @@ def _box(key, height: int, width: int, count):
     """(top, left, h, w) of one box as timm's RandomErasing._erase tries it; h = w = 0 if no try fits."""
     area_key, aspect_key, top_key, left_key = jax.random.split(key, 4)
     area = jax.random.uniform(area_key, (_TRIES,), minval=MIN_AREA, maxval=MAX_AREA) * (height * width) / count
-    aspect = jnp.exp(jax.random.uniform(aspect_key, (_TRIES,), minval=math.log(MIN_ASPECT),
-                                        maxval=-math.log(MIN_ASPECT)))
+    aspect = jnp.exp(
+        jax.random.uniform(aspect_key, (_TRIES,), minval=math.log(MIN_ASPECT), maxval=-math.log(MIN_ASPECT))
+    )
     box_h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
     box_w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
     fits = (box_w < width) & (box_h < height)

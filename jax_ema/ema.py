@@ -27,6 +27,7 @@ relative bias of the EMA (its weights sum to more than 1); tests/test_ema.py mea
 same average as torch's `lerp` (timm's update), which only ever multiplies by `w` or by `1 - w`
 where it is exact, so it matches timm bit for bit in float32 and float64 and a step size of 1 copies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ DEFAULT_DECAY = 0.9998  # timm train.py's --model-ema-decay
 @dataclasses.dataclass(frozen=True)
 class EmaConfig:
     """timm's ModelEmaV3 settings (same names, same defaults, decay as train.py's DEFAULT_DECAY)."""
+
     decay: float = DEFAULT_DECAY
     min_decay: float = 0.0
     update_after_step: int = 0
@@ -50,9 +52,9 @@ class EmaConfig:
     warmup_gamma: float = 1.0
     warmup_power: float = 2 / 3
     exclude_buffers: bool = False  # copy BatchNorm statistics instead of averaging them
-    update_every: int = 1          # one update every K optimizer updates, folding K with decay**K
-    extra_decays: tuple = ()       # more timm-schedule EMAs, stacked after `decay`
-    stds: tuple = ()               # power-function EMAs (EDM2) of these sigma_rel, stacked after the decays
+    update_every: int = 1  # one update every K optimizer updates, folding K with decay**K
+    extra_decays: tuple = ()  # more timm-schedule EMAs, stacked after `decay`
+    stds: tuple = ()  # power-function EMAs (EDM2) of these sigma_rel, stacked after the decays
 
     def __post_init__(self):
         object.__setattr__(self, 'extra_decays', tuple(float(d) for d in self.extra_decays))
@@ -61,20 +63,26 @@ class EmaConfig:
             power_ema.gamma_from_std(std)  # UserError outside (0, MAX_STD]
         if len(set(self.stds)) < len(self.stds):
             from jax_ema.errors import UserError
+
             raise UserError(f'EMA sigma_rel values {list(self.stds)} repeat; give each one once')
         for value in self.extra_decays:
             if not 0.0 <= value <= 1.0:
                 from jax_ema.errors import UserError
+
                 raise UserError(f'EMA decay {value} is outside [0, 1]; use a value like {DEFAULT_DECAY}')
         if int(self.update_every) < 1:
             from jax_ema.errors import UserError
+
             raise UserError(f'EMA update-every must be >= 1, got {self.update_every}')
         for name in ('decay', 'min_decay'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 from jax_ema.errors import UserError
-                raise UserError(f'EMA {name.replace("_", "-")} {value} is outside [0, 1]; '
-                                f'use a value like {DEFAULT_DECAY} (the horizon is 1/(1-decay) updates)')
+
+                raise UserError(
+                    f'EMA {name.replace("_", "-")} {value} is outside [0, 1]; '
+                    f'use a value like {DEFAULT_DECAY} (the horizon is 1/(1-decay) updates)'
+                )
 
     @property
     def horizon(self) -> float:
@@ -165,7 +173,7 @@ class FlatTree:
         leaves, treedef = jax.tree.flatten(tree)
         is_float = tuple(bool(jnp.issubdtype(jnp.result_type(x), jnp.floating)) for x in leaves)
         skip = 1 if stacked else 0
-        spec = (treedef, is_float, tuple(tuple(jnp.shape(x))[skip * f:] for x, f in zip(leaves, is_float)))
+        spec = (treedef, is_float, tuple(tuple(jnp.shape(x))[skip * f :] for x, f in zip(leaves, is_float)))
         others = [jnp.array(x, copy=True) for x, f in zip(leaves, is_float) if not f]
         return cls(jnp.array(_ravel(leaves, is_float, dtype, stacked), copy=True), others, spec)
 
@@ -178,13 +186,13 @@ class FlatTree:
         """The float leaves of `tree` (same structure as ours) as one vector of our dtype and length."""
         leaves, treedef = jax.tree.flatten(tree)
         if treedef != self.spec[0]:
-            raise ValueError(f'tree structure {treedef} does not match the EMA\'s {self.spec[0]}')
+            raise ValueError(f"tree structure {treedef} does not match the EMA's {self.spec[0]}")
         flat = _ravel(leaves, self.spec[1], self.flat.dtype)
         if self.flat.shape[-1] > flat.shape[0]:  # a padded EMA (see `padded`)
             flat = jnp.pad(flat, (0, self.flat.shape[-1] - flat.shape[0]))
         return flat, [x for x, f in zip(leaves, self.spec[1]) if not f]
 
-    def padded(self, multiple: int) -> 'FlatTree':
+    def padded(self, multiple: int) -> FlatTree:
         """Zeros appended to the flat vector's last axis up to a multiple of `multiple` (to shard it evenly
         over devices); `tree()` ignores them and `pack` pads to match, so they stay zero."""
         pad = -self.flat.shape[-1] % multiple
@@ -205,7 +213,7 @@ class FlatTree:
         for f, shape in zip(is_float, shapes):
             if f:
                 size = math.prod(shape)
-                leaves.append(flat[..., offset:offset + size].reshape(lead + shape))
+                leaves.append(flat[..., offset : offset + size].reshape(lead + shape))
                 offset += size
             else:
                 leaves.append(next(others))
@@ -213,8 +221,9 @@ class FlatTree:
 
 
 def _ravel(leaves, is_float, dtype, stacked=False):
-    parts = [jnp.reshape(x, (jnp.shape(x)[0], -1) if stacked else (-1,)).astype(dtype)
-             for x, f in zip(leaves, is_float) if f]
+    parts = [
+        jnp.reshape(x, (jnp.shape(x)[0], -1) if stacked else (-1,)).astype(dtype) for x, f in zip(leaves, is_float) if f
+    ]
     return jnp.concatenate(parts, axis=-1) if parts else jnp.zeros((0,), dtype)
 
 
@@ -238,8 +247,13 @@ def tree(ema_tree, index: int | None = None):
     an `index` is taken as a stack: its float leaves are indexed)."""
     if isinstance(ema_tree, FlatTree):
         return ema_tree.tree(index)
-    return ema_tree if index is None else jax.tree.map(
-        lambda x: x[index] if jnp.issubdtype(x.dtype, jnp.floating) and jnp.ndim(x) > 0 else x, ema_tree)
+    return (
+        ema_tree
+        if index is None
+        else jax.tree.map(
+            lambda x: x[index] if jnp.issubdtype(x.dtype, jnp.floating) and jnp.ndim(x) > 0 else x, ema_tree
+        )
+    )
 
 
 def lerp(old, new, weight):
@@ -265,6 +279,7 @@ def average(ema_tree, new_tree, size):
         if not jnp.issubdtype(old.dtype, jnp.floating):
             return jnp.asarray(new, old.dtype)
         return lerp(old, new.astype(old.dtype), _column(size, old.ndim).astype(old.dtype))
+
     return jax.tree.map(leaf, new_tree, ema_tree)
 
 
@@ -273,10 +288,12 @@ def copy_into(ema_tree, new_tree):
     every member of a stack gets the copy."""
     if isinstance(ema_tree, FlatTree):
         new, others = ema_tree.pack(new_tree)
-        return FlatTree(jnp.broadcast_to(new, ema_tree.flat.shape),
-                        [jnp.asarray(n, o.dtype) for n, o in zip(others, ema_tree.others)], ema_tree.spec)
-    return jax.tree.map(lambda new, old: jnp.broadcast_to(jnp.asarray(new, old.dtype), old.shape), new_tree,
-                        ema_tree)
+        return FlatTree(
+            jnp.broadcast_to(new, ema_tree.flat.shape),
+            [jnp.asarray(n, o.dtype) for n, o in zip(others, ema_tree.others)],
+            ema_tree.spec,
+        )
+    return jax.tree.map(lambda new, old: jnp.broadcast_to(jnp.asarray(new, old.dtype), old.shape), new_tree, ema_tree)
 
 
 def update(cfg: EmaConfig, ema_params, ema_stats, params, stats, step, gap=1):

@@ -13,6 +13,7 @@ ACTION: KILL, TERM, INT (that signal, sent to this process) or ENOSPC, EROFS, EA
 
 The older JAX_EMA_FAULT_SIGNAL_AT_UPDATE="N:SIG" means "update@N:SIG". Unset, `hit` costs one dict lookup.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,8 +23,14 @@ import signal
 
 FAULT = 'JAX_EMA_FAULT'
 SIGNAL_AT_UPDATE = 'JAX_EMA_FAULT_SIGNAL_AT_UPDATE'
-POINTS = ('update', 'epoch-end:before-validate', 'save:before', 'save:write', 'save:after-checkpoint',
-          'save:after-summary')
+POINTS = (
+    'update',
+    'epoch-end:before-validate',
+    'save:before',
+    'save:write',
+    'save:after-checkpoint',
+    'save:after-summary',
+)
 SIGNALS = ('KILL', 'TERM', 'INT')
 ERRNOS = ('ENOSPC', 'EROFS', 'EACCES')
 
@@ -37,8 +44,10 @@ def _parse(spec: str, legacy: str) -> tuple:
         where, _, action = item.rpartition(':')
         point, _, step = where.partition('@')
         if point not in POINTS or action not in SIGNALS + ERRNOS or (step and not step.isdigit()):
-            raise ValueError(f'{FAULT}={spec!r}: {item!r} is not POINT[@STEP]:ACTION with POINT one of '
-                             f'{", ".join(POINTS)} and ACTION one of {", ".join(SIGNALS + ERRNOS)}')
+            raise ValueError(
+                f'{FAULT}={spec!r}: {item!r} is not POINT[@STEP]:ACTION with POINT one of '
+                f'{", ".join(POINTS)} and ACTION one of {", ".join(SIGNALS + ERRNOS)}'
+            )
         faults.append((point, int(step) if step else None, action))
     if legacy:
         step, _, action = legacy.partition(':')

@@ -1,4 +1,5 @@
 """Run guards: SIGTERM / Ctrl-C become a checkpoint at the next step boundary; non-finite state stops the run."""
+
 from __future__ import annotations
 
 import signal
@@ -46,11 +47,13 @@ class Preemption:
         if jax.process_count() == 1:
             return self.requested
         from jax.experimental import multihost_utils
+
         flags = multihost_utils.process_allgather(np.array([self.requested]))
         return bool(np.any(flags))
 
 
 def is_finite_on_host(host_tree) -> bool:
     """Whether every float leaf of a host (numpy) tree is finite."""
-    return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host_tree)
-               if np.issubdtype(np.asarray(x).dtype, np.inexact))
+    return all(
+        np.all(np.isfinite(x)) for x in jax.tree.leaves(host_tree) if np.issubdtype(np.asarray(x).dtype, np.inexact)
+    )

@@ -3,6 +3,7 @@
 Nothing here syncs with the device per step: the loss and the finite flag are accumulated on device
 and read every `log_interval` updates, at the end of the epoch and before any save.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,21 +21,41 @@ from jax_ema.guard import TrainingDiverged
 log = logging.getLogger(__name__)
 
 
-def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, first_update, schedule,
-                log_interval, after_update=None):
+def train_epoch(
+    step,
+    state,
+    batches,
+    *,
+    epoch,
+    num_epochs,
+    updates_per_epoch,
+    first_update,
+    schedule,
+    log_interval,
+    after_update=None,
+):
     """Run the epoch's remaining updates with `step` (offload.build_step's). `after_update(state,
     update_count, check_finite)` may save a recovery checkpoint; it returns (state, stop).
     Returns (state, mean train loss, stopped)."""
     loss_sum, finite, n, seen, t0 = jnp.zeros(()), jnp.array(True), 0, 0, time.perf_counter()
-    bar = tqdm(total=updates_per_epoch, initial=first_update, desc=f'Train {epoch}/{num_epochs - 1}',
-               unit='step', dynamic_ncols=True, leave=False, file=sys.stderr,
-               disable=None if jax.process_index() == 0 else True)  # off unless a tty, and on process 0
+    bar = tqdm(
+        total=updates_per_epoch,
+        initial=first_update,
+        desc=f'Train {epoch}/{num_epochs - 1}',
+        unit='step',
+        dynamic_ncols=True,
+        leave=False,
+        file=sys.stderr,
+        disable=None if jax.process_index() == 0 else True,
+    )  # off unless a tty, and on process 0
     stopped = False
 
     def check(loss_sum, finite, count):
         if not bool(finite):
-            raise TrainingDiverged(f'the training loss became NaN/Inf by update {count} (epoch {epoch}); the run '
-                                   'stopped and nothing non-finite was saved. Lower --lr or check the data')
+            raise TrainingDiverged(
+                f'the training loss became NaN/Inf by update {count} (epoch {epoch}); the run '
+                'stopped and nothing non-finite was saved. Lower --lr or check the data'
+            )
         return float(loss_sum) / max(n, 1)
 
     for batch in batches:
@@ -46,16 +67,17 @@ def train_epoch(step, state, batches, *, epoch, num_epochs, updates_per_epoch, f
         bar.update(1)
         if n % log_interval == 0 or first_update + n == updates_per_epoch:
             loss = check(loss_sum, finite, count_before + 1)  # the host sync, every log_interval
-            bar.set_postfix(loss=f'{loss:.4f}', lr=f'{float(schedule(count_before)):.3g}',
-                            img_s=f'{seen / (time.perf_counter() - t0):.0f}')
+            bar.set_postfix(
+                loss=f'{loss:.4f}',
+                lr=f'{float(schedule(count_before)):.3g}',
+                img_s=f'{seen / (time.perf_counter() - t0):.0f}',
+            )
         faults.hit('update', count_before + 1)  # the tests' kill / signal at a known update
         if after_update is not None:
-            state, stopped = after_update(state, count_before + 1,
-                                          lambda: check(loss_sum, finite, count_before + 1))
+            state, stopped = after_update(state, count_before + 1, lambda: check(loss_sum, finite, count_before + 1))  # noqa: B023
             if stopped:
                 break
     bar.close()
     train_loss = check(loss_sum, finite, epoch * updates_per_epoch + first_update + n)
-    log.info('Train: %d  Loss: %.4f  (%d updates, %.1f img/s)', epoch, train_loss, n,
-             seen / (time.perf_counter() - t0))
+    log.info('Train: %d  Loss: %.4f  (%d updates, %.1f img/s)', epoch, train_loss, n, seen / (time.perf_counter() - t0))
     return state, train_loss, stopped

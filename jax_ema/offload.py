@@ -22,6 +22,7 @@ sharded  `--model-ema-shard`: the EMA's flat float32 buffer (`ema.FlatTree`) is 
 `--model-ema-update-every K` > 1 takes the device and sharded EMAs out of the step too: the EMA is then
 updated every K updates by `ema_update`, folding in K updates at once.
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,9 @@ def device_sharding() -> jax.sharding.Sharding:
 
 def _sharded(ema_tree):
     """Shardings for a FlatTree split over the devices: its flat buffer's last axis, others replicated."""
-    return ema.FlatTree(parallel.last_axis_sharding(ema_tree.flat.ndim),
-                        [device_sharding()] * len(ema_tree.others), ema_tree.spec)
+    return ema.FlatTree(
+        parallel.last_axis_sharding(ema_tree.flat.ndim), [device_sharding()] * len(ema_tree.others), ema_tree.spec
+    )
 
 
 def place(ema_tree, placement: str):
@@ -85,7 +87,7 @@ def sharded_update(cfg: ema.EmaConfig, ema_params, ema_stats, params, stats, ste
     return _keep_sharded(ema_params), _keep_sharded(ema_stats)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ema_update(cfg: ema.EmaConfig, placement: str):
     """jit(ema_params, ema_stats, params, stats, step, gap) -> new EMA, for an EMA updated outside the
     step (`placement` in PLACEMENTS; see `build_step`).
@@ -154,8 +156,9 @@ class Step:
         return state
 
     def _apply(self, state, count):
-        ema_params, ema_stats = self.ema_update(state.ema_params, state.ema_batch_stats, state.params,
-                                                state.batch_stats, state.step, count - self.last)
+        ema_params, ema_stats = self.ema_update(
+            state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, state.step, count - self.last
+        )
         self.last = count
         return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
 
@@ -169,6 +172,7 @@ def _beside_the_ema(train_step_without_ema):
         ema_vars = state.ema_params, state.ema_batch_stats
         state, metrics = jitted(state.replace(ema_params=None, ema_batch_stats=None), batch)
         return state.replace(ema_params=ema_vars[0], ema_batch_stats=ema_vars[1]), metrics
+
     step.jitted = jitted  # for inspection (compiled memory plans in benchmarks/gpu_check_trainer.py)
     return step
 
@@ -192,5 +196,9 @@ def build_step(train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'd
     if placement != 'host' and ema_cfg.update_every == 1:
         update = sharded_update if placement == 'sharded' else ema.update
         return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update), donate_argnums=0))
-    return Step(_beside_the_ema(functools.partial(train_step_fn, ema_cfg=None)), ema_update(ema_cfg, placement),
-                every=ema_cfg.update_every, last=last)
+    return Step(
+        _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None)),
+        ema_update(ema_cfg, placement),
+        every=ema_cfg.update_every,
+        last=last,
+    )

@@ -15,7 +15,7 @@ Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
 * `cross_entropy`: mean label-smoothing cross entropy.
 """
 
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +26,14 @@ from jax_ema import lr_noise, optim_timm
 from jax_ema.errors import UserError
 
 # timm's names; for the last six, the flags timm registers them with (trust_clip, decoupled_decay).
-TIMM_OPTIMIZERS = {'rmsproptf': (False, False), 'rmsproptfw': (False, True), 'lamb': (False, False),
-                   'lambc': (True, False), 'lambw': (False, True), 'lambcw': (True, True)}
+TIMM_OPTIMIZERS = {
+    'rmsproptf': (False, False),
+    'rmsproptfw': (False, True),
+    'lamb': (False, False),
+    'lambc': (True, False),
+    'lambw': (False, True),
+    'lambcw': (True, True),
+}
 OPTIMIZER_NAMES = ('sgd', 'nesterov', 'momentum', 'adam', 'adamw') + tuple(TIMM_OPTIMIZERS)
 SCHEDULE_NAMES = ('cosine', 'step', 'constant', 'none')
 
@@ -44,8 +50,9 @@ def _float_dtype():
 # --------------------------------------------------------------------------- lr scaling
 
 
-def resolve_lr(lr: Optional[float], lr_base: float, lr_base_size: int, lr_base_scale: str,
-               global_batch_size: int, opt: str) -> float:
+def resolve_lr(
+    lr: float | None, lr_base: float, lr_base_size: int, lr_base_scale: str, global_batch_size: int, opt: str
+) -> float:
     """timm train.py: if `lr` is unset (None or 0), lr = lr_base * ratio, ratio = global batch / lr_base_size.
 
     `lr_base_scale` '' picks 'sqrt' for adaptive optimizers (name contains 'ada' or 'lamb')
@@ -57,14 +64,16 @@ def resolve_lr(lr: Optional[float], lr_base: float, lr_base_size: int, lr_base_s
     if lr_base_scale not in ('', 'linear', 'sqrt'):
         raise UserError(f"unknown lr_base_scale {lr_base_scale!r}; use '', 'linear' or 'sqrt'")
     if lr_base_size <= 0 or global_batch_size <= 0:
-        raise UserError(f'lr_base_size ({lr_base_size}) and the global batch size '
-                        f'({global_batch_size}) must be positive; fix --lr-base-size / --batch-size')
+        raise UserError(
+            f'lr_base_size ({lr_base_size}) and the global batch size '
+            f'({global_batch_size}) must be positive; fix --lr-base-size / --batch-size'
+        )
     batch_ratio = global_batch_size / lr_base_size
     if not lr_base_scale:
         name = opt.lower()
         lr_base_scale = 'sqrt' if any(o in name for o in ('ada', 'lamb')) else 'linear'
     if lr_base_scale == 'sqrt':
-        batch_ratio = batch_ratio ** 0.5
+        batch_ratio = batch_ratio**0.5
     return lr_base * batch_ratio
 
 
@@ -78,23 +87,23 @@ def _check_count(name: str, value, minimum: int) -> int:
 
 
 def create_lr_schedule(
-        sched: str,
-        lr: float,
-        epochs: int,
-        updates_per_epoch: int,
-        warmup_epochs: int,
-        warmup_lr: float,
-        min_lr: float,
-        sched_on_updates: bool = False,
-        decay_epochs: float = 90,
-        decay_rate: float = 0.1,
-        cooldown_epochs: int = 0,
-        warmup_prefix: bool = False,
-        noise: Optional[Sequence[float]] = None,
-        noise_pct: float = 0.67,
-        noise_std: float = 1.0,
-        noise_seed: int = 42,
-) -> Tuple[Callable[[jax.Array], jax.Array], int]:
+    sched: str,
+    lr: float,
+    epochs: int,
+    updates_per_epoch: int,
+    warmup_epochs: int,
+    warmup_lr: float,
+    min_lr: float,
+    sched_on_updates: bool = False,
+    decay_epochs: float = 90,
+    decay_rate: float = 0.1,
+    cooldown_epochs: int = 0,
+    warmup_prefix: bool = False,
+    noise: Sequence[float] | None = None,
+    noise_pct: float = 0.67,
+    noise_std: float = 1.0,
+    noise_seed: int = 42,
+) -> tuple[Callable[[jax.Array], jax.Array], int]:
     """Returns (schedule, num_epochs) as timm's `create_scheduler_v2` + train.py's stepping.
 
     schedule(u) -> lr for optimizer update u (0-based). Per-epoch schedules (the default)
@@ -124,7 +133,7 @@ def create_lr_schedule(
         num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
         return (lambda count: jnp.full((), lr, _float_dtype())), num_epochs
     if sched == 'constant':  # timm: StepLRScheduler(decay_t=1, decay_rate=1.)
-        decay_epochs, decay_rate = 1, 1.
+        decay_epochs, decay_rate = 1, 1.0
 
     # Lengths in schedule units (epochs, or updates when stepping per update).
     scale = upe if sched_on_updates else 1
@@ -140,7 +149,7 @@ def create_lr_schedule(
     t_max = num_epochs * scale  # the last t train.py steps the scheduler to
 
     # Host float64 constants; timm's scheduler __init__ sets warmup_lr (or lr) before any step.
-    warmup_step = (lr - warmup_lr) / warmup_t if warmup_t else 0.
+    warmup_step = (lr - warmup_lr) / warmup_t if warmup_t else 0.0
     initial_lr = warmup_lr if warmup_t else lr
     half_pi_over_t = np.pi / (2 * t_initial)
     if sched != 'cosine':  # k = tt // decay_t changes at `change_at`; lr * decay_rate ** k per segment
@@ -180,27 +189,31 @@ def create_lr_schedule(
 
 def weight_decay_mask(params):
     """timm `param_groups_weight_decay`: decay only leaves with ndim > 1 not named 'bias'."""
+
     def decays(path, leaf):
         name = getattr(path[-1], 'key', getattr(path[-1], 'name', None)) if path else None
         return not (jnp.ndim(leaf) <= 1 or name == 'bias')
+
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def _scale_by_neg_lr(learning_rate) -> optax.GradientTransformation:
     """updates -> -lr * updates, lr cast to each update's dtype (keeps float32 float32)."""
+
     def update_fn(updates, state, params=None):
         del params
         return jax.tree.map(lambda g: -jnp.asarray(learning_rate, g.dtype) * g, updates), state
+
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def create_optimizer(
-        opt: str,
-        lr_schedule: Callable[[jax.Array], jax.Array],
-        weight_decay: float,
-        momentum: float = 0.9,
-        opt_eps: Optional[float] = None,
-        opt_betas: Optional[Sequence[float]] = None,
+    opt: str,
+    lr_schedule: Callable[[jax.Array], jax.Array],
+    weight_decay: float,
+    momentum: float = 0.9,
+    opt_eps: float | None = None,
+    opt_betas: Sequence[float] | None = None,
 ) -> optax.GradientTransformation:
     """optax twin of timm `create_optimizer_v2(model, opt, lr, weight_decay, momentum, eps, betas)`.
 
@@ -220,8 +233,10 @@ def create_optimizer(
         raise UserError(f'weight_decay must be >= 0, got {weight_decay}')
     nesterov = name in ('sgd', 'nesterov')
     if nesterov and momentum <= 0:
-        raise UserError(f"opt {opt!r} uses nesterov momentum, which needs momentum > 0 "
-                        f"(got {momentum}); set --momentum or use --opt momentum")
+        raise UserError(
+            f'opt {opt!r} uses nesterov momentum, which needs momentum > 0 '
+            f'(got {momentum}); set --momentum or use --opt momentum'
+        )
     if opt_betas is not None and len(opt_betas) != 2:
         raise UserError(f'opt_betas needs two values (beta1 beta2), got {list(opt_betas)}')
     b1, b2 = ADAM_BETAS if opt_betas is None else (float(opt_betas[0]), float(opt_betas[1]))
@@ -239,10 +254,19 @@ def create_optimizer(
         if name in TIMM_OPTIMIZERS:  # these apply the lr themselves
             trust_clip, decoupled = TIMM_OPTIMIZERS[name]
             if name.startswith('rmsproptf'):
-                return optim_timm.rmsprop_tf(learning_rate, weight_decay_mask, weight_decay, momentum, eps,
-                                             decoupled_decay=decoupled)
-            return optim_timm.lamb(learning_rate, weight_decay_mask, weight_decay, b1, b2, eps,
-                                   trust_clip=trust_clip, decoupled_decay=decoupled)
+                return optim_timm.rmsprop_tf(
+                    learning_rate, weight_decay_mask, weight_decay, momentum, eps, decoupled_decay=decoupled
+                )
+            return optim_timm.lamb(
+                learning_rate,
+                weight_decay_mask,
+                weight_decay,
+                b1,
+                b2,
+                eps,
+                trust_clip=trust_clip,
+                decoupled_decay=decoupled,
+            )
         if name in ('sgd', 'nesterov', 'momentum'):
             steps = [decay(), optax.trace(decay=momentum, nesterov=nesterov)]
         elif name == 'adam':
@@ -288,10 +312,22 @@ def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: in
     builds them; batch_size is the global batch per optimizer update (for --lr-base scaling)."""
     lr = resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale, batch_size, config.opt)
     schedule, num_epochs = create_lr_schedule(
-        config.sched, lr, config.epochs, updates_per_epoch, config.warmup_epochs, config.warmup_lr,
-        config.min_lr, config.sched_on_updates, config.decay_epochs, config.decay_rate,
-        config.cooldown_epochs, config.warmup_prefix, config.lr_noise, config.lr_noise_pct, config.lr_noise_std,
-        config.seed)
-    tx = create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps,
-                          config.opt_betas)
+        config.sched,
+        lr,
+        config.epochs,
+        updates_per_epoch,
+        config.warmup_epochs,
+        config.warmup_lr,
+        config.min_lr,
+        config.sched_on_updates,
+        config.decay_epochs,
+        config.decay_rate,
+        config.cooldown_epochs,
+        config.warmup_prefix,
+        config.lr_noise,
+        config.lr_noise_pct,
+        config.lr_noise_std,
+        config.seed,
+    )
+    tx = create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas)
     return lr, schedule, num_epochs, tx

@@ -7,16 +7,17 @@ Each transform takes the learning rate (a scalar, possibly traced) and returns t
 call `update(grads, state, params)` with params. State follows the params' dtype (float32 stays float32).
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-RMSPROP_TF_ALPHA = 0.9     # timm registers rmsproptf / rmsproptfw with alpha 0.9
-RMSPROP_TF_EPS = 1e-10     # RMSpropTF default eps, used when --opt-eps is unset
-LAMB_EPS = 1e-6            # Lamb default eps
-LAMB_MAX_GRAD_NORM = 1.0   # Lamb clips the global gradient norm to this before its update
+RMSPROP_TF_ALPHA = 0.9  # timm registers rmsproptf / rmsproptfw with alpha 0.9
+RMSPROP_TF_EPS = 1e-10  # RMSpropTF default eps, used when --opt-eps is unset
+LAMB_EPS = 1e-6  # Lamb default eps
+LAMB_MAX_GRAD_NORM = 1.0  # Lamb clips the global gradient norm to this before its update
 
 
 def _scalar(value, like):
@@ -24,19 +25,27 @@ def _scalar(value, like):
 
 
 class RMSpropTFState(NamedTuple):
-    square_avg: Any        # starts at ones (torch's RMSprop starts at zeros)
-    momentum_buffer: Any   # holds lr-scaled steps; None when momentum == 0
+    square_avg: Any  # starts at ones (torch's RMSprop starts at zeros)
+    momentum_buffer: Any  # holds lr-scaled steps; None when momentum == 0
 
 
-def rmsprop_tf(learning_rate, decays: Callable, weight_decay: float, momentum: float = 0.9, eps: float = 1e-10,
-               alpha: float = RMSPROP_TF_ALPHA, decoupled_decay: bool = False) -> optax.GradientTransformation:
+def rmsprop_tf(
+    learning_rate,
+    decays: Callable,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eps: float = 1e-10,
+    alpha: float = RMSPROP_TF_ALPHA,
+    decoupled_decay: bool = False,
+) -> optax.GradientTransformation:
     """timm `RMSpropTF` (centered=False, lr_in_momentum=True, no caution):
 
-        g <- g + wd p                      (coupled decay; decoupled: p <- p (1 - lr wd) first)
-        s <- s + (1 - alpha) (g^2 - s)     s starts at 1
-        buf <- momentum buf + lr g / sqrt(s + eps)
-        p <- p - buf                       (momentum 0: p <- p - lr g / sqrt(s + eps))
+    g <- g + wd p                      (coupled decay; decoupled: p <- p (1 - lr wd) first)
+    s <- s + (1 - alpha) (g^2 - s)     s starts at 1
+    buf <- momentum buf + lr g / sqrt(s + eps)
+    p <- p - buf                       (momentum 0: p <- p - lr g / sqrt(s + eps))
     """
+
     def init_fn(params):
         square_avg = jax.tree.map(jnp.ones_like, params)
         buffers = jax.tree.map(jnp.zeros_like, params) if momentum > 0 else None
@@ -74,23 +83,32 @@ def _unzip3(like, tree_of_triples):
 
 
 class LambState(NamedTuple):
-    count: jax.Array       # int32 updates done (one for all param groups, as timm's)
+    count: jax.Array  # int32 updates done (one for all param groups, as timm's)
     exp_avg: Any
     exp_avg_sq: Any
 
 
-def lamb(learning_rate, decays: Callable, weight_decay: float, b1: float = 0.9, b2: float = 0.999,
-         eps: float = LAMB_EPS, max_grad_norm: Optional[float] = LAMB_MAX_GRAD_NORM, trust_clip: bool = False,
-         decoupled_decay: bool = False) -> optax.GradientTransformation:
+def lamb(
+    learning_rate,
+    decays: Callable,
+    weight_decay: float,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = LAMB_EPS,
+    max_grad_norm: float | None = LAMB_MAX_GRAD_NORM,
+    trust_clip: bool = False,
+    decoupled_decay: bool = False,
+) -> optax.GradientTransformation:
     """timm `Lamb` (bias_correction, grad_averaging, always_adapt=False, no caution):
 
-        g <- g / max(1, ||all grads|| / max_grad_norm)
-        m <- m + (1 - b1) (g - m);  v <- b2 v + (1 - b2) g^2
-        u <- (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
-        decayed leaves: u <- u + wd p (decoupled: p <- p (1 - lr wd) instead), then u <- u * ||p|| / ||u||
-            (1 where either norm is 0; trust_clip caps the ratio at 1); other leaves are not adapted
-        p <- p - lr u
+    g <- g / max(1, ||all grads|| / max_grad_norm)
+    m <- m + (1 - b1) (g - m);  v <- b2 v + (1 - b2) g^2
+    u <- (m / bc1) / (sqrt(v) / sqrt(bc2) + eps)
+    decayed leaves: u <- u + wd p (decoupled: p <- p (1 - lr wd) instead), then u <- u * ||p|| / ||u||
+        (1 where either norm is 0; trust_clip caps the ratio at 1); other leaves are not adapted
+    p <- p - lr u
     """
+
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
         return LambState(jnp.zeros((), jnp.int32), zeros(), zeros())

@@ -6,9 +6,9 @@ solid, one colour per run, labelled by the run's EMA settings (from args.yaml, e
 draws its further members dotted, labelled by their decay or std. `plot_runs(run_dirs, out, metric)` is
 the library form, `run_label(run_dir)` the label.
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,18 +30,25 @@ def _ema_settings(run_dir: Path) -> dict | None:
             args = yaml.safe_load(args_path.read_text()) or {}
             if not args.get('model_ema'):
                 return None
-            return {'decay': args.get('model_ema_decay'), 'use_warmup': args.get('model_ema_warmup', False),
-                    'update_every': args.get('model_ema_update_every', 1),
-                    'force_cpu': args.get('model_ema_force_cpu', False),
-                    'extra_decays': args.get('model_ema_extra_decays') or [],
-                    'stds': args.get('model_ema_stds') or []}
+            return {
+                'decay': args.get('model_ema_decay'),
+                'use_warmup': args.get('model_ema_warmup', False),
+                'update_every': args.get('model_ema_update_every', 1),
+                'force_cpu': args.get('model_ema_force_cpu', False),
+                'extra_decays': args.get('model_ema_extra_decays') or [],
+                'stds': args.get('model_ema_stds') or [],
+            }
         if results_path.exists():
             return json.loads(results_path.read_text()).get('ema')
     except (yaml.YAMLError, json.JSONDecodeError, AttributeError) as e:
-        raise UserError(f'cannot read the settings of run {str(run_dir)!r} ({type(e).__name__}); '
-                        'pass a run folder written by python -m jax_ema.train') from None
-    raise UserError(f'run {str(run_dir)!r} has neither args.yaml nor results.json; '
-                    'pass a run folder written by python -m jax_ema.train')
+        raise UserError(
+            f'cannot read the settings of run {str(run_dir)!r} ({type(e).__name__}); '
+            'pass a run folder written by python -m jax_ema.train'
+        ) from None
+    raise UserError(
+        f'run {str(run_dir)!r} has neither args.yaml nor results.json; '
+        'pass a run folder written by python -m jax_ema.train'
+    )
 
 
 def run_label(run_dir) -> str:
@@ -72,8 +79,10 @@ def _read_rows(run_dir: Path) -> list[dict]:
         raise UserError(f'{str(run_dir / "summary.csv")!r} has no epochs yet; wait for the first epoch to end')
     missing = {'epoch', 'raw_eval_top1'} - set(rows[0])
     if missing:
-        raise UserError(f'{str(run_dir / "summary.csv")!r} lacks the columns {sorted(missing)}; '
-                        'pass a run folder written by python -m jax_ema.train')
+        raise UserError(
+            f'{str(run_dir / "summary.csv")!r} lacks the columns {sorted(missing)}; '
+            'pass a run folder written by python -m jax_ema.train'
+        )
     return rows
 
 
@@ -128,8 +137,14 @@ def plot_runs(run_dirs, out, metric: str = 'top1') -> Path:
             ax.plot(epochs, ema, linestyle='-', marker='o', color=colour, label=f'{label}: EMA')
         names = _member_names(run_dirs[i])
         for j, prefix in enumerate(reporting.member_prefixes(rows[0])[1:], start=1):  # further EMAs: dotted
-            ax.plot(epochs, _column(rows, f'{prefix}_eval_{metric}'), linestyle=':', marker='osv^<>*'[j % 7],
-                    color=colour, label=f'{label}: EMA {names[j] if j < len(names) else prefix}')
+            ax.plot(
+                epochs,
+                _column(rows, f'{prefix}_eval_{metric}'),
+                linestyle=':',
+                marker='osv^<>*'[j % 7],
+                color=colour,
+                label=f'{label}: EMA {names[j] if j < len(names) else prefix}',
+            )
     ax.set(xlabel='epoch', ylabel=METRICS[metric], title=f'raw (dashed) vs EMA (solid) weights, {metric}')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -150,6 +165,7 @@ def main(argv=None) -> int:
         parser.add_argument('--metric', default='top1', choices=tuple(METRICS))
         args = parser.parse_args(argv)
         print(plot_runs(args.runs, args.out, args.metric))
+
     return run_cli(run)
 
 

@@ -26,6 +26,7 @@ latest): `python -m jax_ema.validate --checkpoint DIR --use-ema` and `python -m 
 --checkpoint DIR --use-ema --out m.safetensors` take it as any other. It has no optimizer state (not
 for --resume). The run's args.yaml is copied beside it, so validate uses the run's data splits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,13 +57,15 @@ DTYPES = ('float32', 'float16')
 
 # ---------------------------------------------------------------- snapshots
 
+
 def snapshot_due(count: int, every: int, total: int) -> bool:
     """Snapshots every `every` updates (--model-ema-snapshot-every) and at the run's last update."""
     return bool(every) and (count % every == 0 or count == total)
 
 
-def save_snapshot(run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTree, ema_stats: ema.FlatTree,
-                  dtype: str = 'float32') -> Path:
+def save_snapshot(
+    run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTree, ema_stats: ema.FlatTree, dtype: str = 'float32'
+) -> Path:
     """Write the power-function members (`cfg.stds`) of the stacked EMA as `RUN/snapshots/<step>.npz`.
 
     `step` is the update count the EMA has folded in (flush pending update-every-K updates first)."""
@@ -75,8 +78,7 @@ def save_snapshot(run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTr
         rows = np.asarray(jax.device_get(flat.flat), np.float32)[cfg.power_rows]
         cast = rows.astype(dtype)
         if dtype != 'float32' and not np.all(np.isfinite(cast)):
-            log.warning('The %s EMA overflows %s at update %d; this snapshot is stored in float32', key, dtype,
-                        step)
+            log.warning('The %s EMA overflows %s at update %d; this snapshot is stored in float32', key, dtype, step)
             cast = rows
         arrays[key] = cast
     folder = Path(run_dir) / SNAPSHOTS
@@ -84,14 +86,21 @@ def save_snapshot(run_dir, step: int, cfg: ema.EmaConfig, ema_params: ema.FlatTr
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, 'wb') as f:
-            np.savez(f, step=np.int64(step), stds=np.float64(cfg.stds),
-                     gammas=np.float64([power_ema.gamma_from_std(s) for s in cfg.stds]), **arrays)
+            np.savez(
+                f,
+                step=np.int64(step),
+                stds=np.float64(cfg.stds),
+                gammas=np.float64([power_ema.gamma_from_std(s) for s in cfg.stds]),
+                **arrays,
+            )
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise UserError(f'cannot write snapshot {str(path)!r} ({e.strerror}); the earlier snapshots are intact: '
-                        'fix the folder (free space?), then resume the run with --resume') from None
+        raise UserError(
+            f'cannot write snapshot {str(path)!r} ({e.strerror}); the earlier snapshots are intact: '
+            'fix the folder (free space?), then resume the run with --resume'
+        ) from None
     return path
 
 
@@ -115,10 +124,15 @@ def _reading(path: Path):
     try:
         yield
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        reason = 'truncated or not a snapshot' if isinstance(e, (zipfile.BadZipFile, EOFError, zlib.error)) \
+        reason = (
+            'truncated or not a snapshot'
+            if isinstance(e, (zipfile.BadZipFile, EOFError, zlib.error))
             else type(e).__name__
-        raise UserError(f'cannot read snapshot {str(path)!r} ({reason}); remove it (a snapshot is written whole '
-                        'or not at all, so this one was damaged or copied in part)') from None
+        )
+        raise UserError(
+            f'cannot read snapshot {str(path)!r} ({reason}); remove it (a snapshot is written whole '
+            'or not at all, so this one was damaged or copied in part)'
+        ) from None
 
 
 def list_snapshots(run_dir) -> list[Snapshot]:
@@ -134,12 +148,15 @@ def list_snapshots(run_dir) -> list[Snapshot]:
             with np.load(path, allow_pickle=False) as f:
                 found.append(Snapshot(path, int(f['step']), tuple(f['stds'].tolist()), tuple(f['gammas'].tolist())))
     if not found:
-        raise UserError(f'no EMA snapshots in {str(folder)!r}; train with --model-ema-std S [S ...] '
-                        '--model-ema-snapshot-every N to write them')
+        raise UserError(
+            f'no EMA snapshots in {str(folder)!r}; train with --model-ema-std S [S ...] '
+            '--model-ema-snapshot-every N to write them'
+        )
     return sorted(found, key=lambda s: s.step)
 
 
 # ---------------------------------------------------------------- least squares
+
 
 def profile_inner_products(t_a, g_a, t_b, g_b):
     """Integral over tau of p_a(tau) p_b(tau) for power profiles p(tau) = (g+1) tau^g / t^(g+1) on [0, t].
@@ -150,7 +167,7 @@ def profile_inner_products(t_a, g_a, t_b, g_b):
     a_shorter = t_a <= t_b
     ratio = np.where(a_shorter, t_a / t_b, t_b / t_a)
     long_gamma = np.where(a_shorter, g_b, g_a)
-    return (g_a + 1) * (g_b + 1) / (g_a + g_b + 1) * ratio ** long_gamma / np.maximum(t_a, t_b)
+    return (g_a + 1) * (g_b + 1) / (g_a + g_b + 1) * ratio**long_gamma / np.maximum(t_a, t_b)
 
 
 def solve_coefficients(steps, gammas, out_step: float, out_gamma: float) -> np.ndarray:
@@ -161,8 +178,10 @@ def solve_coefficients(steps, gammas, out_step: float, out_gamma: float) -> np.n
     try:
         x = np.linalg.solve(gram, target)
     except np.linalg.LinAlgError:
-        raise UserError('the snapshots\' profiles are linearly dependent (the same sigma_rel at the same step '
-                        'twice?); remove the duplicates') from None
+        raise UserError(
+            "the snapshots' profiles are linearly dependent (the same sigma_rel at the same step "
+            'twice?); remove the duplicates'
+        ) from None
     return x / np.sum(x)
 
 
@@ -174,8 +193,7 @@ def reconstruct(snapshots: list[Snapshot], std: float, step: int | None = None) 
     gamma = power_ema.gamma_from_std(std)
     step = snapshots[-1].step if step is None else int(step)
     if step not in {s.step for s in snapshots}:
-        raise UserError(f'--step {step} is not a snapshot step; use one of '
-                        f'{", ".join(str(s.step) for s in snapshots)}')
+        raise UserError(f'--step {step} is not a snapshot step; use one of {", ".join(str(s.step) for s in snapshots)}')
     used = [s for s in snapshots if 0 < s.step <= step]
     steps = np.float64([s.step for s in used for _ in s.gammas])
     gammas = np.float64([g for s in used for g in s.gammas])
@@ -185,17 +203,20 @@ def reconstruct(snapshots: list[Snapshot], std: float, step: int | None = None) 
         total, start = None, 0
         for s in used:
             rows = s.arrays(key)
-            part = np.tensordot(x[start:start + len(rows)], rows, axes=1)
+            part = np.tensordot(x[start : start + len(rows)], rows, axes=1)
             total = part if total is None else total + part
             start += len(rows)
         result[key] = total.astype(np.float32)
         if not np.all(np.isfinite(result[key])):
-            raise UserError(f'the reconstructed {key} are not finite (a snapshot holds NaN/Inf); '
-                            'remove the bad snapshot or use --snapshot-dtype float32')
+            raise UserError(
+                f'the reconstructed {key} are not finite (a snapshot holds NaN/Inf); '
+                'remove the bad snapshot or use --snapshot-dtype float32'
+            )
     return result
 
 
 # ---------------------------------------------------------------- output checkpoint
+
 
 def write_checkpoint(run_dir, out_dir, result: dict) -> Path:
     """DIR/checkpoints/<step>/ with the reconstruction as its EMA (see the module docstring)."""
@@ -208,13 +229,26 @@ def write_checkpoint(run_dir, out_dir, result: dict) -> Path:
     for key, name in zip(KEYS, checkpoint.EMA_KEYS):
         layout = ema.FlatTree.of(saved[key], np.float32)
         if layout.flat.shape != result[key].shape:
-            raise UserError(f'the snapshots hold {result[key].size} {key} values but the checkpoint '
-                            f'{str(step_dir)!r} has {layout.flat.size}; they come from different models')
+            raise UserError(
+                f'the snapshots hold {result[key].size} {key} values but the checkpoint '
+                f'{str(step_dir)!r} has {layout.flat.size}; they come from different models'
+            )
         saved[name] = jax.device_get(ema.FlatTree(result[key], layout.others, layout.spec).tree())
-    metadata = dict(metadata, epoch=metadata.get('epoch'), metrics=None, raw_from=int(step_dir.name),
-                    best_ema_index=None,
-                    ema=dict(posthoc=True, std=result['std'], gamma=result['gamma'], step=result['step'],
-                             snapshots=result['snapshots'], coefficients=result['coefficients'].tolist()))
+    metadata = dict(
+        metadata,
+        epoch=metadata.get('epoch'),
+        metrics=None,
+        raw_from=int(step_dir.name),
+        best_ema_index=None,
+        ema=dict(
+            posthoc=True,
+            std=result['std'],
+            gamma=result['gamma'],
+            step=result['step'],
+            snapshots=result['snapshots'],
+            coefficients=result['coefficients'].tolist(),
+        ),
+    )
     if (run_dir / 'args.yaml').is_file():
         shutil.copyfile(run_dir / 'args.yaml', out_dir / 'args.yaml')
     manager = checkpoint.open_manager(out_dir / 'checkpoints')
@@ -226,11 +260,18 @@ def write_checkpoint(run_dir, out_dir, result: dict) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     from jax_ema.cli import ArgumentParser  # argparse raising UserError
-    p = ArgumentParser(prog='python -m jax_ema.posthoc',
-                description='Reconstruct the EMA of any sigma_rel from a run\'s power-function EMA snapshots.')
+
+    p = ArgumentParser(
+        prog='python -m jax_ema.posthoc',
+        description="Reconstruct the EMA of any sigma_rel from a run's power-function EMA snapshots.",
+    )
     p.add_argument('--run', required=True, help='the training run folder (holding snapshots/)')
-    p.add_argument('--std', type=float, required=True,
-                   help=f'the relative width sigma_rel to reconstruct, in (0, {power_ema.MAX_STD:.4f}]')
+    p.add_argument(
+        '--std',
+        type=float,
+        required=True,
+        help=f'the relative width sigma_rel to reconstruct, in (0, {power_ema.MAX_STD:.4f}]',
+    )
     p.add_argument('--out', required=True, help='a new folder for the checkpoint')
     p.add_argument('--step', type=int, default=None, help='the snapshot step to reconstruct at (default: the last)')
     return p
@@ -248,18 +289,31 @@ def posthoc(run_dir, std: float, out_dir, step: int | None = None) -> dict:
     except OSError as e:
         raise UserError(f'cannot create --out {str(out_dir)!r} ({e.strerror}); give a writable path') from None
     path = write_checkpoint(run_dir, out_dir, result)
-    return dict(std=result['std'], gamma=result['gamma'], step=result['step'], snapshots=result['snapshots'],
-                coefficients=result['coefficients'].tolist(), checkpoint=str(path))
+    return dict(
+        std=result['std'],
+        gamma=result['gamma'],
+        step=result['step'],
+        snapshots=result['snapshots'],
+        coefficients=result['coefficients'].tolist(),
+        checkpoint=str(path),
+    )
 
 
 def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
         done = posthoc(args.run, args.std, args.out, args.step)
-        log.info('Reconstructed sigma_rel %g (gamma %.4g) at update %d from %d snapshots into %s',
-                 done['std'], done['gamma'], done['step'], len(done['snapshots']), done['checkpoint'])
+        log.info(
+            'Reconstructed sigma_rel %g (gamma %.4g) at update %d from %d snapshots into %s',
+            done['std'],
+            done['gamma'],
+            done['step'],
+            len(done['snapshots']),
+            done['checkpoint'],
+        )
         print(f'--result\n{json.dumps(done, indent=4)}', flush=True)
         return 0
+
     return run_cli(run)
 
 

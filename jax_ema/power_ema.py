@@ -35,6 +35,7 @@ and back, gamma from sigma_rel, as the largest real root of the cubic that this 
 (the paper's sigma_rel 0.05 <-> gamma 16.97, 0.10 <-> 6.94). gamma >= 0 needs sigma_rel <= 1/sqrt(12),
 the uniform average of all the weights so far (gamma = 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,9 +59,11 @@ def gamma_from_std(std: float) -> float:
     """The exponent gamma >= 0 whose profile has relative width `std` (the real root of the cubic)."""
     std = float(std)
     if not 0.0 < std <= MAX_STD:
-        raise UserError(f'sigma_rel {std:g} is outside (0, {MAX_STD:.4f}]; use a relative width like 0.05 '
-                        'or 0.10 (0.2887 is the plain average of all the weights)')
-    inv = std ** -2
+        raise UserError(
+            f'sigma_rel {std:g} is outside (0, {MAX_STD:.4f}]; use a relative width like 0.05 '
+            'or 0.10 (0.2887 is the plain average of all the weights)'
+        )
+    inv = std**-2
     roots = np.roots([1.0, 7.0, 16.0 - inv, 12.0 - inv])
     real = roots.real[np.abs(roots.imag) <= 1e-9 * np.maximum(1.0, np.abs(roots.real))]
     gamma = max(float(real.max()), 0.0)

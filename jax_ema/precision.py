@@ -10,6 +10,7 @@ moments are float32; the new params are rounded to bfloat16 once per update, so,
 below half a bfloat16 ulp of a weight is lost — use --amp to keep float32 weights), and `ema.init`
 keeps the EMA as a float32 FlatTree fed from the bfloat16 params.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,13 +33,17 @@ def resolve(amp: bool, amp_dtype: str = 'bfloat16', model_dtype: str | None = No
         raise UserError(f'--amp-dtype {amp_dtype!r} is not supported; use one of {", ".join(AMP_DTYPES)}')
     model_dtype = model_dtype or 'float32'
     if model_dtype == 'float16':
-        raise UserError('--model-dtype float16 trains without loss scaling and underflows; use --model-dtype '
-                        'bfloat16, or --amp --amp-dtype float16 (float32 weights, loss scaling)')
+        raise UserError(
+            '--model-dtype float16 trains without loss scaling and underflows; use --model-dtype '
+            'bfloat16, or --amp --amp-dtype float16 (float32 weights, loss scaling)'
+        )
     if model_dtype not in MODEL_DTYPES:
         raise UserError(f'--model-dtype {model_dtype!r} is not supported; use one of {", ".join(MODEL_DTYPES)}')
     if amp and model_dtype != 'float32':
-        raise UserError(f'--amp needs float32 weights (as in timm) but --model-dtype is {model_dtype}; '
-                        'give one of --amp and --model-dtype')
+        raise UserError(
+            f'--amp needs float32 weights (as in timm) but --model-dtype is {model_dtype}; '
+            'give one of --amp and --model-dtype'
+        )
     if amp:
         return jnp.dtype(amp_dtype), jnp.dtype(jnp.float32), amp_dtype == 'float16'
     return jnp.dtype(model_dtype), jnp.dtype(model_dtype), False
@@ -46,16 +51,19 @@ def resolve(amp: bool, amp_dtype: str = 'bfloat16', model_dtype: str | None = No
 
 def cast_params(variables: dict, param_dtype) -> dict:
     """`variables` with the floating params in `param_dtype`; BatchNorm statistics stay as they are."""
-    params = jax.tree.map(lambda x: x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                          variables['params'])
+    params = jax.tree.map(
+        lambda x: x.astype(param_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, variables['params']
+    )
     return dict(variables, params=params)
 
 
 def _to_fp32(tree):
     """Floating leaves narrower than float32 as float32; others (float32, float64, ints) unchanged."""
+
     def cast(x):
         x = jnp.asarray(x)
         return x.astype(jnp.promote_types(x.dtype, jnp.float32)) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
     return jax.tree.map(cast, tree)
 
 
@@ -66,6 +74,7 @@ def fp32_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransforma
     master copy of the weights: the float32 updates are added to the bfloat16 params and the sum is
     rounded to bfloat16 by `optax.apply_updates`, one rounding per update, as timm's bfloat16 model.
     """
+
     def init(params):
         return tx.init(_to_fp32(params))
 
@@ -88,6 +97,7 @@ class LossScale(flax.struct.PyTreeNode):
     Non-finite gradients: the update is skipped, scale *= backoff, the finite-step count restarts.
     Otherwise the count goes up, and at `growth_interval` finite steps in a row scale *= growth.
     """
+
     scale: jax.Array
     growth_tracker: jax.Array
     growth_factor: float = flax.struct.field(pytree_node=False, default=2.0)
@@ -95,7 +105,7 @@ class LossScale(flax.struct.PyTreeNode):
     growth_interval: int = flax.struct.field(pytree_node=False, default=2000)
 
     @classmethod
-    def create(cls, init_scale: float = 2.0 ** 16, **kwargs) -> 'LossScale':
+    def create(cls, init_scale: float = 2.0**16, **kwargs) -> LossScale:
         return cls(scale=jnp.array(init_scale, jnp.float32), growth_tracker=jnp.array(0, jnp.int32), **kwargs)
 
     def scale_loss(self, loss):
@@ -107,13 +117,14 @@ class LossScale(flax.struct.PyTreeNode):
         grads = jax.tree.map(lambda g: g * inv.astype(g.dtype), grads)
         return loss * inv.astype(loss.dtype), grads, finite_flag(grads)
 
-    def adjust(self, finite) -> 'LossScale':
+    def adjust(self, finite) -> LossScale:
         """The scale for the next step (torch's `_amp_update_scale_`)."""
         count = self.growth_tracker + 1
         grow = finite & (count >= self.growth_interval)
         grown = self.scale * self.growth_factor
-        scale = jnp.where(finite, jnp.where(grow & jnp.isfinite(grown), grown, self.scale),
-                          self.scale * self.backoff_factor)
+        scale = jnp.where(
+            finite, jnp.where(grow & jnp.isfinite(grown), grown, self.scale), self.scale * self.backoff_factor
+        )
         tracker = jnp.where(finite & ~grow, count, 0).astype(self.growth_tracker.dtype)
         return self.replace(scale=scale.astype(self.scale.dtype), growth_tracker=tracker)
 
@@ -123,12 +134,16 @@ def skip_if_not_finite(finite, new: Any, old: Any) -> Any:
     params, optimizer state and EMA (the update and the EMA update are skipped) with `new`'s step.
     As in timm, the lr schedule follows the step (timm steps its scheduler by update count) and the
     forward's BatchNorm statistics are kept (when finite). The loss scale is adjusted."""
+
     def pick(flag, a, b):
         return jax.tree.map(lambda x, y: jnp.where(flag, x, y), a, b)
+
     skipped_opt = optim.at_step(old.opt_state, new.opt_state.count)
-    return new.replace(params=pick(finite, new.params, old.params),
-                       opt_state=pick(finite, new.opt_state, skipped_opt),
-                       ema_params=pick(finite, new.ema_params, old.ema_params),
-                       ema_batch_stats=pick(finite, new.ema_batch_stats, old.ema_batch_stats),
-                       batch_stats=pick(finite_flag(new.batch_stats), new.batch_stats, old.batch_stats),
-                       loss_scale=old.loss_scale.adjust(finite))
+    return new.replace(
+        params=pick(finite, new.params, old.params),
+        opt_state=pick(finite, new.opt_state, skipped_opt),
+        ema_params=pick(finite, new.ema_params, old.ema_params),
+        ema_batch_stats=pick(finite, new.ema_batch_stats, old.ema_batch_stats),
+        batch_stats=pick(finite_flag(new.batch_stats), new.batch_stats, old.batch_stats),
+        loss_scale=old.loss_scale.adjust(finite),
+    )

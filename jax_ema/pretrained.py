@@ -7,6 +7,7 @@ HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN). When the file's classifier does not fit
 file has none) the classifier keeps its fresh initialisation and one log line says so; when it fits it
 is loaded. The EMA then starts from these weights, as timm's ModelEmaV3 copies the model it is given.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,36 +26,45 @@ def hub_cfg(model: str) -> PretrainedCfg:
     """The pretrained config `--pretrained` fetches for `model` ('arch' or 'arch.tag')."""
     cfg = data_config.model_pretrained_cfg(model)
     if cfg is None:
-        raise UserError(f'there are no pretrained weights of {model} in timm; leave out --pretrained, or give a '
-                        'weights file with --pretrained-path FILE')
+        raise UserError(
+            f'there are no pretrained weights of {model} in timm; leave out --pretrained, or give a '
+            'weights file with --pretrained-path FILE'
+        )
     return cfg
 
 
 def download(cfg: PretrainedCfg) -> Path:
     """The local path of cfg.file in the hub repo cfg.hub_id: from the cache, else downloaded into it."""
-    how = (f'get it where there is network with `hf download {cfg.hub_id} {cfg.file}` (into the same HF_HOME / '
-           'HF_HUB_CACHE), or give the file with --pretrained-path FILE')
+    how = (
+        f'get it where there is network with `hf download {cfg.hub_id} {cfg.file}` (into the same HF_HOME / '
+        'HF_HUB_CACHE), or give the file with --pretrained-path FILE'
+    )
     try:
         import huggingface_hub  # pylint: disable=g-import-not-at-top
         from huggingface_hub import constants, errors  # pylint: disable=g-import-not-at-top
     except ImportError:
-        raise UserError('--pretrained downloads with huggingface_hub (pip install huggingface_hub); or give the '
-                        'weights file with --pretrained-path FILE') from None
+        raise UserError(
+            '--pretrained downloads with huggingface_hub (pip install huggingface_hub); or give the '
+            'weights file with --pretrained-path FILE'
+        ) from None
     try:
         return Path(huggingface_hub.hf_hub_download(cfg.hub_id, cfg.file))
     except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled):
         why = 'HF_HUB_OFFLINE is set' if constants.HF_HUB_OFFLINE else 'the hub cannot be reached'
-        raise UserError(f'{cfg.file} of {cfg.hub_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) '
-                        f'and {why}; {how}') from None
+        raise UserError(
+            f'{cfg.file} of {cfg.hub_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}; {how}'
+        ) from None
     except errors.RepositoryNotFoundError:  # also a gated repo
         raise UserError(f'{cfg.hub_id} is not on the hub or needs a login (hf auth login); {how}') from None
     except errors.EntryNotFoundError:
-        raise UserError(f'{cfg.hub_id} on the hub has no {cfg.file}; give the weights with --pretrained-path FILE'
-                        ) from None
+        raise UserError(
+            f'{cfg.hub_id} on the hub has no {cfg.file}; give the weights with --pretrained-path FILE'
+        ) from None
     except Exception as e:  # pylint: disable=broad-except  # network or disk: one line, never a traceback
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-        raise UserError(f'cannot fetch {cfg.file} of {cfg.hub_id} ({type(e).__name__}{": " + reason if reason else ""})'
-                        f'; {how}') from None
+        raise UserError(
+            f'cannot fetch {cfg.file} of {cfg.hub_id} ({type(e).__name__}{": " + reason if reason else ""}); {how}'
+        ) from None
 
 
 def _classes(state_dict: dict, head: dict) -> str:
@@ -82,8 +92,11 @@ def load_pretrained(model: str, num_classes: int, init_variables, state_dict: di
     if fits:
         log.info('Pretrained classifier kept (%d classes)', num_classes)
     else:  # timm's load_pretrained drops the classifier and leaves the model's initialisation
-        log.info('The pretrained classifier (%s) does not fit this run\'s %d classes: the classifier starts afresh',
-                 _classes(state_dict, head), num_classes)
+        log.info(
+            "The pretrained classifier (%s) does not fit this run's %d classes: the classifier starts afresh",
+            _classes(state_dict, head),
+            num_classes,
+        )
         state_dict = dict(state_dict, **{key: np.zeros(shape, np.float32) for key, (_, shape) in head.items()})
     variables = convert.to_flax(architecture, state_dict)
     if not fits:

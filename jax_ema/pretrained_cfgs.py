@@ -8,28 +8,29 @@ the module whose `.weight` / `.bias` timm drops when the classes differ). The fi
 architecture is its default tag, the one `--model resnet50` means. Every row is checked against timm's
 registry by parity_tests/test_pretrained_parity.py, which prints the row to paste when timm changes one.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # timm.data.constants IMAGENET_DEFAULT_*
-INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))             # IMAGENET_INCEPTION_*
-UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))                  # no normalisation (the MIIL ImageNet-21k weights)
+INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # IMAGENET_INCEPTION_*
+UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation (the MIIL ImageNet-21k weights)
 HUB_FILE = 'model.safetensors'  # what timm downloads first for these repos (no hf_hub_filename override)
-CROP_MODE = 'center'            # every row's crop_mode; the only one the input pipeline implements
+CROP_MODE = 'center'  # every row's crop_mode; the only one the input pipeline implements
 
 
 class PretrainedCfg(NamedTuple):
-    name: str                  # architecture.tag, as `--model` accepts it
-    hub_id: str                # Hugging Face repo holding the weights
-    file: str                  # the weights file in that repo
-    input_size: tuple          # (channels, height, width)
-    interpolation: str         # 'bilinear' or 'bicubic'
-    crop_pct: float            # eval centre crop: resize the short side to img_size / crop_pct, then crop
+    name: str  # architecture.tag, as `--model` accepts it
+    hub_id: str  # Hugging Face repo holding the weights
+    file: str  # the weights file in that repo
+    input_size: tuple  # (channels, height, width)
+    interpolation: str  # 'bilinear' or 'bicubic'
+    crop_pct: float  # eval centre crop: resize the short side to img_size / crop_pct, then crop
     mean: tuple
     std: tuple
-    num_classes: int           # classes of the file's classifier (0: the file has none)
-    classifier: str            # timm module name of the classifier
+    num_classes: int  # classes of the file's classifier (0: the file has none)
+    classifier: str  # timm module name of the classifier
 
     @property
     def architecture(self) -> str:
@@ -41,8 +42,18 @@ class PretrainedCfg(NamedTuple):
 
 
 def _row(name, size, interpolation, crop_pct, norm, num_classes, classifier) -> PretrainedCfg:
-    return PretrainedCfg(name, f'timm/{name}', HUB_FILE, (3, size, size), interpolation, crop_pct, norm[0], norm[1],
-                         num_classes, classifier)
+    return PretrainedCfg(
+        name,
+        f'timm/{name}',
+        HUB_FILE,
+        (3, size, size),
+        interpolation,
+        crop_pct,
+        norm[0],
+        norm[1],
+        num_classes,
+        classifier,
+    )
 
 
 _ROWS = (

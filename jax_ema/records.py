@@ -5,6 +5,7 @@ after its checkpoint, and a resume that goes on in its run folder rewrites summa
 starts from, so a kill at any point never leaves a row the checkpoint lacks. Process 0 holds the run folder's
 lock (run_dir.py) from `Records.open` to `close`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jax_ema import checkpoint, data_fingerprint, ema, faults, optim, parallel, reporting
-from jax_ema import run_dir as run_dir_lib
+from jax_ema import checkpoint, data_fingerprint, ema, faults, optim, parallel, reporting, run_dir as run_dir_lib
 
 log = logging.getLogger('jax_ema.train')
 
@@ -28,24 +28,35 @@ _PLACEMENT_NOTE = {'device': '', 'host': ' on host', 'sharded': ' sharded'}
 @dataclasses.dataclass
 class Records:
     """The run folder's writers: checkpoints (orbax), summary.csv rows, TensorBoard, metrics.png, results.json."""
+
     run_dir: Path
     manager: Any
     board: reporting.TensorBoard
     rows: list
-    fingerprint: dict            # of the data and the global batch, saved in every checkpoint
-    start: int                   # the update count this session started from
-    carried_loss: dict | None    # {'sum', 'count'} of the resumed epoch's train losses before the resume
-    continuing: bool             # a resume going on in its own run folder
+    fingerprint: dict  # of the data and the global batch, saved in every checkpoint
+    start: int  # the update count this session started from
+    carried_loss: dict | None  # {'sum', 'count'} of the resumed epoch's train losses before the resume
+    continuing: bool  # a resume going on in its own run folder
 
     @classmethod
-    def open(cls, run, run_dir, resumed_from, resumed_meta, start: int, data_fp: dict, carried_loss,
-             cleanup: contextlib.ExitStack) -> Records:
+    def open(
+        cls,
+        run,
+        run_dir,
+        resumed_from,
+        resumed_meta,
+        start: int,
+        data_fp: dict,
+        carried_loss,
+        cleanup: contextlib.ExitStack,
+    ) -> Records:
         """Claim the run folder (a new one, or the resumed run's when it goes on there) and its lock; args.yaml
         (args-resume-<n>.yaml on a resume), summary.csv trimmed to the checkpoint's rows. `cleanup` closes all."""
         config = run.config
         if parallel.is_main():
-            run_dir, lock = run_dir_lib.claim(run_dir, config.output, config.experiment, config.model,
-                                              config.img_size, resumed_from)
+            run_dir, lock = run_dir_lib.claim(
+                run_dir, config.output, config.experiment, config.model, config.img_size, resumed_from
+            )
             cleanup.enter_context(lock)
         run_dir = Path(parallel.broadcast_path(run_dir))  # process 0's
         continuing = resumed_from is not None and run_dir_lib.goes_on(run_dir, resumed_from)
@@ -53,19 +64,30 @@ class Records:
         reporting.write_args(run_dir, config)
         manager = checkpoint.open_manager(run_dir / 'checkpoints', config.checkpoint_hist)
         cleanup.callback(manager.close)
-        rows = (reporting.rows_at_checkpoint(run_dir, resumed_meta, start // run.updates_per_epoch)
-                if continuing else [])
+        rows = reporting.rows_at_checkpoint(run_dir, resumed_meta, start // run.updates_per_epoch) if continuing else []
         if continuing:  # summary.csv, metrics.png and results.json as the checkpoint stands for them, at once
-            reporting.rewrite_records(run_dir, rows, final_results(run, rows),
-                                      ema.member_names(run.ema_cfg) if run.ema_cfg else None)
-        board = reporting.TensorBoard(run_dir, purge_step=(int(rows[-1]['epoch']) + 1 if rows else 0)
-                                      if continuing else None)
+            reporting.rewrite_records(
+                run_dir, rows, final_results(run, rows), ema.member_names(run.ema_cfg) if run.ema_cfg else None
+            )
+        board = reporting.TensorBoard(
+            run_dir, purge_step=(int(rows[-1]['epoch']) + 1 if rows else 0) if continuing else None
+        )
         cleanup.callback(board.close)
-        ema_note = 'off' if run.ema_cfg is None else (', '.join(ema.member_names(run.ema_cfg))
-                                                      + _PLACEMENT_NOTE[config.ema_placement])
-        log.info('Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
-                 config.model, run.num_classes, run.train_ds.num_examples, run.val_ds.num_examples,
-                 run.updates_per_epoch, run.lr, ema_note)
+        ema_note = (
+            'off'
+            if run.ema_cfg is None
+            else (', '.join(ema.member_names(run.ema_cfg)) + _PLACEMENT_NOTE[config.ema_placement])
+        )
+        log.info(
+            'Model %s (%d classes), %d train / %d validation images, %d updates per epoch, lr %g, EMA %s',
+            config.model,
+            run.num_classes,
+            run.train_ds.num_examples,
+            run.val_ds.num_examples,
+            run.updates_per_epoch,
+            run.lr,
+            ema_note,
+        )
         fingerprint = dict(data=data_fp, global_batch_size=run.batch_size, updates_per_epoch=run.updates_per_epoch)
         return cls(run_dir, manager, board, rows, fingerprint, start, carried_loss, continuing)
 
@@ -110,8 +132,9 @@ class Records:
         reporting.write_summary(self.run_dir, self.rows)
         faults.hit('save:after-summary', (epoch + 1) * run.updates_per_epoch)
         self.board.scalars(epoch, {k: v for k, v in row.items() if k != 'epoch'})
-        reporting.plot_metrics(self.run_dir, self.rows,
-                               member_names=ema.member_names(run.ema_cfg) if run.ema_cfg else None)
+        reporting.plot_metrics(
+            self.run_dir, self.rows, member_names=ema.member_names(run.ema_cfg) if run.ema_cfg else None
+        )
         reporting.write_results(self.run_dir, final_results(run, self.rows))
 
 
@@ -136,20 +159,31 @@ def resume_position(run, state, meta: dict, data_fp: dict, step_dir):
     if not changed:
         val_changed = data_fingerprint.changes(meta.get('data'), data_fp, 'validation')
         if val_changed:
-            log.warning('The validation data (%s) changed since %s; the summary rows before this resume were '
-                        'measured on the old one', ', '.join(val_changed), step_dir)
+            log.warning(
+                'The validation data (%s) changed since %s; the summary rows before this resume were '
+                'measured on the old one',
+                ', '.join(val_changed),
+                step_dir,
+            )
         position = int(jax.device_get(state.step)) % run.updates_per_epoch
         return state, meta.get('train_loss_partial') if position else None
     epoch, start = data_fingerprint.next_epoch_start(meta, run.updates_per_epoch)
     what = ' and '.join(changed)
-    log.warning('%s changed since %s; going on from the start of epoch %d: update %d, at %d updates per epoch '
-                '(the lr schedule and the EMA step set there too)', what[0].upper() + what[1:], step_dir, epoch,
-                start, run.updates_per_epoch)
+    log.warning(
+        '%s changed since %s; going on from the start of epoch %d: update %d, at %d updates per epoch '
+        '(the lr schedule and the EMA step set there too)',
+        what[0].upper() + what[1:],
+        step_dir,
+        epoch,
+        start,
+        run.updates_per_epoch,
+    )
     step = jnp.asarray(start, jnp.asarray(state.step).dtype)
     return state.replace(step=step, opt_state=optim.at_step(state.opt_state, start)), None
 
 
 # ---------------------------------------------------------------- results
+
 
 def final_results(run, rows: list[dict]) -> dict | None:
     """results.json: the best epoch's metric (over every EMA member too), the last epoch's metrics, the EMA;
@@ -163,14 +197,23 @@ def final_results(run, rows: list[dict]) -> dict | None:
     if several:  # the best over every member too
         best_score, best_epoch, best_member = best_over_rows(rows, run.score)
     best_value = -best_score if config.eval_metric == 'loss' else best_score
-    results = {'best_metric': best_value, 'best_epoch': best_epoch,
-               'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
-               'ema': (dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu,
-                            shard=config.model_ema_shard)
-                       if ema_cfg else None)}
+    results = {
+        'best_metric': best_value,
+        'best_epoch': best_epoch,
+        'final': {'raw': _final(rows[-1], 'raw'), 'ema': _final(rows[-1], 'ema') if ema_cfg else None},
+        'ema': (
+            dict(dataclasses.asdict(ema_cfg), force_cpu=config.model_ema_force_cpu, shard=config.model_ema_shard)
+            if ema_cfg
+            else None
+        ),
+    }
     if several:
-        results.update(ema_decays=list(ema_cfg.decays), ema_stds=list(ema_cfg.stds), best_ema_index=best_member,
-                       best_ema=describe_member(ema_cfg, best_member))
+        results.update(
+            ema_decays=list(ema_cfg.decays),
+            ema_stds=list(ema_cfg.stds),
+            best_ema_index=best_member,
+            best_ema=describe_member(ema_cfg, best_member),
+        )
         results['final']['ema_members'] = [_final(rows[-1], prefix) for prefix in reporting.member_prefixes(rows[-1])]
     return results
 

@@ -14,6 +14,7 @@ epoch's row is written after its checkpoint. Every file is written to a temporar
 a reader never sees half a file. args.yaml keeps the settings a run was started with; each resume's
 go beside it as args-resume-<n>.yaml.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,20 @@ from jax_ema.errors import UserError
 
 log = logging.getLogger('jax_ema.train')
 
-SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr',
-                   'raw_eval_loss', 'raw_eval_top1', 'raw_eval_top5',
-                   'ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5')
+SUMMARY_COLUMNS = (
+    'epoch',
+    'train_loss',
+    'eval_loss',
+    'eval_top1',
+    'eval_top5',
+    'lr',
+    'raw_eval_loss',
+    'raw_eval_top1',
+    'raw_eval_top5',
+    'ema_eval_loss',
+    'ema_eval_top1',
+    'ema_eval_top5',
+)
 
 
 def make_run_dir(output: str, experiment: str, model: str, img_size: int) -> Path:
@@ -42,21 +54,24 @@ def make_run_dir(output: str, experiment: str, model: str, img_size: int) -> Pat
     root = Path(output) if output else Path('output') / 'train'
     if root.exists() and not root.is_dir():
         raise UserError(f'--output {str(root)!r} is a file; give a folder path')
-    name = experiment or '-'.join([datetime.datetime.now().strftime('%Y%m%d-%H%M%S'),
-                                   model.replace('/', '_'), str(img_size)])
+    name = experiment or '-'.join(
+        [datetime.datetime.now().strftime('%Y%m%d-%H%M%S'), model.replace('/', '_'), str(img_size)]
+    )
     run_dir, count = root / name, 1
     while run_dir.exists():
         run_dir, count = root / f'{name}-{count}', count + 1
     try:
         run_dir.mkdir(parents=True)
     except OSError as e:
-        raise UserError(f'cannot create the run folder {str(run_dir)!r} ({e.strerror}); '
-                        'choose a writable --output') from None
+        raise UserError(
+            f'cannot create the run folder {str(run_dir)!r} ({e.strerror}); choose a writable --output'
+        ) from None
     return run_dir
 
 
 def _writes() -> bool:
     import jax
+
     return jax.process_index() == 0
 
 
@@ -71,8 +86,10 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise UserError(f'cannot write {str(path)!r} ({e.strerror}); the checkpoints hold the run\'s records: fix '
-                        f'this (free space?), then resume with --resume {str(path.parent)!r} to rewrite it') from None
+        raise UserError(
+            f"cannot write {str(path)!r} ({e.strerror}); the checkpoints hold the run's records: fix "
+            f'this (free space?), then resume with --resume {str(path.parent)!r} to rewrite it'
+        ) from None
 
 
 def write_args(run_dir: Path, config) -> Path | None:
@@ -91,9 +108,17 @@ def summary_row(epoch: int, train_loss: float, lr: float, raw: dict, ema: dict |
     """One summary.csv row; `eval_*` follow timm (EMA metrics when EMA is on); `more`: the metrics of
     EMA members 1, 2, ... as `ema<i>_eval_*` columns after the usual ones."""
     main = ema or raw
-    row = dict(epoch=epoch, train_loss=train_loss, eval_loss=main['loss'], eval_top1=main['top1'],
-               eval_top5=main['top5'], lr=lr, raw_eval_loss=raw['loss'], raw_eval_top1=raw['top1'],
-               raw_eval_top5=raw['top5'])
+    row = dict(
+        epoch=epoch,
+        train_loss=train_loss,
+        eval_loss=main['loss'],
+        eval_top1=main['top1'],
+        eval_top5=main['top5'],
+        lr=lr,
+        raw_eval_loss=raw['loss'],
+        raw_eval_top1=raw['top1'],
+        raw_eval_top5=raw['top5'],
+    )
     for key in ('loss', 'top1', 'top5'):
         row[f'ema_eval_{key}'] = '' if ema is None else ema[key]
     for i, metrics in enumerate(more, start=1):
@@ -130,8 +155,11 @@ def rows_at_checkpoint(run_dir: Path, metadata: dict, start_epoch: int) -> list[
         rows = [r for r in on_disk if int(float(r['epoch'])) < start_epoch]
     on_disk_epochs, epochs = [int(float(r['epoch'])) for r in on_disk], [int(r['epoch']) for r in rows]
     if on_disk_epochs != epochs:
-        log.info('summary.csv: epochs %s on disk, the checkpoint stands for %s; rewriting it', on_disk_epochs or 'none',
-                 epochs or 'none')
+        log.info(
+            'summary.csv: epochs %s on disk, the checkpoint stands for %s; rewriting it',
+            on_disk_epochs or 'none',
+            epochs or 'none',
+        )
     return [dict(r) for r in rows]
 
 
@@ -158,8 +186,8 @@ class TensorBoard:
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         """`purge_step`: a resume's first epoch; TensorBoard then hides the events of epochs from it on."""
         from tensorboardX import SummaryWriter
-        self.writer = (SummaryWriter(logdir=str(run_dir / 'tensorboard'), purge_step=purge_step) if _writes()
-                       else None)
+
+        self.writer = SummaryWriter(logdir=str(run_dir / 'tensorboard'), purge_step=purge_step) if _writes() else None
 
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is None:

@@ -10,6 +10,7 @@ Where a run writes:
 One writer: process 0 holds `flock` on RUN/.lock for the whole run, with its pid, host and start time written
 in it; the kernel releases it when the process ends, however it ends, so a lock is never stale.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -42,9 +43,11 @@ def choose(output: str, experiment: str, model: str, img_size: int, resumed: Pat
             return reporting.make_run_dir(output, experiment, model, img_size)
     latest = checkpoint.resolve(source)
     if not _same(latest, resumed):
-        raise UserError(f'--resume {str(resumed)!r} is not the latest checkpoint of its run (that is update '
-                        f'{latest.name}); going on from it in {str(source)!r} would mix two histories, so add '
-                        '--experiment NAME to continue it in a new run folder (--output/NAME)')
+        raise UserError(
+            f'--resume {str(resumed)!r} is not the latest checkpoint of its run (that is update '
+            f'{latest.name}); going on from it in {str(source)!r} would mix two histories, so add '
+            '--experiment NAME to continue it in a new run folder (--output/NAME)'
+        )
     return source
 
 
@@ -72,8 +75,10 @@ def check_still_latest(run_dir: Path, resumed: Path) -> None:
     """UserError when another process saved a newer checkpoint in `run_dir` while this one was starting."""
     latest = checkpoint.resolve(run_dir)
     if not _same(latest, resumed):
-        raise UserError(f'run folder {str(run_dir)!r} went on to update {latest.name} while this run was starting '
-                        f'from update {resumed.name}; resume again to go on from its latest checkpoint')
+        raise UserError(
+            f'run folder {str(run_dir)!r} went on to update {latest.name} while this run was starting '
+            f'from update {resumed.name}; resume again to go on from its latest checkpoint'
+        )
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -95,12 +100,17 @@ class RunLock:
             holder = _read_holder(self._fd)
             os.close(self._fd)
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise UserError(f'cannot lock run folder {str(run_dir)!r} ({e.strerror}); use a folder on a '
-                                'file system that supports flock') from None
-            raise UserError(f'run folder {str(run_dir)!r} is in use by another trainer ({holder}); wait for it '
-                            'to end or stop it, or resume into a new folder with --experiment NAME') from None
-        self.holder = dict(pid=os.getpid(), host=socket.gethostname(),
-                           started=datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S'))
+                raise UserError(
+                    f'cannot lock run folder {str(run_dir)!r} ({e.strerror}); use a folder on a '
+                    'file system that supports flock'
+                ) from None
+            raise UserError(
+                f'run folder {str(run_dir)!r} is in use by another trainer ({holder}); wait for it '
+                'to end or stop it, or resume into a new folder with --experiment NAME'
+            ) from None
+        self.holder = dict(
+            pid=os.getpid(), host=socket.gethostname(), started=datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')
+        )
         try:
             os.ftruncate(self._fd, 0)
             os.write(self._fd, (json.dumps(self.holder) + '\n').encode())
@@ -131,5 +141,7 @@ def _read_holder(fd: int) -> str:
 
 
 def _unwritable(run_dir, e: OSError) -> str:
-    return (f'cannot write in run folder {str(run_dir)!r} ({e.strerror}); it is read-only here, so resume it into '
-            'a writable folder with --output DIR --experiment NAME (the run itself is only read)')
+    return (
+        f'cannot write in run folder {str(run_dir)!r} ({e.strerror}); it is read-only here, so resume it into '
+        'a writable folder with --output DIR --experiment NAME (the run itself is only read)'
+    )

@@ -1,11 +1,12 @@
 """The TrainState and the pure functions on it, in the style of flax's examples/imagenet.
 
-  create_train_state  -> TrainState(params, batch_stats, opt_state, ema_params, ema_batch_stats, step)
-  restore_state       -> a TrainState from a checkpoint (weights, optimizer, EMA, step)
-  train_step          -> one update: loss, grads, optimizer, then the EMA (jitted and donated by the caller)
-  eval_step           -> metric sums for any (params, batch_stats): raw and EMA weights alike
-  evaluate            -> top-1 / top-5 / loss over a dataset split
+create_train_state  -> TrainState(params, batch_stats, opt_state, ema_params, ema_batch_stats, step)
+restore_state       -> a TrainState from a checkpoint (weights, optimizer, EMA, step)
+train_step          -> one update: loss, grads, optimizer, then the EMA (jitted and donated by the caller)
+eval_step           -> metric sums for any (params, batch_stats): raw and EMA weights alike
+evaluate            -> top-1 / top-5 / loss over a dataset split
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,6 +23,7 @@ from jax_ema import checkpoint, device_input, ema, optim, parallel, precision
 class TrainState(train_state.TrainState):
     """flax TrainState + BatchNorm statistics + the EMA of both (None when EMA is off: no copy kept)
     + the dynamic loss scale of float16 --amp (precision.LossScale; None otherwise)."""
+
     batch_stats: Any = None
     ema_params: Any = None
     ema_batch_stats: Any = None
@@ -45,8 +47,9 @@ def with_ema(state: TrainState, ema_cfg: ema.EmaConfig | None) -> TrainState:
     """Start the EMA from the current weights (timm's behaviour for checkpoints saved without EMA)."""
     if ema_cfg is None:
         return state.replace(ema_params=None, ema_batch_stats=None)
-    return state.replace(ema_params=ema.init(state.params, ema_cfg.members),
-                         ema_batch_stats=ema.init(state.batch_stats, ema_cfg.members))
+    return state.replace(
+        ema_params=ema.init(state.params, ema_cfg.members), ema_batch_stats=ema.init(state.batch_stats, ema_cfg.members)
+    )
 
 
 def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> TrainState:
@@ -65,8 +68,10 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
     if restore_opt:
         target = checkpoint.state_tree(state.replace(ema_params=None, ema_batch_stats=None))
         if saved_ema and saved_members > 1:  # a stack: float leaves with a leading member axis
-            target.update(ema_params=checkpoint.stacked_target(target['params'], saved_members),
-                          ema_batch_stats=checkpoint.stacked_target(target['batch_stats'], saved_members))
+            target.update(
+                ema_params=checkpoint.stacked_target(target['params'], saved_members),
+                ema_batch_stats=checkpoint.stacked_target(target['batch_stats'], saved_members),
+            )
         elif saved_ema:
             target.update(ema_params=target['params'], ema_batch_stats=target['batch_stats'])
         target.pop('loss_scale', None)
@@ -75,27 +80,46 @@ def restore_state(step_dir, state: TrainState, restore_opt: bool = True) -> Trai
         tree = checkpoint.restore_tree(step_dir, target)
         opt_state = tree['opt_state']
         if state.loss_scale is not None and 'loss_scale' in tree:
-            state = state.replace(loss_scale=state.loss_scale.replace(
-                scale=jnp.asarray(tree['loss_scale']['scale'], jnp.float32),
-                growth_tracker=jnp.asarray(tree['loss_scale']['growth_tracker'], jnp.int32)))
+            state = state.replace(
+                loss_scale=state.loss_scale.replace(
+                    scale=jnp.asarray(tree['loss_scale']['scale'], jnp.float32),
+                    growth_tracker=jnp.asarray(tree['loss_scale']['growth_tracker'], jnp.int32),
+                )
+            )
     else:  # any optimizer's state: read without a target, keep only what does not depend on it
         tree = checkpoint.restore_tree(step_dir)
         opt_state = optim.at_step(state.opt_state, tree['step'])
-    restored = state.replace(step=tree['step'], params=tree['params'], batch_stats=tree['batch_stats'],
-                             opt_state=opt_state)
+    restored = state.replace(
+        step=tree['step'], params=tree['params'], batch_stats=tree['batch_stats'], opt_state=opt_state
+    )
     if state.ema_params is None:
         return own_copies(restored.replace(ema_params=None, ema_batch_stats=None))
     if saved_ema and members > 1:
-        return own_copies(restored.replace(ema_params=ema.init_stacked(tree['ema_params']),
-                                        ema_batch_stats=ema.init_stacked(tree['ema_batch_stats'])))
+        return own_copies(
+            restored.replace(
+                ema_params=ema.init_stacked(tree['ema_params']),
+                ema_batch_stats=ema.init_stacked(tree['ema_batch_stats']),
+            )
+        )
     source = tree if saved_ema else {'ema_params': tree['params'], 'ema_batch_stats': tree['batch_stats']}
-    return own_copies(restored.replace(ema_params=ema.init(source['ema_params'], members),
-                                    ema_batch_stats=ema.init(source['ema_batch_stats'], members)))
+    return own_copies(
+        restored.replace(
+            ema_params=ema.init(source['ema_params'], members),
+            ema_batch_stats=ema.init(source['ema_batch_stats'], members),
+        )
+    )
 
 
-def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, smoothing: float,
-               accum_steps: int = 1, seed: int = 0, ema_update=ema.update,
-               inputs: device_input.DeviceInput | None = None):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    ema_cfg: ema.EmaConfig | None,
+    smoothing: float,
+    accum_steps: int = 1,
+    seed: int = 0,
+    ema_update=ema.update,
+    inputs: device_input.DeviceInput | None = None,
+):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
     With `accum_steps` > 1 the batch is split into that many micro-batches whose gradients are
@@ -114,9 +138,13 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
     def loss_fn(params, batch_stats, micro, key=dropout_key):
-        logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats},
-                                         micro['image'], train=True, mutable=['batch_stats'],
-                                         rngs={'dropout': key})
+        logits, updates = state.apply_fn(
+            {'params': params, 'batch_stats': batch_stats},
+            micro['image'],
+            train=True,
+            mutable=['batch_stats'],
+            rngs={'dropout': key},
+        )
         loss = optim.cross_entropy(logits, micro['label'], smoothing)
         return (loss if scaler is None else scaler.scale_loss(loss)), updates['batch_stats']
 
@@ -129,13 +157,15 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
 
         def accumulate(carry, micro_batch):
             stats, grad_sum, loss_sum = carry
-            (loss, stats), grads = grad_fn(state.params, stats, micro_batch,
-                                           jax.random.fold_in(dropout_key, micro_batch['index']))
+            (loss, stats), grads = grad_fn(
+                state.params, stats, micro_batch, jax.random.fold_in(dropout_key, micro_batch['index'])
+            )
             return (stats, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (batch_stats, grad_sum, loss_sum), _ = jax.lax.scan(
-            accumulate, (state.batch_stats, zeros, jnp.zeros((), jnp.float32)), micro)
+            accumulate, (state.batch_stats, zeros, jnp.zeros((), jnp.float32)), micro
+        )
         grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
         loss = loss_sum / accum_steps
     before = state
@@ -143,8 +173,9 @@ def train_step(state: TrainState, batch: dict, ema_cfg: ema.EmaConfig | None, sm
         loss, grads, finite = scaler.unscale(loss, grads)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_cfg is not None and state.ema_params is not None:
-        ema_params, ema_stats = ema_update(ema_cfg, state.ema_params, state.ema_batch_stats,
-                                           state.params, state.batch_stats, state.step)
+        ema_params, ema_stats = ema_update(
+            ema_cfg, state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, state.step
+        )
         state = state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
     if scaler is not None:
         state = precision.skip_if_not_finite(finite, state, before)
@@ -164,18 +195,26 @@ def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.Devi
     topk = jax.lax.top_k(logits, k)[1]
     hit5 = jnp.any(topk == labels[:, None], axis=-1)
     hit1 = topk[:, 0] == labels
-    return {'loss': jnp.sum(loss * mask), 'top1': jnp.sum(hit1 * mask), 'top5': jnp.sum(hit5 * mask),
-            'count': jnp.sum(mask)}
+    return {
+        'loss': jnp.sum(loss * mask),
+        'top1': jnp.sum(hit1 * mask),
+        'top5': jnp.sum(hit5 * mask),
+        'count': jnp.sum(mask),
+    }
 
 
 def evaluate(eval_step_fn, params, batch_stats, dataset, batch_size: int) -> dict:
     """Top-1/top-5 in percent and mean loss over the whole split."""
     totals = None
-    for batch in device_input.prefetch(dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()),
-                                       parallel.shard_batch):  # the next batches go to the device meanwhile
+    for batch in device_input.prefetch(
+        dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()), parallel.shard_batch
+    ):  # the next batches go to the device meanwhile
         sums = eval_step_fn(params, batch_stats, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals['count']), 1.0)
-    return {'loss': float(totals['loss']) / count, 'top1': 100.0 * float(totals['top1']) / count,
-            'top5': 100.0 * float(totals['top5']) / count}
+    return {
+        'loss': float(totals['loss']) / count,
+        'top1': 100.0 * float(totals['top1']) / count,
+        'top5': 100.0 * float(totals['top5']) / count,
+    }

@@ -8,6 +8,7 @@ PyTorch files are read with `torch.load(weights_only=True)` only (no arbitrary p
 `argparse.Namespace`, which timm's training checkpoints store under 'args'. torch is imported only
 for those files; this module never imports TensorFlow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,26 +37,33 @@ def _torch_load(path: Path):
     try:
         import torch  # pylint: disable=g-import-not-at-top
     except ImportError:
-        raise UserError(f'reading {str(path)!r} needs PyTorch (pip install torch); or convert it to '
-                        f'{SAFETENSORS_SUFFIX}') from None
+        raise UserError(
+            f'reading {str(path)!r} needs PyTorch (pip install torch); or convert it to {SAFETENSORS_SUFFIX}'
+        ) from None
     import argparse  # pylint: disable=g-import-not-at-top
+
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # pylint: disable=broad-except
         if type(e).__name__ != 'UnpicklingError':  # zip/EOF/OS errors of a damaged file
-            raise UserError(f'cannot read {str(path)!r} as a PyTorch file ({type(e).__name__}); '
-                            'check the file') from None
-        raise UserError(f'cannot read {str(path)!r}: it is not a PyTorch file, or it holds objects other than '
-                        'tensors and plain containers (not loaded, for safety); save the state_dict alone or '
-                        f'as {SAFETENSORS_SUFFIX}') from None
+            raise UserError(
+                f'cannot read {str(path)!r} as a PyTorch file ({type(e).__name__}); check the file'
+            ) from None
+        raise UserError(
+            f'cannot read {str(path)!r}: it is not a PyTorch file, or it holds objects other than '
+            'tensors and plain containers (not loaded, for safety); save the state_dict alone or '
+            f'as {SAFETENSORS_SUFFIX}'
+        ) from None
 
 
 def _pick_state_dict(contents, use_ema: bool, path: Path):
     """timm's choice of the state_dict inside a checkpoint dict."""
     if not isinstance(contents, dict):
-        raise UserError(f'{str(path)!r} holds a {type(contents).__name__}, not a state_dict; '
-                        'give a timm weights file or training checkpoint')
+        raise UserError(
+            f'{str(path)!r} holds a {type(contents).__name__}, not a state_dict; '
+            'give a timm weights file or training checkpoint'
+        )
     key = None
     if use_ema and contents.get('state_dict_ema') is not None:
         key = 'state_dict_ema'
@@ -66,12 +74,17 @@ def _pick_state_dict(contents, use_ema: bool, path: Path):
     elif 'model' in contents:
         key = 'model'
     if use_ema and key not in ('state_dict_ema', 'model_ema'):
-        log.warning('%s has no EMA weights (state_dict_ema / model_ema); using %s, as timm does', path,
-                    f"'{key}'" if key else 'its state_dict')
+        log.warning(
+            '%s has no EMA weights (state_dict_ema / model_ema); using %s, as timm does',
+            path,
+            f"'{key}'" if key else 'its state_dict',
+        )
     state_dict = contents[key] if key else contents
     if not isinstance(state_dict, dict):
-        raise UserError(f'{str(path)!r}: {key!r} holds a {type(state_dict).__name__}, not a state_dict; '
-                        'give a timm weights file or training checkpoint')
+        raise UserError(
+            f'{str(path)!r}: {key!r} holds a {type(state_dict).__name__}, not a state_dict; '
+            'give a timm weights file or training checkpoint'
+        )
     return state_dict, key
 
 
@@ -90,8 +103,7 @@ def _to_numpy(value, key: str, path: Path) -> np.ndarray:
         if str(value.dtype) == 'torch.bfloat16':
             value = value.float()
         return value.numpy()
-    raise UserError(f'{str(path)!r}: entry {key!r} is a {type(value).__name__}, not a tensor; '
-                    'give a timm state_dict')
+    raise UserError(f'{str(path)!r}: entry {key!r} is a {type(value).__name__}, not a tensor; give a timm state_dict')
 
 
 def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
@@ -102,8 +114,10 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((SAFETENSORS_SUFFIX,) + TORCH_SUFFIXES):
-        raise UserError(f'{str(path)!r} has an unknown extension; give a {SAFETENSORS_SUFFIX} or '
-                        f'{" / ".join(TORCH_SUFFIXES)} timm weights file')
+        raise UserError(
+            f'{str(path)!r} has an unknown extension; give a {SAFETENSORS_SUFFIX} or '
+            f'{" / ".join(TORCH_SUFFIXES)} timm weights file'
+        )
     if path.is_dir():
         raise UserError(f'timm weights file {str(path)!r} is a folder; give the weights file itself')
     if not path.is_file():
@@ -112,8 +126,10 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
         try:
             contents = safetensors.numpy.load_file(path)
         except (safetensors.SafetensorError, OSError, ValueError, TypeError) as e:
-            raise UserError(f'cannot read {str(path)!r} as {SAFETENSORS_SUFFIX} '
-                            f'({str(e).splitlines()[0] if str(e) else type(e).__name__}); check the file') from None
+            raise UserError(
+                f'cannot read {str(path)!r} as {SAFETENSORS_SUFFIX} '
+                f'({str(e).splitlines()[0] if str(e) else type(e).__name__}); check the file'
+            ) from None
     else:
         contents = _torch_load(path)
     state_dict, key = _pick_state_dict(contents, use_ema, path)
@@ -130,8 +146,7 @@ def save_timm_safetensors(state_dict: dict, path, metadata: dict | None = None) 
     arrays = {k: np.asarray(v, order='C') for k, v in state_dict.items()}  # keeps 0-d arrays 0-d
     tmp = None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp',
-                                         delete=False) as f:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp', delete=False) as f:
             tmp = f.name
         safetensors.numpy.save_file(arrays, tmp, metadata={'format': 'pt', **(metadata or {})})
         umask = os.umask(0)
@@ -139,8 +154,9 @@ def save_timm_safetensors(state_dict: dict, path, metadata: dict | None = None) 
         os.chmod(tmp, 0o666 & ~umask)  # the permissions of a plain open(), not mkstemp's 0600
         os.replace(tmp, path)
     except OSError as e:
-        raise UserError(f'cannot write {str(path)!r} ({e.strerror or e}); give a writable path in an '
-                        'existing folder') from None
+        raise UserError(
+            f'cannot write {str(path)!r} ({e.strerror or e}); give a writable path in an existing folder'
+        ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
@@ -157,8 +173,10 @@ def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | 
     tree = checkpoint.restore_tree(step_dir)
     if use_ema:
         if metadata.get('ema') is None or tree.get('ema_params') is None:
-            raise UserError(f'checkpoint {str(step_dir)!r} comes from a run without EMA (no --model-ema), so it '
-                            'has no EMA weights; leave out --use-ema (and --ema-index) to use its raw weights')
+            raise UserError(
+                f'checkpoint {str(step_dir)!r} comes from a run without EMA (no --model-ema), so it '
+                'has no EMA weights; leave out --use-ema (and --ema-index) to use its raw weights'
+            )
         keys = checkpoint.EMA_KEYS
     else:
         keys = ('params', 'batch_stats')
@@ -167,14 +185,17 @@ def variables_from_checkpoint(step_dir, use_ema: bool = False, ema_index: int | 
         index = checkpoint.pick_index(step_dir, metadata, ema_index)
         if checkpoint.saved_members(metadata) > 1:
             from jax_ema import ema
+
             variables = {k: ema.tree(v, index) for k, v in variables.items()}
         metadata = dict(metadata, ema_index=index)
     return metadata, jax.tree.map(np.asarray, variables)
 
 
 def _shapes(tree) -> dict:
-    return {'/'.join(k.key for k in path): tuple(np.shape(leaf))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        '/'.join(k.key for k in path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def load_initial_variables(path, model_name: str, num_classes: int, use_ema: bool = False) -> dict:
@@ -185,13 +206,15 @@ def load_initial_variables(path, model_name: str, num_classes: int, use_ema: boo
     """
     variables = to_flax(model_name, load_timm_state_dict(path, use_ema=use_ema))
     model = create_model(model_name, num_classes)
-    expected = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                              jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+    expected = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+    )
     got = _shapes(variables)
     for name, shape in _shapes(expected).items():
         if got.get(name) != shape:  # to_flax checked the rest: only the classifier can differ
-            raise UserError(f'{str(path)!r} was saved for another number of classes than this run\'s '
-                            f'{num_classes} ({name} has shape {got.get(name)}, the model {shape}); '
-                            'give the matching --num-classes')
-    return jax.tree.map(lambda x: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x,
-                        variables)
+            raise UserError(
+                f"{str(path)!r} was saved for another number of classes than this run's "
+                f'{num_classes} ({name} has shape {got.get(name)}, the model {shape}); '
+                'give the matching --num-classes'
+            )
+    return jax.tree.map(lambda x: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x, variables)

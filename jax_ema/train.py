@@ -6,6 +6,7 @@ and the records (records.py: the run folder and its lock, checkpoints, summary.c
 The TrainState and the pure step functions are step.py's; where the EMA lives and the step built for it,
 offload.py's; the fault hooks the tests use to kill or signal at a named point, faults.py's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,15 +15,30 @@ import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import (checkpoint, data_config, data_fingerprint, device_input, ema, faults, loop, offload, optim,
-                     parallel, posthoc, precision, pretrained, reporting)
+from jax_ema import (
+    checkpoint,
+    data_config,
+    data_fingerprint,
+    device_input,
+    ema,
+    faults,
+    loop,
+    offload,
+    optim,
+    parallel,
+    posthoc,
+    precision,
+    pretrained,
+    reporting,
+)
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -34,16 +50,16 @@ from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, re
 log = logging.getLogger('jax_ema.train')  # also under `python -m`, where __name__ is '__main__'
 
 
-
 @dataclasses.dataclass
 class Run:
     """What the set-up builds from a Config and the loop reads."""
+
     config: Config
     model: Any
     train_ds: Any
     val_ds: Any
     num_classes: int
-    batch_size: int            # rows per optimizer update, over every device
+    batch_size: int  # rows per optimizer update, over every device
     updates_per_epoch: int
     num_epochs: int
     lr: float
@@ -75,29 +91,50 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         _warn_ema_horizon(run.ema_cfg, run.total_updates)
         start = int(jax.device_get(state.step))
         records = Records.open(run, run_dir, resumed_from, resumed_meta, start, data_fp, carried_loss, cleanup)
-        step = offload.build_step(functools.partial(train_step, smoothing=config.smoothing,
-                                                    accum_steps=config.grad_accum_steps, seed=config.seed,
-                                                    inputs=run.train_ds.device_input),
-                                  run.ema_cfg, config.ema_placement, last=start)
-        eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply,
-                                                 inputs=run.val_ds.device_input))
+        step = offload.build_step(
+            functools.partial(
+                train_step,
+                smoothing=config.smoothing,
+                accum_steps=config.grad_accum_steps,
+                seed=config.seed,
+                inputs=run.train_ds.device_input,
+            ),
+            run.ema_cfg,
+            config.ema_placement,
+            last=start,
+        )
+        eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply, inputs=run.val_ds.device_input))
         stopped_epoch = unvalidated_epoch(resumed_meta)
         if stopped_epoch is not None:  # stopped on an epoch's last update, before validating it: validate it now
             loss = resumed_meta['train_loss_partial']
-            _validate_and_record(run, eval_step_fn, records, state, stopped_epoch,
-                                 loss['sum'] / max(loss['count'], 1), resumed_from if records.continuing else None)
+            _validate_and_record(
+                run,
+                eval_step_fn,
+                records,
+                state,
+                stopped_epoch,
+                loss['sum'] / max(loss['count'], 1),
+                resumed_from if records.continuing else None,
+            )
         preemption = Preemption()
         after_update = _after_update(run, records, step, preemption)
         with preemption:
             for epoch in range(start // run.updates_per_epoch, run.num_epochs):
                 first = start - epoch * run.updates_per_epoch if epoch == start // run.updates_per_epoch else 0
                 state, train_loss, stopped = loop.train_epoch(
-                    step, state, _train_batches(run, epoch, first), epoch=epoch, num_epochs=run.num_epochs,
-                    updates_per_epoch=run.updates_per_epoch, first_update=first, schedule=run.schedule,
-                    log_interval=config.log_interval, after_update=after_update)
+                    step,
+                    state,
+                    _train_batches(run, epoch, first),
+                    epoch=epoch,
+                    num_epochs=run.num_epochs,
+                    updates_per_epoch=run.updates_per_epoch,
+                    first_update=first,
+                    schedule=run.schedule,
+                    log_interval=config.log_interval,
+                    after_update=after_update,
+                )
                 if stopped:
-                    return {'preempted': True, 'run_dir': str(records.run_dir),
-                            'step': int(jax.device_get(state.step))}
+                    return {'preempted': True, 'run_dir': str(records.run_dir), 'step': int(jax.device_get(state.step))}
                 if first and records.carried_loss:  # the epoch began before the resume: its loss covers all of it
                     total = records.epoch_loss(run, epoch, train_loss, run.updates_per_epoch)
                     train_loss = total['sum'] / total['count']
@@ -114,6 +151,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
 
 # ---------------------------------------------------------------- set-up and resume
 
+
 def setup(config: Config) -> tuple[Run, TrainState]:
     """Data, model, optimizer and schedule, and the initial TrainState (on one device, EMA included).
 
@@ -129,6 +167,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
         pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
     compute_dtype, param_dtype, loss_scaling = precision.resolve(config.amp, config.amp_dtype, config.model_dtype)
     from jax_ema import data  # the only package that imports tensorflow
+
     train_ds, val_ds = data.load_datasets(data.data_config(config))
     num_classes = train_ds.num_classes
     model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype, **model_kwargs)
@@ -137,15 +176,19 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     lr, schedule, num_epochs, tx = optim.create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
-        variables = timm_io.load_initial_variables(config.initial_checkpoint, config.model, num_classes,
-                                                   use_ema=config.initial_checkpoint_ema)
+
+        variables = timm_io.load_initial_variables(
+            config.initial_checkpoint, config.model, num_classes, use_ema=config.initial_checkpoint_ema
+        )
         variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
-            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3)))
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3))
+        )
         if pretrained_weights is not None:  # a classifier that does not fit the classes keeps this initialisation
             variables = precision.cast_params(
-                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype)
+                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype
+            )
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)
@@ -153,16 +196,20 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     state = create_train_state(model, tx, variables, ema_cfg)
     if loss_scaling:
         state = state.replace(loss_scale=precision.LossScale.create())
-    run = Run(config, model, train_ds, val_ds, num_classes, batch_size, updates_per_epoch, num_epochs, lr,
-              schedule, ema_cfg)
+    run = Run(
+        config, model, train_ds, val_ds, num_classes, batch_size, updates_per_epoch, num_epochs, lr, schedule, ema_cfg
+    )
     return run, state
 
 
 def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
     """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
     x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
-                                            rngs={'dropout': jax.random.PRNGKey(0)}), variables, x)
+    jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}),
+        variables,
+        x,
+    )
 
 
 def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
@@ -171,12 +218,16 @@ def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
     step_dir = checkpoint.resolve(config.resume)
     meta = checkpoint.read_metadata(step_dir)
     if (meta.get('model'), meta.get('num_classes')) != (config.model, run.num_classes):
-        raise UserError(f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
-                        f'classes, but this run is {config.model} with {run.num_classes}; resume with the same '
-                        '--model and data')
+        raise UserError(
+            f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
+            f'classes, but this run is {config.model} with {run.num_classes}; resume with the same '
+            '--model and data'
+        )
     if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
-        raise UserError(f'--resume {config.resume!r} was trained with --opt {meta["opt"]}, this run asks for '
-                        f'--opt {config.opt}; use the same --opt, or add --no-resume-opt to start it afresh')
+        raise UserError(
+            f'--resume {config.resume!r} was trained with --opt {meta["opt"]}, this run asks for '
+            f'--opt {config.opt}; use the same --opt, or add --no-resume-opt to start it afresh'
+        )
     restored = restore_state(step_dir, state, restore_opt=not config.no_resume_opt)
     log.info('Resumed from %s (update %d)', step_dir, int(restored.step))
     return restored, step_dir
@@ -189,21 +240,35 @@ def _warn_ema_horizon(ema_cfg: ema.EmaConfig | None, total_updates: int) -> None
         horizon = ema_cfg.single(decay).horizon
         if horizon > total_updates:
             suggested = 1.0 - 1.0 / max(total_updates / 10.0, 2.0)
-            log.warning('The EMA horizon 1/(1-%g) = %.0f updates exceeds this run\'s %d updates: the EMA will '
-                        'stay near the initial weights. Add --model-ema-warmup, or use --model-ema-decay %.4g '
-                        '(a horizon of %.0f updates).', decay, horizon, total_updates, suggested,
-                        1.0 / (1.0 - suggested))
+            log.warning(
+                "The EMA horizon 1/(1-%g) = %.0f updates exceeds this run's %d updates: the EMA will "
+                'stay near the initial weights. Add --model-ema-warmup, or use --model-ema-decay %.4g '
+                '(a horizon of %.0f updates).',
+                decay,
+                horizon,
+                total_updates,
+                suggested,
+                1.0 / (1.0 - suggested),
+            )
 
 
 def _train_batches(run: Run, epoch: int, first: int):
     """The epoch's batches from update `first` on, this process's rows, sharded over the mesh; the next ones
     are put on the device while the current step runs."""
-    return device_input.prefetch(run.train_ds.train_batches(
-        run.batch_size, epoch, start_step=first, process_index=jax.process_index(),
-        process_count=jax.process_count()), parallel.shard_batch)
+    return device_input.prefetch(
+        run.train_ds.train_batches(
+            run.batch_size,
+            epoch,
+            start_step=first,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ),
+        parallel.shard_batch,
+    )
 
 
 # ---------------------------------------------------------------- during the epoch
+
 
 def _after_update(run: Run, records: Records, step: offload.Step, preemption: Preemption):
     """The loop's hook after each update: EMA snapshots, recovery checkpoints, a preemption's save."""
@@ -212,29 +277,36 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
     def after_update(state, count, check_finite):
         epoch, position = divmod(count - 1, run.updates_per_epoch)  # an epoch's last update is its own
         position += 1
-        if run.ema_cfg is not None and posthoc.snapshot_due(count, config.model_ema_snapshot_every,
-                                                            run.total_updates):
+        if run.ema_cfg is not None and posthoc.snapshot_due(count, config.model_ema_snapshot_every, run.total_updates):
             state = step.flush(state, count)
             if parallel.is_main():
-                posthoc.save_snapshot(records.run_dir, count, run.ema_cfg, state.ema_params, state.ema_batch_stats,
-                                      config.snapshot_dtype)
+                posthoc.save_snapshot(
+                    records.run_dir, count, run.ema_cfg, state.ema_params, state.ema_batch_stats, config.snapshot_dtype
+                )
         stop = preemption.agreed()
-        if stop or (config.recovery_interval and count % config.recovery_interval == 0
-                    and position != run.updates_per_epoch):
+        if stop or (
+            config.recovery_interval and count % config.recovery_interval == 0 and position != run.updates_per_epoch
+        ):
             mean_loss = check_finite()
             state = step.flush(state, count)
             records.save_recovery(run, state, epoch, position, mean_loss)
         if stop and parallel.is_main():
-            print(f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
-                  f'Resume with: python -m jax_ema.train ... --resume {records.run_dir}', flush=True)
+            print(
+                f'Stopped by {preemption.signal_name or "a signal"} at update {count}; saved a checkpoint. '
+                f'Resume with: python -m jax_ema.train ... --resume {records.run_dir}',
+                flush=True,
+            )
         return state, stop
+
     return after_update
 
 
 # ---------------------------------------------------------------- validation
 
-def _validate_and_record(run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int,
-                         train_loss: float, saved=None) -> None:
+
+def _validate_and_record(
+    run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int, train_loss: float, saved=None
+) -> None:
     """Validate the epoch's weights, then its checkpoint and records (`saved`: see Records.end_epoch)."""
     faults.hit('epoch-end:before-validate', (epoch + 1) * run.updates_per_epoch)
     records.end_epoch(run, state, epoch, train_loss, validate_epoch(run, eval_step_fn, state), saved)
@@ -277,6 +349,7 @@ def best_index(member_metrics: list[dict], score) -> int:
 
 def main(argv=None) -> int:
     """CLI entry: parse timm-style flags, train, print `--result` and the results JSON as timm does."""
+
     def run():
         config = parse_args(argv)
         results = train_and_evaluate(config)
@@ -285,6 +358,7 @@ def main(argv=None) -> int:
         print('--result')
         print(json.dumps({k: v for k, v in results.items() if k != 'run_dir'}, indent=4))
         return 0
+
     return run_cli(run)
 
 

@@ -12,6 +12,7 @@ resolved them), so the numbers equal the run's summary.csv. Prints timm's ` * Ac
 then `--result` and the results as JSON. Unlike timm, top-1/top-5 are not rounded, and `--use-ema` on a
 run without EMA is an error rather than a silent fall-back to the raw weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,35 +34,53 @@ from jax_ema.data_config import resolve_data_config
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
-from jax_ema.timm_io import variables_from_checkpoint
 from jax_ema.step import eval_step, evaluate
+from jax_ema.timm_io import variables_from_checkpoint
 
 log = logging.getLogger('jax_ema.validate')
 
 DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not found
-LEGACY_CROP_PCT = 0.875   # crop_pct of DATA-folder runs that predate the recorded data config
+LEGACY_CROP_PCT = 0.875  # crop_pct of DATA-folder runs that predate the recorded data config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog='python -m jax_ema.validate',
-                description='Validate the raw or EMA weights of a checkpoint, as timm\'s validate.py.')
+    p = ArgumentParser(
+        prog='python -m jax_ema.validate',
+        description="Validate the raw or EMA weights of a checkpoint, as timm's validate.py.",
+    )
     p.add_argument('data', nargs='?', default=None, help='dataset folder (omit for the embedded digits)')
     p.add_argument('--data-dir', default=None, help='dataset folder (same as DATA)')
-    p.add_argument('--checkpoint', required=True,
-                   help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best')
+    p.add_argument(
+        '--checkpoint',
+        required=True,
+        help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best',
+    )
     p.add_argument('--use-ema', action='store_true', help='validate the EMA weights instead of the raw ones')
-    p.add_argument('--ema-index', type=int, default=None, metavar='I',
-                   help='with several EMAs: member I (0 = the first decay; default: the best one); '
-                        'implies --use-ema')
-    p.add_argument('--split', default=None,
-                   help="split to validate (default: the run's --val-split, else 'validation'); "
-                        'a train split name validates the training images')
-    p.add_argument('-b', '--batch-size', type=int, default=None,
-                   help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}")
+    p.add_argument(
+        '--ema-index',
+        type=int,
+        default=None,
+        metavar='I',
+        help='with several EMAs: member I (0 = the first decay; default: the best one); implies --use-ema',
+    )
+    p.add_argument(
+        '--split',
+        default=None,
+        help="split to validate (default: the run's --val-split, else 'validation'); "
+        'a train split name validates the training images',
+    )
+    p.add_argument(
+        '-b',
+        '--batch-size',
+        type=int,
+        default=None,
+        help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}",
+    )
     p.add_argument('--img-size', type=int, default=None, help="default: the checkpoint's image size")
     p.add_argument('--crop-pct', type=float, default=None, help="default: the run's --crop-pct")
-    p.add_argument('--interpolation', default=None, metavar='NAME', help="default: the run's (bilinear, bicubic, "
-                   'lanczos, box)')
+    p.add_argument(
+        '--interpolation', default=None, metavar='NAME', help="default: the run's (bilinear, bicubic, lanczos, box)"
+    )
     p.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help="default: the run's")
     p.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help="default: the run's")
     p.add_argument('-j', '--workers', type=int, default=None, help='decoding threads (default: sized to the host)')
@@ -92,27 +111,54 @@ def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple):
     return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=DeviceInput(mean=mean, std=std)))
 
 
-def load_split(data, split: str, args: dict, img_size: int, crop_pct: float, workers: int | None,
-               interpolation: str = 'bilinear', mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+def load_split(
+    data,
+    split: str,
+    args: dict,
+    img_size: int,
+    crop_pct: float,
+    workers: int | None,
+    interpolation: str = 'bilinear',
+    mean=IMAGENET_DEFAULT_MEAN,
+    std=IMAGENET_DEFAULT_STD,
+):
     """One split of DATA built by data.load_datasets with the run's split settings and this data config."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
+
     is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS
     if data is None and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
         raise UserError(f'the built-in digits data has no split {split!r}; use --split validation or train')
     cfg = data_lib.DataConfig(
-        data_dir=data, train_split=split if is_train else args.get('train_split', 'train'),
+        data_dir=data,
+        train_split=split if is_train else args.get('train_split', 'train'),
         val_split=args.get('val_split', 'validation') if is_train else split,
-        val_split_fraction=args.get('val_split_fraction', 0.2), img_size=img_size,
-        seed=args.get('seed', 42), crop_pct=crop_pct, num_workers=workers, interpolation=interpolation,
-        mean=tuple(mean), std=tuple(std))
+        val_split_fraction=args.get('val_split_fraction', 0.2),
+        img_size=img_size,
+        seed=args.get('seed', 42),
+        crop_pct=crop_pct,
+        num_workers=workers,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
     train, val = data_lib.load_datasets(cfg)
     return train if is_train else val
 
 
-def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | None = None,
-             img_size: int | None = None, crop_pct: float | None = None, split: str | None = None,
-             workers: int | None = None, ema_index: int | None = None, interpolation: str | None = None,
-             mean=None, std=None) -> dict:
+def validate(
+    checkpoint,
+    data=None,
+    use_ema: bool = False,
+    batch_size: int | None = None,
+    img_size: int | None = None,
+    crop_pct: float | None = None,
+    split: str | None = None,
+    workers: int | None = None,
+    ema_index: int | None = None,
+    interpolation: str | None = None,
+    mean=None,
+    std=None,
+) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
@@ -125,8 +171,9 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
     use_ema = use_ema or ema_index is not None
     model_name, num_classes = metadata.get('model'), metadata.get('num_classes')
     if not model_name or not num_classes:
-        raise UserError(f'checkpoint {str(step_dir)!r} does not name its model and number of classes; '
-                        'it is not one of ours')
+        raise UserError(
+            f'checkpoint {str(step_dir)!r} does not name its model and number of classes; it is not one of ours'
+        )
     args = run_args(step_dir)
     if img_size is None:
         img_size = metadata.get('img_size') or args.get('img_size')
@@ -134,12 +181,20 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
             raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
     trained = metadata.get('data_config') or {}  # the run's (older checkpoints: bilinear, ImageNet mean/std)
     if crop_pct is None:
-        crop_pct = trained.get('crop_pct') or args.get('crop_pct') or (
-            DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT)
-    resolved = resolve_data_config(model_name, img_size, None, crop_pct,
-                                   trained.get('mean', IMAGENET_DEFAULT_MEAN) if mean is None else mean,
-                                   trained.get('std', IMAGENET_DEFAULT_STD) if std is None else std,
-                                   interpolation or trained.get('interpolation', 'bilinear'))
+        crop_pct = (
+            trained.get('crop_pct')
+            or args.get('crop_pct')
+            or (DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT)
+        )
+    resolved = resolve_data_config(
+        model_name,
+        img_size,
+        None,
+        crop_pct,
+        trained.get('mean', IMAGENET_DEFAULT_MEAN) if mean is None else mean,
+        trained.get('std', IMAGENET_DEFAULT_STD) if std is None else std,
+        interpolation or trained.get('interpolation', 'bilinear'),
+    )
     interpolation, mean, std = resolved['interpolation'], resolved['mean'], resolved['std']
     if batch_size is None:
         run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
@@ -151,29 +206,68 @@ def validate(checkpoint, data=None, use_ema: bool = False, batch_size: int | Non
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std)
     if dataset.num_classes != num_classes:
         where = data if data is not None else 'the built-in digits data (no DATA given)'
-        hint = (f' (the run trained on {args["data"] or "the built-in digits data"})'
-                if 'data' in args and args['data'] != data else '')
-        raise UserError(f'{where} has {dataset.num_classes} classes but checkpoint {str(step_dir)!r} was '
-                        f'trained for {num_classes}; give DATA with the same classes{hint}')
+        hint = (
+            f' (the run trained on {args["data"] or "the built-in digits data"})'
+            if 'data' in args and args['data'] != data
+            else ''
+        )
+        raise UserError(
+            f'{where} has {dataset.num_classes} classes but checkpoint {str(step_dir)!r} was '
+            f'trained for {num_classes}; give DATA with the same classes{hint}'
+        )
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
-    log.info('Model %s (%d classes) created, param count: %d; %s weights of %s', model_name, num_classes,
-             param_count, 'EMA' if use_ema else 'raw', step_dir)
-    log.info('Validating %d images of split %r at %d px, crop_pct %g, %s, mean %s, std %s, batch size %d',
-             dataset.num_examples, split, img_size, crop_pct, interpolation, mean, std, batch_size)
+    log.info(
+        'Model %s (%d classes) created, param count: %d; %s weights of %s',
+        model_name,
+        num_classes,
+        param_count,
+        'EMA' if use_ema else 'raw',
+        step_dir,
+    )
+    log.info(
+        'Validating %d images of split %r at %d px, crop_pct %g, %s, mean %s, std %s, batch size %d',
+        dataset.num_examples,
+        split,
+        img_size,
+        crop_pct,
+        interpolation,
+        mean,
+        std,
+        batch_size,
+    )
 
     variables = jax.device_put(variables)  # once, not at every batch
-    metrics = evaluate(_compiled_eval(model_name, int(num_classes), mean, std), variables['params'],
-                       variables['batch_stats'], dataset, batch_size)
-    results = dict(model=model_name, top1=metrics['top1'], top1_err=100.0 - metrics['top1'],
-                   top5=metrics['top5'], top5_err=100.0 - metrics['top5'], loss=metrics['loss'],
-                   param_count=round(param_count / 1e6, 2), img_size=int(img_size), crop_pct=float(crop_pct),
-                   interpolation=interpolation,
-                   weights='ema' if use_ema else 'raw', checkpoint=str(step_dir), data=data, split=split,
-                   num_images=dataset.num_examples)
+    metrics = evaluate(
+        _compiled_eval(model_name, int(num_classes), mean, std),
+        variables['params'],
+        variables['batch_stats'],
+        dataset,
+        batch_size,
+    )
+    results = dict(
+        model=model_name,
+        top1=metrics['top1'],
+        top1_err=100.0 - metrics['top1'],
+        top5=metrics['top5'],
+        top5_err=100.0 - metrics['top5'],
+        loss=metrics['loss'],
+        param_count=round(param_count / 1e6, 2),
+        img_size=int(img_size),
+        crop_pct=float(crop_pct),
+        interpolation=interpolation,
+        weights='ema' if use_ema else 'raw',
+        checkpoint=str(step_dir),
+        data=data,
+        split=split,
+        num_images=dataset.num_examples,
+    )
     if use_ema and saved_members(metadata) > 1:
         results['ema_index'] = metadata['ema_index']  # which of the run's EMAs
-    log.info(' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
-        results['top1'], results['top1_err'], results['top5'], results['top5_err']))
+    log.info(
+        ' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
+            results['top1'], results['top1_err'], results['top5'], results['top5_err']
+        )
+    )
     return results
 
 
@@ -188,8 +282,9 @@ def write_results(path, results: dict, fmt: str = 'csv') -> None:
                 writer.writeheader()
                 writer.writerow(results)
     except OSError as e:
-        raise UserError(f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable '
-                        'path in an existing folder') from None
+        raise UserError(
+            f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable path in an existing folder'
+        ) from None
 
 
 def main(argv=None) -> int:
@@ -197,14 +292,25 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.data and args.data_dir and args.data != args.data_dir:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
-        results = validate(args.checkpoint, data=args.data or args.data_dir, use_ema=args.use_ema,
-                           batch_size=args.batch_size, img_size=args.img_size, crop_pct=args.crop_pct,
-                           split=args.split, workers=args.workers, ema_index=args.ema_index,
-                           interpolation=args.interpolation, mean=args.mean, std=args.std)
+        results = validate(
+            args.checkpoint,
+            data=args.data or args.data_dir,
+            use_ema=args.use_ema,
+            batch_size=args.batch_size,
+            img_size=args.img_size,
+            crop_pct=args.crop_pct,
+            split=args.split,
+            workers=args.workers,
+            ema_index=args.ema_index,
+            interpolation=args.interpolation,
+            mean=args.mean,
+            std=args.std,
+        )
         if args.results_file:
             write_results(args.results_file, results, args.results_format)
         print(f'--result\n{json.dumps(results, indent=4)}', flush=True)
         return 0
+
     return run_cli(run)
 
 

@@ -1,10 +1,12 @@
-"""Every test here compares against timm's own code (marked `parity`: `pytest -m parity`), and runs with the float32 precision pinned on both sides (torch_ref/precision.py).
+"""Every test here compares against timm's own code (marked `parity`: `pytest -m parity`), and runs with the
+float32 precision pinned on both sides (torch_ref/precision.py).
 
 The pins are set once for the session, before any test or fixture of this folder computes anything, and
 are checked at each test's call (where its state is also recorded, see test_precision.py) and again at
 its end: a test run with TF32 on either side fails instead of passing on a lucky margin. Tests marked
 `float64` are skipped, with the measured reason, on a backend without float64 (docs/gpu.md).
 """
+
 import os
 from pathlib import Path
 

@@ -4,9 +4,10 @@
     python -m parity_tests.report --readme   # also rewrite parity_tests/README.md with it
 
 It reuses the test modules' helpers (and test_trajectory's measuring functions), so it measures what the
-tests assert, with the precision pinned as in the tests; it is not part of the test run. Rows marked "(timm vs timm)" are calibration, not our code:
-how far timm is from itself under another summation order or precision.
+tests assert, with the precision pinned as in the tests; it is not part of the test run. Rows marked
+"(timm vs timm)" are calibration, not our code: how far timm is from itself under another summation order or precision.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,15 @@ from jax_ema import ema, optim  # noqa: E402
 from jax_ema.convert import to_flax, to_timm
 from jax_ema.models import create_model
 from jax_ema.timm_io import load_timm_state_dict, save_timm_safetensors
-from parity_tests import test_convert, test_ema_parity, test_export_import, test_forward, test_optim_parity
-from parity_tests import test_efficientnet_parity, test_trajectory
+from parity_tests import (
+    test_convert,
+    test_efficientnet_parity,
+    test_ema_parity,
+    test_export_import,
+    test_forward,
+    test_optim_parity,
+    test_trajectory,
+)
 from torch_ref import precision
 
 README = Path(__file__).with_name('README.md')
@@ -70,8 +78,15 @@ def ema_rows(num_steps: int | None = None):
             worst[dtype] = max(worst[dtype], (err, name))
     for dtype, bound in (('float64', 1e-12), ('float32', 1e-6)):
         err, name = worst[dtype]
-        rows.append((f'EMA step size 1 - decay(step) vs ModelEmaV3.get_decay, {len(t.SCHEDULE_CONFIGS)} '
-                     f'configs x {len(t.STEPS)} steps up to 1e6, {dtype}', bound, err, name))
+        rows.append(
+            (
+                f'EMA step size 1 - decay(step) vs ModelEmaV3.get_decay, {len(t.SCHEDULE_CONFIGS)} '
+                f'configs x {len(t.STEPS)} steps up to 1e6, {dtype}',
+                bound,
+                err,
+                name,
+            )
+        )
 
     for dtype in ('float64', 'float32'):
         err_max, where = 0.0, ''
@@ -102,9 +117,15 @@ def ema_rows(num_steps: int | None = None):
                             err = 0.0 if got == ref else float('inf')
                         if err > err_max:
                             err_max, where = err, f'{name}, {key}, step {step}'
-        rows.append((f'EMA of params + BN buffers vs ModelEmaV3, {len(t.TRAJECTORY_CONFIGS)} configs x '
-                     f'{num_steps} steps, {dtype} (x max|timm EMA| per tensor)', t.TOLERANCE[dtype], err_max,
-                     where))
+        rows.append(
+            (
+                f'EMA of params + BN buffers vs ModelEmaV3, {len(t.TRAJECTORY_CONFIGS)} configs x '
+                f'{num_steps} steps, {dtype} (x max|timm EMA| per tensor)',
+                t.TOLERANCE[dtype],
+                err_max,
+                where,
+            )
+        )
     return rows
 
 
@@ -119,10 +140,14 @@ def forward_rows():
         timm_init = timm.create_model(name, pretrained=False, num_classes=t.NUM_CLASSES).eval().to(t.DEVICE)
         models = {'timm_init': timm_init, 'random_bn': t._randomise_batchnorms(copy.deepcopy(timm_init), seed=1)}
         flax_model = create_model(name, t.NUM_CLASSES)
-        eval_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))
-        err = max(t._max_rel_err(eval_fn(to_flax(name, t._state_dict(m)), t._images(b, s)),
-                                 t._torch_forward(m, t._images(b, s)))
-                  for m in models.values() for b, s in ((4, 64), (2, 224)))
+        eval_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=False))  # noqa: B023 (used in this turn)
+        err = max(
+            t._max_rel_err(
+                eval_fn(to_flax(name, t._state_dict(m)), t._images(b, s)), t._torch_forward(m, t._images(b, s))
+            )
+            for m in models.values()
+            for b, s in ((4, 64), (2, 224))
+        )
         rows.append((f'{name} eval logits, float32, 64 and 224 px, timm init and random BN', 1e-5, err, ''))
 
         # train mode, float32: bound max(1e-5, 3 x timm's own float32-vs-float64 error)
@@ -133,11 +158,17 @@ def forward_rows():
         expected64 = t._torch_forward(torch64, x.astype(np.float64))
         torch32 = copy.deepcopy(torch_model).train()
         expected = t._torch_forward(torch32, x)
-        train_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=True, mutable=['batch_stats']))
+        train_fn = jax.jit(lambda v, x: flax_model.apply(v, x, train=True, mutable=['batch_stats']))  # noqa: B023
         logits, updates = train_fn(variables, x)
         roundoff = t._max_rel_err(expected, expected64)
-        rows.append((f'{name} train-mode logits, float32 (bound: max(1e-5, 3 x timm float32 vs float64 '
-                     f'= {roundoff:.2g}))', max(1e-5, 3 * roundoff), t._max_rel_err(logits, expected), ''))
+        rows.append(
+            (
+                f'{name} train-mode logits, float32 (bound: max(1e-5, 3 x timm float32 vs float64 = {roundoff:.2g}))',
+                max(1e-5, 3 * roundoff),
+                t._max_rel_err(logits, expected),
+                '',
+            )
+        )
         want = jax.tree_util.tree_leaves_with_path(to_flax(name, t._state_dict(torch32))['batch_stats'])
         want64 = jax.tree_util.tree_leaves(to_flax(name, t._state_dict(torch64))['batch_stats'])
         ratio, cell = -1.0, None
@@ -146,8 +177,12 @@ def forward_rows():
             err = t._max_rel_err(ours, theirs)
             if err / bound > ratio:
                 ratio, cell = err / bound, (bound, err, jax.tree_util.keystr(path))
-        rows.append((f'{name} train-mode BN running stats, float32 (worst tensor vs its bound '
-                     f'max(1e-5, 3 x timm roundoff))', *cell))
+        rows.append(
+            (
+                f'{name} train-mode BN running stats, float32 (worst tensor vs its bound max(1e-5, 3 x timm roundoff))',
+                *cell,
+            )
+        )
 
         # float64: eval and train logits and updated running stats
         t64 = copy.deepcopy(torch_model).double()
@@ -161,8 +196,10 @@ def forward_rows():
         t64.train()
         err = max(err, t._max_rel_err(train_logits, t._torch_forward(t64, x)))
         stats64 = to_flax(name, t._state_dict(t64))['batch_stats']
-        err = max([err] + [t._max_rel_err(a, b) for a, b in zip(jax.tree_util.tree_leaves(upd),
-                                                                 jax.tree_util.tree_leaves(stats64))])
+        err = max(
+            [err]
+            + [t._max_rel_err(a, b) for a, b in zip(jax.tree_util.tree_leaves(upd), jax.tree_util.tree_leaves(stats64))]
+        )
         rows.append((f'{name} float64 eval + train logits and running stats', 1e-10, err, ''))
     return rows
 
@@ -194,9 +231,15 @@ def optim_rows():
         err = float(np.max(np.abs(ours - expected) / np.abs(expected)))
         if err > err_max:
             err_max, where = err, '-'.join(f'{k}={v}' for k, v in case.items())
-    rows.append((f'lr schedules vs timm scheduler stepped as train.py, {len(t.SCHEDULE_CASES)} configs, '
-                 'float64 (relative)', t.RTOL, err_max, where))
-    rows.append(('lr schedules: num_epochs different from timm\'s (count)', 0, float(epoch_mismatch), ''))
+    rows.append(
+        (
+            f'lr schedules vs timm scheduler stepped as train.py, {len(t.SCHEDULE_CASES)} configs, float64 (relative)',
+            t.RTOL,
+            err_max,
+            where,
+        )
+    )
+    rows.append(("lr schedules: num_epochs different from timm's (count)", 0, float(epoch_mismatch), ''))
 
     worst = {True: (0.0, ''), False: (0.0, '')}
     for name, changes in t.NOISE_CASES.items():
@@ -206,26 +249,39 @@ def optim_rows():
             ours, _ = t.our_lrs(case, len(expected), x64=x64)
             worst[x64] = max(worst[x64], (float(np.max(np.abs(ours - expected) / expected)), name))
     for x64, bound in ((True, t.RTOL), (False, 1e-6)):
-        rows.append((f'step schedule + lr noise (--lr-noise, --seed) vs timm stepped as train.py, '
-                     f'{len(t.NOISE_CASES)} configs incl. the mobilenetv3_large_100 recipe (600 epochs), '
-                     f'{"float64" if x64 else "float32"} (relative)', bound, *worst[x64]))
+        rows.append(
+            (
+                f'step schedule + lr noise (--lr-noise, --seed) vs timm stepped as train.py, '
+                f'{len(t.NOISE_CASES)} configs incl. the mobilenetv3_large_100 recipe (600 epochs), '
+                f'{"float64" if x64 else "float32"} (relative)',
+                bound,
+                *worst[x64],
+            )
+        )
 
     err_max, where = 0.0, ''
     for opt, lr, extra in t.OPT_CASES:
         err, step = optimizer_error(opt, lr, extra)
         if err > err_max:
             err_max, where = err, f'{opt} {extra or ""} step {step}'.replace('  ', ' ')
-    rows.append((f'optimizers vs timm create_optimizer_v2 ({", ".join(dict.fromkeys(o for o, _, _ in t.OPT_CASES))}; '
-                 f'{len(t.OPT_CASES)} configs), 20 '
-                 'steps + cosine warmup, float64 (|d| / (|timm| + 1e-3), i.e. rtol 1e-12 atol 1e-15)',
-                 t.RTOL, err_max, where))
+    rows.append(
+        (
+            f'optimizers vs timm create_optimizer_v2 ({", ".join(dict.fromkeys(o for o, _, _ in t.OPT_CASES))}; '
+            f'{len(t.OPT_CASES)} configs), 20 '
+            'steps + cosine warmup, float64 (|d| / (|timm| + 1e-3), i.e. rtol 1e-12 atol 1e-15)',
+            t.RTOL,
+            err_max,
+            where,
+        )
+    )
 
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(scale=3.0, size=(16, 10)), rng.integers(0, 10, size=16)
     err_max = 0.0
     for smoothing in (0.0, 0.1, 0.35):
-        timm_loss = LabelSmoothingCrossEntropy(smoothing=smoothing)(torch.from_numpy(logits),
-                                                                    torch.from_numpy(labels)).item()
+        timm_loss = LabelSmoothingCrossEntropy(smoothing=smoothing)(
+            torch.from_numpy(logits), torch.from_numpy(labels)
+        ).item()
         with jax.enable_x64(True):
             ours = float(optim.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing=smoothing))
         err_max = max(err_max, abs(ours - timm_loss) / abs(timm_loss))
@@ -255,10 +311,17 @@ def convert_rows():
         state_dict = test_convert._state_dict(name)
         back = to_timm(name, to_flax(name, state_dict))
         assert set(back) == set(state_dict)
-        err = max([err] + [float(np.max(np.abs(back[k].astype(np.float64) - v))) for k, v in state_dict.items()
-                           if v.size])
-    return [(f'to_timm(to_flax(timm state_dict)) round trip, {", ".join(test_convert.MODEL_NAMES)} (max |diff|)',
-             0, err, '')]
+        err = max(
+            [err] + [float(np.max(np.abs(back[k].astype(np.float64) - v))) for k, v in state_dict.items() if v.size]
+        )
+    return [
+        (
+            f'to_timm(to_flax(timm state_dict)) round trip, {", ".join(test_convert.MODEL_NAMES)} (max |diff|)',
+            0,
+            err,
+            '',
+        )
+    ]
 
 
 def export_rows():
@@ -279,18 +342,33 @@ def export_rows():
         torch.save({'state_dict': t._cloned(theirs), 'state_dict_ema': t._cloned(t._randomised(2))}, path)
         ours = np.asarray(apply(to_flax(t.NAME, load_timm_state_dict(path, use_ema=False)), images))
         err_in = t._max_rel_err(ours, t._timm_logits(theirs, images))
-    return [(f'export: our {t.NAME} weights as .safetensors, loaded by timm: eval logits (x max|logit|)',
-             t.RTOL, err_out, ''),
-            (f'import: timm {t.NAME} .pth.tar read by load_timm_state_dict: eval logits (x max|logit|)',
-             t.RTOL, err_in, '')]
+    return [
+        (
+            f'export: our {t.NAME} weights as .safetensors, loaded by timm: eval logits (x max|logit|)',
+            t.RTOL,
+            err_out,
+            '',
+        ),
+        (
+            f'import: timm {t.NAME} .pth.tar read by load_timm_state_dict: eval logits (x max|logit|)',
+            t.RTOL,
+            err_in,
+            '',
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- training trajectories
 
 
-QUANTITIES = {'loss': 'loss every step (relative)', 'lr': 'lr of every update (relative)',
-              'params': 'final params', 'ema_params': 'final EMA params', 'stats': 'final BN running stats',
-              'ema_stats': 'final EMA BN running stats'}
+QUANTITIES = {
+    'loss': 'loss every step (relative)',
+    'lr': 'lr of every update (relative)',
+    'params': 'final params',
+    'ema_params': 'final EMA params',
+    'stats': 'final BN running stats',
+    'ema_stats': 'final EMA BN running stats',
+}
 
 
 def cases_legend() -> str:
@@ -300,9 +378,11 @@ def cases_legend() -> str:
         sched = 'per-update' if c.sched_on_updates else 'per-epoch'
         eps = f', eps {c.opt_eps:g}' if c.opt_eps is not None else ''
         model = '' if c.model == test_trajectory.MODEL else f'{c.model}, '
-        lines.append(f'- `{name}`: {model}{c.dtype}, {c.opt} lr {c.lr:g} weight decay {c.weight_decay:g}{eps}, EMA decay '
-                     f'{c.ema_decay:g}{" with warmup" if c.ema_warmup else ""}, {sched} cosine ({c.epochs} epochs x '
-                     f'{c.updates_per_epoch} updates, warmup {c.warmup_epochs} epoch), {c.steps} steps')
+        lines.append(
+            f'- `{name}`: {model}{c.dtype}, {c.opt} lr {c.lr:g} weight decay {c.weight_decay:g}{eps}, EMA decay '
+            f'{c.ema_decay:g}{" with warmup" if c.ema_warmup else ""}, {sched} cosine ({c.epochs} epochs x '
+            f'{c.updates_per_epoch} updates, warmup {c.warmup_epochs} epoch), {c.steps} steps'
+        )
     return '\n'.join(lines)
 
 
@@ -323,17 +403,23 @@ def calibration_rows():
     rows = []
     log('  timm roundoff floor adamw_f64')
     floor = t.timm_roundoff_floor('adamw_f64')
-    rows.append(('(timm vs timm) `adamw_f64` run, model in channels_last vs not: final params (x max|tensor|)',
-                 '-', *floor['params']))
-    for label, name, changes in (('`sgd_f32`', 'sgd_f32', {}),
-                                 ('`adamw_f32` (eps 1e-4, 5 steps)', 'adamw_f32', {}),
-                                 ('AdamW default eps, 1 step', 'adamw_f32', dict(opt_eps=None, steps=1)),
-                                 ('AdamW default eps, 20 steps', 'adamw_f32', dict(opt_eps=None, steps=20)),
-                                 ('AdamW eps 1e-4, 20 steps', 'adamw_f32', dict(steps=20))):
+    rows.append(
+        (
+            '(timm vs timm) `adamw_f64` run, model in channels_last vs not: final params (x max|tensor|)',
+            '-',
+            *floor['params'],
+        )
+    )
+    for label, name, changes in (
+        ('`sgd_f32`', 'sgd_f32', {}),
+        ('`adamw_f32` (eps 1e-4, 5 steps)', 'adamw_f32', {}),
+        ('AdamW default eps, 1 step', 'adamw_f32', dict(opt_eps=None, steps=1)),
+        ('AdamW default eps, 20 steps', 'adamw_f32', dict(opt_eps=None, steps=20)),
+        ('AdamW eps 1e-4, 20 steps', 'adamw_f32', dict(steps=20)),
+    ):
         log(f'  timm float32 gap: {label}')
         gap = t.timm_float32_gap(name, **changes)
-        rows.append((f'(timm vs timm) float32 vs float64, {label}: final params (x max|group|)', '-',
-                     *gap['params']))
+        rows.append((f'(timm vs timm) float32 vs float64, {label}: final params (x max|group|)', '-', *gap['params']))
     return rows
 
 
@@ -360,7 +446,8 @@ Both sides compute at one pinned float32 precision, torch on the GPU when there 
 (`torch_ref/precision.py`, docs/gpu.md).
 Rows "(timm vs timm)" are calibration: how far timm is from itself.
 
-Trajectory cases (ResNet-18 unless another model is named, from timm's init, 32x32 random images, batch 8, 10 classes, label smoothing 0.1):
+Trajectory cases (ResNet-18 unless another model is named, from timm's init, 32x32 random images, batch 8, 10 classes,
+label smoothing 0.1):
 
 {cases_legend()}
 
@@ -377,8 +464,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     precision.pin()  # as the tests run: one float32 precision on both sides (torch_ref/precision.py)
     start, rows = time.time(), []
-    for section in (ema_rows, forward_rows, family_rows, optim_rows, convert_rows, export_rows, trajectory_rows,
-                    calibration_rows):
+    for section in (
+        ema_rows,
+        forward_rows,
+        family_rows,
+        optim_rows,
+        convert_rows,
+        export_rows,
+        trajectory_rows,
+        calibration_rows,
+    ):
         log(f'{section.__name__} ({time.time() - start:.0f}s)')
         rows += section()
     text = table(rows)

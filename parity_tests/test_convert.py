@@ -18,7 +18,7 @@ from torch_ref.precision import torch_device
 NUM_CLASSES = 11
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _timm_model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     return timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES)
@@ -30,8 +30,9 @@ def _state_dict(name: str) -> dict:
 
 def _flax_shapes(name: str):
     model = create_model(name, NUM_CLASSES)
-    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    return jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    )
 
 
 @pytest.mark.parametrize('name', MODEL_NAMES)
@@ -53,7 +54,10 @@ def test_round_trip_is_exact_and_fits_the_flax_model(name):
 def test_variable_counts_match_timm(name):
     """Independent of the converter: flax params == timm parameters, batch_stats == BN running buffers."""
     model, shapes = _timm_model(name), _flax_shapes(name)
-    count = lambda tree: sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+    def count(tree):
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
     assert count(shapes['params']) == sum(p.numel() for p in model.parameters())
     running = sum(b.numel() for n, b in model.named_buffers() if not n.endswith('num_batches_tracked'))
     assert count(shapes['batch_stats']) == running

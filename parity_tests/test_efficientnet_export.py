@@ -8,6 +8,7 @@ test_efficientnet_parity.py (`flax_eval`: one compiled forward per model serves 
 
 The trainer's input pipeline is tf.data: without TensorFlow (the GPU image) this module is skipped.
 """
+
 import importlib.util
 
 import jax
@@ -30,8 +31,10 @@ pytestmark = pytest.mark.slow  # one CLI training run per model
 
 IMG = 32
 # find_spec, not importorskip: importing tensorflow here, before triton, would break torch (jax_ema._compat).
-pytestmark = pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None,
-                                reason="no TensorFlow: the trainer's input pipeline (tf.data) needs it")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec('tensorflow') is None,
+    reason="no TensorFlow: the trainer's input pipeline (tf.data) needs it",
+)
 
 
 @pytest.fixture(scope='module')
@@ -55,10 +58,34 @@ def test_import_train_through_cli_export(name, image_folder, tmp_path, capsys):
     initial_weights = _state_dict(timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES))
     initial = tmp_path / 'initial.safetensors'
     safetensors.numpy.save_file(initial_weights, str(initial))
-    argv = [str(image_folder), '--model', name, '--initial-checkpoint', str(initial), '--img-size', str(IMG),
-            '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--lr', '1e-5', '--drop', '0.2',
-            '--drop-path', '0.2', '--model-ema', '--model-ema-decay', '0.5', '--output', str(tmp_path),
-            '--experiment', 'run']
+    argv = [
+        str(image_folder),
+        '--model',
+        name,
+        '--initial-checkpoint',
+        str(initial),
+        '--img-size',
+        str(IMG),
+        '-b',
+        '4',
+        '--epochs',
+        '1',
+        '--warmup-epochs',
+        '0',
+        '--lr',
+        '1e-5',
+        '--drop',
+        '0.2',
+        '--drop-path',
+        '0.2',
+        '--model-ema',
+        '--model-ema-decay',
+        '0.5',
+        '--output',
+        str(tmp_path),
+        '--experiment',
+        'run',
+    ]
     assert train_main(argv) == 0
     assert '*** Best metric:' in capsys.readouterr().out
     tree = checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run'))

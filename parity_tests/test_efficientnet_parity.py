@@ -12,6 +12,7 @@ Why train mode is held to 1e-5 in float64 only: train-mode BatchNorm over the fe
 (mobilenetv3_small_100) to 6e-3 (efficientnet_b1, batch 4) off its float64 ones, so float32 is compared with
 that gap as the yardstick, as test_forward.py does for ResNet.
 """
+
 import copy
 import functools
 
@@ -28,12 +29,18 @@ from jax_ema.models import create_model
 from jax_ema.models.blocks import DropPath as FlaxDropPath
 from test_forward import DEVICE, _images, _max_rel_err, _randomise_batchnorms, _state_dict, _torch_forward
 
-FAMILY = ('mobilenetv3_large_100', 'mobilenetv3_small_100', 'efficientnet_b0', 'efficientnet_b1', 'mnasnet_100',
-          'tf_efficientnet_b0')
+FAMILY = (
+    'mobilenetv3_large_100',
+    'mobilenetv3_small_100',
+    'efficientnet_b0',
+    'efficientnet_b1',
+    'mnasnet_100',
+    'tf_efficientnet_b0',
+)
 NUM_CLASSES, IMG, BATCH = 2, 32, 8  # 2 classes: the export test's dataset
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def timm_model(name: str) -> torch.nn.Module:
     """timm's model (seed 0) with random BatchNorm weights and statistics, in eval mode, on `DEVICE`."""
     torch.manual_seed(0)
@@ -41,7 +48,7 @@ def timm_model(name: str) -> torch.nn.Module:
     return _randomise_batchnorms(model, seed=1).eval().to(DEVICE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flax_eval(name: str):
     """Jitted float32 eval forward of our `name` (shared with the export test: one compile)."""
     model = create_model(name, NUM_CLASSES)
@@ -76,8 +83,9 @@ def float64_train_errors(name: str) -> dict:
         logits, updates = jax.device_get(train(variables, x))
     assert logits.dtype == np.float64
     logits_err = _max_rel_err(logits, _torch_forward(torch_model, x))
-    errors = _stat_errors(updates['batch_stats'], to_flax(name, _state_dict(torch_model))['batch_stats'],
-                          variables['batch_stats'])
+    errors = _stat_errors(
+        updates['batch_stats'], to_flax(name, _state_dict(torch_model))['batch_stats'], variables['batch_stats']
+    )
     worst = max(errors, key=errors.get)
     return {'logits': logits_err, 'stats': (errors[worst], worst)}
 
@@ -120,10 +128,14 @@ def test_float32_train_mode_within_timm_roundoff():
     expected, expected64 = _torch_forward(torch_model, x), _torch_forward(torch_model64, x.astype(np.float64))
     roundoff = _max_rel_err(expected, expected64)
     assert _max_rel_err(logits, expected64) <= max(1e-5, 2 * roundoff)
-    ours = _stat_errors(updates['batch_stats'], to_flax(name, _state_dict(torch_model64))['batch_stats'],
-                        variables['batch_stats'])
-    timms = _stat_errors(to_flax(name, _state_dict(torch_model))['batch_stats'],
-                         to_flax(name, _state_dict(torch_model64))['batch_stats'], variables['batch_stats'])
+    ours = _stat_errors(
+        updates['batch_stats'], to_flax(name, _state_dict(torch_model64))['batch_stats'], variables['batch_stats']
+    )
+    timms = _stat_errors(
+        to_flax(name, _state_dict(torch_model))['batch_stats'],
+        to_flax(name, _state_dict(torch_model64))['batch_stats'],
+        variables['batch_stats'],
+    )
     for path, err in ours.items():
         assert err <= max(1e-5, 2 * timms[path]), path
 
@@ -135,10 +147,9 @@ def test_block_layout_and_drop_path_rates_match_timm(name):
     assert [len(stage) for stage in ours] == [len(stage) for stage in theirs.blocks]
     for stage, timm_stage in zip(ours, theirs.blocks):
         for spec, block in zip(stage, timm_stage):
-            rate = block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.
+            rate = block.drop_path.drop_prob if isinstance(block.drop_path, DropPath) else 0.0
             conv = getattr(block, 'conv_dw', None) or block.conv
-            assert (spec.has_skip, spec.stride, spec.kernel) == (block.has_skip, conv.stride[0],
-                                                                  conv.kernel_size[0])
+            assert (spec.has_skip, spec.stride, spec.kernel) == (block.has_skip, conv.stride[0], conv.kernel_size[0])
             assert spec.drop_path_rate == pytest.approx(rate, abs=1e-12)
     assert max(s.drop_path_rate for stage in ours for s in stage) > 0.15
 
@@ -151,10 +162,10 @@ def test_drop_path_samples_as_timm():
     torch.manual_seed(0)
     theirs = DropPath(rate).train()(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     for out in (ours.reshape(n, -1), theirs.reshape(n, -1)):
-        assert np.all(out == out[:, :1])                       # one draw per sample
+        assert np.all(out == out[:, :1])  # one draw per sample
         kept = out[:, 0] > 0
         assert np.all(out[~kept] == 0) and np.allclose(out[kept], 1 / 0.7, rtol=1e-6, atol=0)
-        assert abs(kept.mean() - 0.7) < 0.03                   # ~5 standard deviations
+        assert abs(kept.mean() - 0.7) < 0.03  # ~5 standard deviations
     assert np.array_equal(FlaxDropPath(rate).apply({}, x, train=False), x)
 
 
@@ -162,7 +173,9 @@ def test_channel_rounding_and_tf_padding_match_timm():
     """make_divisible (every channel count and SE width) and TF 'same' padding, against timm's helpers."""
     from timm.layers import make_divisible as timm_make_divisible
     from timm.layers.padding import get_same_padding
+
     from jax_ema.models.blocks import make_divisible, tf_same_padding
+
     for v in [c * r for c in (8, 16, 24, 40, 72, 88, 96, 120) for r in (0.25, 1, 2.3, 2.5, 3, 3.67, 4.5, 6)]:
         assert make_divisible(v) == timm_make_divisible(v), v
     for size in range(1, 40):
@@ -175,11 +188,16 @@ def test_channel_rounding_and_tf_padding_match_timm():
 def test_initializers_match_timm_init_statistics():
     """timm's _init_weight_goog: our initializers draw with the spread of timm's init, tensor by tensor."""
     from jax_ema.models.blocks import goog_conv_init, goog_dense_init
+
     torch.manual_seed(0)
     theirs = timm.create_model('efficientnet_b0', pretrained=False, num_classes=NUM_CLASSES).state_dict()
     key = jax.random.PRNGKey(0)
-    for timm_key, groups in [('conv_stem.weight', 1), ('blocks.5.0.conv_dw.weight', 672),
-                             ('blocks.5.0.conv_pw.weight', 1), ('blocks.5.0.se.conv_reduce.weight', 1)]:
+    for timm_key, groups in [
+        ('conv_stem.weight', 1),
+        ('blocks.5.0.conv_dw.weight', 672),
+        ('blocks.5.0.conv_pw.weight', 1),
+        ('blocks.5.0.se.conv_reduce.weight', 1),
+    ]:
         weight = theirs[timm_key].numpy()
         ours = np.asarray(goog_conv_init(groups)(key, weight.transpose(2, 3, 1, 0).shape))
         assert abs(ours.std() / weight.std() - 1) < 0.1, timm_key

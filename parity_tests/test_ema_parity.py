@@ -5,6 +5,7 @@ timm's EMA runs on torch's GPU when there is one (torch_ref.precision.torch_devi
 float64 runs use `with jax.enable_x64(True)` and float32 runs `with jax.enable_x64(False)`, so the
 results do not depend on the process-global x64 flag another test module may have set.
 """
+
 import functools
 
 import jax

@@ -5,6 +5,7 @@
 (b) timm weights saved as .safetensors and as timm-style .pth.tar / .pth / .bin files are read as timm's own
     `load_state_dict` reads them (same dict for every layout and use_ema) and give timm's logits.
 """
+
 import argparse
 
 import jax
@@ -54,6 +55,7 @@ def _max_rel_err(ours, theirs):
 
 # (a) our checkpoint -> timm
 
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """A resnet18 run with EMA (decay 0.9) after 3 updates, so raw and EMA weights and BN stats differ."""
@@ -64,16 +66,26 @@ def trained(tmp_path_factory):
     step = jax.jit(lambda s, b: train_step(s, b, cfg, 0.1))
     rng = np.random.default_rng(1)
     for _ in range(3):
-        batch = {'image': rng.normal(size=(8, IMG, IMG, 3)).astype(np.float32),
-                 'label': rng.integers(0, NUM_CLASSES, size=8).astype(np.int32)}
+        batch = {
+            'image': rng.normal(size=(8, IMG, IMG, 3)).astype(np.float32),
+            'label': rng.integers(0, NUM_CLASSES, size=8).astype(np.int32),
+        }
         state, _ = step(state, batch)
     run_dir = tmp_path_factory.mktemp('trained')
     manager = checkpoint.open_manager(run_dir / 'checkpoints')
-    checkpoint.save(manager, state, dict(model=NAME, num_classes=NUM_CLASSES, img_size=IMG, ema={'decay': 0.9},
-                                         epoch=0, position=0), score=0.0)
+    checkpoint.save(
+        manager,
+        state,
+        dict(model=NAME, num_classes=NUM_CLASSES, img_size=IMG, ema={'decay': 0.9}, epoch=0, position=0),
+        score=0.0,
+    )
     manager.close()
-    weights = jax.device_get({'raw': {'params': state.params, 'batch_stats': state.batch_stats},
-                              'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)}})
+    weights = jax.device_get(
+        {
+            'raw': {'params': state.params, 'batch_stats': state.batch_stats},
+            'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)},
+        }
+    )
     return run_dir, weights
 
 
@@ -92,6 +104,7 @@ def test_timm_loads_our_export_and_gives_our_logits(trained, which, flax_logits,
 
 
 # (b) timm files -> ours
+
 
 def _randomised(seed):
     """A timm resnet18 whose every weight and BN statistic is random (timm zero-inits some BN scales)."""
@@ -113,12 +126,22 @@ def timm_files(tmp_path_factory):
     """Two timm models ('raw' and 'ema') and the files timm users have, in several layouts."""
     models = {'raw': _randomised(1), 'ema': _randomised(2)}
     root = tmp_path_factory.mktemp('timm_files')
-    files = {'flat.safetensors': None, 'flat.pth': _cloned(models['raw']),
-             'train.pth.tar': {'epoch': 3, 'arch': NAME, 'state_dict': _cloned(models['raw']),
-                               'state_dict_ema': _cloned(models['ema']), 'args': argparse.Namespace(model=NAME)},
-             'ddp_no_ema.pth.tar': {'state_dict': _cloned(models['raw'], 'module.'), 'state_dict_ema': None},
-             'model_keys.bin': {'model': _cloned(models['raw'], '_orig_mod.'),
-                                'model_ema': _cloned(models['ema'], 'module.')}}
+    files = {
+        'flat.safetensors': None,
+        'flat.pth': _cloned(models['raw']),
+        'train.pth.tar': {
+            'epoch': 3,
+            'arch': NAME,
+            'state_dict': _cloned(models['raw']),
+            'state_dict_ema': _cloned(models['ema']),
+            'args': argparse.Namespace(model=NAME),
+        },
+        'ddp_no_ema.pth.tar': {'state_dict': _cloned(models['raw'], 'module.'), 'state_dict_ema': None},
+        'model_keys.bin': {
+            'model': _cloned(models['raw'], '_orig_mod.'),
+            'model_ema': _cloned(models['ema'], 'module.'),
+        },
+    }
     safetensors.torch.save_file(_cloned(models['raw']), str(root / 'flat.safetensors'))
     for name, contents in files.items():
         if contents is not None:
@@ -140,11 +163,16 @@ def test_we_read_what_timm_reads(timm_files, layout, use_ema):
         np.testing.assert_array_equal(ours[key], value.numpy(), err_msg=key)
 
 
-@pytest.mark.parametrize('layout, use_ema, which', [('flat.safetensors', False, 'raw'),
-                                                     ('train.pth.tar', False, 'raw'),
-                                                     ('train.pth.tar', True, 'ema'),
-                                                     ('ddp_no_ema.pth.tar', True, 'raw'),
-                                                     ('model_keys.bin', True, 'ema')])
+@pytest.mark.parametrize(
+    'layout, use_ema, which',
+    [
+        ('flat.safetensors', False, 'raw'),
+        ('train.pth.tar', False, 'raw'),
+        ('train.pth.tar', True, 'ema'),
+        ('ddp_no_ema.pth.tar', True, 'raw'),
+        ('model_keys.bin', True, 'ema'),
+    ],
+)
 def test_imported_weights_give_timm_logits(timm_files, layout, use_ema, which, flax_logits, images):
     root, models = timm_files
     variables = to_flax(NAME, load_timm_state_dict(root / layout, use_ema=use_ema))
@@ -162,7 +190,7 @@ class _NotATensor:
 def test_unsafe_or_damaged_pth_is_a_user_error(tmp_path):
     torch.save({'state_dict': {'fc.bias': torch.zeros(2)}, 'extra': _NotATensor()}, tmp_path / 'unsafe.pth')
     (tmp_path / 'damaged.pth.tar').write_bytes(b'not a torch file' * 10)
-    with pytest.raises(UserError, match=r"unsafe\.pth.*for safety"):
+    with pytest.raises(UserError, match=r'unsafe\.pth.*for safety'):
         load_timm_state_dict(tmp_path / 'unsafe.pth')
-    with pytest.raises(UserError, match=r"cannot read .*damaged\.pth\.tar"):
+    with pytest.raises(UserError, match=r'cannot read .*damaged\.pth\.tar'):
         load_timm_state_dict(tmp_path / 'damaged.pth.tar')

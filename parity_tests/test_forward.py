@@ -57,8 +57,9 @@ def _max_rel_err(ours, theirs) -> float:
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
-@pytest.fixture(scope='module', params=[pytest.param(m, marks=pytest.mark.slow) if m == 'resnet50' else m
-                                               for m in PARITY_MODELS])
+@pytest.fixture(
+    scope='module', params=[pytest.param(m, marks=pytest.mark.slow) if m == 'resnet50' else m for m in PARITY_MODELS]
+)
 def pair(request):
     """name, timm models {'timm_init', 'random_bn'} (eval mode), jitted flax eval and train functions."""
     name = request.param

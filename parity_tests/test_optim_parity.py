@@ -28,9 +28,24 @@ RTOL = 1e-12
 # --------------------------------------------------------------------------- schedules
 
 
-def timm_lrs(sched, lr, epochs, upe, warmup_epochs, warmup_lr, min_lr, sched_on_updates,
-             decay_epochs, decay_rate, cooldown_epochs, warmup_prefix, lr_noise=None, lr_noise_pct=0.67,
-             lr_noise_std=1.0, seed=42):
+def timm_lrs(
+    sched,
+    lr,
+    epochs,
+    upe,
+    warmup_epochs,
+    warmup_lr,
+    min_lr,
+    sched_on_updates,
+    decay_epochs,
+    decay_rate,
+    cooldown_epochs,
+    warmup_prefix,
+    lr_noise=None,
+    lr_noise_pct=0.67,
+    lr_noise_std=1.0,
+    seed=42,
+):
     """lr on the optimizer at each update of a timm train.py run, and timm's num_epochs.
 
     Stepped as train.py does: scheduler built from `scheduler_kwargs(args)` with updates_per_epoch,
@@ -39,11 +54,26 @@ def timm_lrs(sched, lr, epochs, upe, warmup_epochs, warmup_lr, min_lr, sched_on_
     param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     optimizer = torch.optim.SGD([param], lr=lr)
     args = argparse.Namespace(
-        sched=sched, epochs=epochs, decay_epochs=decay_epochs, warmup_epochs=warmup_epochs,
-        cooldown_epochs=cooldown_epochs, decay_rate=decay_rate, min_lr=min_lr, warmup_lr=warmup_lr,
-        warmup_prefix=warmup_prefix, sched_on_updates=sched_on_updates, lr_noise=lr_noise,
-        lr_noise_pct=lr_noise_pct, lr_noise_std=lr_noise_std, lr_cycle_mul=1.0, lr_cycle_decay=0.5,
-        lr_cycle_limit=1, lr_k_decay=1.0, seed=seed, eval_metric='top1')
+        sched=sched,
+        epochs=epochs,
+        decay_epochs=decay_epochs,
+        warmup_epochs=warmup_epochs,
+        cooldown_epochs=cooldown_epochs,
+        decay_rate=decay_rate,
+        min_lr=min_lr,
+        warmup_lr=warmup_lr,
+        warmup_prefix=warmup_prefix,
+        sched_on_updates=sched_on_updates,
+        lr_noise=lr_noise,
+        lr_noise_pct=lr_noise_pct,
+        lr_noise_std=lr_noise_std,
+        lr_cycle_mul=1.0,
+        lr_cycle_decay=0.5,
+        lr_cycle_limit=1,
+        lr_k_decay=1.0,
+        seed=seed,
+        eval_metric='top1',
+    )
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=upe)
     lrs, num_updates = [], 0
     for epoch in range(num_epochs):
@@ -60,7 +90,8 @@ def timm_lrs(sched, lr, epochs, upe, warmup_epochs, warmup_lr, min_lr, sched_on_
 SCHEDULE_CASES = [
     dict(sched=s, warmup_epochs=w, sched_on_updates=on, warmup_prefix=p, cooldown_epochs=c, decay_epochs=d)
     for s, w, on, p, c, d in itertools.product(
-        ('cosine', 'step', 'constant', 'none'), (0, 2), (False, True), (False, True), (0, 2), (2, 2.5))
+        ('cosine', 'step', 'constant', 'none'), (0, 2), (False, True), (False, True), (0, 2), (2, 2.5)
+    )
     if not (s != 'step' and d == 2.5)  # fractional decay_epochs only matters for 'step'
 ]
 
@@ -69,15 +100,34 @@ def schedule_vs_timm(case):
     """(ours, timm's, our num_epochs, timm's num_epochs) for one SCHEDULE_CASES case, in float64."""
     kw = dict(lr=0.4, epochs=7, upe=5, warmup_lr=1e-3, min_lr=2e-4, decay_rate=0.5)
     expected, timm_epochs = timm_lrs(
-        case['sched'], kw['lr'], kw['epochs'], kw['upe'], case['warmup_epochs'], kw['warmup_lr'], kw['min_lr'],
-        case['sched_on_updates'], case['decay_epochs'], kw['decay_rate'], case['cooldown_epochs'],
-        case['warmup_prefix'])
+        case['sched'],
+        kw['lr'],
+        kw['epochs'],
+        kw['upe'],
+        case['warmup_epochs'],
+        kw['warmup_lr'],
+        kw['min_lr'],
+        case['sched_on_updates'],
+        case['decay_epochs'],
+        kw['decay_rate'],
+        case['cooldown_epochs'],
+        case['warmup_prefix'],
+    )
     with jax.enable_x64(True):
         schedule, num_epochs = optim.create_lr_schedule(
-            case['sched'], kw['lr'], kw['epochs'], kw['upe'], case['warmup_epochs'], kw['warmup_lr'],
-            kw['min_lr'], sched_on_updates=case['sched_on_updates'], decay_epochs=case['decay_epochs'],
-            decay_rate=kw['decay_rate'], cooldown_epochs=case['cooldown_epochs'],
-            warmup_prefix=case['warmup_prefix'])
+            case['sched'],
+            kw['lr'],
+            kw['epochs'],
+            kw['upe'],
+            case['warmup_epochs'],
+            kw['warmup_lr'],
+            kw['min_lr'],
+            sched_on_updates=case['sched_on_updates'],
+            decay_epochs=case['decay_epochs'],
+            decay_rate=kw['decay_rate'],
+            cooldown_epochs=case['cooldown_epochs'],
+            warmup_prefix=case['warmup_prefix'],
+        )
         ours = jax.jit(schedule)(jnp.arange(len(expected), dtype=jnp.int32))
     return ours, expected, num_epochs, timm_epochs
 
@@ -93,15 +143,31 @@ def test_schedule_matches_timm_stepped_like_train_py(case):
 
 # timm's mobilenetv3_large_100 recipe (--sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973
 # --warmup-lr 1e-6 --lr .064 --lr-noise 0.42 0.9, warmup 5 and seed 42 by default), and variants.
-RECIPE = dict(sched='step', lr=0.064, epochs=600, upe=1, warmup_epochs=5, warmup_lr=1e-6, min_lr=0.0,
-              sched_on_updates=False, decay_epochs=2.4, decay_rate=0.973, cooldown_epochs=0, warmup_prefix=False,
-              lr_noise=(0.42, 0.9), lr_noise_pct=0.67, lr_noise_std=1.0, seed=42)
+RECIPE = dict(
+    sched='step',
+    lr=0.064,
+    epochs=600,
+    upe=1,
+    warmup_epochs=5,
+    warmup_lr=1e-6,
+    min_lr=0.0,
+    sched_on_updates=False,
+    decay_epochs=2.4,
+    decay_rate=0.973,
+    cooldown_epochs=0,
+    warmup_prefix=False,
+    lr_noise=(0.42, 0.9),
+    lr_noise_pct=0.67,
+    lr_noise_std=1.0,
+    seed=42,
+)
 NOISE_CASES = {
     'mobilenetv3-recipe': {},
     'recipe-per-update': dict(epochs=60, upe=7, sched_on_updates=True),  # decay_t 16.8 updates
     'recipe-prefix-seed-pct-std': dict(warmup_prefix=True, seed=3, lr_noise_pct=0.2, lr_noise_std=0.5),
-    'cosine-open-ended-per-update': dict(sched='cosine', epochs=30, upe=5, sched_on_updates=True, min_lr=1e-5,
-                                         lr_noise=(0.5,), cooldown_epochs=2),
+    'cosine-open-ended-per-update': dict(
+        sched='cosine', epochs=30, upe=5, sched_on_updates=True, min_lr=1e-5, lr_noise=(0.5,), cooldown_epochs=2
+    ),
     'constant-noise-from-0': dict(sched='constant', epochs=50, lr_noise=(0.0, 0.3), seed=-5),
 }
 
@@ -109,10 +175,23 @@ NOISE_CASES = {
 def our_lrs(case, count, x64=True):
     with jax.enable_x64(x64):
         schedule, num_epochs = optim.create_lr_schedule(
-            case['sched'], case['lr'], case['epochs'], case['upe'], case['warmup_epochs'], case['warmup_lr'],
-            case['min_lr'], case['sched_on_updates'], case['decay_epochs'], case['decay_rate'],
-            case['cooldown_epochs'], case['warmup_prefix'], case['lr_noise'], case['lr_noise_pct'],
-            case['lr_noise_std'], case['seed'])
+            case['sched'],
+            case['lr'],
+            case['epochs'],
+            case['upe'],
+            case['warmup_epochs'],
+            case['warmup_lr'],
+            case['min_lr'],
+            case['sched_on_updates'],
+            case['decay_epochs'],
+            case['decay_rate'],
+            case['cooldown_epochs'],
+            case['warmup_prefix'],
+            case['lr_noise'],
+            case['lr_noise_pct'],
+            case['lr_noise_std'],
+            case['seed'],
+        )
         ours = jax.jit(schedule)(jnp.arange(count, dtype=jnp.int32))
         assert ours.dtype == (jnp.float64 if x64 else jnp.float32)
         return np.asarray(ours, np.float64), num_epochs
@@ -136,8 +215,9 @@ def test_noise_draws_match_timm_calculate_noise_including_long_redraws(pct):
     # pct 0.05: about half the t keep one of their first 16 draws; 0.002: ~1 draw in 600 is kept, so each
     # t runs through several Mersenne Twister regenerations.
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler, _ = create_scheduler_v2(optimizer, sched='constant', num_epochs=10, noise=(0.0, 1.0),
-                                       noise_pct=pct, noise_std=1.5, noise_seed=123)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched='constant', num_epochs=10, noise=(0.0, 1.0), noise_pct=pct, noise_std=1.5, noise_seed=123
+    )
     ts = np.arange(0, 2000, 97)
     expected = [scheduler._calculate_noise(int(t)) for t in ts]
     np.testing.assert_array_equal(lr_noise.noise(ts, 123, pct, 1.5), expected)
@@ -210,8 +290,15 @@ def optimizer_steps(opt, lr, extra):
     timm_kwargs = {TIMM_KWARGS[k]: v for k, v in extra.items()}
     optimizer = create_optimizer_v2(net, opt=opt, lr=lr, weight_decay=weight_decay, **timm_kwargs)
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched='cosine', num_epochs=epochs, warmup_epochs=1, warmup_lr=1e-3, min_lr=1e-4,
-        step_on_epochs=False, updates_per_epoch=upe)
+        optimizer,
+        sched='cosine',
+        num_epochs=epochs,
+        warmup_epochs=1,
+        warmup_lr=1e-3,
+        min_lr=1e-4,
+        step_on_epochs=False,
+        updates_per_epoch=upe,
+    )
 
     with jax.enable_x64(True):
         params = to_flax_tree({n: p.detach().cpu().numpy() for n, p in net.named_parameters()})
@@ -237,16 +324,19 @@ def optimizer_steps(opt, lr, extra):
 
 
 @pytest.mark.float64
-@pytest.mark.parametrize('opt,lr,extra', OPT_CASES,
-                         ids=[f'{o}-{"-".join(e)}' if e else o for o, _, e in OPT_CASES])
+@pytest.mark.parametrize('opt,lr,extra', OPT_CASES, ids=[f'{o}-{"-".join(e)}' if e else o for o, _, e in OPT_CASES])
 def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
     for num_updates, our_lr, timm_lr, params, expected in optimizer_steps(opt, lr, extra):
         assert our_lr == pytest.approx(timm_lr, rel=RTOL)
         for path, ours in jax.tree_util.tree_leaves_with_path(params):
             theirs = expected[path[0].key][path[1].key]
             np.testing.assert_allclose(
-                np.asarray(ours), np.asarray(theirs), rtol=RTOL, atol=1e-15,
-                err_msg=f'{opt} step {num_updates} {jax.tree_util.keystr(path)}')
+                np.asarray(ours),
+                np.asarray(theirs),
+                rtol=RTOL,
+                atol=1e-15,
+                err_msg=f'{opt} step {num_updates} {jax.tree_util.keystr(path)}',
+            )
 
 
 # --------------------------------------------------------------------------- loss
@@ -287,10 +377,10 @@ def test_resolve_lr_follows_train_py_rule():
     ratio = global_batch / 256
     assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'sgd') == 0.1 * ratio
     assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'momentum') == 0.1 * ratio
-    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'AdamW') == 0.1 * ratio ** 0.5
-    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'adam') == 0.1 * ratio ** 0.5
-    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'lamb') == 0.1 * ratio ** 0.5
-    assert optim.resolve_lr(None, 0.1, 256, 'sqrt', global_batch, 'sgd') == 0.1 * ratio ** 0.5
+    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'AdamW') == 0.1 * ratio**0.5
+    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'adam') == 0.1 * ratio**0.5
+    assert optim.resolve_lr(None, 0.1, 256, '', global_batch, 'lamb') == 0.1 * ratio**0.5
+    assert optim.resolve_lr(None, 0.1, 256, 'sqrt', global_batch, 'sgd') == 0.1 * ratio**0.5
     assert optim.resolve_lr(None, 0.1, 256, 'linear', global_batch, 'adamw') == 0.1 * ratio
     assert optim.resolve_lr(None, 0.5, 128, '', 512, 'sgd') == 0.5 * (512 / 128)
     # `if not args.lr`: an explicit lr wins, 0 counts as unset.

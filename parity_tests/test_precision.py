@@ -4,6 +4,7 @@ On the CPU the pins change no number (XLA:CPU and torch's CPU kernels compute fl
 proven here is that they are set, checked for every parity test, and carried into the compiled programs:
 on a GPU the same compiled programs then run without TF32.
 """
+
 import functools
 import re
 from pathlib import Path
@@ -81,8 +82,13 @@ def test_each_setting_left_unpinned_is_named(setting):
     finally:
         restore()
         precision.pin()  # as the session's pins left them
-    words = {'jax': 'jax_default_matmul_precision', 'cuda_matmul': 'cuda_matmul_allow_tf32',
-             'cudnn': 'cudnn_allow_tf32', 'float32_matmul': 'float32 matmul precision', 'cudnn_benchmark': 'cuDNN'}
+    words = {
+        'jax': 'jax_default_matmul_precision',
+        'cuda_matmul': 'cuda_matmul_allow_tf32',
+        'cudnn': 'cudnn_allow_tf32',
+        'float32_matmul': 'float32 matmul precision',
+        'cudnn_benchmark': 'cuDNN',
+    }
     assert any(words[setting] in w for w in wrong), wrong  # torch links its matmul switches: one may flip others
 
 
@@ -91,7 +97,8 @@ def test_a_parity_test_that_runs_unpinned_fails(pytester, monkeypatch):
     float64 test is skipped, with the reason, where float64 is missing."""
     monkeypatch.setattr(precision, 'float64_missing', lambda: 'float64 bound cannot hold here: made up')
     pytester.makeconftest('from parity_tests.conftest import *  # noqa: F401,F403')
-    pytester.makepyfile(test_cases="""
+    pytester.makepyfile(
+        test_cases="""
         import pytest
         import torch
 
@@ -117,15 +124,20 @@ def test_a_parity_test_that_runs_unpinned_fails(pytester, monkeypatch):
         @pytest.mark.float64
         def test_in_float64(costly):
             pass
-    """)
+    """
+    )
     try:
         result = pytester.runpytest_inprocess('-p', 'no:cacheprovider', '-ra')
     finally:
         precision.pin()
     result.assert_outcomes(passed=2, failed=1, errors=1, skipped=1)  # the teardown error's test itself passed
-    result.stdout.fnmatch_lines(['*ERROR at teardown of test_unpins_itself*',
-                                 'SKIPPED * float64 bound cannot hold here: made up',
-                                 'FAILED test_cases.py::test_unpinned_at_call - AssertionError: precision not p*'])
+    result.stdout.fnmatch_lines(
+        [
+            '*ERROR at teardown of test_unpins_itself*',
+            'SKIPPED * float64 bound cannot hold here: made up',
+            'FAILED test_cases.py::test_unpinned_at_call - AssertionError: precision not p*',
+        ]
+    )
 
 
 def test_float64_is_measured_where_it_runs():

@@ -1,6 +1,7 @@
 """--pretrained against timm: the table of pretrained configs against timm's registry, the data config
 against timm's resolve_data_config for every model and tag, and the first forward of weights fetched from
 an (offline, test-built) hub cache against timm's forward with the same weights."""
+
 import sys
 from pathlib import Path
 
@@ -25,17 +26,21 @@ def _row_from_timm(name: str) -> str:
     """The table row timm's registry implies for `name`, written as pretrained_cfgs.py writes it."""
     cfg = get_pretrained_cfg(name).to_dict()
     norms = {v: k for k, v in vars(pretrained_cfgs).items() if k.isupper() and isinstance(v, tuple) and len(v) == 2}
-    norm = norms.get((tuple(cfg['mean']), tuple(cfg['std'])), f"({tuple(cfg['mean'])}, {tuple(cfg['std'])})")
+    norm = norms.get((tuple(cfg['mean']), tuple(cfg['std'])), f'({tuple(cfg["mean"])}, {tuple(cfg["std"])})')
     size = cfg['input_size'][-1] if cfg['input_size'][1:] == (cfg['input_size'][-1],) * 2 else cfg['input_size']
-    return (f"_row({name!r}, {size}, {cfg['interpolation']!r}, {cfg['crop_pct']}, {norm}, {cfg['num_classes']}, "
-            f"{cfg['classifier']!r}),")
+    return (
+        f'_row({name!r}, {size}, {cfg["interpolation"]!r}, {cfg["crop_pct"]}, {norm}, {cfg["num_classes"]}, '
+        f'{cfg["classifier"]!r}),'
+    )
 
 
 def _ours_as_row(name: str) -> str:
     row = pretrained_cfgs.PRETRAINED_CFGS[name]
     norms = {v: k for k, v in vars(pretrained_cfgs).items() if k.isupper() and isinstance(v, tuple) and len(v) == 2}
-    return (f"_row({name!r}, {row.input_size[-1]}, {row.interpolation!r}, {row.crop_pct}, "
-            f"{norms[(row.mean, row.std)]}, {row.num_classes}, {row.classifier!r}),")
+    return (
+        f'_row({name!r}, {row.input_size[-1]}, {row.interpolation!r}, {row.crop_pct}, '
+        f'{norms[(row.mean, row.std)]}, {row.num_classes}, {row.classifier!r}),'
+    )
 
 
 def test_table_has_every_tag_of_every_supported_model_and_its_default():
@@ -49,13 +54,22 @@ def test_every_row_matches_timm_registry():
     wrong = []
     for name, row in pretrained_cfgs.PRETRAINED_CFGS.items():
         cfg = get_pretrained_cfg(name).to_dict()
-        same = (row.hub_id == cfg['hf_hub_id'] and cfg.get('hf_hub_filename') is None  # timm: model.safetensors
-                and row.file == 'model.safetensors' and row.input_size == tuple(cfg['input_size'])
-                and row.interpolation == cfg['interpolation'] and row.crop_pct == cfg['crop_pct']
-                and row.mean == tuple(cfg['mean']) and row.std == tuple(cfg['std'])
-                and row.num_classes == cfg['num_classes'] and row.classifier == cfg['classifier']
-                and cfg['crop_mode'] == pretrained_cfgs.CROP_MODE and not cfg.get('label_offset')
-                and not cfg.get('custom_load') and (row.architecture, row.tag) == (cfg['architecture'], cfg['tag']))
+        same = (
+            row.hub_id == cfg['hf_hub_id']
+            and cfg.get('hf_hub_filename') is None  # timm: model.safetensors
+            and row.file == 'model.safetensors'
+            and row.input_size == tuple(cfg['input_size'])
+            and row.interpolation == cfg['interpolation']
+            and row.crop_pct == cfg['crop_pct']
+            and row.mean == tuple(cfg['mean'])
+            and row.std == tuple(cfg['std'])
+            and row.num_classes == cfg['num_classes']
+            and row.classifier == cfg['classifier']
+            and cfg['crop_mode'] == pretrained_cfgs.CROP_MODE
+            and not cfg.get('label_offset')
+            and not cfg.get('custom_load')
+            and (row.architecture, row.tag) == (cfg['architecture'], cfg['tag'])
+        )
         if not same:
             wrong.append(f'    {_row_from_timm(name)}  # was {_ours_as_row(name)}')
     assert not wrong, 'rows that differ from timm; paste these into pretrained_cfgs.py:\n' + '\n'.join(wrong)
@@ -68,16 +82,20 @@ OVERRIDES = [  # our flags, timm's train.py args (vars(args)) for the same comma
     (['--img-size', '48'], dict(img_size=48)),
     (['--img-size', '48', '--input-size', '3', '64', '64'], dict(img_size=48, input_size=[3, 64, 64])),
     (['--crop-pct', '1.0', '--interpolation', 'bilinear'], dict(crop_pct=1.0, interpolation='bilinear')),
-    (['--mean', '0.5', '--std', '0.25', '0.5', '0.75', '--interpolation', 'bicubic'],
-     dict(mean=[0.5], std=[0.25, 0.5, 0.75], interpolation='bicubic')),
+    (
+        ['--mean', '0.5', '--std', '0.25', '0.5', '0.75', '--interpolation', 'bicubic'],
+        dict(mean=[0.5], std=[0.25, 0.5, 0.75], interpolation='bicubic'),
+    ),
 ]
 
 
-@pytest.mark.parametrize('flags,timm_args', OVERRIDES, ids=['model', 'img_size', 'input_size', 'crop_interp',
-                                                           'mean_std'])
+@pytest.mark.parametrize(
+    'flags,timm_args', OVERRIDES, ids=['model', 'img_size', 'input_size', 'crop_interp', 'mean_std']
+)
 def test_data_config_equals_timm_for_every_model_and_tag(tmp_path, flags, timm_args):
-    args = dict(dict(img_size=None, input_size=None, crop_pct=None, mean=None, std=None, interpolation=''),
-                **timm_args)  # what timm's parser leaves unset
+    args = dict(
+        dict(img_size=None, input_size=None, crop_pct=None, mean=None, std=None, interpolation=''), **timm_args
+    )  # what timm's parser leaves unset
     names = list(MODEL_NAMES) + list(pretrained_cfgs.PRETRAINED_CFGS)
     for name in names:
         ours = data_config.of_config(parse_args([str(tmp_path), '--model', name, *flags]))
@@ -91,8 +109,9 @@ def test_data_config_equals_timm_for_every_model_and_tag(tmp_path, flags, timm_a
 
 def test_exported_data_config_comes_back_in_timm(tmp_path):
     """The timm call `python -m jax_ema.export` prints, pasted into Python: timm resolves the run's data config."""
-    weights = timm_io.save_timm_safetensors(_state_dict(timm.create_model('resnet18', num_classes=3)),
-                                            tmp_path / 'model.safetensors')
+    weights = timm_io.save_timm_safetensors(
+        _state_dict(timm.create_model('resnet18', num_classes=3)), tmp_path / 'model.safetensors'
+    )
     run_config = data_config.resolve_data_config('resnet50.tv2_in1k', crop_pct=0.9, mean=(0.25,))
     done = dict(model='resnet18', num_classes=3, out=str(weights), data_config=data_config.to_json(run_config))
     model = eval(export.timm_call(done), {'timm': timm})  # pylint: disable=eval-used  # what a user pastes
@@ -100,6 +119,7 @@ def test_exported_data_config_comes_back_in_timm(tmp_path):
 
 
 # --- the first forward of --pretrained weights from an offline hub cache ------------------------------
+
 
 @pytest.mark.parametrize('name', ['resnet18', 'mobilenetv3_small_100'])
 def test_first_forward_of_hub_weights_equals_timm(tmp_path, name):

@@ -14,6 +14,7 @@ torch's GPU when there is one, with the precision pinned on both sides (conftest
 `measure(name)` runs one case and returns its largest errors; the tests assert them against BOUNDS and
 `python -m parity_tests.report` prints them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,16 +82,26 @@ CASES = {
     # 8.5e-3 after 20 (training amplifies roundoff). Default eps semantics are proven by adamw_f64.
     'adamw_f32': Case('float32', **_ADAMW, opt_eps=1e-4, steps=5),
     # timm's own RMSpropTF as the mobilenetv3 recipe sets it (--opt-eps .001 --weight-decay 1e-5).
-    'rmsproptf_f64': Case('float64', opt='rmsproptf', lr=0.01, weight_decay=1e-5, ema_decay=0.9, ema_warmup=False,
-                          opt_eps=1e-3, steps=10),
+    'rmsproptf_f64': Case(
+        'float64', opt='rmsproptf', lr=0.01, weight_decay=1e-5, ema_decay=0.9, ema_warmup=False, opt_eps=1e-3, steps=10
+    ),
     # The same on timm's mobilenetv3_small_100 (SE, hard-swish, depthwise convs, its own head and init).
     # Errors scaled by the group max: 11 tensors are roundoff-valued (~1e-17) in both runs, e.g. the bn3.bias
     # that the next train-mode BatchNorm cancels (gradient 0 up to roundoff) and the running means of the
     # zero-mean convs after them, so their own scale is meaningless. Measured: loss 2e-12, params 8e-12,
     # stats 1.3e-11 (x group max).
-    'rmsproptf_f64_mobilenetv3': Case('float64', opt='rmsproptf', lr=0.01, weight_decay=1e-5, ema_decay=0.9,
-                                      ema_warmup=False, opt_eps=1e-3, steps=10, model='mobilenetv3_small_100',
-                                      per_tensor=False),
+    'rmsproptf_f64_mobilenetv3': Case(
+        'float64',
+        opt='rmsproptf',
+        lr=0.01,
+        weight_decay=1e-5,
+        ema_decay=0.9,
+        ema_warmup=False,
+        opt_eps=1e-3,
+        steps=10,
+        model='mobilenetv3_small_100',
+        per_tensor=False,
+    ),
 }
 
 # Bounds. loss, lr: max over steps of |ours - timm| / |timm|. Tensors: max |ours - timm| divided by
@@ -113,8 +124,10 @@ def timm_init(model: str = MODEL) -> dict:
 
 def make_batches(num: int, dtype: str, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
-    return [(rng.normal(size=(BATCH, IMG, IMG, 3)).astype(dtype), rng.integers(0, NUM_CLASSES, size=BATCH))
-            for _ in range(num)]
+    return [
+        (rng.normal(size=(BATCH, IMG, IMG, 3)).astype(dtype), rng.integers(0, NUM_CLASSES, size=BATCH))
+        for _ in range(num)
+    ]
 
 
 def cast(state_dict: dict, dtype: str) -> dict:
@@ -126,8 +139,15 @@ def run_ours(case: Case, state_dict: dict, batches: list) -> dict:
     with jax.enable_x64(case.dtype == 'float64'):
         model = create_model(case.model, NUM_CLASSES, dtype=jnp.dtype(case.dtype))
         schedule, _ = optim.create_lr_schedule(
-            'cosine', case.lr, case.epochs, case.updates_per_epoch, case.warmup_epochs, case.warmup_lr,
-            case.min_lr, sched_on_updates=case.sched_on_updates)
+            'cosine',
+            case.lr,
+            case.epochs,
+            case.updates_per_epoch,
+            case.warmup_epochs,
+            case.warmup_lr,
+            case.min_lr,
+            sched_on_updates=case.sched_on_updates,
+        )
         tx = optim.create_optimizer(case.opt, schedule, case.weight_decay, case.momentum, opt_eps=case.opt_eps)
         ema_cfg = ema.EmaConfig(decay=case.ema_decay, use_warmup=case.ema_warmup)
         state = create_train_state(model, tx, to_flax(case.model, state_dict), ema_cfg)
@@ -139,10 +159,14 @@ def run_ours(case: Case, state_dict: dict, batches: list) -> dict:
             lrs.append(float(optim.current_lr(state.opt_state)))
         leaves = jax.tree.leaves((state.params, state.batch_stats, state.ema_params, state.ema_batch_stats))
         assert all(leaf.dtype == case.dtype for leaf in leaves)
-        return {'losses': losses, 'lrs': lrs,
-                'state_dict': to_timm(case.model, {'params': state.params, 'batch_stats': state.batch_stats}),
-                'ema_state_dict': to_timm(case.model, {'params': ema.tree(state.ema_params),
-                                                  'batch_stats': ema.tree(state.ema_batch_stats)})}
+        return {
+            'losses': losses,
+            'lrs': lrs,
+            'state_dict': to_timm(case.model, {'params': state.params, 'batch_stats': state.batch_stats}),
+            'ema_state_dict': to_timm(
+                case.model, {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)}
+            ),
+        }
 
 
 @contextlib.contextmanager
@@ -159,12 +183,28 @@ def one_torch_thread():
 def run_timm(case: Case, state_dict: dict, batches: list) -> dict:
     with one_torch_thread():
         return run_reference(
-            case.model, NUM_CLASSES, batches, state_dict=state_dict, dtype=case.dtype, opt=case.opt, lr=case.lr,
-            weight_decay=case.weight_decay, momentum=case.momentum, sched='cosine', epochs=case.epochs,
-            updates_per_epoch=case.updates_per_epoch, warmup_epochs=case.warmup_epochs,
-            warmup_lr=case.warmup_lr, min_lr=case.min_lr, sched_on_updates=case.sched_on_updates,
-            smoothing=SMOOTHING, model_ema=True, ema_decay=case.ema_decay, ema_warmup=case.ema_warmup,
-            opt_kwargs=None if case.opt_eps is None else {'eps': case.opt_eps})
+            case.model,
+            NUM_CLASSES,
+            batches,
+            state_dict=state_dict,
+            dtype=case.dtype,
+            opt=case.opt,
+            lr=case.lr,
+            weight_decay=case.weight_decay,
+            momentum=case.momentum,
+            sched='cosine',
+            epochs=case.epochs,
+            updates_per_epoch=case.updates_per_epoch,
+            warmup_epochs=case.warmup_epochs,
+            warmup_lr=case.warmup_lr,
+            min_lr=case.min_lr,
+            sched_on_updates=case.sched_on_updates,
+            smoothing=SMOOTHING,
+            model_ema=True,
+            ema_decay=case.ema_decay,
+            ema_warmup=case.ema_warmup,
+            opt_kwargs=None if case.opt_eps is None else {'eps': case.opt_eps},
+        )
 
 
 def is_stat(key: str) -> bool:
@@ -191,6 +231,7 @@ def tensor_errors(ours: dict, theirs: dict, per_tensor: bool, stats: bool) -> di
 
 def compare(case: Case, ours: dict, theirs: dict) -> dict:
     """{quantity: (largest error, where)} for one case."""
+
     def rel(a, b):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         assert a.shape == b.shape
@@ -255,8 +296,12 @@ def timm_roundoff_floor(name: str) -> dict:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.fixture(scope='module', params=[pytest.param(name, marks=[pytest.mark.float64] * (case.dtype == 'float64'))
-                                        for name, case in CASES.items()])
+@pytest.fixture(
+    scope='module',
+    params=[
+        pytest.param(name, marks=[pytest.mark.float64] * (case.dtype == 'float64')) for name, case in CASES.items()
+    ],
+)
 def case_run(request):
     """One compiled step and one timm run per case, shared by every test of that case."""
     name = request.param

@@ -1,5 +1,6 @@
 """The world the bad-input cases run against (tests/test_bad_input.py): one tiny dataset, its broken
 variants, checkpoints and weight files, built once per module."""
+
 import dataclasses
 import io
 import json
@@ -32,8 +33,16 @@ def _variant(w, name, change):
 
 def _save_run(run_dir, state, model, num_classes, ema_settings=None):
     manager = checkpoint.open_manager(run_dir / 'checkpoints')
-    meta = dict(model=model, num_classes=num_classes, img_size=IMG, ema=ema_settings, host_ema=False, epoch=0,
-                position=5, metrics=None)
+    meta = dict(
+        model=model,
+        num_classes=num_classes,
+        img_size=IMG,
+        ema=ema_settings,
+        host_ema=False,
+        epoch=0,
+        position=5,
+        metrics=None,
+    )
     step_dir = checkpoint.save(manager, state, meta, score=1.0)
     manager.close()
     return step_dir
@@ -58,7 +67,7 @@ def _truncated_run(step_dir, run):
     largest = max(files, key=lambda p: p.stat().st_size)
     data = largest.read_bytes()
     largest.unlink()
-    largest.write_bytes(data[:len(data) // 2])
+    largest.write_bytes(data[: len(data) // 2])
     return run
 
 
@@ -82,7 +91,7 @@ def _reliability_world(w):
     cut = w.run_snapshot_cut / posthoc.SNAPSHOTS / '4.npz'
     cut.parent.mkdir(parents=True)
     whole = (w.run_snapshots / posthoc.SNAPSHOTS / '4.npz').read_bytes()
-    cut.write_bytes(whole[:len(whole) // 2])  # a copy that stopped half way
+    cut.write_bytes(whole[: len(whole) // 2])  # a copy that stopped half way
     w.run_summary = w.root / 'runs' / 'summary_only'  # what plot reads: args.yaml and summary.csv
     w.run_summary.mkdir()
     (w.run_summary / 'args.yaml').write_text('model_ema: false\n')
@@ -115,15 +124,18 @@ def build_world(root: Path) -> types.SimpleNamespace:
         (w.no_images / name).mkdir(parents=True)
         (w.no_images / name / 'readme.txt').write_text('no pictures here\n')
     w.empty_class = _variant(w, 'empty_class', lambda r: (r / 'train' / 'bird').mkdir())
-    w.classes_differ = _variant(w, 'classes_differ',
-                                lambda r: (r / 'validation' / 'dog').rename(r / 'validation' / 'bird'))
-    w.corrupt = _variant(w, 'corrupt',
-                         lambda r: (r / 'train' / 'cat' / 'broken.png').write_bytes(b'\x89PNG not really'))
+    w.classes_differ = _variant(
+        w, 'classes_differ', lambda r: (r / 'validation' / 'dog').rename(r / 'validation' / 'bird')
+    )
+    w.corrupt = _variant(
+        w, 'corrupt', lambda r: (r / 'train' / 'cat' / 'broken.png').write_bytes(b'\x89PNG not really')
+    )
 
     def truncate(r):
         full = io.BytesIO()
         Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(full, format='JPEG')
-        (r / 'validation' / 'dog' / 'cut.jpg').write_bytes(full.getvalue()[:len(full.getvalue()) // 2])
+        (r / 'validation' / 'dog' / 'cut.jpg').write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+
     w.truncated = _variant(w, 'truncated', truncate)
     w.out = root / 'out'
     w.out.mkdir()

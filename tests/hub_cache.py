@@ -7,6 +7,7 @@ and a context manager that points huggingface_hub at such a cache with the hub o
 calls (huggingface_hub reads HF_HUB_OFFLINE and HF_HUB_CACHE once, when it is imported) and for
 subprocesses (the same two environment variables).
 """
+
 import contextlib
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ def write_hub_cache(cache: Path, repo_id: str, state_dict: dict, filename: str =
 def offline_hub(cache: Path):
     """HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache, in os.environ and in huggingface_hub.constants, then restored."""
     from huggingface_hub import constants
+
     saved_env = {k: os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'HF_HUB_CACHE')}
     saved = (constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE)
     os.environ.update(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache))

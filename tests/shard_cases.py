@@ -1,6 +1,8 @@
 """The sharded EMA on 8 CPU devices. Not collected on its own: tests/test_shard.py runs this file with
 pytest in a process that has 8 devices (XLA_FLAGS), since the device count is fixed when JAX starts."""
+
 import collections
+import functools
 import re
 
 import jax
@@ -8,16 +10,16 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-import functools
-
 from jax_ema import checkpoint, ema, offload, parallel
 from jax_ema.train import restore_state, train_step
 from test_train import _batch, _state
 
 N = 8
 CFG = ema.EmaConfig(decay=0.9)
-COLLECTIVE = re.compile(r'\b(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter|'
-                        r'collective-broadcast)(?:-start)?\(')
+COLLECTIVE = re.compile(
+    r'\b(all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter|'
+    r'collective-broadcast)(?:-start)?\('
+)
 
 
 def collectives(compiled) -> collections.Counter:
@@ -36,8 +38,9 @@ def _placed(where, base):
     state = jax.tree.map(np.array, base)  # a fresh copy (the steps donate theirs)
     ema_vars = (state.ema_params, state.ema_batch_stats)
     state = parallel.replicate(state.replace(ema_params=None, ema_batch_stats=None))
-    return state.replace(ema_params=offload.place(ema_vars[0], where),
-                         ema_batch_stats=offload.place(ema_vars[1], where))
+    return state.replace(
+        ema_params=offload.place(ema_vars[0], where), ema_batch_stats=offload.place(ema_vars[1], where)
+    )
 
 
 def _fused(where, cfg=CFG):
@@ -76,13 +79,16 @@ def _is_sharded(ema_tree):
 def test_each_device_holds_an_eighth_of_the_ema(base, steps):
     device, sharded = _placed('device', base), _placed('sharded', base)
     total = device.ema_params.flat.nbytes + device.ema_batch_stats.flat.nbytes
-    per_device = {where: sum(leaf.addressable_shards[0].data.nbytes
-                             for leaf in jax.tree.leaves((s.ema_params, s.ema_batch_stats)))
-                  for where, s in (('device', device), ('sharded', sharded))}
+    per_device = {
+        where: sum(
+            leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves((s.ema_params, s.ema_batch_stats))
+        )
+        for where, s in (('device', device), ('sharded', sharded))
+    }
     assert per_device['device'] >= total
     assert total / N <= per_device['sharded'] <= total / N + 2 * N * 4 + 64  # + padding and the scalars
     assert _is_sharded(sharded.ema_params) and _is_sharded(sharded.ema_batch_stats)
-    assert sharded.ema_params.flat.shape[0] - device.ema_params.flat.shape[0] < N   # padded to a multiple
+    assert sharded.ema_params.flat.shape[0] - device.ema_params.flat.shape[0] < N  # padded to a multiple
     _assert_identical(_host(sharded.ema_params), _host(device.ema_params))
     # What XLA plans for one step: the arguments shrink by 7/8 of the EMA (the params stay whole).
     args = {w: steps[w].memory_analysis().argument_size_in_bytes for w in steps}
@@ -92,12 +98,13 @@ def test_each_device_holds_an_eighth_of_the_ema(base, steps):
 def test_the_update_compiles_to_no_collective(base):
     state = _placed('sharded', base)
     update = offload.ema_update(CFG, 'sharded')
-    compiled = update.lower(state.ema_params, state.ema_batch_stats, state.params, state.batch_stats,
-                            state.step, 1).compile()
+    compiled = update.lower(
+        state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, state.step, 1
+    ).compile()
     assert collectives(compiled) == {}
     out = update(state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, 1, 1)
     assert _is_sharded(out[0]) and _is_sharded(out[1])
-    assert state.ema_params.flat.is_deleted()                     # donated: updated in place
+    assert state.ema_params.flat.is_deleted()  # donated: updated in place
 
 
 def test_the_fused_step_adds_no_collective_to_the_step(steps):
@@ -116,8 +123,10 @@ def test_sharded_ema_equals_the_device_ema(steps, base):
     _assert_identical(_host(sharded.ema_batch_stats), _host(device.ema_batch_stats))
     # The update outside the step (--model-ema-update-every K, offload.build_step): a 3-update gap folded in.
     every = ema.EmaConfig(decay=0.9, update_every=3)
-    folded = {w: offload.ema_update(every, w)(s.ema_params, s.ema_batch_stats, device.params, device.batch_stats,
-                                              7, 3) for w, s in (('device', device), ('sharded', sharded))}
+    folded = {
+        w: offload.ema_update(every, w)(s.ema_params, s.ema_batch_stats, device.params, device.batch_stats, 7, 3)
+        for w, s in (('device', device), ('sharded', sharded))
+    }
     assert _is_sharded(folded['sharded'][0]) and _is_sharded(folded['sharded'][1])
     _assert_identical([_host(t) for t in folded['sharded']], [_host(t) for t in folded['device']])
 
@@ -134,7 +143,8 @@ def test_checkpoint_gathers_and_resume_is_bit_identical(steps, base, tmp_path):
     restored = restore_state(step_dir, base)  # base is the state before that step
     restored = parallel.replicate(restored.replace(ema_params=None, ema_batch_stats=None)).replace(
         ema_params=offload.place(restored.ema_params, 'sharded'),
-        ema_batch_stats=offload.place(restored.ema_batch_stats, 'sharded'))
+        ema_batch_stats=offload.place(restored.ema_batch_stats, 'sharded'),
+    )
     for batch in batches[1:]:
         state, _ = steps['sharded'](state, batch)
         restored, _ = steps['sharded'](restored, batch)

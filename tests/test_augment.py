@@ -16,9 +16,11 @@ from PIL import Image
 from timm.data import auto_augment as timm_aa
 from timm.data.random_erasing import RandomErasing
 
-from jax_ema import config as config_lib
-from jax_ema import data  # the one package that imports tensorflow (after triton, see _compat)
-from jax_ema import device_input
+from jax_ema import (
+    config as config_lib,
+    data,  # the one package that imports tensorflow (after triton, see _compat)
+    device_input,
+)
 from jax_ema.data import image_ops, rand_augment
 from jax_ema.errors import UserError
 
@@ -35,9 +37,21 @@ def test_fill_is_timms():
 
 # --- parsing --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('config_str', [
-    'rand-m9-mstd0.5', 'rand-m9-mstd0.5-inc1', 'rand-m7-n3-mstd101', 'rand-mstd1-tweights', 'rand',
-    'rand-m15-mmax20-p0.7', 'rand-n0', 'rand-m9-m5-mstd1-mstd2-inc1-inc0', 'rand-m9--n1-'])
+
+@pytest.mark.parametrize(
+    'config_str',
+    [
+        'rand-m9-mstd0.5',
+        'rand-m9-mstd0.5-inc1',
+        'rand-m7-n3-mstd101',
+        'rand-mstd1-tweights',
+        'rand',
+        'rand-m15-mmax20-p0.7',
+        'rand-n0',
+        'rand-m9-m5-mstd1-mstd2-inc1-inc0',
+        'rand-m9--n1-',
+    ],
+)
 def test_parse_matches_timm(config_str):
     ours = rand_augment.parse(config_str)
     theirs = timm_aa.rand_augment_transform(config_str, dict(HPARAMS))
@@ -45,16 +59,35 @@ def test_parse_matches_timm(config_str):
     assert list(ours.ops) == [op.name for op in theirs.ops]
     for op in theirs.ops:
         assert (op.prob, op.magnitude, op.magnitude_std, op.magnitude_max) == (
-            ours.prob, ours.magnitude, ours.magnitude_std, ours.magnitude_max)
+            ours.prob,
+            ours.magnitude,
+            ours.magnitude_std,
+            ours.magnitude_max,
+        )
     if theirs.choice_weights is None:
         assert ours.weights is None
     else:
         np.testing.assert_allclose(ours.weights, theirs.choice_weights, rtol=1e-12)
 
 
-@pytest.mark.parametrize('config_str', [
-    'original', 'v0', 'augmix-m5-w4-d2', 'trivial', 'randaug-m9', 'rand-x5', 'rand-m', 'rand-m1.5',
-    'rand-t3a', 'rand-tfoo', 'rand-tweights-n16', 'rand-p2', 'rand-mstdx'])
+@pytest.mark.parametrize(
+    'config_str',
+    [
+        'original',
+        'v0',
+        'augmix-m5-w4-d2',
+        'trivial',
+        'randaug-m9',
+        'rand-x5',
+        'rand-m',
+        'rand-m1.5',
+        'rand-t3a',
+        'rand-tfoo',
+        'rand-tweights-n16',
+        'rand-p2',
+        'rand-mstdx',
+    ],
+)
 def test_bad_aa_is_one_line(config_str):
     with pytest.raises(UserError) as err:
         data.load_datasets(data.DataConfig(img_size=8, auto_augment=config_str))
@@ -62,8 +95,9 @@ def test_bad_aa_is_one_line(config_str):
     assert '\n' not in message and repr(config_str) in message and 'rand-m9-mstd0.5' in message
 
 
-@pytest.mark.parametrize('option, value, says', [
-    ('remode', 'noise', '--remode'), ('reprob', 1.5, '--reprob'), ('recount', 0, '--recount')])
+@pytest.mark.parametrize(
+    'option, value, says', [('remode', 'noise', '--remode'), ('reprob', 1.5, '--reprob'), ('recount', 0, '--recount')]
+)
 def test_bad_erasing_option_is_one_line(option, value, says):
     with pytest.raises(UserError, match=says) as err:
         data.load_datasets(data.DataConfig(img_size=8, **{option: value}))
@@ -73,14 +107,20 @@ def test_bad_erasing_option_is_one_line(option, value, says):
 def test_cli_flags_have_timms_names_and_defaults():
     default = config_lib.parse_args([])
     assert (default.aa, default.reprob, default.remode, default.recount, default.workers) == (
-        None, 0.0, 'pixel', 1, None)  # -j: None = sized to the host by tf.data
-    cfg = config_lib.parse_args(['--aa', 'rand-m9-mstd0.5', '--remode', 'pixel', '--reprob', '0.2',
-                                 '--recount', '2', '-j', '7'])
-    assert (cfg.aa, cfg.reprob, cfg.remode, cfg.recount, cfg.workers) == (
-        'rand-m9-mstd0.5', 0.2, 'pixel', 2, 7)
+        None,
+        0.0,
+        'pixel',
+        1,
+        None,
+    )  # -j: None = sized to the host by tf.data
+    cfg = config_lib.parse_args(
+        ['--aa', 'rand-m9-mstd0.5', '--remode', 'pixel', '--reprob', '0.2', '--recount', '2', '-j', '7']
+    )
+    assert (cfg.aa, cfg.reprob, cfg.remode, cfg.recount, cfg.workers) == ('rand-m9-mstd0.5', 0.2, 'pixel', 2, 7)
 
 
 # --- each op against timm's (PIL) op --------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def picture():
@@ -93,14 +133,14 @@ def picture():
 
 def _timm_op(name, image, magnitude, negate):
     """timm's AugmentOp at a fixed magnitude (no noise, applied always), sign chosen by `negate`."""
-    op = timm_aa.AugmentOp(name, prob=1.0, magnitude=magnitude,
-                           hparams=dict(HPARAMS, interpolation=Image.BILINEAR))
+    op = timm_aa.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=dict(HPARAMS, interpolation=Image.BILINEAR))
     with mock.patch.object(random, 'random', return_value=0.9 if negate else 0.1):  # > 0.5 negates
         return np.asarray(op(Image.fromarray(image)), np.int64)
 
 
-@pytest.mark.parametrize('name', sorted(set(rand_augment.RAND_TRANSFORMS)
-                                        | set(rand_augment.RAND_INCREASING_TRANSFORMS)))
+@pytest.mark.parametrize(
+    'name', sorted(set(rand_augment.RAND_TRANSFORMS) | set(rand_augment.RAND_INCREASING_TRANSFORMS))
+)
 def test_op_matches_timm(picture, name):
     """Colour ops are bit-exact. Geometric ops: PIL truncates a double-precision bilinear value to
     uint8, we a float32 one; where the exact value is (nearly) whole the two can land 1 level apart,
@@ -135,13 +175,15 @@ def test_posterize_to_zero_bits_is_black(picture, name, magnitude):
 def test_affine_nearest_matches_pil(picture):
     """The NEAREST path of image_ops.affine samples the same pixels as PIL's NEAREST."""
     coeffs = (0.9, 0.2, 3.3, -0.15, 1.1, -2.7)
-    theirs = np.asarray(Image.fromarray(picture).transform(
-        (44, 36), Image.AFFINE, coeffs, Image.NEAREST, fillcolor=FILL), np.int64)
+    theirs = np.asarray(
+        Image.fromarray(picture).transform((44, 36), Image.AFFINE, coeffs, Image.NEAREST, fillcolor=FILL), np.int64
+    )
     ours = image_ops.affine(tf.constant(picture, tf.float32), coeffs, FILL, 'NEAREST').numpy()
     assert np.mean(ours != theirs) < 0.01  # float32 vs double at exact half-pixel ties only
 
 
 # --- the per-image draws -----------------------------------------------------------------------------
+
 
 def _keys(n, seed=0):
     return tf.random.experimental.stateless_split(tf.constant([seed, 1], tf.int64), n)
@@ -154,17 +196,13 @@ def _map(fn, keys, dtype):
 def test_magnitude_draws_as_timm():
     """gauss(m, mstd) clipped to [0, mmax or 10]; mstd > 100: uniform in [0, m]."""
     keys = _keys(4000)
-    gauss = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m9-mstd0.5')), keys,
-                 tf.float64)
+    gauss = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m9-mstd0.5')), keys, tf.float64)
     assert abs(gauss.mean() - 9) < 0.03 and abs(gauss.std() - 0.5) < 0.03 and gauss.max() <= 10
-    clipped = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m10-mstd1')), keys,
-                   tf.float64)
+    clipped = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m10-mstd1')), keys, tf.float64)
     assert clipped.max() == 10 and abs(np.mean(clipped == 10) - 0.5) < 0.04
-    uniform = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m8-mstd101')), keys,
-                   tf.float64)
+    uniform = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m8-mstd101')), keys, tf.float64)
     assert uniform.min() >= 0 and uniform.max() <= 8 and abs(uniform.mean() - 4) < 0.15
-    wide = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m15-mstd3-mmax20')), keys,
-                tf.float64)
+    wide = _map(lambda k: rand_augment._magnitude(k, rand_augment.parse('rand-m15-mstd3-mmax20')), keys, tf.float64)
     assert wide.max() > 15 and abs(wide.mean() - 15) < 0.2
 
 
@@ -192,6 +230,7 @@ def test_layers_apply_with_probability_p():
 
 
 # --- random erasing ----------------------------------------------------------------------------------
+
 
 def _erased_ours(mode, count, n=2000, prob=0.5):
     image = jnp.full([32, 24, 3], 7.0)
@@ -256,14 +295,21 @@ def test_erasing_is_keyed_by_seed_update_and_row():
 def test_the_steps_import_without_tensorflow():
     """Normalising and erasing live in device_input.py, which the steps import: the GPU image has no
     TensorFlow, so neither it nor jax_ema.train may pull it in."""
-    code = ('import sys, jax_ema.device_input, jax_ema.train\n'
-            'assert "tensorflow" not in sys.modules, "tensorflow imported"')
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    code = (
+        'import sys, jax_ema.device_input, jax_ema.train\nassert "tensorflow" not in sys.modules, "tensorflow imported"'
+    )
+    done = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 # --- the pipeline ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def augmented():

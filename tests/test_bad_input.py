@@ -5,6 +5,7 @@ against one tiny world of folders, files and checkpoints built once per module. 
 a train step. `python tests/test_bad_input.py` prints every case's real message as a markdown table and
 writes it to docs/bad-input.md.
 """
+
 import contextlib
 import io
 import os
@@ -22,21 +23,46 @@ from jax_ema import export, plot, posthoc, train, validate
 from read_only import read_only
 from test_train import IMG
 
-TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
-        '--lr', '0.01', '-j', '1']
-CLIS = {'train': train.main, 'export': export.main, 'validate': validate.main, 'posthoc': posthoc.main,
-        'plot': plot.main}
+TINY = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    str(IMG),
+    '-b',
+    '4',
+    '--epochs',
+    '1',
+    '--warmup-epochs',
+    '0',
+    '--lr',
+    '0.01',
+    '-j',
+    '1',
+]
+CLIS = {
+    'train': train.main,
+    'export': export.main,
+    'validate': validate.main,
+    'posthoc': posthoc.main,
+    'plot': plot.main,
+}
 
 
 # --- the cases: (id, cli, argv builder, expected substring) -----------------------------------------
+
 
 def _run(data, *extra):
     """A trainer command line: DATA (a world attribute), the tiny-run flags, `extra`, --output OUT.
 
     Items of `extra` may be functions of the world (paths inside it).
     """
-    return lambda w: [str(getattr(w, data)), *TINY, *(str(x(w)) if callable(x) else x for x in extra),
-                      '--output', str(w.out)]
+    return lambda w: [
+        str(getattr(w, data)),
+        *TINY,
+        *(str(x(w)) if callable(x) else x for x in extra),
+        '--output',
+        str(w.out),
+    ]
 
 
 CASES = [
@@ -46,8 +72,12 @@ CASES = [
     ('no images, only other files', 'train', _run('no_images'), 'no .jpg/.jpeg/.png images found'),
     ('an empty class folder', 'train', _run('empty_class'), 'bird holds no'),
     ('class folders differ between splits', 'train', _run('classes_differ'), 'class folders differ'),
-    ('--num-classes != class folders found', 'train', _run('data', '--num-classes', '3'),
-     '--num-classes is 3 but 2 classes were found'),
+    (
+        '--num-classes != class folders found',
+        'train',
+        _run('data', '--num-classes', '3'),
+        '--num-classes is 3 but 2 classes were found',
+    ),
     ('a corrupt image, --verify-images', 'train', _run('corrupt', '--verify-images'), 'broken.png'),
     ('a truncated JPEG, --verify-images', 'train', _run('truncated', '--verify-images'), 'cut.jpg'),
     ('decay < 0', 'train', _run('data', '--model-ema', '--model-ema-decay', '-0.1'), 'outside [0, 1]'),
@@ -56,173 +86,400 @@ CASES = [
     ('unknown model', 'train', _run('data', '--model', 'resnet7'), "unknown model 'resnet7'"),
     ('--drop 1', 'train', _run('data', '--drop', '1'), '--drop must be in [0, 1)'),
     ('--drop-path negative', 'train', _run('data', '--drop-path', '-0.1'), '--drop-path must be in [0, 1)'),
-    ('--drop-path with a ResNet', 'train', _run('data', '--drop-path', '0.1'),
-     'resnet18 does not implement drop_path_rate'),
+    (
+        '--drop-path with a ResNet',
+        'train',
+        _run('data', '--drop-path', '0.1'),
+        'resnet18 does not implement drop_path_rate',
+    ),
     ('unknown optimizer', 'train', _run('data', '--opt', 'sgdd'), "unknown optimizer 'sgdd'"),
     ('unknown scheduler', 'train', _run('data', '--sched', 'cosin'), "unknown lr schedule 'cosin'"),
     ('unknown --amp-dtype', 'train', _run('data', '--amp', '--amp-dtype', 'int8'), "invalid choice: 'int8'"),
     ('unknown --model-dtype', 'train', _run('data', '--model-dtype', 'int8'), 'use one of float32, bfloat16'),
     ('--model-dtype float16', 'train', _run('data', '--model-dtype', 'float16'), '--amp --amp-dtype float16'),
-    ('--amp with --model-dtype bfloat16', 'train', _run('data', '--amp', '--model-dtype', 'bfloat16'),
-     'give one of --amp and --model-dtype'),
-    ('--model-ema-shard with --model-ema-force-cpu', 'train',
-     _run('data', '--model-ema', '--model-ema-shard', '--model-ema-force-cpu'), 'exclude each other'),
-    ('--process-id outside --num-processes', 'train', _run('data', '--num-processes', '2', '--process-id', '2'),
-     'is not in [0, --num-processes 2)'),
+    (
+        '--amp with --model-dtype bfloat16',
+        'train',
+        _run('data', '--amp', '--model-dtype', 'bfloat16'),
+        'give one of --amp and --model-dtype',
+    ),
+    (
+        '--model-ema-shard with --model-ema-force-cpu',
+        'train',
+        _run('data', '--model-ema', '--model-ema-shard', '--model-ema-force-cpu'),
+        'exclude each other',
+    ),
+    (
+        '--process-id outside --num-processes',
+        'train',
+        _run('data', '--num-processes', '2', '--process-id', '2'),
+        'is not in [0, --num-processes 2)',
+    ),
     ('--lr-noise off before on', 'train', _run('data', '--lr-noise', '0.9', '0.42'), 'would never be on'),
-    ('--lr-noise with three values', 'train', _run('data', '--lr-noise', '0.1', '0.5', '0.9'),
-     'one or two fractions'),
-    ('--lr-noise-pct 0', 'train', _run('data', '--lr-noise', '0.5', '--lr-noise-pct', '0'),
-     '--lr-noise-pct must be > 0'),
+    ('--lr-noise with three values', 'train', _run('data', '--lr-noise', '0.1', '0.5', '0.9'), 'one or two fractions'),
+    (
+        '--lr-noise-pct 0',
+        'train',
+        _run('data', '--lr-noise', '0.5', '--lr-noise-pct', '0'),
+        '--lr-noise-pct must be > 0',
+    ),
     ('--opt-eps negative', 'train', _run('data', '--opt', 'rmsproptf', '--opt-eps', '-1'), 'opt_eps must be >= 0'),
     ('batch larger than the dataset', 'train', _run('data', '-b', '64'), 'does not fit the 20 training images'),
     ('zero batch size', 'train', _run('data', '-b', '0'), '--batch-size must be positive'),
     ('negative batch size', 'train', _run('data', '-b', '-4'), '--batch-size must be positive'),
     ('zero image size', 'train', _run('data', '--img-size', '0'), '--img-size must be positive'),
     ('image too small for the model', 'train', _run('data', '--img-size', '8', '-b', '1'), 'per channel'),
-    ('--resume: missing checkpoint', 'train', _run('data', '--resume', lambda w: w.root / 'no_run'),
-     'does not exist'),
-    ('--resume: only an orbax tmp folder', 'train',
-     _run('data', '--resume', lambda w: w.run_tmp_only), 'no complete checkpoint'),
-    ('--resume: step folder without metadata', 'train',
-     _run('data', '--resume', lambda w: w.run_no_metadata), 'no complete checkpoint'),
-    ('--resume: that step folder itself', 'train',
-     _run('data', '--resume', lambda w: w.run_no_metadata / 'checkpoints' / w.step.name),
-     'no complete checkpoint'),
-    ('--resume: step folder with an empty state/', 'train',
-     _run('data', '--resume', lambda w: w.run_empty_state), 'cannot restore'),
-    ('--resume: another model', 'train', _run('data', '--resume', lambda w: w.run_resnet34),
-     'holds resnet34 with 2 classes'),
-    ('--resume: another class count', 'train', _run('data', '--resume', lambda w: w.run_5_classes),
-     'holds resnet18 with 5 classes'),
+    ('--resume: missing checkpoint', 'train', _run('data', '--resume', lambda w: w.root / 'no_run'), 'does not exist'),
+    (
+        '--resume: only an orbax tmp folder',
+        'train',
+        _run('data', '--resume', lambda w: w.run_tmp_only),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: step folder without metadata',
+        'train',
+        _run('data', '--resume', lambda w: w.run_no_metadata),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: that step folder itself',
+        'train',
+        _run('data', '--resume', lambda w: w.run_no_metadata / 'checkpoints' / w.step.name),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: step folder with an empty state/',
+        'train',
+        _run('data', '--resume', lambda w: w.run_empty_state),
+        'cannot restore',
+    ),
+    (
+        '--resume: another model',
+        'train',
+        _run('data', '--resume', lambda w: w.run_resnet34),
+        'holds resnet34 with 2 classes',
+    ),
+    (
+        '--resume: another class count',
+        'train',
+        _run('data', '--resume', lambda w: w.run_5_classes),
+        'holds resnet18 with 5 classes',
+    ),
     ('--resume: a file', 'train', _run('data', '--resume', lambda w: w.a_file), 'is a file'),
-    ('--resume: metadata not a JSON object', 'train',
-     _run('data', '--resume', lambda w: w.run_list_metadata), 'metadata'),
-    ('--resume with another --opt', 'train', _run('data', '--opt', 'adam', '--resume', lambda w: w.run),
-     '--opt'),
-    ('--initial-checkpoint: missing file', 'train',
-     _run('data', '--initial-checkpoint', lambda w: w.root / 'none.safetensors'), 'does not exist'),
-    ('--initial-checkpoint: not a torch file', 'train',
-     _run('data', '--initial-checkpoint', lambda w: w.weights_text), 'weights.pth'),
-    ('--initial-checkpoint: a folder', 'train',
-     _run('data', '--initial-checkpoint', lambda w: w.folder_out), 'is a folder'),
-    ('--initial-checkpoint: other class count', 'train',
-     _run('data', '--initial-checkpoint', lambda w: w.weights_5), 'another number of classes'),
-    ('--initial-checkpoint: other architecture', 'train',
-     _run('data', '--model', 'resnet34', '--initial-checkpoint', lambda w: w.weights_r18),
-     "missing key 'layer1.2."),
-    ('--pretrained: weights not in the offline hub cache', 'train', _run('data', '--pretrained'),
-     'is not in the Hugging Face cache'),
-    ('--pretrained: unknown tag', 'train', _run('data', '--model', 'resnet18.b9_in1k', '--pretrained'),
-     "resnet18 has no pretrained tag 'b9_in1k'"),
-    ('--pretrained-path: missing file', 'train',
-     _run('data', '--pretrained-path', lambda w: w.root / 'none.safetensors'), 'does not exist'),
-    ('--pretrained-path: other architecture', 'train',
-     _run('data', '--model', 'resnet34', '--pretrained-path', lambda w: w.weights_r18), "missing key 'layer1.2."),
+    (
+        '--resume: metadata not a JSON object',
+        'train',
+        _run('data', '--resume', lambda w: w.run_list_metadata),
+        'metadata',
+    ),
+    ('--resume with another --opt', 'train', _run('data', '--opt', 'adam', '--resume', lambda w: w.run), '--opt'),
+    (
+        '--initial-checkpoint: missing file',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.root / 'none.safetensors'),
+        'does not exist',
+    ),
+    (
+        '--initial-checkpoint: not a torch file',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.weights_text),
+        'weights.pth',
+    ),
+    (
+        '--initial-checkpoint: a folder',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.folder_out),
+        'is a folder',
+    ),
+    (
+        '--initial-checkpoint: other class count',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.weights_5),
+        'another number of classes',
+    ),
+    (
+        '--initial-checkpoint: other architecture',
+        'train',
+        _run('data', '--model', 'resnet34', '--initial-checkpoint', lambda w: w.weights_r18),
+        "missing key 'layer1.2.",
+    ),
+    (
+        '--pretrained: weights not in the offline hub cache',
+        'train',
+        _run('data', '--pretrained'),
+        'is not in the Hugging Face cache',
+    ),
+    (
+        '--pretrained: unknown tag',
+        'train',
+        _run('data', '--model', 'resnet18.b9_in1k', '--pretrained'),
+        "resnet18 has no pretrained tag 'b9_in1k'",
+    ),
+    (
+        '--pretrained-path: missing file',
+        'train',
+        _run('data', '--pretrained-path', lambda w: w.root / 'none.safetensors'),
+        'does not exist',
+    ),
+    (
+        '--pretrained-path: other architecture',
+        'train',
+        _run('data', '--model', 'resnet34', '--pretrained-path', lambda w: w.weights_r18),
+        "missing key 'layer1.2.",
+    ),
     ('--interpolation unsupported', 'train', _run('data', '--interpolation', 'nearest'), "'nearest' is not supported"),
     ('--input-size not square', 'train', _run('data', '--input-size', '3', '32', '48'), 'square RGB images'),
     ('--mean with two values', 'train', _run('data', '--mean', '0.5', '0.4'), 'takes 1 or 3 finite numbers'),
     ('--std 0', 'train', _run('data', '--std', '0'), '--std must be > 0'),
-    ('--smoothing outside [0, 1)', 'train', _run('data', '--smoothing', '1.5'),
-     'smoothing must be in [0, 1), got 1.5'),
+    ('--smoothing outside [0, 1)', 'train', _run('data', '--smoothing', '1.5'), 'smoothing must be in [0, 1), got 1.5'),
     ('negative validation batch size', 'train', _run('data', '-vb', '-4'), 'must be positive, got -4'),
     ('--output is a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file)], 'is a file'),
-    ('--output beneath a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file / 'sub')],
-     'cannot create the run folder'),
-    ('--model-ema-decay repeats a decay', 'train', _run('data', '--model-ema', '--model-ema-decay', '0.9', '0.9'),
-     'repeats a decay'),
-    ('--model-ema-std outside (0, 0.2887]', 'train', _run('data', '--model-ema', '--model-ema-std', '0.5'),
-     'sigma_rel 0.5 is outside'),
-    ('--model-ema-std not a number', 'train', _run('data', '--model-ema', '--model-ema-std', 'wide'),
-     "invalid float value: 'wide'"),
+    (
+        '--output beneath a file',
+        'train',
+        lambda w: [str(w.data), *TINY, '--output', str(w.a_file / 'sub')],
+        'cannot create the run folder',
+    ),
+    (
+        '--model-ema-decay repeats a decay',
+        'train',
+        _run('data', '--model-ema', '--model-ema-decay', '0.9', '0.9'),
+        'repeats a decay',
+    ),
+    (
+        '--model-ema-std outside (0, 0.2887]',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', '0.5'),
+        'sigma_rel 0.5 is outside',
+    ),
+    (
+        '--model-ema-std not a number',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', 'wide'),
+        "invalid float value: 'wide'",
+    ),
     ('--model-ema-std without --model-ema', 'train', _run('data', '--model-ema-std', '0.05'), 'needs --model-ema'),
-    ('--model-ema-snapshot-every without --model-ema-std', 'train',
-     _run('data', '--model-ema', '--model-ema-snapshot-every', '10'), 'add --model-ema'),
-    ('--model-ema-snapshot-every negative', 'train',
-     _run('data', '--model-ema', '--model-ema-std', '0.05', '--model-ema-snapshot-every', '-1'), 'must be >= 0'),
+    (
+        '--model-ema-snapshot-every without --model-ema-std',
+        'train',
+        _run('data', '--model-ema', '--model-ema-snapshot-every', '10'),
+        'add --model-ema',
+    ),
+    (
+        '--model-ema-snapshot-every negative',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', '0.05', '--model-ema-snapshot-every', '-1'),
+        'must be >= 0',
+    ),
     ('unknown --snapshot-dtype', 'train', _run('data', '--snapshot-dtype', 'int8'), "invalid choice: 'int8'"),
-    ('--resume with another number of EMAs', 'train',
-     _run('data', '--model-ema', '--resume', lambda w: w.run_2_emas), 'holds 2 EMA(s) but this run keeps 1'),
+    (
+        '--resume with another number of EMAs',
+        'train',
+        _run('data', '--model-ema', '--resume', lambda w: w.run_2_emas),
+        'holds 2 EMA(s) but this run keeps 1',
+    ),
     ('DATA and --data-dir differ', 'train', _run('data', '--data-dir', lambda w: w.empty), 'differ'),
     ('bad --eval-metric', 'train', _run('data', '--eval-metric', 'top3'), "invalid choice: 'top3'"),
     ('unknown flag', 'train', _run('data', '--model-emma'), 'unrecognized arguments: --model-emma'),
-    ('export: missing checkpoint', 'export',
-     lambda w: ['--checkpoint', str(w.root / 'no_run'), '--out', str(w.out / 'm.safetensors')],
-     'does not exist'),
-    ('export: --out without .safetensors', 'export',
-     lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'm.pth')], 'must end in .safetensors'),
-    ('export: --use-ema of a run without EMA', 'export',
-     lambda w: ['--checkpoint', str(w.run), '--use-ema', '--out', str(w.out / 'm.safetensors')], 'without EMA'),
-    ('export: --out is a folder', 'export',
-     lambda w: ['--checkpoint', str(w.run), '--out', str(w.folder_out)], 'is a folder'),
-    ('export: --out in a missing folder', 'export',
-     lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'no' / 'm.safetensors')], 'cannot write'),
-    ('export: metadata not a JSON object', 'export',
-     lambda w: ['--checkpoint', str(w.run_list_metadata), '--out', str(w.out / 'm.safetensors')], 'metadata'),
+    (
+        'export: missing checkpoint',
+        'export',
+        lambda w: ['--checkpoint', str(w.root / 'no_run'), '--out', str(w.out / 'm.safetensors')],
+        'does not exist',
+    ),
+    (
+        'export: --out without .safetensors',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'm.pth')],
+        'must end in .safetensors',
+    ),
+    (
+        'export: --use-ema of a run without EMA',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--use-ema', '--out', str(w.out / 'm.safetensors')],
+        'without EMA',
+    ),
+    (
+        'export: --out is a folder',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.folder_out)],
+        'is a folder',
+    ),
+    (
+        'export: --out in a missing folder',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'no' / 'm.safetensors')],
+        'cannot write',
+    ),
+    (
+        'export: metadata not a JSON object',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_list_metadata), '--out', str(w.out / 'm.safetensors')],
+        'metadata',
+    ),
     ('export: no --out', 'export', lambda w: ['--checkpoint', str(w.run)], 'required: --out'),
-    ('export: --ema-index of a run without EMA', 'export',
-     lambda w: ['--checkpoint', str(w.run), '--ema-index', '0', '--out', str(w.out / 'm.safetensors')],
-     'without EMA'),
-    ('export: --ema-index negative', 'export',
-     lambda w: ['--checkpoint', str(w.run_2_emas), '--ema-index', '-1', '--out', str(w.out / 'm.safetensors')],
-     'out of range'),
-    ('validate: --ema-index past the EMAs', 'validate',
-     lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', '2'], 'indices 0..1'),
-    ('validate: --interpolation unsupported', 'validate',
-     lambda w: [str(w.data), '--checkpoint', str(w.run), '--interpolation', 'nearest'], "'nearest' is not supported"),
-    ('validate: --ema-index not a number', 'validate',
-     lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', 'best'], "invalid int value"),
-    ('posthoc: a run without snapshots', 'posthoc',
-     lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.out / 'ph')], 'no EMA snapshots'),
-    ('posthoc: missing run folder', 'posthoc',
-     lambda w: ['--run', str(w.root / 'no_run'), '--std', '0.07', '--out', str(w.out / 'ph')], 'does not exist'),
-    ('posthoc: --std outside (0, 0.2887]', 'posthoc',
-     lambda w: ['--run', str(w.run), '--std', '0', '--out', str(w.out / 'ph')], 'sigma_rel 0 is outside'),
-    ('posthoc: --out not empty', 'posthoc',
-     lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.run)], 'not an empty folder'),
-    ('posthoc: no --std', 'posthoc', lambda w: ['--run', str(w.run), '--out', str(w.out / 'ph')],
-     'required: --std'),
-    ('validate: missing checkpoint', 'validate',
-     lambda w: [str(w.data), '--checkpoint', str(w.root / 'no_run')], 'does not exist'),
-    ('validate: data of another class count', 'validate', lambda w: ['--checkpoint', str(w.run)],
-     'has 10 classes but checkpoint'),
-    ('validate: zero batch size', 'validate', lambda w: [str(w.data), '--checkpoint', str(w.run), '-b', '0'],
-     'batch size must be positive'),
-    ('validate: unknown split of the digits', 'validate',
-     lambda w: ['--checkpoint', str(w.run), '--split', 'test'], "has no split 'test'"),
+    (
+        'export: --ema-index of a run without EMA',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--ema-index', '0', '--out', str(w.out / 'm.safetensors')],
+        'without EMA',
+    ),
+    (
+        'export: --ema-index negative',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_2_emas), '--ema-index', '-1', '--out', str(w.out / 'm.safetensors')],
+        'out of range',
+    ),
+    (
+        'validate: --ema-index past the EMAs',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', '2'],
+        'indices 0..1',
+    ),
+    (
+        'validate: --interpolation unsupported',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--interpolation', 'nearest'],
+        "'nearest' is not supported",
+    ),
+    (
+        'validate: --ema-index not a number',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', 'best'],
+        'invalid int value',
+    ),
+    (
+        'posthoc: a run without snapshots',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'no EMA snapshots',
+    ),
+    (
+        'posthoc: missing run folder',
+        'posthoc',
+        lambda w: ['--run', str(w.root / 'no_run'), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'does not exist',
+    ),
+    (
+        'posthoc: --std outside (0, 0.2887]',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0', '--out', str(w.out / 'ph')],
+        'sigma_rel 0 is outside',
+    ),
+    (
+        'posthoc: --out not empty',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.run)],
+        'not an empty folder',
+    ),
+    ('posthoc: no --std', 'posthoc', lambda w: ['--run', str(w.run), '--out', str(w.out / 'ph')], 'required: --std'),
+    (
+        'validate: missing checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.root / 'no_run')],
+        'does not exist',
+    ),
+    (
+        'validate: data of another class count',
+        'validate',
+        lambda w: ['--checkpoint', str(w.run)],
+        'has 10 classes but checkpoint',
+    ),
+    (
+        'validate: zero batch size',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '-b', '0'],
+        'batch size must be positive',
+    ),
+    (
+        'validate: unknown split of the digits',
+        'validate',
+        lambda w: ['--checkpoint', str(w.run), '--split', 'test'],
+        "has no split 'test'",
+    ),
     # runs that survive real life (issue 13, docs/reliability.md)
-    ('--resume: a run another trainer is writing', 'train', _run('data', '--resume', lambda w: w.run_busy),
-     'is in use by another trainer (pid'),
-    ('--resume: an older checkpoint, no --experiment', 'train',
-     _run('data', '--resume', lambda w: w.run_two_steps / 'checkpoints' / '5'), 'add --experiment NAME'),
-    ('--resume: a read-only run folder', 'train', _run('data', '--resume', lambda w: w.run_read_only),
-     'it is read-only here'),
-    ('--resume: a truncated checkpoint', 'train', _run('data', '--resume', lambda w: w.run_truncated),
-     'incomplete or damaged'),
-    ('validate: a truncated checkpoint', 'validate', lambda w: [str(w.data), '--checkpoint', str(w.run_truncated)],
-     'incomplete or damaged'),
-    ('export: a truncated checkpoint', 'export',
-     lambda w: ['--checkpoint', str(w.run_truncated), '--out', str(w.out / 'm.safetensors')], 'incomplete or damaged'),
-    ('export: an orbax checkpoint of another program', 'export',
-     lambda w: ['--checkpoint', str(w.foreign), '--out', str(w.out / 'm.safetensors')], 'of another program'),
-    ('validate: an orbax checkpoint of another program', 'validate',
-     lambda w: [str(w.data), '--checkpoint', str(w.foreign)], 'of another program'),
-    ('posthoc: a truncated snapshot', 'posthoc',
-     lambda w: ['--run', str(w.run_snapshot_cut), '--std', '0.07', '--out', str(w.out / 'ph')], 'truncated'),
-    ('posthoc: --out in a read-only folder', 'posthoc',
-     lambda w: ['--run', str(w.run_snapshots), '--std', '0.07', '--out', str(w.root / 'read_only_out' / 'ph')],
-     'Read-only file system'),
-    ('plot: a damaged summary.csv', 'plot', lambda w: [str(w.run_summary_damaged), '--out', str(w.out / 'p.png')],
-     'holds a non-number'),
-    ('plot: --out in a read-only folder', 'plot',
-     lambda w: [str(w.run_summary), '--out', str(w.root / 'read_only_out' / 'p.png')], 'Read-only'),
+    (
+        '--resume: a run another trainer is writing',
+        'train',
+        _run('data', '--resume', lambda w: w.run_busy),
+        'is in use by another trainer (pid',
+    ),
+    (
+        '--resume: an older checkpoint, no --experiment',
+        'train',
+        _run('data', '--resume', lambda w: w.run_two_steps / 'checkpoints' / '5'),
+        'add --experiment NAME',
+    ),
+    (
+        '--resume: a read-only run folder',
+        'train',
+        _run('data', '--resume', lambda w: w.run_read_only),
+        'it is read-only here',
+    ),
+    (
+        '--resume: a truncated checkpoint',
+        'train',
+        _run('data', '--resume', lambda w: w.run_truncated),
+        'incomplete or damaged',
+    ),
+    (
+        'validate: a truncated checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_truncated)],
+        'incomplete or damaged',
+    ),
+    (
+        'export: a truncated checkpoint',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_truncated), '--out', str(w.out / 'm.safetensors')],
+        'incomplete or damaged',
+    ),
+    (
+        'export: an orbax checkpoint of another program',
+        'export',
+        lambda w: ['--checkpoint', str(w.foreign), '--out', str(w.out / 'm.safetensors')],
+        'of another program',
+    ),
+    (
+        'validate: an orbax checkpoint of another program',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.foreign)],
+        'of another program',
+    ),
+    (
+        'posthoc: a truncated snapshot',
+        'posthoc',
+        lambda w: ['--run', str(w.run_snapshot_cut), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'truncated',
+    ),
+    (
+        'posthoc: --out in a read-only folder',
+        'posthoc',
+        lambda w: ['--run', str(w.run_snapshots), '--std', '0.07', '--out', str(w.root / 'read_only_out' / 'ph')],
+        'Read-only file system',
+    ),
+    (
+        'plot: a damaged summary.csv',
+        'plot',
+        lambda w: [str(w.run_summary_damaged), '--out', str(w.out / 'p.png')],
+        'holds a non-number',
+    ),
+    (
+        'plot: --out in a read-only folder',
+        'plot',
+        lambda w: [str(w.run_summary), '--out', str(w.root / 'read_only_out' / 'p.png')],
+        'Read-only',
+    ),
 ]
 
 
 def _snapshot(root: Path) -> dict:
     """Every path under root with its size and modification time (folders: None, mtime)."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob('*')}
+    return {
+        str(p.relative_to(root)): (None if p.is_dir() else p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob('*')
+    }
 
 
 def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
@@ -277,14 +534,18 @@ def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
     if created:
         tops = [rel for rel in created if str(Path(rel).parent) not in created]
         problems.append(f'created {", ".join(tops)}')
-    changed = sorted(rel for rel in before  # a folder's mtime moves with what was created in it
-                     if rel not in after or (before[rel][0] is not None and after[rel] != before[rel]))
+    changed = sorted(
+        rel
+        for rel in before  # a folder's mtime moves with what was created in it
+        if rel not in after or (before[rel][0] is not None and after[rel] != before[rel])
+    )
     if changed:
         problems.append(f'changed or removed {", ".join(changed)}')
     return code, err, problems
 
 
 # --- pytest ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope='module')
 def world(tmp_path_factory):
@@ -323,10 +584,13 @@ def test_cases_cover_every_cli_and_have_unique_ids():
 
 # --- python tests/test_bad_input.py: the table of real messages ------------------------------------
 
+
 def _abridge(w, argv: list[str]) -> str:
     """The command line with the world's paths shortened to names such as DATA, OUT, RUN."""
-    names = sorted(((str(getattr(w, k)), k.upper()) for k in vars(w) if isinstance(getattr(w, k), Path)),
-                   key=lambda kv: -len(kv[0]))
+    names = sorted(
+        ((str(getattr(w, k)), k.upper()) for k in vars(w) if isinstance(getattr(w, k), Path)),
+        key=lambda kv: -len(kv[0]),
+    )
     text = ' '.join(argv).replace(' '.join(TINY), '…')
     for path, name in names:
         text = text.replace(path, name if name != 'ROOT' else '.')
@@ -356,11 +620,13 @@ def markdown_table(w) -> tuple[str, list[str]]:
 def write_doc(table: str, problems: list[str]) -> Path:
     doc = Path(__file__).resolve().parent.parent / 'docs' / 'bad-input.md'
     doc.parent.mkdir(exist_ok=True)
-    text = ('# What each bad input answers\n\n'
-            'Every CLI answers bad input with one line on stderr and exit code 2, before anything is written. '
-            'Generated by `python tests/test_bad_input.py`, which runs each case of its CASES table in-process '
-            f'(`…` stands for the tiny-run flags `{" ".join(TINY)}`; capital names for the test\'s folders and '
-            'files).\n\n' + table)
+    text = (
+        '# What each bad input answers\n\n'
+        'Every CLI answers bad input with one line on stderr and exit code 2, before anything is written. '
+        'Generated by `python tests/test_bad_input.py`, which runs each case of its CASES table in-process '
+        f"(`…` stands for the tiny-run flags `{' '.join(TINY)}`; capital names for the test's folders and "
+        'files).\n\n' + table
+    )
     if problems:
         text += '\nNot yet answered as they should be:\n\n' + ''.join(f'- {p}\n' for p in problems)
     doc.write_text(text)

@@ -1,6 +1,7 @@
 """Smoke tests of benchmarks/bench_ema.py and bench_input.py (their --quick runs, in process) and
 benchmarks/gpu_check.py (its --quick run where TensorFlow cannot be imported): every figure written, no timing
 judged."""
+
 import glob
 import json
 import math
@@ -17,6 +18,7 @@ BENCHMARKS = os.path.join(ROOT, 'benchmarks')
 sys.path.insert(0, BENCHMARKS)
 import bench_ema  # noqa: E402
 import gpu_check  # noqa: E402
+
 from torch_ref.precision import problems as precision_problems  # noqa: E402
 
 STEP_VARIANTS = {'no_ema', 'device_ema', 'host_ema', 'host_ema_k4', 'host_ema_k16'}
@@ -72,8 +74,11 @@ def test_step_figures(report):
     assert set(ips['images_per_s']) == set(step['median_s']) | TIMM_VARIANTS
     assert set(ips['ours_vs_timm']) == {'no_ema', 'ema', 'force_cpu_ema'}
     assert set(report['samples']) == set(step['median_s']) | TIMM_VARIANTS
-    assert set(report['targets']) == {'ema_update_vs_timm_v3 <= 1.0', 'ema_update_fraction_of_copy >= 0.8',
-                                      'offloaded_k1_vs_on_device <= 1.05 (GPU)'}
+    assert set(report['targets']) == {
+        'ema_update_vs_timm_v3 <= 1.0',
+        'ema_update_fraction_of_copy >= 0.8',
+        'offloaded_k1_vs_on_device <= 1.05 (GPU)',
+    }
 
 
 @pytest.mark.slow
@@ -127,9 +132,15 @@ def test_input_quick_defaults_yield_to_explicit_flags():
 
 # What a GPU image without TensorFlow and tensorboardX must import: the step, the loop, the EMA placements,
 # the torch reference, every parity test module, and gpu_check itself (run whole below).
-NO_TF_MODULES = ['jax_ema.train', 'jax_ema.loop', 'jax_ema.offload', 'jax_ema.checkpoint', 'torch_ref.trainer',
-                 'torch_ref.precision', 'report'] + sorted(
-    os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'parity_tests', 'test_*.py')))
+NO_TF_MODULES = [
+    'jax_ema.train',
+    'jax_ema.loop',
+    'jax_ema.offload',
+    'jax_ema.checkpoint',
+    'torch_ref.trainer',
+    'torch_ref.precision',
+    'report',
+] + sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'parity_tests', 'test_*.py')))
 WITHOUT_TENSORFLOW = """
 import importlib, json, sys
 BLOCKED = ('tensorflow', 'tensorflow_datasets', 'tensorboardX', 'tensorboard')
@@ -149,10 +160,14 @@ print(json.dumps(dict(code=code, loaded=loaded)))
 def gpu_check_run(tmp_path_factory):
     """gpu_check.py --quick in a fresh interpreter where TensorFlow and tensorboardX cannot be imported."""
     out = str(tmp_path_factory.mktemp('gpu_check') / 'gpu_check.json')
-    code = WITHOUT_TENSORFLOW.format(root=ROOT, parity=os.path.join(ROOT, 'parity_tests'), benchmarks=BENCHMARKS,
-                                     modules=NO_TF_MODULES, out=out)
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), 'jax_ema_test_xla_cache'),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    code = WITHOUT_TENSORFLOW.format(
+        root=ROOT, parity=os.path.join(ROOT, 'parity_tests'), benchmarks=BENCHMARKS, modules=NO_TF_MODULES, out=out
+    )
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), 'jax_ema_test_xla_cache'),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    )
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
@@ -181,13 +196,17 @@ def test_gpu_check_quick_report(gpu_check_run):
         none, device, host = (parts['step']['memory'][f'{dtype}_ema_{p}'] for p in ('none', 'device', 'host'))
         assert device['device_bytes'] - none['device_bytes'] == device['ema_bytes'] > 0  # the EMA, on the device
         assert host['host_bytes'] == host['ema_bytes'] and host['device_bytes'] == none['device_bytes']  # on the host
-        assert none['peak_device_bytes'] < device['peak_device_bytes'] and host['peak_device_bytes'] < \
-            device['peak_device_bytes']
-    assert set(parts['timm']['images_per_s']) == {f'timm_eager_{d}_ema_{e}' for d in ('float32', 'bfloat16')
-                                                  for e in ('none', 'device', 'cpu')}
+        assert (
+            none['peak_device_bytes'] < device['peak_device_bytes']
+            and host['peak_device_bytes'] < device['peak_device_bytes']
+        )
+    assert set(parts['timm']['images_per_s']) == {
+        f'timm_eager_{d}_ema_{e}' for d in ('float32', 'bfloat16') for e in ('none', 'device', 'cpu')
+    }
     runs = parts['loop']['runs']
     assert set(runs) == {f'float32_ema_{p}' for p in ('none', 'device', 'host', 'sharded')} | {
-        'float32_ema_device_batches_on_device'}
+        'float32_ema_device_batches_on_device'
+    }
     assert all(len(r['loop_images_per_s']) == 2 for r in runs.values())  # 6 updates, log every 2: the first dropped
     assert all(r['checkpoint_bytes'] > 0 and r['checkpoint_s'] > 0 for n, r in runs.items() if 'batches' not in n)
     machine = report['machine']

@@ -8,13 +8,14 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-
 from timm.data import transforms as timm_transforms
 from timm.data.transforms_factory import transforms_imagenet_eval
 from torchvision import transforms as tv_transforms
 
-from jax_ema import data  # the one module that imports tensorflow (after triton, see _compat)
-from jax_ema import device_input
+from jax_ema import (
+    data,  # the one module that imports tensorflow (after triton, see _compat)
+    device_input,
+)
 from jax_ema.errors import UserError
 
 tf = data.tf
@@ -74,6 +75,7 @@ def concat(batches):
 
 # --- sources --------------------------------------------------------------------------------------
 
+
 def test_split_folders(splits_dir, caplog):
     with caplog.at_level(logging.INFO, logger='jax_ema.data'):
         train, val = data.load_datasets(data.DataConfig(data_dir=splits_dir, img_size=IMG))
@@ -99,13 +101,15 @@ def test_class_folders_split_stratified_and_fixed(tmp_path):
     assert train.source == 'folders' and train.class_names == ('ant', 'bee', 'cow')
     assert np.bincount(val.labels).tolist() == [round(0.2 * 7)] * 3
     assert sorted(train.paths + val.paths) == sorted(
-        os.path.join(root, c, f) for c in train.class_names for f in os.listdir(os.path.join(root, c)))
+        os.path.join(root, c, f) for c in train.class_names for f in os.listdir(os.path.join(root, c))
+    )
     assert not set(train.paths) & set(val.paths)
     assert (train.paths, val.paths) == (again.paths, val_again.paths)  # independent of --seed
 
 
 def test_digits_default(digits):
     from sklearn.datasets import load_digits
+
     train, val = digits
     assert train.source == 'digits' and train.num_classes == 10
     assert train.num_examples + val.num_examples == 1797
@@ -117,12 +121,15 @@ def test_digits_default(digits):
     np.testing.assert_array_equal(first(val2.eval_batches(16))['image'], first(val.eval_batches(16))['image'])
 
 
-@pytest.mark.parametrize('names, val_split, expect', [
-    (('train', 'val'), 'validation', 'val'),
-    (('train', 'val', 'eval'), 'validation', 'val'),  # timm's synonym order
-    (('training', 'evaluation'), 'validation', 'evaluation'),
-    (('train', 'holdout'), 'holdout', 'holdout'),
-])
+@pytest.mark.parametrize(
+    'names, val_split, expect',
+    [
+        (('train', 'val'), 'validation', 'val'),
+        (('train', 'val', 'eval'), 'validation', 'val'),  # timm's synonym order
+        (('training', 'evaluation'), 'validation', 'evaluation'),
+        (('train', 'holdout'), 'holdout', 'holdout'),
+    ],
+)
 def test_split_folder_search(tmp_path, names, val_split, expect):
     for name in names:
         make_classes(str(tmp_path / name), ['a', 'b'], per_class=1)
@@ -132,6 +139,7 @@ def test_split_folder_search(tmp_path, names, val_split, expect):
 
 # --- transforms against timm ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic', 'lanczos', 'box'])
 def test_eval_transform_matches_timm(splits_dir, interpolation):
     """timm's eval transform (resize the short side to img_size / crop_pct, centre crop) as its uint8
@@ -139,8 +147,7 @@ def test_eval_transform_matches_timm(splits_dir, interpolation):
     _, val = data.load_datasets(data.DataConfig(data_dir=splits_dir, img_size=IMG, interpolation=interpolation))
     batch = first(val.eval_batches(val.num_examples))
     assert batch['image'].dtype == np.uint8
-    timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.875, interpolation=interpolation,
-                                         use_prefetcher=True)
+    timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.875, interpolation=interpolation, use_prefetcher=True)
     for path, image in zip(val.paths, batch['image']):
         expected = timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()
         assert np.abs(image.astype(int) - expected).max() <= 1
@@ -166,17 +173,32 @@ def test_eval_input_follows_the_data_config(photos_dir, interpolation):
     also next to sharp edges, where the cubic overshoot is clipped between PIL's two uint8 passes. The
     other interpolation is far off on these images, so the test tells them apart."""
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.5, 0.75)
-    _, val = data.load_datasets(data.DataConfig(data_dir=photos_dir, img_size=IMG, crop_pct=0.95, num_workers=1,
-                                                interpolation=interpolation, mean=mean, std=std))
+    _, val = data.load_datasets(
+        data.DataConfig(
+            data_dir=photos_dir,
+            img_size=IMG,
+            crop_pct=0.95,
+            num_workers=1,
+            interpolation=interpolation,
+            mean=mean,
+            std=std,
+        )
+    )
     assert (val.device_input.mean, val.device_input.std) == (mean, std)
     batch = first(val.eval_batches(val.num_examples))
     images = np.asarray(device_input.eval_images(batch['image'], val.device_input))
 
     def timm_levels(interp):  # |ours - timm's| in 8-bit levels
         timm_eval = transforms_imagenet_eval(img_size=IMG, crop_pct=0.95, interpolation=interp, mean=mean, std=std)
-        return np.concatenate([
-            (np.abs(image - timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()) * std * 255).ravel()
-            for path, image in zip(val.paths, images)])
+        return np.concatenate(
+            [
+                (
+                    np.abs(image - timm_eval(Image.open(path).convert('RGB')).permute(1, 2, 0).numpy()) * std * 255
+                ).ravel()
+                for path, image in zip(val.paths, images)
+            ]
+        )
+
     assert timm_levels(interpolation).max() <= 1.01
     other = timm_levels('bicubic' if interpolation == 'bilinear' else 'bilinear')
     assert np.mean(other > 1.01) > 0.1
@@ -196,7 +218,7 @@ def test_eval_window_gives_the_pixels_of_resizing_everything(tmp_path):
         decoded = tf.io.decode_jpeg(encoded, channels=3, dct_method='INTEGER_ACCURATE')
         np.testing.assert_array_equal(window, data.eval_transform(decoded, cfg, decoded=True).numpy())
         new_size, (top, left) = [t.numpy() for t in data.transforms.eval_geometry(size[1], size[0], 64, 0.8)]
-        whole = data.resize(decoded, new_size).numpy()[top:top + 64, left:left + 64]
+        whole = data.resize(decoded, new_size).numpy()[top : top + 64, left : left + 64]
         gap = np.abs(window.astype(int) - whole)
         assert gap.max() <= 1 and np.mean(gap > 0) < 0.01  # float rounding only
 
@@ -208,9 +230,12 @@ def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip, size
     cfg = data.DataConfig(data_dir=splits_dir, img_size=size, scale=scale, ratio=ratio, hflip=hflip)
     train, _ = data.load_datasets(cfg)
     batch = first(train.train_batches(train.num_examples, epoch=0))
-    timm_train = tv_transforms.Compose([  # up to timm's uint8 prefetcher hand-over (no normalisation)
-        timm_transforms.RandomResizedCropAndInterpolation(size, scale, ratio, interpolation='bilinear'),
-        tv_transforms.RandomHorizontalFlip(hflip)])
+    timm_train = tv_transforms.Compose(
+        [  # up to timm's uint8 prefetcher hand-over (no normalisation)
+            timm_transforms.RandomResizedCropAndInterpolation(size, scale, ratio, interpolation='bilinear'),
+            tv_transforms.RandomHorizontalFlip(hflip),
+        ]
+    )
     order = data.epoch_order(cfg.seed, 0, train.num_examples)
     for index, image in zip(order, batch['image']):
         expected = np.asarray(timm_train(Image.open(train.paths[index]).convert('RGB')), int)
@@ -220,22 +245,27 @@ def test_train_transform_matches_timm_when_crop_is_fixed(splits_dir, hflip, size
 def sample_boxes(height, width, n, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """n boxes (top, left, h, w) from ours and from timm's get_params, both seeded."""
     keys = tf.random.experimental.stateless_split(tf.constant([0, height], tf.int64), n)
-    box = lambda key: tf.stack(data.random_resized_crop_box(key, height, width, scale, ratio))
+
+    def box(key):
+        return tf.stack(data.random_resized_crop_box(key, height, width, scale, ratio))
+
     ours = tf.function(lambda k: tf.map_fn(box, k, fn_output_signature=tf.int32))(keys).numpy()
     random.seed(height)
     image = Image.new('RGB', (width, height))
-    theirs = [timm_transforms.RandomResizedCropAndInterpolation.get_params(image, scale, ratio)
-              for _ in range(n)]
+    theirs = [timm_transforms.RandomResizedCropAndInterpolation.get_params(image, scale, ratio) for _ in range(n)]
     return ours.astype(np.float64), np.array(theirs, np.float64)
 
 
-@pytest.mark.parametrize('height, width, statistic', [
-    (40, 100, lambda b: b[:, 3] == 100),  # how often the ratio-clamped fallback happens
-    (12, 12, lambda b: b[:, 0] + b[:, 2] / 2),  # vertical centre: uniform offset, ends included
-    (12, 12, lambda b: b[:, 1] + b[:, 3] / 2),
-    (500, 500, lambda b: np.log(b[:, 3] / b[:, 2])),  # aspect: log-uniform
-    (500, 500, lambda b: b[:, 2] * b[:, 3] / 500**2),  # area fraction: uniform in scale
-])
+@pytest.mark.parametrize(
+    'height, width, statistic',
+    [
+        (40, 100, lambda b: b[:, 3] == 100),  # how often the ratio-clamped fallback happens
+        (12, 12, lambda b: b[:, 0] + b[:, 2] / 2),  # vertical centre: uniform offset, ends included
+        (12, 12, lambda b: b[:, 1] + b[:, 3] / 2),
+        (500, 500, lambda b: np.log(b[:, 3] / b[:, 2])),  # aspect: log-uniform
+        (500, 500, lambda b: b[:, 2] * b[:, 3] / 500**2),  # area fraction: uniform in scale
+    ],
+)
 def test_random_resized_crop_box_samples_like_timm(height, width, statistic):
     ours, theirs = sample_boxes(height, width, 4000)
     assert (ours[:, :2] >= 0).all() and (ours[:, 2:] >= 1).all()
@@ -255,6 +285,7 @@ def test_each_example_gets_its_own_augmentation(tmp_path):
 
 
 # --- determinism, resume, sharding ---------------------------------------------------------------
+
 
 def test_train_order_and_augmentation_are_functions_of_seed_epoch_index(digits):
     train, _ = digits
@@ -296,8 +327,7 @@ def test_start_step_skips_exactly(digits):
 def test_process_slices_make_the_global_batch(digits):
     train, val = digits
     whole = first(train.train_batches(16, epoch=2, start_step=5))
-    parts = [first(train.train_batches(16, epoch=2, start_step=5, process_index=p, process_count=2))
-             for p in range(2)]
+    parts = [first(train.train_batches(16, epoch=2, start_step=5, process_index=p, process_count=2)) for p in range(2)]
     assert parts[0]['image'].shape[0] == 8
     for key in whole:
         np.testing.assert_array_equal(concat(parts)[key], whole[key])
@@ -320,10 +350,11 @@ def test_eval_pads_last_batch_with_mask(digits):
     assert batches[-1]['mask'].sum() == val.num_examples % size
     joined = concat(batches)
     np.testing.assert_array_equal(joined['label'][joined['mask']], val.labels)
-    assert not joined['mask'][val.num_examples:].any()
+    assert not joined['mask'][val.num_examples :].any()
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
 
 def load(root, **kwargs):
     return data.load_datasets(data.DataConfig(data_dir=str(root), img_size=IMG, **kwargs))
@@ -361,7 +392,7 @@ def test_empty_class_folder_is_named(tmp_path):
 def test_class_folders_differ_between_splits(tmp_path):
     make_classes(str(tmp_path / 'train'), ['cat', 'dog'], 1)
     make_classes(str(tmp_path / 'validation'), ['cat', 'cow'], 1)
-    with pytest.raises(UserError, match=r"dog.*cow"):
+    with pytest.raises(UserError, match=r'dog.*cow'):
         load(tmp_path)
 
 
@@ -381,8 +412,9 @@ def write_bad(path, content):
         path.write_bytes(content)
 
 
-@pytest.mark.parametrize('name, content', [
-    ('broken.png', 'truncated'), ('fake.jpg', b'this is text'), ('cut.jpg', 'truncated')])
+@pytest.mark.parametrize(
+    'name, content', [('broken.png', 'truncated'), ('fake.jpg', b'this is text'), ('cut.jpg', 'truncated')]
+)
 def test_verify_images_names_a_bad_image(tmp_path, name, content):
     """--verify-images decodes every image with the decoder training uses; without it nothing is decoded.
     (A GIF, BMP or WebP named .png is no error: TensorFlow decodes it, as PIL does for timm.)"""
@@ -423,8 +455,11 @@ def test_unreadable_image_is_skipped_in_place(tmp_path, caplog):
                 np.testing.assert_array_equal(got['image'], want['image'])
                 np.testing.assert_array_equal(got['label'], want['label'])
                 assert bad_ds.skipped_images(epoch) == (
-                    1 if bad_ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png')) in
-                    data.epoch_order(42, epoch, bad_ds.num_examples)[:len(got['label'])] else 0)
+                    1
+                    if bad_ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png'))
+                    in data.epoch_order(42, epoch, bad_ds.num_examples)[: len(got['label'])]
+                    else 0
+                )
         else:
             got, want = concat(list(bad_ds.eval_batches(3))), concat(list(copy_ds.eval_batches(3)))
             row = bad_ds.paths.index(str(tmp_path / 'bad' / 'b' / '2x.png'))
@@ -505,9 +540,15 @@ def test_too_few_images_to_split_a_class(tmp_path):
         load(tmp_path)
 
 
-@pytest.mark.parametrize('option, value, flag', [
-    ('crop_pct', 0.0, '--crop-pct'), ('hflip', 1.5, '--hflip'), ('scale', (0.5, 0.1), '--scale'),
-    ('val_split_fraction', 1.0, 'fraction')])
+@pytest.mark.parametrize(
+    'option, value, flag',
+    [
+        ('crop_pct', 0.0, '--crop-pct'),
+        ('hflip', 1.5, '--hflip'),
+        ('scale', (0.5, 0.1), '--scale'),
+        ('val_split_fraction', 1.0, 'fraction'),
+    ],
+)
 def test_bad_options(option, value, flag):
     with pytest.raises(UserError, match=flag):
         data.load_datasets(data.DataConfig(img_size=IMG, **{option: value}))

@@ -1,9 +1,10 @@
 """jax_ema.ema on hand-computed values from timm's ModelEmaV3 formula (JAX only).
 
-    t = max(0, step - update_after_step - 1);  t == 0 -> decay 0 (plain copy)
-    warmup: decay = clip(1 - (1 + t / gamma) ** -power, min_decay, decay)
-    ema <- decay * ema + (1 - decay) * new
+t = max(0, step - update_after_step - 1);  t == 0 -> decay 0 (plain copy)
+warmup: decay = clip(1 - (1 + t / gamma) ** -power, min_decay, decay)
+ema <- decay * ema + (1 - decay) * new
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,11 +43,14 @@ def test_average_is_decay_times_old_plus_rest_times_new():
     np.testing.assert_allclose(params['w'], [0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2], rtol=1e-6)
 
 
-@pytest.mark.parametrize('step, expected', [
-    (2, 2 ** (-2 / 3)),  # t = 1: 1 - decay = (1 + 1) ** (-2/3) = 0.62996...
-    (8, 0.25),  # t = 7: 8 ** (-2/3)
-    (27, 1 / 9),  # t = 26: 27 ** (-2/3)
-])
+@pytest.mark.parametrize(
+    'step, expected',
+    [
+        (2, 2 ** (-2 / 3)),  # t = 1: 1 - decay = (1 + 1) ** (-2/3) = 0.62996...
+        (8, 0.25),  # t = 7: 8 ** (-2/3)
+        (27, 1 / 9),  # t = 26: 27 ** (-2/3)
+    ],
+)
 def test_warmup_values(step, expected):
     cfg = ema.EmaConfig(decay=0.9999, use_warmup=True)
     assert size(cfg, step) == pytest.approx(expected, rel=1e-6)
@@ -108,8 +112,14 @@ def test_integer_leaves_are_copied():
 @pytest.mark.parametrize('exclude_buffers', [True, False])
 def test_exclude_buffers_copies_stats(exclude_buffers):
     cfg = ema.EmaConfig(decay=0.9, exclude_buffers=exclude_buffers)
-    params, stats = ema.update(cfg, {'w': jnp.array([1.0])}, {'mean': jnp.array([1.0])},
-                               {'w': jnp.array([3.0])}, {'mean': jnp.array([3.0])}, step=50)
+    params, stats = ema.update(
+        cfg,
+        {'w': jnp.array([1.0])},
+        {'mean': jnp.array([1.0])},
+        {'w': jnp.array([3.0])},
+        {'mean': jnp.array([3.0])},
+        step=50,
+    )
     assert float(params['w'][0]) == pytest.approx(1.2, rel=1e-6)
     assert float(stats['mean'][0]) == (3.0 if exclude_buffers else pytest.approx(1.2, rel=1e-6))
 
@@ -149,9 +159,9 @@ def test_config_accepts_the_bounds():
 def test_update_every_k_folds_k_updates_and_keeps_the_horizon():
     cfg = ema.EmaConfig(decay=0.999, update_every=8)
     size8 = float(ema.step_size(cfg, 800, 8))
-    assert abs(size8 - (1 - 0.999 ** 8)) <= 1e-6 * size8               # decay ** K
-    assert float(ema.step_size(cfg, 800, 0)) == 0.0                      # nothing pending: no change
-    assert float(ema.step_size(cfg, 1, 8)) == 1.0                        # the first update is still a copy
+    assert abs(size8 - (1 - 0.999**8)) <= 1e-6 * size8  # decay ** K
+    assert float(ema.step_size(cfg, 800, 0)) == 0.0  # nothing pending: no change
+    assert float(ema.step_size(cfg, 1, 8)) == 1.0  # the first update is still a copy
     # a constant signal: after n updates every K the EMA has forgotten the start as decay ** n
     old = ema.init({'w': jnp.zeros(3)})
     for step in range(8, 8 * 51, 8):
@@ -169,15 +179,18 @@ def test_update_every_must_be_positive():
 DECAYS = (0.9, 0.999, 0.9998)
 
 
-@pytest.mark.parametrize('kwargs', [dict(), dict(use_warmup=True, update_after_step=3),
-                                    dict(exclude_buffers=True, min_decay=0.5, use_warmup=True)])
+@pytest.mark.parametrize(
+    'kwargs',
+    [dict(), dict(use_warmup=True, update_after_step=3), dict(exclude_buffers=True, min_decay=0.5, use_warmup=True)],
+)
 @pytest.mark.parametrize('every', [1, 4])
 def test_stacked_members_are_bit_identical_to_separate_emas(kwargs, every):
     """3 decays stacked ([3, n], one fused lerp) == 3 separate single EMAs, bit for bit, in float32."""
     rng = np.random.default_rng(1)
-    params = [{'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), 'b': jnp.asarray(rng.normal(size=7),
-                                                                                      jnp.float32)}
-              for _ in range(60)]
+    params = [
+        {'w': jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), 'b': jnp.asarray(rng.normal(size=7), jnp.float32)}
+        for _ in range(60)
+    ]
     stats = [{'mean': p['b'] * 2, 'n': jnp.array(i, jnp.int32)} for i, p in enumerate(params)]
     stacked_cfg = ema.EmaConfig(decay=DECAYS[0], extra_decays=DECAYS[1:], update_every=every, **kwargs)
     assert stacked_cfg.members == 3 and stacked_cfg.decays == DECAYS
@@ -187,8 +200,7 @@ def test_stacked_members_are_bit_identical_to_separate_emas(kwargs, every):
     alone = [(ema.init(params[0]), ema.init(stats[0])) for _ in DECAYS]
     for step in range(every, len(params), every):
         stack = run(stacked_cfg, *stack, params[step], stats[step], step, every)
-        alone = [run(stacked_cfg.single(d), *a, params[step], stats[step], step, every)
-                 for d, a in zip(DECAYS, alone)]
+        alone = [run(stacked_cfg.single(d), *a, params[step], stats[step], step, every) for d, a in zip(DECAYS, alone)]
     for i, (p, s) in enumerate(alone):
         for got, want in ((ema.tree(stack[0], i), ema.tree(p)), (ema.tree(stack[1], i), ema.tree(s))):
             jax.tree.map(lambda g, w: np.testing.assert_array_equal(np.asarray(g), np.asarray(w)), got, want)

@@ -1,4 +1,5 @@
 """Export of raw / EMA checkpoint weights to timm .safetensors, and the timm file reader (no torch here)."""
+
 import json
 import os
 import sys
@@ -22,8 +23,10 @@ IMG, NUM_CLASSES = 32, 3
 
 def _batch(seed, n=4):
     rng = np.random.default_rng(seed)
-    return {'image': rng.normal(size=(n, IMG, IMG, 3)).astype(np.float32),
-            'label': rng.integers(0, NUM_CLASSES, size=n).astype(np.int32)}
+    return {
+        'image': rng.normal(size=(n, IMG, IMG, 3)).astype(np.float32),
+        'label': rng.integers(0, NUM_CLASSES, size=n).astype(np.int32),
+    }
 
 
 def _save(run_dir, state, ema_meta):
@@ -48,8 +51,12 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('export')
     ema_dir = _save(root / 'ema_run', state, {'decay': 0.9})
     plain_dir = _save(root / 'plain_run', state.replace(ema_params=None, ema_batch_stats=None), None)
-    weights = jax.device_get({'raw': {'params': state.params, 'batch_stats': state.batch_stats},
-                              'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)}})
+    weights = jax.device_get(
+        {
+            'raw': {'params': state.params, 'batch_stats': state.batch_stats},
+            'ema': {'params': ema.tree(state.ema_params), 'batch_stats': ema.tree(state.ema_batch_stats)},
+        }
+    )
     return dict(root=root, ema_dir=ema_dir, plain_dir=plain_dir, weights=weights)
 
 
@@ -80,19 +87,30 @@ def test_export_writes_to_timm_of_the_chosen_weights(runs, which, tmp_path, caps
 
 def test_export_carries_the_runs_data_config(runs, tmp_path, capsys):
     """The data config of the checkpoint's metadata goes into the file's header and the printed timm call."""
-    config = dict(input_size=[3, IMG, IMG], interpolation='bicubic', mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5],
-                  crop_pct=0.95, crop_mode='center')
+    config = dict(
+        input_size=[3, IMG, IMG],
+        interpolation='bicubic',
+        mean=[0.5, 0.5, 0.5],
+        std=[0.5, 0.5, 0.5],
+        crop_pct=0.95,
+        crop_mode='center',
+    )
     manager = checkpoint.open_manager(tmp_path / 'run' / 'checkpoints')
-    checkpoint.save_tree(manager, checkpoint.restore_tree(runs['ema_dir']),
-                         dict(checkpoint.read_metadata(runs['ema_dir']), data_config=config))
+    checkpoint.save_tree(
+        manager,
+        checkpoint.restore_tree(runs['ema_dir']),
+        dict(checkpoint.read_metadata(runs['ema_dir']), data_config=config),
+    )
     manager.close()
     out = tmp_path / 'model.safetensors'
     assert main(['--checkpoint', str(tmp_path / 'run'), '--out', str(out)]) == 0
     with safetensors.safe_open(out, 'np') as f:
         assert json.loads(f.metadata()['jax_ema.data_config']) == config and f.metadata()['format'] == 'pt'
-    assert (f"checkpoint_path='{out}', pretrained_cfg_overlay=dict(input_size=(3, {IMG}, {IMG}), "
-            "interpolation='bicubic', mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.95, "
-            "crop_mode='center'))") in capsys.readouterr().out
+    assert (
+        f"checkpoint_path='{out}', pretrained_cfg_overlay=dict(input_size=(3, {IMG}, {IMG}), "
+        "interpolation='bicubic', mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.95, "
+        "crop_mode='center'))"
+    ) in capsys.readouterr().out
 
 
 def test_raw_and_ema_weights_differ(runs):
@@ -105,8 +123,13 @@ def test_raw_and_ema_weights_differ(runs):
 @pytest.mark.parametrize('where', ['run', 'checkpoints', 'step', 'last', 'best'])
 def test_checkpoint_argument_forms(runs, where, tmp_path):
     run = runs['root'] / 'plain_run'
-    path = {'run': run, 'checkpoints': run / 'checkpoints', 'step': runs['plain_dir'],
-            'last': run / 'checkpoints' / 'last', 'best': run / 'best'}[where]
+    path = {
+        'run': run,
+        'checkpoints': run / 'checkpoints',
+        'step': runs['plain_dir'],
+        'last': run / 'checkpoints' / 'last',
+        'best': run / 'best',
+    }[where]
     out = tmp_path / 'model.safetensors'
     assert main(['--checkpoint', str(path), '--out', str(out)]) == 0
     _assert_equal_state_dicts(safetensors.numpy.load_file(out), to_timm('resnet18', runs['weights']['raw']))
@@ -140,8 +163,12 @@ def test_use_ema_without_ema(runs, tmp_path, capsys):
 def test_bad_out_path(runs, bad, tmp_path, capsys):
     (tmp_path / 'a_file').write_text('x')
     (tmp_path / 'a_folder.safetensors').mkdir()
-    out = {'no_folder': tmp_path / 'nope' / 'm.safetensors', 'folder': tmp_path / 'a_folder.safetensors',
-           'under_a_file': tmp_path / 'a_file' / 'm.safetensors', 'suffix': tmp_path / 'm.pth'}.get(bad)
+    out = {
+        'no_folder': tmp_path / 'nope' / 'm.safetensors',
+        'folder': tmp_path / 'a_folder.safetensors',
+        'under_a_file': tmp_path / 'a_file' / 'm.safetensors',
+        'suffix': tmp_path / 'm.pth',
+    }.get(bad)
     argv = ['--checkpoint', str(runs['plain_dir'])] + (['--out', str(out)] if out else [])
     assert main(argv) == 2
     line = _one_error_line(capsys)
@@ -156,6 +183,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 
     def fail(*args, **kwargs):
         raise OSError(28, 'No space left on device')
+
     monkeypatch.setattr(safetensors.numpy, 'save_file', fail)
     with pytest.raises(UserError, match='No space left'):
         timm_io.save_timm_safetensors({'w': np.zeros((2, 3), np.float32)}, path)
@@ -172,9 +200,14 @@ def test_save_makes_arrays_contiguous_and_load_strips_wrappers(tmp_path):
     np.testing.assert_array_equal(loaded['fc.weight'], weight)
 
 
-@pytest.mark.parametrize('name, message', [('missing.safetensors', 'does not exist'),
-                                           ('weights.npz', 'unknown extension'),
-                                           ('garbage.safetensors', 'cannot read')])
+@pytest.mark.parametrize(
+    'name, message',
+    [
+        ('missing.safetensors', 'does not exist'),
+        ('weights.npz', 'unknown extension'),
+        ('garbage.safetensors', 'cannot read'),
+    ],
+)
 def test_load_bad_files(tmp_path, name, message):
     (tmp_path / 'garbage.safetensors').write_bytes(b'not a safetensors file' * 10)
     (tmp_path / 'weights.npz').write_bytes(b'')

@@ -26,23 +26,22 @@ print('ok')
 """
 CASES = {
     # The brief's two orders (the first also brings in jax, as the trainer does).
-    'data-then-torch': 'import jax_ema.data\nimport jax\njax.numpy.ones(2).block_until_ready()\n'
-                       + TORCH_STEP + CHECK,
+    'data-then-torch': 'import jax_ema.data\nimport jax\njax.numpy.ones(2).block_until_ready()\n' + TORCH_STEP + CHECK,
     'torch-then-data': 'import torch\nimport jax_ema.data\n' + TORCH_STEP + CHECK,
     # The cases above do reach the trap: without TensorFlow, the torch step alone imports triton.
     'torch-alone': TORCH_STEP + "import sys\nassert 'triton' in sys.modules\nprint('ok')",
     # Control: a plain `import tensorflow`, then triton, crashes (TF >= 2.20, tensorflow issue
     # #124205). If a future TensorFlow fixes this, this case fails and `preload_triton` may go.
-    'trap': 'import os\nos.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"\nimport tensorflow\nimport triton\n'
-            'print("ok")',
+    'trap': 'import os\nos.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"\nimport tensorflow\nimport triton\nprint("ok")',
 }
 
 
 @pytest.fixture(scope='module')
 def results():
-    procs = {name: subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-             for name, code in CASES.items()}
+    procs = {
+        name: subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, code in CASES.items()
+    }
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)

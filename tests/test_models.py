@@ -28,9 +28,19 @@ def _images(n, size=32, seed=0):
 
 
 def test_model_names():
-    assert MODEL_NAMES == ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'efficientnet_b0',
-                           'efficientnet_b1', 'tf_efficientnet_b0', 'mnasnet_100', 'mobilenetv3_large_100',
-                           'mobilenetv3_small_100')
+    assert MODEL_NAMES == (
+        'resnet18',
+        'resnet34',
+        'resnet50',
+        'resnet101',
+        'resnet152',
+        'efficientnet_b0',
+        'efficientnet_b1',
+        'tf_efficientnet_b0',
+        'mnasnet_100',
+        'mobilenetv3_large_100',
+        'mobilenetv3_small_100',
+    )
 
 
 def test_unknown_model_name_lists_known_names():
@@ -54,12 +64,18 @@ def test_logits_shape_and_dtype(resnet18):
 @pytest.mark.parametrize('name', [n for n in MODEL_NAMES if n.startswith('resnet')])
 def test_variable_tree_mirrors_timm_modules(name):
     model = create_model(name, NUM_CLASSES)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    )
     params, stats = shapes['params'], shapes['batch_stats']
     blocks = [k for k in params if k.startswith('layer')]
-    depth = {'resnet18': (2, 2, 2, 2), 'resnet34': (3, 4, 6, 3), 'resnet50': (3, 4, 6, 3),
-             'resnet101': (3, 4, 23, 3), 'resnet152': (3, 8, 36, 3)}[name]
+    depth = {
+        'resnet18': (2, 2, 2, 2),
+        'resnet34': (3, 4, 6, 3),
+        'resnet50': (3, 4, 6, 3),
+        'resnet101': (3, 4, 23, 3),
+        'resnet152': (3, 8, 36, 3),
+    }[name]
     assert sorted(blocks) == sorted(f'layer{s + 1}_{b}' for s, n in enumerate(depth) for b in range(n))
     assert set(params) == set(blocks) | {'conv1', 'bn1', 'fc'}
     assert params['conv1']['kernel'].shape == (7, 7, 3, 64)
@@ -100,10 +116,10 @@ def test_init_matches_timm_defaults(resnet18):
 def test_batchnorm_follows_torch_formulas():
     x = np.asarray(_images(4, size=5, seed=1)) * 3 + 1
     rng = np.random.RandomState(0)
-    variables = {'params': {'scale': rng.uniform(0.5, 1.5, 3).astype(np.float32),
-                            'bias': rng.randn(3).astype(np.float32)},
-                 'batch_stats': {'mean': rng.randn(3).astype(np.float32),
-                                 'var': rng.uniform(0.5, 1.5, 3).astype(np.float32)}}
+    variables = {
+        'params': {'scale': rng.uniform(0.5, 1.5, 3).astype(np.float32), 'bias': rng.randn(3).astype(np.float32)},
+        'batch_stats': {'mean': rng.randn(3).astype(np.float32), 'var': rng.uniform(0.5, 1.5, 3).astype(np.float32)},
+    }
     bn = BatchNorm()
     y, new = bn.apply(variables, x, train=True, mutable=['batch_stats'])
     x64 = x.astype(np.float64).reshape(-1, 3)
@@ -155,8 +171,9 @@ def test_eval_mode_is_deterministic_and_per_example(resnet18):
 def test_bfloat16_compute_keeps_float32_params_stats_and_logits(resnet18):
     _, variables_f32, eval_fn, _ = resnet18
     model = create_model('resnet18', NUM_CLASSES, dtype=jnp.bfloat16)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    )
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(shapes)} == {jnp.dtype(jnp.float32)}
 
     x = _images(4)
@@ -182,8 +199,9 @@ def test_max_pool_pads_with_minus_inf():
     x = -1.0 - jnp.arange(16, dtype=jnp.float32).reshape(1, 4, 4, 1)
     y = np.asarray(max_pool(x, 3, 2, 1))[0, :, :, 0]
     xn = np.asarray(x)[0, :, :, 0]
-    expected = [[xn[max(0, 2 * i - 1):2 * i + 2, max(0, 2 * j - 1):2 * j + 2].max() for j in range(2)]
-                for i in range(2)]
+    expected = [
+        [xn[max(0, 2 * i - 1) : 2 * i + 2, max(0, 2 * j - 1) : 2 * j + 2].max() for j in range(2)] for i in range(2)
+    ]
     np.testing.assert_array_equal(y, expected)
     assert (y < 0).all()
 
@@ -196,8 +214,9 @@ def test_timm_names_round_trip_without_torch(resnet18):
     assert state_dict['layer2.0.downsample.1.running_var'].shape == (128,)
     assert state_dict['fc.weight'].shape == (NUM_CLASSES, 512)
     assert state_dict['bn1.num_batches_tracked'].dtype == np.int64
-    np.testing.assert_array_equal(state_dict['conv1.weight'][5, 2, 1, 4],
-                                  variables['params']['conv1']['kernel'][1, 4, 2, 5])
+    np.testing.assert_array_equal(
+        state_dict['conv1.weight'][5, 2, 1, 4], variables['params']['conv1']['kernel'][1, 4, 2, 5]
+    )
     back = to_flax('resnet18', state_dict)
     flat_a = jax.tree_util.tree_leaves_with_path(variables)
     flat_b = jax.tree_util.tree_leaves_with_path(back)

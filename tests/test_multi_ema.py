@@ -1,6 +1,7 @@
 """Several EMAs in one run (issue 8), end to end: stacked decays + power-function EMAs trained by the CLI,
 summary.csv / results.json / checkpoint metadata naming the best member, snapshots -> posthoc -> validate,
 validate/export --ema-index, an exact resume of a stacked run, and the host placement of a stack."""
+
 import csv
 import json
 
@@ -22,9 +23,32 @@ from test_train import _batch, _image_folder, _max_abs_diff, _state
 pytestmark = pytest.mark.slow  # a 2-epoch CLI run of four EMAs shared by the module, and its resume
 
 # 2 classes x 10 images, batch 4: 5 updates per epoch, 10 in all; snapshots at updates 3, 6, 9 and 10.
-RUN = ['--model', 'resnet18', '--img-size', '32', '-b', '4', '--epochs', '2', '--warmup-epochs', '1',
-       '--sched-on-updates', '--lr', '0.05', '--model-ema', '--model-ema-decay', '0.6', '0.9',
-       '--model-ema-std', '0.05', '0.1', '--model-ema-snapshot-every', '3', '--log-interval', '5']
+RUN = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    '32',
+    '-b',
+    '4',
+    '--epochs',
+    '2',
+    '--warmup-epochs',
+    '1',
+    '--sched-on-updates',
+    '--lr',
+    '0.05',
+    '--model-ema',
+    '--model-ema-decay',
+    '0.6',
+    '0.9',
+    '--model-ema-std',
+    '0.05',
+    '0.1',
+    '--model-ema-snapshot-every',
+    '3',
+    '--log-interval',
+    '5',
+]
 NAMES = ['decay 0.6', 'decay 0.9', 'std 0.05', 'std 0.1']
 PREFIXES = ['ema', 'ema1', 'ema2', 'ema3']
 
@@ -50,7 +74,7 @@ def test_every_member_is_validated_and_the_best_one_wins(run):
     rows = _rows(run)
     extra = [f'ema{i}_eval_{k}' for i in (1, 2, 3) for k in ('loss', 'top1', 'top5')]
     assert list(rows[0]) == [*reporting.SUMMARY_COLUMNS, *extra] and len(rows) == 2
-    assert all(r['eval_top1'] == r['ema_eval_top1'] for r in rows)           # timm's column: the first decay
+    assert all(r['eval_top1'] == r['ema_eval_top1'] for r in rows)  # timm's column: the first decay
     results = json.loads((run / 'results.json').read_text())
     assert results['ema_decays'] == [0.6, 0.9] and results['ema_stds'] == [0.05, 0.1]
     # the winner by hand: highest top-1 over epochs and members, the earliest epoch and first member on ties
@@ -60,13 +84,13 @@ def test_every_member_is_validated_and_the_best_one_wins(run):
     assert results['best_ema_index'] == -neg_index
     winner = results['best_ema']
     assert winner['index'] == -neg_index and NAMES[-neg_index] == ' '.join(
-        [k for k in winner if k != 'index'] + [f'{v:g}' for k, v in winner.items() if k != 'index'])
-    assert [m['top1'] for m in results['final']['ema_members']] == [float(rows[-1][f'{p}_eval_top1'])
-                                                                    for p in PREFIXES]
+        [k for k in winner if k != 'index'] + [f'{v:g}' for k, v in winner.items() if k != 'index']
+    )
+    assert [m['top1'] for m in results['final']['ema_members']] == [float(rows[-1][f'{p}_eval_top1']) for p in PREFIXES]
     last = checkpoint.read_metadata(checkpoint.resolve(run))
     members = last['metrics']['ema_members']
     assert len(members) == 4 and last['best_ema_index'] == int(np.argmax([m['top1'] for m in members]))
-    assert last['score'] == max(m['top1'] for m in members)                # the checkpoint's score: the best
+    assert last['score'] == max(m['top1'] for m in members)  # the checkpoint's score: the best
 
 
 def test_plots_show_every_member(run, tmp_path):
@@ -78,12 +102,12 @@ def test_plots_show_every_member(run, tmp_path):
 
 def test_snapshots_hold_the_power_members_of_the_stack(run):
     assert sorted(int(p.stem) for p in (run / 'snapshots').glob('*.npz')) == [3, 6, 9, 10]
-    tree = checkpoint.restore_tree(checkpoint.resolve(run))                # the last checkpoint: update 10
+    tree = checkpoint.restore_tree(checkpoint.resolve(run))  # the last checkpoint: update 10
     stack = ema.init_stacked(tree['ema_params'])
     assert stack.flat.shape[0] == 4
     with np.load(run / 'snapshots' / '10.npz') as f:
         assert f['params'].dtype == np.float32 and int(f['step']) == 10
-        assert np.array_equal(f['params'], np.asarray(stack.flat[2:]))     # rows 2, 3: the stds
+        assert np.array_equal(f['params'], np.asarray(stack.flat[2:]))  # rows 2, 3: the stds
         assert f['stds'].tolist() == [0.05, 0.1]
 
 
@@ -105,8 +129,10 @@ def test_ema_index_picks_that_member_in_validate_and_export(data, run, tmp_path)
         done = export(run, out, use_ema=True, ema_index=index)
         member = meta['best_ema_index'] if index is None else index
         assert done['ema_index'] == member
-        expected = to_timm('resnet18', {'params': ema.tree(tree['ema_params'], member),
-                                        'batch_stats': ema.tree(tree['ema_batch_stats'], member)})
+        expected = to_timm(
+            'resnet18',
+            {'params': ema.tree(tree['ema_params'], member), 'batch_stats': ema.tree(tree['ema_batch_stats'], member)},
+        )
         written = safetensors.numpy.load_file(out)
         assert set(written) == set(expected)
         assert all(np.array_equal(written[k], np.asarray(v)) for k, v in expected.items())
@@ -125,13 +151,16 @@ def test_resume_of_a_stacked_run_is_bit_identical(data, run, tmp_path, monkeypat
     assert int(checkpoint.resolve(tmp_path / 'run').name) == 7
     monkeypatch.delenv(SIGNAL_AT_UPDATE)
     assert main([str(data), *RUN, '--resume', str(tmp_path / 'run')]) == 0
-    _assert_identical(checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run')),
-                      checkpoint.restore_tree(checkpoint.resolve(run)))
+    _assert_identical(
+        checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'run')), checkpoint.restore_tree(checkpoint.resolve(run))
+    )
     for step in (9, 10):
-        with np.load(tmp_path / 'run' / 'snapshots' / f'{step}.npz') as a, \
-                np.load(run / 'snapshots' / f'{step}.npz') as b:
+        with (
+            np.load(tmp_path / 'run' / 'snapshots' / f'{step}.npz') as a,
+            np.load(run / 'snapshots' / f'{step}.npz') as b,
+        ):
             assert np.array_equal(a['params'], b['params']) and np.array_equal(a['batch_stats'], b['batch_stats'])
-    two_emas = RUN[:RUN.index('--model-ema-std')]                     # 2 members, the checkpoint holds 4
+    two_emas = RUN[: RUN.index('--model-ema-std')]  # 2 members, the checkpoint holds 4
     assert main([str(data), *two_emas, '--resume', str(tmp_path / 'run')]) == 2
     assert 'holds 4 EMA(s) but this run keeps 2' in capsys.readouterr().err
 
@@ -152,12 +181,14 @@ def test_host_stack_of_three_decays_equals_the_device_stack():
     assert _max_abs_diff(offload.to_device(ema_p), device_state.ema_params) < 1e-6
     assert _max_abs_diff(offload.to_device(ema_s), device_state.ema_batch_stats) < 1e-5
     members = [np.asarray(device_state.ema_params.flat[i]) for i in range(3)]
-    assert not np.array_equal(members[0], members[2])                  # three different averages
+    assert not np.array_equal(members[0], members[2])  # three different averages
 
     def summed(params, stats):  # stands in for the evaluation: what each member's weights are
         return {'loss': float(np.sum(np.asarray(params.flat), dtype=np.float64)), 'top1': 0.0, 'top5': 0.0}
-    on_host = evaluate_members(summed, *offload.ema_for_eval(host_state.replace(ema_params=ema_p, ema_batch_stats=ema_s)),
-                               ['a', 'b', 'c'])
+
+    on_host = evaluate_members(
+        summed, *offload.ema_for_eval(host_state.replace(ema_params=ema_p, ema_batch_stats=ema_s)), ['a', 'b', 'c']
+    )
     on_device = evaluate_members(summed, *offload.ema_for_eval(device_state), ['a', 'b', 'c'])
     assert [m['loss'] for m in on_host] == pytest.approx([m['loss'] for m in on_device], rel=1e-6)
     assert [m['loss'] for m in on_device] == [float(np.sum(m, dtype=np.float64)) for m in members]

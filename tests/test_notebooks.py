@@ -4,6 +4,7 @@ Each notebook runs in its own kernel in a temporary folder, with JAX_EMA_NOTEBOO
 The kernel is `python3` from a kernelspec written for this interpreter (ipykernel's, put first on
 JUPYTER_PATH), so the notebooks see this environment's jax_ema whatever other kernels are installed.
 """
+
 import os
 import sys
 import tempfile
@@ -29,6 +30,7 @@ XLA_CACHE = os.path.join(tempfile.gettempdir(), 'jax_ema_test_xla_cache')
 def jupyter_path(tmp_path_factory):
     """A folder holding a `python3` kernelspec that runs this interpreter (sys.executable)."""
     from ipykernel.kernelspec import install
+
     prefix = tmp_path_factory.mktemp('kernelspec')
     install(prefix=str(prefix), kernel_name='python3')
     return prefix / 'share' / 'jupyter'
@@ -58,8 +60,7 @@ def test_notebook_runs_and_saves_its_figures(name, tmp_path, monkeypatch, jupyte
     assert spec.argv[0] == sys.executable, spec.argv
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = NotebookClient(nb, timeout=1200, kernel_name='python3',
-                            resources={'metadata': {'path': str(tmp_path)}})
+    client = NotebookClient(nb, timeout=1200, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, at the first failing cell
 
     errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs if o.output_type == 'error']

@@ -39,20 +39,23 @@ def test_cosine_per_epoch_values_follow_timm_formula():
     np.testing.assert_array_equal(got.reshape(epochs, upe), np.repeat(got[::upe, None], upe, axis=1))
     per_epoch = got[::upe]
     step = (lr - warmup_lr) / warmup
-    expected = [warmup_lr + e * step if e < warmup
-                else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    expected = [
+        warmup_lr + e * step if e < warmup else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * e / epochs))
+        for e in range(epochs)
+    ]
     np.testing.assert_allclose(per_epoch, expected, rtol=2e-6)
 
 
 def test_cosine_per_update_cooldown_and_prefix():
     lr, min_lr, epochs, upe = 0.1, 1e-4, 4, 5
     schedule, num_epochs = optim.create_lr_schedule(
-        'cosine', lr, epochs, upe, 1, 1e-5, min_lr, sched_on_updates=True, cooldown_epochs=2, warmup_prefix=True)
+        'cosine', lr, epochs, upe, 1, 1e-5, min_lr, sched_on_updates=True, cooldown_epochs=2, warmup_prefix=True
+    )
     assert num_epochs == epochs + 1 + 2  # warmup prefix + cooldown included
     got = np.asarray(schedule(jnp.arange(num_epochs * upe)))
     assert len(set(got[:upe].tolist())) == upe  # changes every update during warmup
     assert got[upe] == pytest.approx(lr, rel=1e-6)  # cosine starts after the prefix at full lr
-    np.testing.assert_allclose(got[(1 + epochs) * upe:], min_lr, rtol=1e-6)  # cooldown at min_lr
+    np.testing.assert_allclose(got[(1 + epochs) * upe :], min_lr, rtol=1e-6)  # cooldown at min_lr
     assert got[(1 + epochs) * upe - 1] > min_lr
 
 
@@ -60,7 +63,7 @@ def test_step_schedule_decays_every_decay_epochs():
     schedule, num_epochs = optim.create_lr_schedule('step', 1.0, 9, 2, 0, 0.0, 0.0, decay_epochs=3, decay_rate=0.5)
     assert num_epochs == 9
     got = np.asarray(schedule(jnp.arange(18)))[::2]
-    np.testing.assert_allclose(got, [1, 1, 1, .5, .5, .5, .25, .25, .25], rtol=1e-7)
+    np.testing.assert_allclose(got, [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25], rtol=1e-7)
 
 
 def test_none_and_constant():
@@ -84,8 +87,9 @@ def test_step_schedule_fractional_decay_epochs_in_float32():
 def test_lr_noise_window_and_bounds():
     lr, epochs, upe = 0.1, 20, 3
     plain, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100)
-    noisy, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100,
-                                        noise=(0.25, 0.5), noise_pct=0.3, noise_seed=7)
+    noisy, _ = optim.create_lr_schedule(
+        'step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100, noise=(0.25, 0.5), noise_pct=0.3, noise_seed=7
+    )
     ratio = np.asarray(noisy(jnp.arange(epochs * upe))) / np.asarray(plain(jnp.arange(epochs * upe)))
     per_epoch = ratio.reshape(epochs, upe)
     np.testing.assert_array_equal(per_epoch, per_epoch[:, :1].repeat(upe, 1))  # one draw per epoch
@@ -93,24 +97,28 @@ def test_lr_noise_window_and_bounds():
     assert np.all(noise[:5] == 0) and np.all(noise[10:] == 0)  # epochs 5..9 = [0.25, 0.5) x 20
     assert np.all(noise[5:10] != 0) and np.all(np.abs(noise[5:10]) < 0.3)
     assert len(set(noise[5:10].tolist())) == 5
-    other_seed, _ = optim.create_lr_schedule('step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100,
-                                             noise=(0.25, 0.5), noise_pct=0.3, noise_seed=8)
+    other_seed, _ = optim.create_lr_schedule(
+        'step', lr, epochs, upe, 0, 0.0, 0.0, decay_epochs=100, noise=(0.25, 0.5), noise_pct=0.3, noise_seed=8
+    )
     assert float(other_seed(5 * upe)) != float(noisy(5 * upe))
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(noise=(0.9, 0.42)), 'would never be on'),
-    (dict(noise=(0.1, 0.2, 0.3)), 'one or two fractions'),
-    (dict(noise=(-0.1,)), 'one or two fractions'),
-    (dict(noise=(0.5,), noise_pct=0.0), 'lr-noise-pct'),
-    (dict(noise=(0.5,), noise_std=-1.0), 'lr-noise-std'),
-    (dict(sched='poly'), 'cosine, step, constant, none'),
-    (dict(updates_per_epoch=0), 'updates_per_epoch'),
-    (dict(epochs=0), 'epochs'),
-    (dict(min_lr=-1.0), 'min_lr'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(noise=(0.9, 0.42)), 'would never be on'),
+        (dict(noise=(0.1, 0.2, 0.3)), 'one or two fractions'),
+        (dict(noise=(-0.1,)), 'one or two fractions'),
+        (dict(noise=(0.5,), noise_pct=0.0), 'lr-noise-pct'),
+        (dict(noise=(0.5,), noise_std=-1.0), 'lr-noise-std'),
+        (dict(sched='poly'), 'cosine, step, constant, none'),
+        (dict(updates_per_epoch=0), 'updates_per_epoch'),
+        (dict(epochs=0), 'epochs'),
+        (dict(min_lr=-1.0), 'min_lr'),
+    ],
+)
 def test_schedule_bad_input(kwargs, match):
-    args = dict(sched='cosine', lr=0.1, epochs=3, updates_per_epoch=2, warmup_epochs=1, warmup_lr=1e-5, min_lr=0.)
+    args = dict(sched='cosine', lr=0.1, epochs=3, updates_per_epoch=2, warmup_epochs=1, warmup_lr=1e-5, min_lr=0.0)
     args.update(kwargs)
     with pytest.raises(UserError, match=match):
         optim.create_lr_schedule(**args)
@@ -123,8 +131,12 @@ def test_weight_decay_mask_follows_timm_groups():
     params = _params()
     params['head'] = {'bias': jnp.zeros((2, 3))}  # timm also excludes names ending in '.bias'
     mask = optim.weight_decay_mask(params)
-    assert mask == {'conv': {'kernel': True}, 'bn': {'scale': False, 'bias': False},
-                    'fc': {'kernel': True, 'bias': False}, 'head': {'bias': False}}
+    assert mask == {
+        'conv': {'kernel': True},
+        'bn': {'scale': False, 'bias': False},
+        'fc': {'kernel': True, 'bias': False},
+        'head': {'bias': False},
+    }
 
 
 @pytest.mark.parametrize('opt', optim.OPTIMIZER_NAMES)
@@ -176,13 +188,16 @@ def test_nesterov_alias_is_sgd_and_differs_from_momentum():
     np.testing.assert_allclose(run('sgd'), 0.5 - 0.1 * 0.3 * 4.61, rtol=1e-6)
 
 
-@pytest.mark.parametrize('kwargs,match', [
-    (dict(opt='lars'), 'sgd, nesterov, momentum, adam, adamw, rmsproptf, rmsproptfw, lamb'),
-    (dict(opt='rmsproptf', opt_eps=-1e-3), 'opt_eps'),
-    (dict(opt='sgd', momentum=0.0), 'momentum > 0'),
-    (dict(opt='adamw', opt_betas=(0.9,)), 'two values'),
-    (dict(opt='sgd', weight_decay=-1.0), 'weight_decay'),
-])
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(opt='lars'), 'sgd, nesterov, momentum, adam, adamw, rmsproptf, rmsproptfw, lamb'),
+        (dict(opt='rmsproptf', opt_eps=-1e-3), 'opt_eps'),
+        (dict(opt='sgd', momentum=0.0), 'momentum > 0'),
+        (dict(opt='adamw', opt_betas=(0.9,)), 'two values'),
+        (dict(opt='sgd', weight_decay=-1.0), 'weight_decay'),
+    ],
+)
 def test_optimizer_bad_input(kwargs, match):
     args = dict(lr_schedule=_const(0.1), weight_decay=1e-4)
     args.update(kwargs)
@@ -221,8 +236,10 @@ def test_cross_entropy_bad_smoothing():
 # --------------------------------------------------------------------------- command line
 
 
-MOBILENETV3_FLAGS = ('-b 512 --sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973 --opt rmsproptf '
-                     '--opt-eps .001 --warmup-lr 1e-6 --weight-decay 1e-5 --lr .064 --lr-noise 0.42 0.9').split()
+MOBILENETV3_FLAGS = (
+    '-b 512 --sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973 --opt rmsproptf '
+    '--opt-eps .001 --warmup-lr 1e-6 --weight-decay 1e-5 --lr .064 --lr-noise 0.42 0.9'
+).split()
 
 
 def test_mobilenetv3_recipe_optimizer_and_schedule_flags_parse_as_timm():
@@ -235,18 +252,45 @@ def test_mobilenetv3_recipe_optimizer_and_schedule_flags_parse_as_timm():
 
 
 def test_trainer_builds_optimizer_and_noisy_step_schedule_from_flags():
-    config = parse_args(['data', '--epochs', '2', '--warmup-epochs', '0', '--lr', '0.01', '--opt', 'rmsproptf',
-                         '--opt-eps', '.001', '--weight-decay', '1e-5', '--sched', 'step', '--decay-epochs', '0.5',
-                         '--dr', '0.5', '--lr-noise', '0.5', '--lr-noise-pct', '0.3', '--seed', '3'])
+    config = parse_args(
+        [
+            'data',
+            '--epochs',
+            '2',
+            '--warmup-epochs',
+            '0',
+            '--lr',
+            '0.01',
+            '--opt',
+            'rmsproptf',
+            '--opt-eps',
+            '.001',
+            '--weight-decay',
+            '1e-5',
+            '--sched',
+            'step',
+            '--decay-epochs',
+            '0.5',
+            '--dr',
+            '0.5',
+            '--lr-noise',
+            '0.5',
+            '--lr-noise-pct',
+            '0.3',
+            '--seed',
+            '3',
+        ]
+    )
     lr, schedule, num_epochs, tx = create_optimizer_and_schedule(config, updates_per_epoch=5, batch_size=4)
     (noise,) = lr_noise.noise([1], 3, 0.3, 1.0)  # epoch 1 = 0.5 x 2 epochs: the noise is on from there
     assert (lr, num_epochs) == (0.01, 2) and noise != 0
-    expected = [0.01] * 5 + [0.01 * 0.5 ** 2 * (1 + noise)] * 5
+    expected = [0.01] * 5 + [0.01 * 0.5**2 * (1 + noise)] * 5
     np.testing.assert_allclose(np.asarray(schedule(jnp.arange(10))), expected, rtol=1e-6)
     same = optim.create_optimizer('rmsproptf', schedule, 1e-5, 0.9, opt_eps=1e-3)
     params, grads = _params(), jax.tree.map(lambda x: jnp.full_like(x, 0.3), _params())
     ours, theirs = tx.update(grads, tx.init(params), params), same.update(grads, same.init(params), params)
     jax.tree.map(np.testing.assert_array_equal, ours, theirs)
     other_eps = optim.create_optimizer('rmsproptf', schedule, 1e-5, 0.9)
-    assert not np.array_equal(other_eps.update(grads, other_eps.init(params), params)[0]['fc']['kernel'],
-                              ours[0]['fc']['kernel'])
+    assert not np.array_equal(
+        other_eps.update(grads, other_eps.init(params), params)[0]['fc']['kernel'], ours[0]['fc']['kernel']
+    )

@@ -1,4 +1,5 @@
 """Data parallel on a device mesh: 8 (fake CPU) devices give what 1 device gives on the same global batch."""
+
 import os
 import subprocess
 import sys
@@ -6,10 +7,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from jax_ema import checkpoint
 from jax_ema.loop import SIGNAL_AT_UPDATE
-from PIL import Image
 
 pytestmark = pytest.mark.slow  # 8-device runs in subprocesses
 
@@ -17,25 +18,61 @@ pytestmark = pytest.mark.slow  # 8-device runs in subprocesses
 # are noise that 10 steps cannot fit: on a learnable set the loss reaches label smoothing's floor, the
 # gradients become rounding-level sums, and float32 reduction-order differences (1e-7 after a step)
 # grow tenfold per step -- training chaos that the same 1-device run shows under any perturbation.
-RUN = ['--model', 'resnet18', '--img-size', '32', '--epochs', '5', '--warmup-epochs', '0', '--lr', '0.01',
-       '--model-ema', '--model-ema-decay', '0.9', '--model-ema-warmup', '--log-interval', '1']
+RUN = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    '32',
+    '--epochs',
+    '5',
+    '--warmup-epochs',
+    '0',
+    '--lr',
+    '0.01',
+    '--model-ema',
+    '--model-ema-decay',
+    '0.9',
+    '--model-ema-warmup',
+    '--log-interval',
+    '1',
+]
 
 
 def device_env(devices: int) -> dict:
     """The environment of a trainer process with `devices` CPU devices, sharing the tests' XLA cache.
     On a loaded CPU one device thread can reach a collective late; XLA's default 40 s would abort."""
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
-                         '--xla_cpu_collective_call_terminate_timeout_seconds=600')
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or '',
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+        XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} '
+        '--xla_cpu_collective_call_terminate_timeout_seconds=600',
+    )
     env.pop(SIGNAL_AT_UPDATE, None)
     return env
 
 
 def _train(data, out, devices, per_device_batch, extra=()):
-    done = subprocess.run([sys.executable, '-m', 'jax_ema.train', str(data), *RUN, '-b', str(per_device_batch),
-                           '--output', str(out), '--experiment', 'run', *extra],
-                          env=device_env(devices), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'jax_ema.train',
+            str(data),
+            *RUN,
+            '-b',
+            str(per_device_batch),
+            '--output',
+            str(out),
+            '--experiment',
+            'run',
+            *extra,
+        ],
+        env=device_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return checkpoint.restore_tree(checkpoint.resolve(out / 'run'))
 
@@ -60,8 +97,7 @@ def assert_close(expected, actual, tol=1e-5, keys=('params', 'batch_stats', 'ema
     near-cancelling sums), where the 8-device reduction order alone changes it by 2e-7.
     """
     for key in keys:
-        pairs = zip(jax.tree_util.tree_flatten_with_path(expected[key])[0], jax.tree.leaves(actual[key]),
-                    strict=True)
+        pairs = zip(jax.tree_util.tree_flatten_with_path(expected[key])[0], jax.tree.leaves(actual[key]), strict=True)
         scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(expected[key]))
         for (path, a), b in pairs:
             err = float(np.max(np.abs(np.asarray(a, np.float64) - b))) / scale

@@ -1,4 +1,5 @@
 """`python -m jax_ema.plot`: several runs' summary.csv overlaid, labelled by their EMA settings."""
+
 import dataclasses
 
 import pytest
@@ -23,21 +24,37 @@ def _make_run(root, name, config: Config | None, results_ema='from_config', epoc
         rows.append(reporting.summary_row(epoch, 2.1 - 0.3 * epoch, 0.1, raw, ema_metrics))
     reporting.write_summary(run_dir, rows)
     if results_ema == 'from_config':
-        results_ema = (dict(dataclasses.asdict(ema.EmaConfig(decay=config.model_ema_decay,
-                                                              use_warmup=config.model_ema_warmup,
-                                                              update_every=config.model_ema_update_every)),
-                            force_cpu=config.model_ema_force_cpu) if config.model_ema else None)
-    reporting.write_results(run_dir, {'best_metric': 0.0, 'best_epoch': epochs - 1, 'final': {},
-                                      'ema': results_ema})
+        results_ema = (
+            dict(
+                dataclasses.asdict(
+                    ema.EmaConfig(
+                        decay=config.model_ema_decay,
+                        use_warmup=config.model_ema_warmup,
+                        update_every=config.model_ema_update_every,
+                    )
+                ),
+                force_cpu=config.model_ema_force_cpu,
+            )
+            if config.model_ema
+            else None
+        )
+    reporting.write_results(run_dir, {'best_metric': 0.0, 'best_epoch': epochs - 1, 'final': {}, 'ema': results_ema})
     return run_dir
 
 
 @pytest.fixture
 def runs(tmp_path):
-    warm = _make_run(tmp_path, 'warm', Config(model='resnet18', model_ema=True, model_ema_decay=0.999,
-                                              model_ema_warmup=True), seed=0)
-    every = _make_run(tmp_path, 'every', Config(model='resnet18', model_ema=True, model_ema_decay=0.99,
-                                                model_ema_update_every=4, model_ema_force_cpu=True), seed=1)
+    warm = _make_run(
+        tmp_path, 'warm', Config(model='resnet18', model_ema=True, model_ema_decay=0.999, model_ema_warmup=True), seed=0
+    )
+    every = _make_run(
+        tmp_path,
+        'every',
+        Config(
+            model='resnet18', model_ema=True, model_ema_decay=0.99, model_ema_update_every=4, model_ema_force_cpu=True
+        ),
+        seed=1,
+    )
     off = _make_run(tmp_path, 'off', Config(model='resnet18'), seed=2)
     return warm, every, off
 
@@ -50,6 +67,7 @@ def drawn(monkeypatch):
     def keep(fig, *args, **kwargs):
         figures.append(fig)
         return save(fig, *args, **kwargs)
+
     monkeypatch.setattr(Figure, 'savefig', keep)
     return figures
 
@@ -62,8 +80,9 @@ def test_labels_come_from_the_run_settings(runs):
 
 
 def test_label_from_results_json_when_args_yaml_is_missing(tmp_path):
-    run = _make_run(tmp_path, 'old', None, results_ema=dict(dataclasses.asdict(ema.EmaConfig(decay=0.95)),
-                                                            force_cpu=False))
+    run = _make_run(
+        tmp_path, 'old', None, results_ema=dict(dataclasses.asdict(ema.EmaConfig(decay=0.95)), force_cpu=False)
+    )
     assert not (run / 'args.yaml').exists()
     assert plot.run_label(run) == 'decay 0.95'
 
@@ -81,9 +100,17 @@ def test_plot_runs_draws_raw_dashed_and_ema_solid_per_run(runs, tmp_path, drawn)
     (fig,) = drawn
     (ax,) = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines) == [
-        'decay 0.999 warmup: raw', 'decay 0.999 warmup: EMA', 'decay 0.99 every 4 host: raw',
-        'decay 0.99 every 4 host: EMA', 'EMA off: raw']
+    assert (
+        [t.get_text() for t in ax.get_legend().get_texts()]
+        == list(lines)
+        == [
+            'decay 0.999 warmup: raw',
+            'decay 0.999 warmup: EMA',
+            'decay 0.99 every 4 host: raw',
+            'decay 0.99 every 4 host: EMA',
+            'EMA off: raw',
+        ]
+    )
     for run, label in zip(runs, ('decay 0.999 warmup', 'decay 0.99 every 4 host', 'EMA off')):
         rows = reporting.read_summary(run)
         raw = lines[f'{label}: raw']
@@ -123,9 +150,18 @@ def _bad_inputs(tmp_path, warm):
     }
 
 
-@pytest.mark.parametrize('case', ['missing run', 'no summary.csv', 'summary.csv without epochs',
-                                  'out in a missing folder', 'out without image suffix', 'unknown metric',
-                                  'no --out'])
+@pytest.mark.parametrize(
+    'case',
+    [
+        'missing run',
+        'no summary.csv',
+        'summary.csv without epochs',
+        'out in a missing folder',
+        'out without image suffix',
+        'unknown metric',
+        'no --out',
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, case):
     argv, words = _bad_inputs(tmp_path, runs[0])[case]
     assert plot.main(argv) == 2

@@ -1,5 +1,6 @@
 """Post-hoc EMA: the closed-form profile inner products, reconstruction of a profile and of a tracked EMA
 from float32 snapshots, float16 snapshots, the CLI's checkpoint through validate/export, and bad input."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +23,12 @@ def snapshot_run(run_dir, news, every, dtype='float32'):
     """Run the stacked EMA (CFG) over `news` [T, n] in a jitted scan and save a snapshot every `every`
     updates with posthoc.save_snapshot; returns the [T, 3, n] history of the stack."""
     with jax.enable_x64(False):
+
         def body(stack, xs):
             new, step = xs
             stack, _ = ema.update(CFG, stack, {}, new, {}, step)
             return stack, stack.flat
+
         start = ema.init(jnp.zeros(news.shape[1]), members=CFG.members)
         _, history = jax.lax.scan(body, start, (jnp.asarray(news, jnp.float32), jnp.arange(1, len(news) + 1)))
         no_stats = ema.init({}, members=CFG.members)
@@ -38,8 +41,12 @@ def snapshot_run(run_dir, news, every, dtype='float32'):
 def test_inner_products_match_the_discrete_profiles():
     """The closed form against T * sum_i w_a,i w_b,i of the exact discrete profiles at a large T."""
     big = 20_000
-    for (ta, sa), (tb, sb) in [((big, 0.05), (big, 0.10)), ((big // 2, 0.10), (big, 0.05)),
-                               ((big, 0.20), (big // 4, 0.07)), ((big // 3, 0.10), (big // 3, 0.10))]:
+    for (ta, sa), (tb, sb) in [
+        ((big, 0.05), (big, 0.10)),
+        ((big // 2, 0.10), (big, 0.05)),
+        ((big, 0.20), (big // 4, 0.07)),
+        ((big // 3, 0.10), (big // 3, 0.10)),
+    ]:
         ga, gb = power_ema.gamma_from_std(sa), power_ema.gamma_from_std(sb)
         discrete = big * np.sum(power_ema.profile(ga, ta, big) * power_ema.profile(gb, tb, big))
         assert posthoc.profile_inner_products(ta / big, ga, tb / big, gb) == pytest.approx(discrete, rel=2e-3)
@@ -96,19 +103,22 @@ def run(tmp_path_factory):
     model = create_model('resnet18', 2)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
     state = create_train_state(model, optim.create_optimizer('sgd', lambda s: 0.1, 0.0, 0.9), variables, CFG)
-    state = state.replace(ema_params=ema.init(state.params, CFG.members),
-                          ema_batch_stats=ema.init(state.batch_stats, CFG.members))
+    state = state.replace(
+        ema_params=ema.init(state.params, CFG.members), ema_batch_stats=ema.init(state.batch_stats, CFG.members)
+    )
     update = jax.jit(lambda s, p, st, step: ema.update(CFG, s[0], s[1], p, st, step))
     stacks = (state.ema_params, state.ema_batch_stats)
     for step in range(1, 7):
-        drift = jax.tree.map(lambda x: x * (1.0 + 0.01 * step), (state.params, state.batch_stats))
+        drift = jax.tree.map(lambda x: x * (1.0 + 0.01 * step), (state.params, state.batch_stats))  # noqa: B023
         stacks = update(stacks, *drift, step)
         if step % 2 == 0:
             posthoc.save_snapshot(run_dir, step, CFG, *stacks)
-    state = state.replace(step=jnp.array(6), params=drift[0], batch_stats=drift[1], ema_params=stacks[0],
-                          ema_batch_stats=stacks[1])
-    metadata = dict(model='resnet18', num_classes=2, img_size=32, opt='sgd', ema={'decay': 0.999}, epoch=0,
-                    position=6, metrics=None)
+    state = state.replace(
+        step=jnp.array(6), params=drift[0], batch_stats=drift[1], ema_params=stacks[0], ema_batch_stats=stacks[1]
+    )
+    metadata = dict(
+        model='resnet18', num_classes=2, img_size=32, opt='sgd', ema={'decay': 0.999}, epoch=0, position=6, metrics=None
+    )
     with checkpoint.open_manager(run_dir / 'checkpoints') as manager:
         checkpoint.save(manager, state, metadata, score=1.0)
     (run_dir / 'args.yaml').write_text('val_split: validation\ntrain_split: train\ncrop_pct: 1.0\n')
@@ -134,8 +144,9 @@ def test_cli_writes_a_checkpoint_that_validates_and_exports_and_only_reads_the_r
         assert metadata['ema']['posthoc'] and metadata['ema']['std'] == 0.10 and metadata['ema']['step'] == 6
         want = ema.tree(stacks[0], 2)  # the tracked 0.10 EMA
         scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(want))
-        gap = max(float(np.max(np.abs(g - w))) for g, w in zip(jax.tree.leaves(variables['params']),
-                                                                jax.tree.leaves(want)))
+        gap = max(
+            float(np.max(np.abs(g - w))) for g, w in zip(jax.tree.leaves(variables['params']), jax.tree.leaves(want))
+        )
         assert gap <= 1e-4 * scale
         done = export(out, tmp_path / 'm.safetensors', use_ema=True)
         assert done['model'] == 'resnet18' and (tmp_path / 'm.safetensors').stat().st_size > 40e6
@@ -147,11 +158,14 @@ def test_cli_writes_a_checkpoint_that_validates_and_exports_and_only_reads_the_r
             (run_dir / 'probe').write_text('x')  # the folder really is read-only in this block
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--std', '0.5'], 'sigma_rel 0.5 is outside (0, 0.2887]'),
-    (['--std', '0'], 'sigma_rel 0 is outside'),
-    (['--std', '0.07', '--step', '5'], '--step 5 is not a snapshot step; use one of 2, 4, 6'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--std', '0.5'], 'sigma_rel 0.5 is outside (0, 0.2887]'),
+        (['--std', '0'], 'sigma_rel 0 is outside'),
+        (['--std', '0.07', '--step', '5'], '--step 5 is not a snapshot step; use one of 2, 4, 6'),
+    ],
+)
 def test_bad_input_is_one_line(run, tmp_path, capsys, args, message):
     assert posthoc.main(['--run', str(run[0]), '--out', str(tmp_path / 'o'), *args]) == 2
     err = capsys.readouterr().err

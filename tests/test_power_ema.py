@@ -1,5 +1,6 @@
 """Power-function EMA (EDM2): sigma_rel <-> gamma, the profile our update produces, the exact gap with
 update-every-K, and float32 step sizes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,10 +28,9 @@ def test_std_from_gamma_is_the_profile_width():
     """sigma_rel(gamma) is the std, relative to t, of the density (g+1) x^g on [0, 1] (numeric integral)."""
     x = (np.arange(200_000) + 0.5) / 200_000
     for gamma in (0.0, 2.5, 6.94, 30.0):
-        density = (gamma + 1) * x ** gamma / 200_000
+        density = (gamma + 1) * x**gamma / 200_000
         mean = np.sum(density * x)
-        assert np.sqrt(np.sum(density * (x - mean) ** 2)) == pytest.approx(power_ema.std_from_gamma(gamma),
-                                                                           rel=1e-6)
+        assert np.sqrt(np.sum(density * (x - mean) ** 2)) == pytest.approx(power_ema.std_from_gamma(gamma), rel=1e-6)
 
 
 @pytest.mark.parametrize('std', [0.0, -0.1, 0.29, 1.0])
@@ -44,13 +44,18 @@ def run_power_emas(news, steps, gaps, x64):
     given update counts and gaps, in a jitted scan; returns the [T, 3, n] history of the stack."""
     cfg = ema.EmaConfig(decay=0.9, stds=STDS)
     with jax.enable_x64(x64):
+
         def body(stack, xs):
             new, step, gap = xs
             stack, _ = ema.update(cfg, stack, {}, new, {}, step, gap)
             return stack, stack.flat
+
         dtype = jnp.float64 if x64 else jnp.float32
-        _, history = jax.lax.scan(body, ema.init(jnp.zeros(news.shape[1], dtype), members=3),
-                                  (jnp.asarray(news, dtype), jnp.asarray(steps), jnp.asarray(gaps)))
+        _, history = jax.lax.scan(
+            body,
+            ema.init(jnp.zeros(news.shape[1], dtype), members=3),
+            (jnp.asarray(news, dtype), jnp.asarray(steps), jnp.asarray(gaps)),
+        )
         return np.asarray(history, np.float64)
 
 
@@ -97,4 +102,4 @@ def test_float32_step_size_has_no_cancellation():
     assert abs(float(naive) - exact) > 1e-5 * exact
     with jax.enable_x64(False):
         assert float(power_ema.step_size(gamma, 10, 0)) == 0.0  # nothing pending: no change
-        assert float(power_ema.step_size(gamma, 8, 8)) == 1.0   # the first update is a copy
+        assert float(power_ema.step_size(gamma, 8, 8)) == 1.0  # the first update is a copy

@@ -1,5 +1,6 @@
 """--pretrained / --pretrained-path and the data config, JAX side; everything offline (a hub cache the test
 builds). Parity with timm (forward, registry, resolve_data_config): parity_tests/test_pretrained_parity.py."""
+
 import json
 import os
 import subprocess
@@ -33,8 +34,9 @@ def _init(model_name, num_classes, seed):
 
 
 def _flat(tree) -> dict:
-    return {tuple(k.key for k in path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        tuple(k.key for k in path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 @pytest.fixture(scope='module')
@@ -44,6 +46,7 @@ def hub_weights():
 
 
 # --- the classifier, as timm's load_pretrained -------------------------------------------------------
+
 
 def test_classifier_is_kept_when_the_classes_match(hub_weights, caplog):
     caplog.set_level('INFO', logger='jax_ema.pretrained')
@@ -68,8 +71,10 @@ def test_classifier_starts_afresh_when_the_classes_differ(hub_weights, caplog, d
     for path, value in got.items():
         np.testing.assert_array_equal(value, fresh[path] if path in HEAD else expected[path], err_msg=str(path))
     lines = [r.getMessage() for r in caplog.records if 'starts afresh' in r.getMessage()]
-    assert lines == [f'The pretrained classifier ({"none" if drop_head else "1000 classes"}) does not fit this '
-                     "run's 5 classes: the classifier starts afresh"]
+    assert lines == [
+        f'The pretrained classifier ({"none" if drop_head else "1000 classes"}) does not fit this '
+        "run's 5 classes: the classifier starts afresh"
+    ]
 
 
 def test_weights_of_another_architecture_are_one_line(hub_weights):
@@ -78,6 +83,7 @@ def test_weights_of_another_architecture_are_one_line(hub_weights):
 
 
 # --- tags and the hub ------------------------------------------------------------------------------
+
 
 def test_model_tags_resolve_as_timm_names_them():
     assert pretrained.hub_cfg('resnet50').hub_id == 'timm/resnet50.a1_in1k'  # the default tag
@@ -99,10 +105,12 @@ def test_download_reads_the_offline_cache_and_names_a_missing_file(tmp_path, hub
     assert str(e.value) == (
         f'model.safetensors of timm/resnet18.tv_in1k is not in the Hugging Face cache ({tmp_path}) and '
         'HF_HUB_OFFLINE is set; get it where there is network with `hf download timm/resnet18.tv_in1k '
-        'model.safetensors` (into the same HF_HOME / HF_HUB_CACHE), or give the file with --pretrained-path FILE')
+        'model.safetensors` (into the same HF_HOME / HF_HUB_CACHE), or give the file with --pretrained-path FILE'
+    )
 
 
 # --- the data config -------------------------------------------------------------------------------
+
 
 def test_data_config_comes_from_the_model_unless_a_flag_sets_it(tmp_path):
     folder = str(tmp_path)
@@ -110,30 +118,61 @@ def test_data_config_comes_from_the_model_unless_a_flag_sets_it(tmp_path):
     assert (c.img_size, c.interpolation, c.crop_pct, c.mean) == (176, 'bilinear', 0.875, pretrained_cfgs.IMAGENET[0])
     c = parse_args([folder, '--model', 'efficientnet_b1'])  # its default tag: ra4, 240 px, Inception mean/std
     assert (c.img_size, c.interpolation, c.crop_pct, c.std) == (240, 'bicubic', 0.9, (0.5, 0.5, 0.5))
-    c = parse_args([folder, '--model', 'resnet18', '--img-size', '48', '--input-size', '3', '64', '64',
-                    '--crop-pct', '1', '--interpolation', 'bilinear', '--mean', '0.5', '--std', '0.2', '0.3', '0.4'])
+    c = parse_args(
+        [
+            folder,
+            '--model',
+            'resnet18',
+            '--img-size',
+            '48',
+            '--input-size',
+            '3',
+            '64',
+            '64',
+            '--crop-pct',
+            '1',
+            '--interpolation',
+            'bilinear',
+            '--mean',
+            '0.5',
+            '--std',
+            '0.2',
+            '0.3',
+            '0.4',
+        ]
+    )
     assert (c.img_size, c.interpolation, c.crop_pct, c.mean, c.std) == (
-        64, 'bilinear', 1.0, (0.5, 0.5, 0.5), (0.2, 0.3, 0.4))  # --input-size wins over --img-size, as in timm
+        64,
+        'bilinear',
+        1.0,
+        (0.5, 0.5, 0.5),
+        (0.2, 0.3, 0.4),
+    )  # --input-size wins over --img-size, as in timm
     digits = parse_args(['--model', 'efficientnet_b1'])  # no DATA: the digits keep their own settings
     assert {k: getattr(digits, k) for k in ('img_size', 'crop_pct', 'interpolation', 'mean', 'std')} == {
-        k: DIGITS_DEFAULTS[k] for k in ('img_size', 'crop_pct', 'interpolation', 'mean', 'std')}
+        k: DIGITS_DEFAULTS[k] for k in ('img_size', 'crop_pct', 'interpolation', 'mean', 'std')
+    }
     assert parse_args([folder, '--pretrained-path', 'w.safetensors']).pretrained  # the path implies --pretrained
 
 
-@pytest.mark.parametrize('overrides,message', [
-    (dict(input_size=(3, 32, 48)), 'square RGB images'),
-    (dict(input_size=(1, 32, 32)), 'square RGB images'),
-    (dict(interpolation='nearest'), "'nearest' is not supported"),
-    (dict(mean=(0.1, 0.2)), '--mean takes 1 or 3 finite numbers'),
-    (dict(std=(0.5, 0.0, 0.5)), '--std must be > 0'),
-    (dict(crop_pct=1.5), '--crop-pct must be in (0, 1]'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        (dict(input_size=(3, 32, 48)), 'square RGB images'),
+        (dict(input_size=(1, 32, 32)), 'square RGB images'),
+        (dict(interpolation='nearest'), "'nearest' is not supported"),
+        (dict(mean=(0.1, 0.2)), '--mean takes 1 or 3 finite numbers'),
+        (dict(std=(0.5, 0.0, 0.5)), '--std must be > 0'),
+        (dict(crop_pct=1.5), '--crop-pct must be in (0, 1]'),
+    ],
+)
 def test_bad_data_config_is_one_line(overrides, message):
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace(')', r'\)').replace('[', r'\[')):
         resolve_data_config('resnet18', **overrides)
 
 
 # --- the trainer, end to end, in a subprocess that sees only the environment variables ----------------
+
 
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu', **extra)
@@ -147,16 +186,48 @@ def test_cli_pretrained_from_an_offline_hub_cache(tmp_path, hub_weights):
     checkpoint hold the model's data config (resnet18.a1_in1k: bicubic, crop_pct 0.95), and validate uses it."""
     data = _image_folder(tmp_path / 'ds')
     write_hub_cache(tmp_path / 'hub', 'timm/resnet18.a1_in1k', hub_weights)
-    argv = [sys.executable, '-m', 'jax_ema.train', str(data), '--model', 'resnet18', '--pretrained',
-            '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--lr', '1e-30', '-j', '1',
-            '--model-ema', '--model-ema-decay', '0.9', '--output', str(tmp_path / 'out'), '--experiment', 'ft']
-    done = subprocess.run(argv, env=_env(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub')),
-                          capture_output=True, text=True, timeout=600)
+    argv = [
+        sys.executable,
+        '-m',
+        'jax_ema.train',
+        str(data),
+        '--model',
+        'resnet18',
+        '--pretrained',
+        '--img-size',
+        str(IMG),
+        '-b',
+        '4',
+        '--epochs',
+        '1',
+        '--warmup-epochs',
+        '0',
+        '--lr',
+        '1e-30',
+        '-j',
+        '1',
+        '--model-ema',
+        '--model-ema-decay',
+        '0.9',
+        '--output',
+        str(tmp_path / 'out'),
+        '--experiment',
+        'ft',
+    ]
+    done = subprocess.run(
+        argv,
+        env=_env(HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(tmp_path / 'hub')),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Pretrained weights of resnet18: timm/resnet18.a1_in1k on the Hugging Face hub' in done.stdout
     assert "The pretrained classifier (1000 classes) does not fit this run's 2 classes" in done.stdout
-    assert ('Data config for resnet18: input_size (3, 32, 32), interpolation bicubic, mean (0.485, 0.456, 0.406), '
-            'std (0.229, 0.224, 0.225), crop_pct 0.95, crop_mode center') in done.stdout
+    assert (
+        'Data config for resnet18: input_size (3, 32, 32), interpolation bicubic, mean (0.485, 0.456, 0.406), '
+        'std (0.229, 0.224, 0.225), crop_pct 0.95, crop_mode center'
+    ) in done.stdout
 
     run = tmp_path / 'out' / 'ft'
     step_dir = checkpoint.resolve(run)
@@ -166,12 +237,22 @@ def test_cli_pretrained_from_an_offline_hub_cache(tmp_path, hub_weights):
         got = _flat({'params': tree[weights]})
         assert got.keys() == {p for p in fresh if p[0] == 'params'}
         for path, value in got.items():
-            np.testing.assert_allclose(value, fresh[path] if path in HEAD else expected[path], rtol=1e-6, atol=1e-20,
-                                       err_msg=f'{weights} {path}')
+            np.testing.assert_allclose(
+                value,
+                fresh[path] if path in HEAD else expected[path],
+                rtol=1e-6,
+                atol=1e-20,
+                err_msg=f'{weights} {path}',
+            )
     assert meta['pretrained'] == 'timm/resnet18.a1_in1k'
-    assert meta['data_config'] == dict(input_size=[3, IMG, IMG], interpolation='bicubic',
-                                       mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], crop_pct=0.95,
-                                       crop_mode='center')
+    assert meta['data_config'] == dict(
+        input_size=[3, IMG, IMG],
+        interpolation='bicubic',
+        mean=[0.485, 0.456, 0.406],
+        std=[0.229, 0.224, 0.225],
+        crop_pct=0.95,
+        crop_mode='center',
+    )
     args = yaml.safe_load((run / 'args.yaml').read_text())
     assert (args['interpolation'], args['crop_pct'], args['pretrained']) == ('bicubic', 0.95, True)
 
@@ -189,11 +270,14 @@ def test_pth_without_torch_is_one_line(tmp_path):
     weights = tmp_path / 'w.pth'
     weights.write_bytes(b'not read')
     data = _image_folder(tmp_path / 'ds')
-    code = ('import sys; sys.modules["torch"] = None; from jax_ema.train import main; '
-            f'sys.exit(main([{str(data)!r}, "--model", "resnet18", "--pretrained-path", {str(weights)!r}, '
-            f'"--output", {str(tmp_path / "out")!r}]))')
+    code = (
+        'import sys; sys.modules["torch"] = None; from jax_ema.train import main; '
+        f'sys.exit(main([{str(data)!r}, "--model", "resnet18", "--pretrained-path", {str(weights)!r}, '
+        f'"--output", {str(tmp_path / "out")!r}]))'
+    )
     done = subprocess.run([sys.executable, '-c', code], env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip() == (f"error: reading '{weights}' needs PyTorch (pip install torch); or convert it "
-                                   'to .safetensors')
+    assert done.stderr.strip() == (
+        f"error: reading '{weights}' needs PyTorch (pip install torch); or convert it to .safetensors"
+    )
     assert not (tmp_path / 'out').exists()

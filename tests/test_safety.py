@@ -5,6 +5,7 @@ without `weights_only=True`, `np.load(allow_pickle=...)` other than False, and y
 objects. Then a `.pth` whose unpickling would create a folder is refused with a UserError and nothing
 is created, and checkpoint metadata holding Python source is read as a plain string.
 """
+
 import ast
 import importlib.util
 import json
@@ -24,8 +25,14 @@ PICKLE_MODULES = {'pickle', 'cPickle', '_pickle', 'dill', 'joblib', 'cloudpickle
 DYNAMIC_CODE = {'eval', 'exec', '__import__'}
 TORCH_LOADS = {'torch.load', 'torch.serialization.load'}
 NUMPY_LOADS = {'numpy.load'}
-YAML_UNSAFE = {'yaml.load', 'yaml.load_all', 'yaml.full_load', 'yaml.full_load_all', 'yaml.unsafe_load',
-               'yaml.unsafe_load_all'}
+YAML_UNSAFE = {
+    'yaml.load',
+    'yaml.load_all',
+    'yaml.full_load',
+    'yaml.full_load_all',
+    'yaml.unsafe_load',
+    'yaml.unsafe_load_all',
+}
 YAML_SAFE_LOADERS = {'SafeLoader', 'CSafeLoader', 'BaseLoader', 'CBaseLoader'}
 
 
@@ -103,8 +110,11 @@ def scan_source(source: str, filename: str = '<source>') -> list[str]:
             if len(node.args) > 1:
                 loader = node.args[1]
             loader_name = _dotted(loader, aliases) if isinstance(loader, ast.AST) else None
-            if not (name in {'yaml.load', 'yaml.load_all'} and loader_name
-                    and loader_name.split('.')[-1] in YAML_SAFE_LOADERS):
+            if not (
+                name in {'yaml.load', 'yaml.load_all'}
+                and loader_name
+                and loader_name.split('.')[-1] in YAML_SAFE_LOADERS
+            ):
                 flag(node, f'calls {name}() with a loader that builds objects')
     return found
 
@@ -114,6 +124,7 @@ def _modules() -> list[Path]:
 
 
 # --- the scan ----------------------------------------------------------------------------------------
+
 
 def test_scan_covers_the_library_and_the_reference():
     names = {str(p.relative_to(REPO)) for p in _modules()}
@@ -126,7 +137,7 @@ def test_module_has_no_code_from_data(path):
     assert scan_source(path.read_text(), str(path.relative_to(REPO))) == []
 
 
-BAD_SOURCE = '''
+BAD_SOURCE = """
 import pickle
 import cPickle as cp
 from dill import loads
@@ -149,9 +160,9 @@ np.load("a.npy", allow_pickle=flag)
 yaml.load(text)
 yaml.load(text, Loader=yaml.Loader)
 yaml.unsafe_load(text)
-'''
+"""
 
-GOOD_SOURCE = '''
+GOOD_SOURCE = """
 import numpy as np
 import torch
 import yaml
@@ -162,19 +173,23 @@ yaml.safe_load(text)
 yaml.load(text, Loader=yaml.SafeLoader)
 model.eval()
 jitted.lower(x).compile()
-'''
+"""
 
 
 def test_the_scan_flags_each_unsafe_construct_and_nothing_safe():
     found = scan_source(BAD_SOURCE)
     lines = sorted({int(f.split(':')[1]) for f in found})
-    expected = [n + 1 for n, line in enumerate(BAD_SOURCE.splitlines())
-                if line and not line.startswith(('import numpy', 'import torch', 'import yaml', 'from torch'))]
+    expected = [
+        n + 1
+        for n, line in enumerate(BAD_SOURCE.splitlines())
+        if line and not line.startswith(('import numpy', 'import torch', 'import yaml', 'from torch'))
+    ]
     assert lines == expected, found
     assert scan_source(GOOD_SOURCE) == []
 
 
 # --- hostile files -----------------------------------------------------------------------------------
+
 
 class _MakesAFolder:
     """Unpickling this calls os.mkdir(path): stands for any code an attacker would run."""
@@ -201,8 +216,10 @@ def _write(path: Path, payload: bytes, layout: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize('name,layout', [('weights.pth', 'zip'), ('weights.pth.tar', 'zip'),
-                                         ('weights.pth', 'plain'), ('pytorch_model.bin', 'plain')])
+@pytest.mark.parametrize(
+    'name,layout',
+    [('weights.pth', 'zip'), ('weights.pth.tar', 'zip'), ('weights.pth', 'plain'), ('pytorch_model.bin', 'plain')],
+)
 def test_a_pth_that_would_run_code_is_refused(tmp_path, monkeypatch, name, layout):
     monkeypatch.chdir(tmp_path)
     probe = tmp_path / 'probe'
@@ -226,14 +243,23 @@ def test_a_pth_that_would_run_code_is_refused(tmp_path, monkeypatch, name, layou
 def test_checkpoint_metadata_is_only_data(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / 'X'
-    code = {'touch': f"__import__('os').system('touch {marker}')",
-            'mkdir': f"__import__('os').mkdir('{marker}')",
-            'eval': f"eval(\"__import__('os').mkdir('{marker}')\")"}
+    code = {
+        'touch': f"__import__('os').system('touch {marker}')",
+        'mkdir': f"__import__('os').mkdir('{marker}')",
+        'eval': f"eval(\"__import__('os').mkdir('{marker}')\")",
+    }
     step = tmp_path / 'run' / 'checkpoints' / '7'
     (step / 'state').mkdir(parents=True)
     (step / 'metadata').mkdir()
-    metadata = {'model': code['touch'], 'num_classes': code['mkdir'], 'img_size': code['eval'],
-                'ema': {'decay': code['touch']}, 'score': 1.0, 'step': 7, code['mkdir']: code['touch']}
+    metadata = {
+        'model': code['touch'],
+        'num_classes': code['mkdir'],
+        'img_size': code['eval'],
+        'ema': {'decay': code['touch']},
+        'score': 1.0,
+        'step': 7,
+        code['mkdir']: code['touch'],
+    }
     (step / 'metadata' / 'metadata').write_text(json.dumps(metadata))
     for given in (tmp_path / 'run', step.parent, step, step.parent / 'best', step.parent / 'last'):
         resolved = checkpoint.resolve(given)

@@ -1,5 +1,6 @@
 """The sharded EMA (--model-ema-shard): the 8-device cases (tests/shard_cases.py) in a process of their
 own, and what one device can check here: the padding, and the flag refused with --model-ema-force-cpu."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,14 @@ def test_on_eight_devices_the_sharded_ema_holds_an_eighth_needs_no_collective_an
     """Runs tests/shard_cases.py: per-device bytes / 8, no collective in the update nor added to the step,
     bit-identical to the on-device EMA, checkpoint gathered and resumed bit-identically."""
     cases = Path(__file__).with_name('shard_cases.py')
-    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:xdist', '-p', 'no:cacheprovider',
-                           str(cases)], env=device_env(8), capture_output=True, text=True, timeout=900,
-                          cwd=Path(__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-q', '-p', 'no:xdist', '-p', 'no:cacheprovider', str(cases)],
+        env=device_env(8),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).parent.parent,
+    )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     assert '6 passed' in done.stdout
 
@@ -42,8 +48,15 @@ def test_padding_is_ignored_by_the_tree_and_stays_zero():
 
 def test_shard_and_force_cpu_are_refused_together(tmp_path, capsys):
     data = _image_folder(tmp_path / 'ds')
-    argv = [str(data), *TINY, '--model-ema', '--model-ema-force-cpu', '--model-ema-shard',
-            '--output', str(tmp_path / 'out')]
+    argv = [
+        str(data),
+        *TINY,
+        '--model-ema',
+        '--model-ema-force-cpu',
+        '--model-ema-shard',
+        '--output',
+        str(tmp_path / 'out'),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith('error: --model-ema-force-cpu and --model-ema-shard exclude each other')

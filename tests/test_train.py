@@ -1,4 +1,5 @@
 """The trainer: one jitted step, the host EMA, EMA-off -> EMA-on restore, and the CLI end to end."""
+
 import csv
 import functools
 import json
@@ -25,8 +26,10 @@ def _state(ema_cfg, seed=0, num_classes=3):
 
 def _batch(seed=0, n=4, num_classes=3):
     rng = np.random.default_rng(seed)
-    return {'image': rng.normal(size=(n, IMG, IMG, 3)).astype(np.float32),
-            'label': rng.integers(0, num_classes, size=n).astype(np.int32)}
+    return {
+        'image': rng.normal(size=(n, IMG, IMG, 3)).astype(np.float32),
+        'label': rng.integers(0, num_classes, size=n).astype(np.int32),
+    }
 
 
 def _max_abs_diff(a, b):
@@ -53,8 +56,8 @@ def test_one_jitted_step_updates_params_and_ema(step_fn, ema_cfg):
     params0 = jax.tree.map(np.asarray, state.params)
     state, metrics = step_fn(state, _batch(0))
     assert int(state.step) == 1 and np.isfinite(float(metrics['loss']))
-    assert _max_abs_diff(state.params, params0) > 0            # the optimizer moved the weights
-    assert _max_abs_diff(ema.tree(state.ema_params), state.params) == 0   # timm: the first update is a copy
+    assert _max_abs_diff(state.params, params0) > 0  # the optimizer moved the weights
+    assert _max_abs_diff(ema.tree(state.ema_params), state.params) == 0  # timm: the first update is a copy
     assert _max_abs_diff(ema.tree(state.ema_batch_stats), state.batch_stats) == 0
     ema_before = jax.tree.map(np.asarray, ema.tree(state.ema_params))
     stats_before = jax.tree.map(np.asarray, ema.tree(state.ema_batch_stats))
@@ -64,7 +67,7 @@ def test_one_jitted_step_updates_params_and_ema(step_fn, ema_cfg):
     expected_stats = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), stats_before, state.batch_stats)
     assert _max_abs_diff(ema.tree(state.ema_batch_stats), expected_stats) < 1e-5
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.ema_params))
-    assert len(jax.tree.leaves(state.ema_params)) == 1                # one buffer: one dispatch argument
+    assert len(jax.tree.leaves(state.ema_params)) == 1  # one buffer: one dispatch argument
 
 
 def test_step_is_compiled_once_and_donates(step_fn, ema_cfg):
@@ -74,8 +77,8 @@ def test_step_is_compiled_once_and_donates(step_fn, ema_cfg):
     old_params = state.params
     state, _ = step_fn(state, _batch(1))
     state, _ = step_fn(state, _batch(2))
-    assert jax.tree.leaves(old_params)[0].is_deleted()          # the state was donated
-    assert step_fn._cache_size() == compiled_before + 1         # the first step does not compile twice
+    assert jax.tree.leaves(old_params)[0].is_deleted()  # the state was donated
+    assert step_fn._cache_size() == compiled_before + 1  # the first step does not compile twice
 
 
 def test_host_ema_lives_in_pinned_host_and_matches_device_ema(step_fn, ema_cfg):
@@ -93,7 +96,7 @@ def test_host_ema_lives_in_pinned_host_and_matches_device_ema(step_fn, ema_cfg):
     assert offload.memory_kinds((ema_p, ema_s)) == {'pinned_host'}
     assert offload.memory_kinds(host_state.params) == {'device'}
     assert _max_abs_diff(offload.to_device(ema_p), device_state.ema_params) < 1e-6
-    assert len(jax.tree.leaves(ema_p)) == 1                            # one host<->device transfer each way
+    assert len(jax.tree.leaves(ema_p)) == 1  # one host<->device transfer each way
 
 
 def test_checkpoint_without_ema_restores_into_ema_run(tmp_path, step_fn):
@@ -110,10 +113,10 @@ def test_checkpoint_without_ema_restores_into_ema_run(tmp_path, step_fn):
     restored = restore_state(step_dir, fresh)
     assert int(restored.step) == 1
     assert _max_abs_diff(restored.params, state.params) == 0
-    assert _max_abs_diff(ema.tree(restored.ema_params), state.params) == 0   # EMA starts from the raw weights
+    assert _max_abs_diff(ema.tree(restored.ema_params), state.params) == 0  # EMA starts from the raw weights
     assert _max_abs_diff(ema.tree(restored.ema_batch_stats), state.batch_stats) == 0
     assert _max_abs_diff(restored.opt_state, state.opt_state) == 0
-    restored, _ = step_fn(restored, _batch(1))                       # and it trains on
+    restored, _ = step_fn(restored, _batch(1))  # and it trains on
     assert int(restored.step) == 2
 
 
@@ -129,17 +132,45 @@ def _image_folder(root, classes=('cat', 'dog'), per_class=10, splits=('train', '
     return root
 
 
-TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0',
-        '--lr', '0.01', '--log-interval', '2']
+TINY = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    str(IMG),
+    '-b',
+    '4',
+    '--epochs',
+    '1',
+    '--warmup-epochs',
+    '0',
+    '--lr',
+    '0.01',
+    '--log-interval',
+    '2',
+]
 
 
 @pytest.mark.parametrize('force_cpu', [False, True])
 def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     data = _image_folder(tmp_path / 'ds')
-    argv = [str(data), *TINY, '--num-classes', '2', '--model-ema', '--model-ema-decay', '0.99',
-            '--output', str(tmp_path / 'out'), '--experiment', 'tiny']
-    extra = (['--model-ema-force-cpu', '--model-ema-update-every', '3'] if force_cpu
-             else ['-b', '2', '--grad-accum-steps', '2', '--reprob', '0.5'])  # 4 rows per update either way
+    argv = [
+        str(data),
+        *TINY,
+        '--num-classes',
+        '2',
+        '--model-ema',
+        '--model-ema-decay',
+        '0.99',
+        '--output',
+        str(tmp_path / 'out'),
+        '--experiment',
+        'tiny',
+    ]
+    extra = (
+        ['--model-ema-force-cpu', '--model-ema-update-every', '3']
+        if force_cpu
+        else ['-b', '2', '--grad-accum-steps', '2', '--reprob', '0.5']
+    )  # 4 rows per update either way
     if not force_cpu:  # an unreadable image: skipped in place (its slot takes the next image), counted
         (data / 'train' / 'cat' / '3x.png').write_bytes(b'not a png')
     assert main(argv + extra) == 0
@@ -153,7 +184,7 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     with (run / 'summary.csv').open() as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == reporting.SUMMARY_COLUMNS and len(rows) == 1
-    assert rows[0]['eval_top1'] == rows[0]['ema_eval_top1'] != ''      # the host EMA is validated too
+    assert rows[0]['eval_top1'] == rows[0]['ema_eval_top1'] != ''  # the host EMA is validated too
     assert 0 <= float(rows[0]['raw_eval_top1']) <= 100
     assert (run / 'metrics.png').stat().st_size > 1000
     assert list((run / 'tensorboard').glob('events.out.tfevents.*'))
@@ -164,8 +195,9 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     assert meta['ema']['decay'] == 0.99 and meta['epoch'] == 0
     if not force_cpu:
         from jax_ema import data as data_lib
+
         train_ds, _ = data_lib.load_datasets(data_lib.DataConfig(data_dir=str(data)))
-        used = data_lib.epoch_order(42, 0, train_ds.num_examples)[:5 * 4]  # 5 updates of 4 rows
+        used = data_lib.epoch_order(42, 0, train_ds.num_examples)[: 5 * 4]  # 5 updates of 4 rows
         assert meta['unreadable_images'] == int(train_ds.paths.index(str(data / 'train' / 'cat' / '3x.png')) in used)
     tree = checkpoint.restore_tree(step_dir)
     assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'step'} <= set(tree)
@@ -208,8 +240,9 @@ def test_host_step_updates_the_ema_every_k_and_flushes_what_is_pending():
     plain_step = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
     stepper = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'host')
     state = _state(cfg)
-    state = state.replace(ema_params=offload.to_host(state.ema_params),
-                          ema_batch_stats=offload.to_host(state.ema_batch_stats))
+    state = state.replace(
+        ema_params=offload.to_host(state.ema_params), ema_batch_stats=offload.to_host(state.ema_batch_stats)
+    )
     manual = _state(cfg)
     ema_p, ema_s = manual.ema_params, manual.ema_batch_stats
     manual = manual.replace(ema_params=None, ema_batch_stats=None)
@@ -219,15 +252,15 @@ def test_host_step_updates_the_ema_every_k_and_flushes_what_is_pending():
         if count == 3:
             ema_p, ema_s = ema.update(cfg, ema_p, ema_s, manual.params, manual.batch_stats, 3, 3)
             after_3 = np.asarray(state.ema_params.flat)
-    assert np.array_equal(np.asarray(state.ema_params.flat), after_3)          # nothing at updates 4 and 5
+    assert np.array_equal(np.asarray(state.ema_params.flat), after_3)  # nothing at updates 4 and 5
     # jitted vs eager rounding: 1 ulp of O(1) weights
     assert _max_abs_diff(offload.to_device(state.ema_params), ema_p) < 1e-6
-    state = stepper.flush(state, 5)                                          # as before evaluation / saving
+    state = stepper.flush(state, 5)  # as before evaluation / saving
     ema_p, ema_s = ema.update(cfg, ema_p, ema_s, manual.params, manual.batch_stats, 5, 2)
     assert _max_abs_diff(offload.to_device(state.ema_params), ema_p) < 1e-6
     assert _max_abs_diff(offload.to_device(state.ema_batch_stats), ema_s) < 1e-5
     assert offload.memory_kinds((state.ema_params, state.ema_batch_stats)) == {'pinned_host'}
-    assert stepper.flush(state, 5) is state                                  # nothing pending any more
+    assert stepper.flush(state, 5) is state  # nothing pending any more
 
 
 def test_grad_accumulation_averages_micro_batches_and_updates_the_ema_once_per_update():
@@ -237,20 +270,26 @@ def test_grad_accumulation_averages_micro_batches_and_updates_the_ema_once_per_u
 
     def grads_of(micro):  # train-mode BatchNorm normalises with the micro-batch's own statistics
         def loss(params):
-            logits = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, micro['image'],
-                                    train=True, mutable=['batch_stats'])[0]
+            logits = state.apply_fn(
+                {'params': params, 'batch_stats': state.batch_stats},
+                micro['image'],
+                train=True,
+                mutable=['batch_stats'],
+            )[0]
             return optim.cross_entropy(logits, micro['label'], 0.1)
+
         return jax.grad(loss)(state.params)
 
     halves = [jax.tree.map(lambda x: x[:4], batch), jax.tree.map(lambda x: x[4:], batch)]
     mean = jax.tree.map(lambda a, b: (a + b) / 2, grads_of(halves[0]), grads_of(halves[1]))
     expected = state.apply_gradients(grads=mean)
     first, _ = accumulate(state, batch)
-    assert int(first.step) == 1                                        # one optimizer update, not two
+    assert int(first.step) == 1  # one optimizer update, not two
     assert _max_abs_diff(first.params, expected.params) < 1e-6
     assert _max_abs_diff(ema.tree(first.ema_params), first.params) == 0  # EMA step 1 (a copy), not step 2
     second, _ = accumulate(first, _batch(1, n=8))
     assert int(second.step) == 2
-    blended = jax.tree.map(lambda e, p: 0.9 * np.asarray(e) + 0.1 * np.asarray(p), ema.tree(first.ema_params),
-                           second.params)
+    blended = jax.tree.map(
+        lambda e, p: 0.9 * np.asarray(e) + 0.1 * np.asarray(p), ema.tree(first.ema_params), second.params
+    )
     assert _max_abs_diff(ema.tree(second.ema_params), blended) < 1e-6  # one EMA update per optimizer update

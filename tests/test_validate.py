@@ -1,5 +1,6 @@
 """validate: the raw and EMA numbers of real trainer runs (device and host EMA), the forms of
 --checkpoint, the run's split settings, and bad input answered with one line and exit code 2."""
+
 import csv
 import json
 import shutil
@@ -20,11 +21,27 @@ from jax_ema.validate import main, validate
 pytestmark = pytest.mark.slow  # the module trains three runs to validate
 
 IMG, PER_CLASS, FRACTION = 32, 10, 0.3
-TINY = ['--model', 'resnet18', '--img-size', str(IMG), '-b', '4', '--warmup-epochs', '0', '--lr', '0.05',
-        '--log-interval', '2', '--val-split-fraction', str(FRACTION)]
-RUNS = {'ema': ['--epochs', '2', '--model-ema', '--model-ema-decay', '0.5'],
-        'host': ['--epochs', '1', '--model-ema', '--model-ema-decay', '0.5', '--model-ema-force-cpu'],
-        'plain': ['--epochs', '1']}
+TINY = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    str(IMG),
+    '-b',
+    '4',
+    '--warmup-epochs',
+    '0',
+    '--lr',
+    '0.05',
+    '--log-interval',
+    '2',
+    '--val-split-fraction',
+    str(FRACTION),
+]
+RUNS = {
+    'ema': ['--epochs', '2', '--model-ema', '--model-ema-decay', '0.5'],
+    'host': ['--epochs', '1', '--model-ema', '--model-ema-decay', '0.5', '--model-ema-force-cpu'],
+    'plain': ['--epochs', '1'],
+}
 
 
 def _images(folder, classes, per_class, seed, splits=None):
@@ -61,16 +78,16 @@ def runs(root, data):
 
 def _param_count(name, num_classes):
     model = create_model(name, num_classes)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
-                            jax.ShapeDtypeStruct((1, IMG, IMG, 3), jnp.float32))
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, IMG, IMG, 3), jnp.float32)
+    )
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes['params']))
 
 
 def _step_dirs(run):
     """The run's end-of-epoch step folders (those with a score), oldest first."""
     steps = [p for p in (run / 'checkpoints').iterdir() if p.name.isdigit()]
-    return sorted((p for p in steps if checkpoint.read_metadata(p).get('score') is not None),
-                  key=lambda p: int(p.name))
+    return sorted((p for p in steps if checkpoint.read_metadata(p).get('score') is not None), key=lambda p: int(p.name))
 
 
 def _summary_row(run, step_dir):
@@ -84,8 +101,9 @@ def _assert_matches_summary(results, row, weights):
     assert results['loss'] == pytest.approx(float(row[f'{weights}_eval_loss']), abs=1e-6)
 
 
-@pytest.mark.parametrize('run_name, weights', [('ema', 'raw'), ('ema', 'ema'), ('host', 'raw'),
-                                               ('host', 'ema'), ('plain', 'raw')])
+@pytest.mark.parametrize(
+    'run_name, weights', [('ema', 'raw'), ('ema', 'ema'), ('host', 'raw'), ('host', 'ema'), ('plain', 'raw')]
+)
 def test_results_equal_the_runs_summary(runs, data, run_name, weights):
     run = runs[run_name]
     steps = _step_dirs(run)
@@ -97,7 +115,11 @@ def test_results_equal_the_runs_summary(runs, data, run_name, weights):
         assert results['top5_err'] == pytest.approx(100 - results['top5'])
         assert results['weights'] == weights and results['checkpoint'] == str(step_dir)
         assert (results['model'], results['img_size'], results['crop_pct'], results['interpolation']) == (
-            'resnet18', IMG, 0.95, 'bicubic')  # resnet18's data config (resnet18.a1_in1k), as timm's
+            'resnet18',
+            IMG,
+            0.95,
+            'bicubic',
+        )  # resnet18's data config (resnet18.a1_in1k), as timm's
         assert results['num_images'] == 2 * PER_CLASS and results['split'] == 'validation'
         assert results['param_count'] == round(_param_count('resnet18', 2) / 1e6, 2)
 
@@ -116,15 +138,29 @@ def test_cli_prints_timm_line_and_result_json(runs, data, tmp_path, capsys):
     results = json.loads(printed.split('--result\n')[1])
     _assert_matches_summary(results, reporting.read_summary(runs['host'])[-1], 'ema')
     line = ' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
-        results['top1'], results['top1_err'], results['top5'], results['top5_err'])
+        results['top1'], results['top1_err'], results['top5'], results['top5_err']
+    )
     assert line in printed.splitlines()
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]['checkpoint'] == results['checkpoint']
     assert float(rows[0]['top1']) == results['top1'] and rows[0]['weights'] == 'ema'
     json_out = tmp_path / 'results.json'
-    assert main([str(data), '--checkpoint', str(runs['host']), '--use-ema', '--results-file', str(json_out),
-                 '--results-format', 'json']) == 0
+    assert (
+        main(
+            [
+                str(data),
+                '--checkpoint',
+                str(runs['host']),
+                '--use-ema',
+                '--results-file',
+                str(json_out),
+                '--results-format',
+                'json',
+            ]
+        )
+        == 0
+    )
     assert json.loads(json_out.read_text()) == results
 
 
@@ -132,9 +168,14 @@ def test_cli_prints_timm_line_and_result_json(runs, data, tmp_path, capsys):
 def test_checkpoint_argument_forms(runs, data, where):
     run = runs['ema']
     steps = _step_dirs(run)
-    path, expected = {'run': (run, steps[-1]), 'checkpoints': (run / 'checkpoints', steps[-1]),
-                      'step': (steps[0], steps[0]), 'last': (run / 'last', steps[-1]),
-                      'best': (run / 'best', None), 'checkpoints_best': (run / 'checkpoints' / 'best', None)}[where]
+    path, expected = {
+        'run': (run, steps[-1]),
+        'checkpoints': (run / 'checkpoints', steps[-1]),
+        'step': (steps[0], steps[0]),
+        'last': (run / 'last', steps[-1]),
+        'best': (run / 'best', None),
+        'checkpoints_best': (run / 'checkpoints' / 'best', None),
+    }[where]
     results = validate(path, data, use_ema=True)
     if expected is None:  # best: a step folder of the highest score (which one of a tie is checkpoint's call)
         expected = Path(results['checkpoint'])
@@ -185,8 +226,9 @@ def test_bad_inputs_give_one_line_and_exit_2(runs, data, root, capsys):
 def test_module_entry_point(root):
     """`python -m jax_ema.validate` exits 2 with one stderr line for a missing checkpoint."""
     missing = str(root / 'missing_run')
-    proc = subprocess.run([sys.executable, '-m', 'jax_ema.validate', '--checkpoint', missing],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'jax_ema.validate', '--checkpoint', missing], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and missing in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -20,6 +20,7 @@ The torch flags are set through torch's legacy TF32 switches, present in every t
 support; a process that also sets the newer `fp32_precision` switches ends up in torch's "mixed API"
 state, which `state()` reports and `check()` rejects.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,9 +40,11 @@ def torch_device() -> torch.device:
 def _new_api_precisions() -> dict:
     """torch >= 2.9's per-backend fp32_precision switches ('tf32' = TF32 on), where this torch has them."""
     out = {}
-    for name, switch in (('cuda.matmul', getattr(torch.backends.cuda.matmul, 'fp32_precision', None)),
-                         ('cudnn.conv', getattr(getattr(torch.backends.cudnn, 'conv', None), 'fp32_precision', None)),
-                         ('cudnn.rnn', getattr(getattr(torch.backends.cudnn, 'rnn', None), 'fp32_precision', None))):
+    for name, switch in (
+        ('cuda.matmul', getattr(torch.backends.cuda.matmul, 'fp32_precision', None)),
+        ('cudnn.conv', getattr(getattr(torch.backends.cudnn, 'conv', None), 'fp32_precision', None)),
+        ('cudnn.rnn', getattr(getattr(torch.backends.cudnn, 'rnn', None), 'fp32_precision', None)),
+    ):
         if isinstance(switch, str):
             out[name] = switch
     return out
@@ -50,17 +53,23 @@ def _new_api_precisions() -> dict:
 def state() -> dict:
     """The precision settings in force now, both sides (what `check()` judges; JSON-friendly)."""
     try:
-        tf32 = {'cuda_matmul_allow_tf32': bool(torch.backends.cuda.matmul.allow_tf32),
-                'cudnn_allow_tf32': bool(torch.backends.cudnn.allow_tf32)}
+        tf32 = {
+            'cuda_matmul_allow_tf32': bool(torch.backends.cuda.matmul.allow_tf32),
+            'cudnn_allow_tf32': bool(torch.backends.cudnn.allow_tf32),
+        }
     except RuntimeError as e:  # torch >= 2.9 when its legacy and new TF32 switches were both used
-        tf32 = {'cuda_matmul_allow_tf32': f'unreadable: {str(e)[:80]}',
-                'cudnn_allow_tf32': f'unreadable: {str(e)[:80]}'}
-    return {'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
-            **tf32,
-            'torch_float32_matmul_precision': torch.get_float32_matmul_precision(),
-            'cudnn_deterministic': bool(torch.backends.cudnn.deterministic),
-            'cudnn_benchmark': bool(torch.backends.cudnn.benchmark),
-            'torch_fp32_precision': _new_api_precisions()}
+        tf32 = {
+            'cuda_matmul_allow_tf32': f'unreadable: {str(e)[:80]}',
+            'cudnn_allow_tf32': f'unreadable: {str(e)[:80]}',
+        }
+    return {
+        'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
+        **tf32,
+        'torch_float32_matmul_precision': torch.get_float32_matmul_precision(),
+        'cudnn_deterministic': bool(torch.backends.cudnn.deterministic),
+        'cudnn_benchmark': bool(torch.backends.cudnn.benchmark),
+        'torch_fp32_precision': _new_api_precisions(),
+    }
 
 
 def problems(current: dict | None = None) -> list[str]:
@@ -68,7 +77,7 @@ def problems(current: dict | None = None) -> list[str]:
     s = state() if current is None else current
     wrong = []
     if s['jax_default_matmul_precision'] != JAX_PRECISION:
-        wrong.append(f"jax_default_matmul_precision is {s['jax_default_matmul_precision']!r}, not {JAX_PRECISION!r}")
+        wrong.append(f'jax_default_matmul_precision is {s["jax_default_matmul_precision"]!r}, not {JAX_PRECISION!r}')
     for key in ('cuda_matmul_allow_tf32', 'cudnn_allow_tf32'):
         if s[key] is not False:
             wrong.append(f'torch {key} is {s[key]!r}, not False')
@@ -76,8 +85,11 @@ def problems(current: dict | None = None) -> list[str]:
         wrong.append(f"torch float32 matmul precision is {s['torch_float32_matmul_precision']!r}, not 'highest'")
     if not s['cudnn_deterministic'] or s['cudnn_benchmark']:
         wrong.append('cuDNN is not deterministic with its autotuner off')
-    wrong += [f'torch {name}.fp32_precision is {value!r}' for name, value in s['torch_fp32_precision'].items()
-              if value == 'tf32']
+    wrong += [
+        f'torch {name}.fp32_precision is {value!r}'
+        for name, value in s['torch_fp32_precision'].items()
+        if value == 'tf32'
+    ]
     return wrong
 
 
@@ -89,8 +101,12 @@ def check() -> None:
 
 def pin():
     """Pins both sides (see the module docstring); returns a function that restores what was there."""
-    before = dict(jax=jax.config.jax_default_matmul_precision, highest=torch.get_float32_matmul_precision(),
-                  deterministic=torch.backends.cudnn.deterministic, benchmark=torch.backends.cudnn.benchmark)
+    before = dict(
+        jax=jax.config.jax_default_matmul_precision,
+        highest=torch.get_float32_matmul_precision(),
+        deterministic=torch.backends.cudnn.deterministic,
+        benchmark=torch.backends.cudnn.benchmark,
+    )
     try:
         before.update(matmul=torch.backends.cuda.matmul.allow_tf32, cudnn=torch.backends.cudnn.allow_tf32)
     except RuntimeError:  # torch's mixed-API state: restore TF32 off rather than guess
@@ -109,10 +125,11 @@ def pin():
         torch.set_float32_matmul_precision(before['highest'])
         torch.backends.cudnn.deterministic = before['deterministic']
         torch.backends.cudnn.benchmark = before['benchmark']
+
     return restore
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def float64_missing() -> str | None:
     """Why float64 cannot be compared here, measured (None: both sides compute float64 on this machine).
 

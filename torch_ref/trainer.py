@@ -8,6 +8,7 @@ Per update, as in train.py's `train_one_epoch`:
 and at each epoch end `lr_scheduler.step(epoch + 1)`. It runs on torch's GPU when there is one
 (`precision.torch_device`); the parity tests pin its float32 precision (torch_ref/precision.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,11 +41,34 @@ def create_model(model_name: str, num_classes: int, *, state_dict=None, dtype='f
     return model
 
 
-def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='float32', seed=0,
-                  opt='sgd', lr=0.1, weight_decay=1e-4, momentum=0.9, opt_kwargs=None,
-                  sched='cosine', epochs=1, updates_per_epoch=None, warmup_epochs=0, warmup_lr=1e-5,
-                  min_lr=0., sched_on_updates=True, sched_kwargs=None, smoothing=0.1,
-                  model_ema=True, ema_decay=0.9998, ema_warmup=False, ema_kwargs=None, device=None) -> dict:
+def run_reference(
+    model_name,
+    num_classes,
+    batches,
+    *,
+    state_dict=None,
+    dtype='float32',
+    seed=0,
+    opt='sgd',
+    lr=0.1,
+    weight_decay=1e-4,
+    momentum=0.9,
+    opt_kwargs=None,
+    sched='cosine',
+    epochs=1,
+    updates_per_epoch=None,
+    warmup_epochs=0,
+    warmup_lr=1e-5,
+    min_lr=0.0,
+    sched_on_updates=True,
+    sched_kwargs=None,
+    smoothing=0.1,
+    model_ema=True,
+    ema_decay=0.9998,
+    ema_warmup=False,
+    ema_kwargs=None,
+    device=None,
+) -> dict:
     """Train timm's `model_name` on `batches` = [(images NHWC, int labels), ...], one update each.
 
     The schedule spans `epochs` x `updates_per_epoch` updates (default: the batches split evenly
@@ -61,12 +85,20 @@ def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='f
     model = create_model(model_name, num_classes, state_dict=state_dict, dtype=dtype, seed=seed).to(device)
 
     optimizer = timm.optim.create_optimizer_v2(
-        model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **(opt_kwargs or {}))
+        model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **(opt_kwargs or {})
+    )
     loss_fn = LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing else torch.nn.CrossEntropyLoss()
     lr_scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=sched, num_epochs=epochs, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr,
-        min_lr=min_lr, step_on_epochs=not sched_on_updates, updates_per_epoch=updates_per_epoch,
-        **(sched_kwargs or {}))
+        optimizer,
+        sched=sched,
+        num_epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+        min_lr=min_lr,
+        step_on_epochs=not sched_on_updates,
+        updates_per_epoch=updates_per_epoch,
+        **(sched_kwargs or {}),
+    )
     ema = None
     if model_ema:
         ema = ModelEmaV3(model, decay=ema_decay, use_warmup=ema_warmup, **(ema_kwargs or {}))
@@ -94,5 +126,9 @@ def run_reference(model_name, num_classes, batches, *, state_dict=None, dtype='f
             if num_updates % updates_per_epoch == 0:
                 lr_scheduler.step(num_updates // updates_per_epoch)  # train.py: step(epoch + 1)
 
-    return {'losses': losses, 'lrs': lrs, 'state_dict': to_numpy(model.state_dict()),
-            'ema_state_dict': to_numpy(ema.module.state_dict()) if ema is not None else None}
+    return {
+        'losses': losses,
+        'lrs': lrs,
+        'state_dict': to_numpy(model.state_dict()),
+        'ema_state_dict': to_numpy(ema.module.state_dict()) if ema is not None else None,
+    }

@@ -18,7 +18,7 @@ images), transforms.py (per-example transforms), rand_augment.py + image_ops.py 
 import dataclasses
 import logging
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,11 +34,27 @@ _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax_ema.data import rand_augment  # noqa: E402
-from jax_ema.data.folder import (EVAL_SPLIT_SYNONYMS, IMAGE_EXTENSIONS, SPLIT_SEED,  # noqa: E402,F401
-                                 TRAIN_SPLIT_SYNONYMS, error_reason, load_folders, natural_key, printable,
-                                 stratified_split, verify_images)
-from jax_ema.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, KERNELS,  # noqa: E402,F401
-                                     eval_transform, random_resized_crop_box, resize, train_transform)
+from jax_ema.data.folder import (  # noqa: E402,F401
+    EVAL_SPLIT_SYNONYMS,
+    IMAGE_EXTENSIONS,
+    SPLIT_SEED,
+    TRAIN_SPLIT_SYNONYMS,
+    error_reason,
+    load_folders,
+    natural_key,
+    printable,
+    stratified_split,
+    verify_images,
+)
+from jax_ema.data.transforms import (  # noqa: E402,F401
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    KERNELS,
+    eval_transform,
+    random_resized_crop_box,
+    resize,
+    train_transform,
+)
 
 _DIGITS_MAX = 16.0  # load_digits pixel values are 0..16
 log = logging.getLogger(__name__)
@@ -47,6 +63,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the images are and how to augment them; names follow timm's train.py flags."""
+
     data_dir: str | None = None
     train_split: str = 'train'
     val_split: str = 'validation'
@@ -72,19 +89,31 @@ class DataConfig:
 class Dataset:
     """One split: examples in a fixed order (index = position), batched on demand."""
 
-    def __init__(self, cfg: DataConfig, source: str, class_names: list[str], labels: np.ndarray,
-                 paths: list[str] | None = None, pixels: np.ndarray | None = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        source: str,
+        class_names: list[str],
+        labels: np.ndarray,
+        paths: list[str] | None = None,
+        pixels: np.ndarray | None = None,
+    ):
         self.source = source
         self.class_names = tuple(class_names)
         self.num_classes = len(class_names)
         self.labels = labels.astype(np.int32)
         self.num_examples = len(labels)
         self.paths = paths  # image files ('splits', 'folders'); None for 'digits'
-        self._inputs = (np.array([os.fsencode(p) for p in paths], dtype=object) if paths is not None
-                        else pixels)
+        self._inputs = np.array([os.fsencode(p) for p in paths], dtype=object) if paths is not None else pixels
         self._cfg = cfg
-        self.device_input = DeviceInput(mean=tuple(cfg.mean), std=tuple(cfg.std), reprob=cfg.reprob,
-                                        remode=cfg.remode.lower(), recount=cfg.recount, seed=cfg.seed)
+        self.device_input = DeviceInput(
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            reprob=cfg.reprob,
+            remode=cfg.remode.lower(),
+            recount=cfg.recount,
+            seed=cfg.seed,
+        )
         self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
         self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
         policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
@@ -101,19 +130,21 @@ class Dataset:
             return eval_transform(read(inputs), cfg, decoded)
 
         # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
-        self._train_fn = tf.function(train_fn, autograph=False,
-                                     input_signature=[spec, tf.TensorSpec([2], tf.int64)])
+        self._train_fn = tf.function(train_fn, autograph=False, input_signature=[spec, tf.TensorSpec([2], tf.int64)])
         self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
         if not 1 <= batch_size <= self.num_examples:
-            raise UserError(f'batch size {batch_size} does not fit the {self.num_examples} training '
-                            f'images; pass a -b between 1 and {self.num_examples}')
+            raise UserError(
+                f'batch size {batch_size} does not fit the {self.num_examples} training '
+                f'images; pass a -b between 1 and {self.num_examples}'
+            )
         return self.num_examples // batch_size
 
-    def train_batches(self, batch_size: int, epoch: int, start_step: int = 0, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[dict]:
+    def train_batches(
+        self, batch_size: int, epoch: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
+    ) -> Iterator[dict]:
         """Augmented uint8 batches {'image', 'label'} of epoch `epoch`, from step `start_step` on.
 
         `batch_size` is global; this process gets rows [process_index * b, (process_index + 1) * b) of
@@ -122,25 +153,27 @@ class Dataset:
         steps = self.steps_per_epoch(batch_size)
         local = _local_batch_size(batch_size, process_index, process_count)
         if epoch < 0 or not 0 <= start_step <= steps:
-            raise UserError(f'epoch {epoch}, step {start_step} is not in an epoch of {steps} steps; '
-                            'resume from a checkpoint made with this data and batch size')
+            raise UserError(
+                f'epoch {epoch}, step {start_step} is not in an epoch of {steps} steps; '
+                'resume from a checkpoint made with this data and batch size'
+            )
         rows = _rows(start_step, steps, batch_size, process_index, local)
         index = epoch_order(self._cfg.seed, epoch, self.num_examples)[rows]
-        epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64),
-                                                             epoch)
+        epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
 
         def columns(index):  # an unreadable example's slot takes the next readable one
             source = self._replacements(index)
             return (self._inputs[source], self.labels[source], index), source, source != index
 
         def load(inputs, label, i):
-            return {'image': self._train_fn(inputs, tf.random.experimental.stateless_fold_in(epoch_key, i)),
-                    'label': label}
+            return {
+                'image': self._train_fn(inputs, tf.random.experimental.stateless_fold_in(epoch_key, i)),
+                'label': label,
+            }
 
         return self._batches(index, local, columns, load, epoch)
 
-    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1
-                     ) -> Iterator[dict]:
+    def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
         """All examples in order, centre-cropped: uint8 {'image', 'label', 'mask'}.
 
         The last global batch is padded to `batch_size` with rows whose mask is False, so every batch
@@ -206,7 +239,7 @@ class Dataset:
         done, skipped = 0, 0
         total = len(plan) // local_batch_size
         while done < total:
-            inputs, source, replaced = columns(plan[done * local_batch_size:])
+            inputs, source, replaced = columns(plan[done * local_batch_size :])
             rows = slice(0, local_batch_size)  # those of the batch being loaded
             try:
                 for batch in self._pipeline(inputs, load, local_batch_size):
@@ -216,14 +249,19 @@ class Dataset:
                     yield batch
             except tf.errors.OpError as err:
                 if not self._find_unreadable([column[rows] for column in inputs], source[rows], load, epoch):
-                    raise UserError(f'reading a batch of images failed ({error_reason(err)}); '
-                                    'check the data folder and the disk') from None
+                    raise UserError(
+                        f'reading a batch of images failed ({error_reason(err)}); check the data folder and the disk'
+                    ) from None
         self.skipped[epoch] = self.skipped.get(epoch, 0) + skipped
         if skipped:
-            what = 'masked out of the evaluation' if epoch == 'eval' else \
-                f'replaced by the next image in their slots in epoch {epoch}'
-            log.warning('%d unreadable images %s (%d files unreadable so far)', skipped, what,
-                        int(self.unreadable.sum()))
+            what = (
+                'masked out of the evaluation'
+                if epoch == 'eval'
+                else f'replaced by the next image in their slots in epoch {epoch}'
+            )
+            log.warning(
+                '%d unreadable images %s (%d files unreadable so far)', skipped, what, int(self.unreadable.sum())
+            )
 
     def _find_unreadable(self, columns, source, load, epoch) -> bool:
         """Loads each example of one batch alone; marks those that fail. Whether any did."""
@@ -236,9 +274,12 @@ class Dataset:
                     continue
                 self.unreadable[index] = True
                 found += 1
-                log.warning('cannot read image %s (%s); skipping it: %s', printable(self.paths[index]),
-                            error_reason(problem), 'its row is masked out' if epoch == 'eval' else
-                            'its slots take the next image')
+                log.warning(
+                    'cannot read image %s (%s); skipping it: %s',
+                    printable(self.paths[index]),
+                    error_reason(problem),
+                    'its row is masked out' if epoch == 'eval' else 'its slots take the next image',
+                )
         if self.unreadable.all():
             raise UserError('no image of this split can be read; check the data folder')
         return found > 0
@@ -269,32 +310,38 @@ def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
         val = Dataset(cfg, source, names, val_labels, paths=val_paths)
     if cfg.num_classes is not None and cfg.num_classes != train.num_classes:
         where = cfg.data_dir if cfg.data_dir is not None else 'the built-in digits data (no DATA given)'
-        raise UserError(f'--num-classes is {cfg.num_classes} but {train.num_classes} classes were found '
-                        f'in {where}; pass --num-classes {train.num_classes} or fix the class folders')
+        raise UserError(
+            f'--num-classes is {cfg.num_classes} but {train.num_classes} classes were found '
+            f'in {where}; pass --num-classes {train.num_classes} or fix the class folders'
+        )
     return train, val
 
 
 def _check_config(cfg: DataConfig) -> None:
     checks = [
         (cfg.img_size >= 1, f'--img-size must be positive, got {cfg.img_size}'),
-        (0 < cfg.val_split_fraction < 1,
-         f'the validation fraction must be between 0 and 1, got {cfg.val_split_fraction}'),
+        (
+            0 < cfg.val_split_fraction < 1,
+            f'the validation fraction must be between 0 and 1, got {cfg.val_split_fraction}',
+        ),
         (0 < cfg.scale[0] <= cfg.scale[1] <= 1, f'--scale must be 0 < min <= max <= 1, got {cfg.scale}'),
         (0 < cfg.ratio[0] <= cfg.ratio[1], f'--ratio must be 0 < min <= max, got {cfg.ratio}'),
         (0 <= cfg.hflip <= 1, f'--hflip must be a probability in [0, 1], got {cfg.hflip}'),
         (0 < cfg.crop_pct <= 1, f'--crop-pct must be in (0, 1], got {cfg.crop_pct}'),
         (cfg.num_workers is None or cfg.num_workers >= 0, f'--workers must be >= 0, got {cfg.num_workers}'),
         (cfg.seed >= 0, f'--seed must be >= 0, got {cfg.seed}'),
-        (cfg.num_classes is None or cfg.num_classes >= 1,
-         f'--num-classes must be positive, got {cfg.num_classes}'),
+        (cfg.num_classes is None or cfg.num_classes >= 1, f'--num-classes must be positive, got {cfg.num_classes}'),
         (0 <= cfg.reprob <= 1, f'--reprob must be a probability in [0, 1], got {cfg.reprob}'),
-        (cfg.remode.lower() in ERASING_MODES,
-         f'--remode must be one of {"/".join(ERASING_MODES)}, got {cfg.remode!r}'),
+        (cfg.remode.lower() in ERASING_MODES, f'--remode must be one of {"/".join(ERASING_MODES)}, got {cfg.remode!r}'),
         (cfg.recount >= 1, f'--recount must be >= 1, got {cfg.recount}'),
-        (cfg.interpolation in KERNELS,
-         f'--interpolation must be one of {"/".join(KERNELS)}, got {cfg.interpolation!r}'),
-        (len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std),
-         f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}'),
+        (
+            cfg.interpolation in KERNELS,
+            f'--interpolation must be one of {"/".join(KERNELS)}, got {cfg.interpolation!r}',
+        ),
+        (
+            len(cfg.mean) == 3 and len(cfg.std) == 3 and all(s > 0 for s in cfg.std),
+            f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}',
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -307,8 +354,10 @@ def _local_batch_size(batch_size: int, process_index: int, process_count: int) -
     if batch_size < 1:
         raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
     if batch_size % process_count:
-        raise UserError(f'batch size {batch_size} does not divide among {process_count} processes; '
-                        f'pass a -b that is a multiple of {process_count}')
+        raise UserError(
+            f'batch size {batch_size} does not divide among {process_count} processes; '
+            f'pass a -b that is a multiple of {process_count}'
+        )
     if not 0 <= process_index < process_count:
         raise UserError(f'process index {process_index} is not in [0, {process_count})')
     return batch_size // process_count
@@ -316,20 +365,38 @@ def _local_batch_size(batch_size: int, process_index: int, process_count: int) -
 
 def _load_digits(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
     digits = datasets.load_digits()
     pixels, labels = digits.images.astype(np.float32), digits.target.astype(np.int32)
     names = [str(c) for c in range(10)]
     train, val = stratified_split(labels, cfg.val_split_fraction, names, 'the digits data')
-    return (Dataset(cfg, 'digits', names, labels[train], pixels=pixels[train]),
-            Dataset(cfg, 'digits', names, labels[val], pixels=pixels[val]))
+    return (
+        Dataset(cfg, 'digits', names, labels[train], pixels=pixels[train]),
+        Dataset(cfg, 'digits', names, labels[val], pixels=pixels[val]),
+    )
 
 
 def data_config(config) -> DataConfig:
     """The DataConfig of a training `config.Config` (its data and augmentation flags, its data config)."""
-    return DataConfig(data_dir=config.data, train_split=config.train_split, val_split=config.val_split,
-                      val_split_fraction=config.val_split_fraction, img_size=config.img_size,
-                      num_classes=config.num_classes, seed=config.seed, scale=config.scale, ratio=config.ratio,
-                      hflip=config.hflip, crop_pct=config.crop_pct, num_workers=config.workers,
-                      auto_augment=config.aa, reprob=config.reprob, remode=config.remode, recount=config.recount,
-                      mean=tuple(config.mean), std=tuple(config.std), interpolation=config.interpolation,
-                      verify_images=config.verify_images)
+    return DataConfig(
+        data_dir=config.data,
+        train_split=config.train_split,
+        val_split=config.val_split,
+        val_split_fraction=config.val_split_fraction,
+        img_size=config.img_size,
+        num_classes=config.num_classes,
+        seed=config.seed,
+        scale=config.scale,
+        ratio=config.ratio,
+        hflip=config.hflip,
+        crop_pct=config.crop_pct,
+        num_workers=config.workers,
+        auto_augment=config.aa,
+        reprob=config.reprob,
+        remode=config.remode,
+        recount=config.recount,
+        mean=tuple(config.mean),
+        std=tuple(config.std),
+        interpolation=config.interpolation,
+        verify_images=config.verify_images,
+    )

@@ -52,9 +52,11 @@ def stratified_split(labels: np.ndarray, fraction: float, class_names, where: st
         members = np.flatnonzero(labels == label)
         n_val = math.floor(fraction * len(members) + 0.5)
         if not 1 <= n_val < len(members):
-            raise UserError(f'class {printable(name)!r} in {where} has {len(members)} images, too few to put '
-                            f'a fraction {fraction} of them into validation; add images or make '
-                            'train/validation split folders')
+            raise UserError(
+                f'class {printable(name)!r} in {where} has {len(members)} images, too few to put '
+                f'a fraction {fraction} of them into validation; add images or make '
+                'train/validation split folders'
+            )
         val.append(rng.permutation(members)[:n_val])
     val = np.sort(np.concatenate(val))
     return np.setdiff1d(np.arange(len(labels)), val), val
@@ -64,35 +66,49 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
     """(source, class names, (train paths, labels), (val paths, labels)) of the folders at cfg.data_dir."""
     root = os.path.abspath(os.path.expanduser(cfg.data_dir))
     if not os.path.exists(root):
-        raise UserError(f'data folder {printable(root)} does not exist; pass an existing folder as DATA '
-                        '(or none for the built-in digits)')
+        raise UserError(
+            f'data folder {printable(root)} does not exist; pass an existing folder as DATA '
+            '(or none for the built-in digits)'
+        )
     if not os.path.isdir(root):
-        raise UserError(f'DATA {printable(root)} is not a folder; pass a folder holding <class>/<image> or '
-                        'train/<class>/<image> and validation/<class>/<image>')
+        raise UserError(
+            f'DATA {printable(root)} is not a folder; pass a folder holding <class>/<image> or '
+            'train/<class>/<image> and validation/<class>/<image>'
+        )
     train_dir = _search_split(root, cfg.train_split, TRAIN_SPLIT_SYNONYMS)
     val_dir = _search_split(root, cfg.val_split, EVAL_SPLIT_SYNONYMS)
     if train_dir is not None:
         if val_dir is None:
             tried = ', '.join(_split_candidates(cfg.val_split, EVAL_SPLIT_SYNONYMS))
-            raise UserError(f'{printable(train_dir)} has no validation folder beside it (looked for {tried}); '
-                            'add one, name it with --val-split, or put the class folders directly in DATA')
+            raise UserError(
+                f'{printable(train_dir)} has no validation folder beside it (looked for {tried}); '
+                'add one, name it with --val-split, or put the class folders directly in DATA'
+            )
         train_names, *train = list_folder(train_dir)
         val_names, *val = list_folder(val_dir)
         if sorted(train_names) != sorted(val_names):
             only_train = [printable(n) for n in sorted(set(train_names) - set(val_names))]
             only_val = [printable(n) for n in sorted(set(val_names) - set(train_names))]
-            raise UserError(f'class folders differ between {printable(train_dir)} and {printable(val_dir)} '
-                            f'(only in train: {only_train}, only in validation: {only_val}); give both the '
-                            'same class folders')
+            raise UserError(
+                f'class folders differ between {printable(train_dir)} and {printable(val_dir)} '
+                f'(only in train: {only_train}, only in validation: {only_val}); give both the '
+                'same class folders'
+            )
         return 'splits', train_names, tuple(train), tuple(val)
     if cfg.train_split not in TRAIN_SPLIT_SYNONYMS or val_dir is not None:
         found = f' but {printable(val_dir)} exists' if val_dir is not None else ''
-        raise UserError(f'no train split folder {printable(os.path.join(root, cfg.train_split))}{found}; add '
-                        'it, name it with --train-split, or put the class folders directly in DATA')
+        raise UserError(
+            f'no train split folder {printable(os.path.join(root, cfg.train_split))}{found}; add '
+            'it, name it with --train-split, or put the class folders directly in DATA'
+        )
     names, paths, labels = list_folder(root)
     train_rows, val_rows = stratified_split(labels, cfg.val_split_fraction, names, printable(root))
-    return ('folders', names, ([paths[i] for i in train_rows], labels[train_rows]),
-            ([paths[i] for i in val_rows], labels[val_rows]))
+    return (
+        'folders',
+        names,
+        ([paths[i] for i in train_rows], labels[train_rows]),
+        ([paths[i] for i in val_rows], labels[val_rows]),
+    )
 
 
 def _split_candidates(split: str, synonyms) -> list[str]:
@@ -112,15 +128,20 @@ def _scandir(folder: str) -> list:
         with os.scandir(folder) as entries:
             return sorted(entries, key=lambda entry: entry.name)
     except OSError as err:
-        raise UserError(f'cannot read {printable(folder)}: {err.strerror or err}; check that it exists and '
-                        'is readable') from None
+        raise UserError(
+            f'cannot read {printable(folder)}: {err.strerror or err}; check that it exists and is readable'
+        ) from None
 
 
 def list_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
     """(class names, image paths, labels) of root/<class>/<image>, from the cache when it is warm."""
     entries = _scandir(root)
-    key = hashlib.sha256(b'\0'.join([_LISTING_VERSION, os.fsencode(root)] + [
-        os.fsencode(e.name) + b'/' + str(_mtime(e)).encode() for e in entries])).hexdigest()
+    key = hashlib.sha256(
+        b'\0'.join(
+            [_LISTING_VERSION, os.fsencode(root)]
+            + [os.fsencode(e.name) + b'/' + str(_mtime(e)).encode() for e in entries]
+        )
+    ).hexdigest()
     cached = _read_listing(key, root)
     if cached is None:
         classes, skipped = _scan(root, entries)
@@ -130,8 +151,13 @@ def list_folder(root: str) -> tuple[list[str], list[str], np.ndarray]:
     else:
         names, paths, labels, skipped = cached
     if skipped:
-        log.warning('skipped %d entries under %s that are not %s images (first: %s)', len(skipped),
-                    printable(root), '/'.join(IMAGE_EXTENSIONS), printable(skipped[0]))
+        log.warning(
+            'skipped %d entries under %s that are not %s images (first: %s)',
+            len(skipped),
+            printable(root),
+            '/'.join(IMAGE_EXTENSIONS),
+            printable(skipped[0]),
+        )
     return names, paths, labels
 
 
@@ -157,13 +183,17 @@ def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
         classes[entry.name] = images
     if not any(classes.values()):
         where = printable(root)
-        raise UserError(f'no {"/".join(IMAGE_EXTENSIONS)} images found in class folders under {where}; '
-                        f'put images into {where}/<class>/ (or {where}/train/<class>/ and '
-                        f'{where}/validation/<class>/)')
+        raise UserError(
+            f'no {"/".join(IMAGE_EXTENSIONS)} images found in class folders under {where}; '
+            f'put images into {where}/<class>/ (or {where}/train/<class>/ and '
+            f'{where}/validation/<class>/)'
+        )
     for name, images in classes.items():
         if not images:
-            raise UserError(f'class folder {printable(os.path.join(root, name))} holds no '
-                            f'{"/".join(IMAGE_EXTENSIONS)} images; add images or remove the folder')
+            raise UserError(
+                f'class folder {printable(os.path.join(root, name))} holds no '
+                f'{"/".join(IMAGE_EXTENSIONS)} images; add images or remove the folder'
+            )
     return classes, skipped
 
 
@@ -181,9 +211,11 @@ def _examples(classes: dict, names: list[str], root: str) -> tuple[list[str], np
 
 # --- the listing cache ---------------------------------------------------------------------------------
 
+
 def cache_dir() -> str:
     base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'jax_ema')
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'jax_ema'
+    )
     return os.path.join(base, 'listings')
 
 
@@ -198,7 +230,7 @@ def _strings(blob: np.ndarray) -> list[str]:
 def _write_listing(key: str, root: str, names, paths, labels, skipped) -> None:
     """Best effort: a folder we cannot write to only means listing again next time."""
     prefix = os.path.join(root, '')
-    relative = [p[len(prefix):] for p in paths]
+    relative = [p[len(prefix) :] for p in paths]
     try:
         os.makedirs(cache_dir(), exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_dir(), suffix='.tmp', delete=False) as f:
@@ -223,6 +255,7 @@ def _read_listing(key: str, root: str):
 
 
 # --- --verify-images -------------------------------------------------------------------------------------
+
 
 def _decode(path: str):
     """The whole image, eagerly (no tf.cond, whose failing branch logs to stderr from C++)."""

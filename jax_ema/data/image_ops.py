@@ -141,11 +141,11 @@ def affine(image, coeffs, fill, interpolation='BILINEAR'):
 def _affine(image, coeffs, fill, nearest: bool):
     a, b, c, d, e, f = tf.unstack(coeffs)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    ys, xs = tf.meshgrid(tf.range(height, dtype=tf.float32) + 0.5, tf.range(width, dtype=tf.float32) + 0.5,
-                         indexing='ij')
+    ys, xs = tf.meshgrid(
+        tf.range(height, dtype=tf.float32) + 0.5, tf.range(width, dtype=tf.float32) + 0.5, indexing='ij'
+    )
     x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
-    inside = ((x_in >= 0) & (x_in < tf.cast(width, tf.float32)) & (y_in >= 0)
-              & (y_in < tf.cast(height, tf.float32)))
+    inside = (x_in >= 0) & (x_in < tf.cast(width, tf.float32)) & (y_in >= 0) & (y_in < tf.cast(height, tf.float32))
     flat = tf.reshape(image, [height * width, -1])
 
     def pixels(y, x):  # the pixels at integer positions, clamped to the image
@@ -167,6 +167,11 @@ def _affine(image, coeffs, fill, nearest: bool):
 
 # XLA compiles the warp for each image size once: its gathers and arithmetic fused, ~3x faster than
 # TensorFlow's ImageProjectiveTransformV3 kernel.
-_affine_xla = {mode: tf.function(lambda image, coeffs, fill, nearest=mode == 'NEAREST':
-                                 _affine(image, coeffs, fill, nearest), jit_compile=True, autograph=False)
-               for mode in ('BILINEAR', 'NEAREST')}
+_affine_xla = {
+    mode: tf.function(
+        lambda image, coeffs, fill, nearest=mode == 'NEAREST': _affine(image, coeffs, fill, nearest),
+        jit_compile=True,
+        autograph=False,
+    )
+    for mode in ('BILINEAR', 'NEAREST')
+}

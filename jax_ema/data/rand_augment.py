@@ -25,24 +25,66 @@ from jax_ema.errors import UserError
 LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitude 10 = the full range of each op
 TRANSLATE_PCT = 0.45  # timm's default translate_pct: TranslateXRel/YRel shift by up to 45 %
 RAND_TRANSFORMS = (  # timm's _RAND_TRANSFORMS, in its order
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
-    'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'Posterize',
+    'Solarize',
+    'SolarizeAdd',
+    'Color',
+    'Contrast',
+    'Brightness',
+    'Sharpness',
+    'ShearX',
+    'ShearY',
+    'TranslateXRel',
+    'TranslateYRel',
+)
 RAND_INCREASING_TRANSFORMS = (  # timm's _RAND_INCREASING_TRANSFORMS (`inc1`)
-    'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing',
-    'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing',
-    'SharpnessIncreasing', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'PosterizeIncreasing',
+    'SolarizeIncreasing',
+    'SolarizeAdd',
+    'ColorIncreasing',
+    'ContrastIncreasing',
+    'BrightnessIncreasing',
+    'SharpnessIncreasing',
+    'ShearX',
+    'ShearY',
+    'TranslateXRel',
+    'TranslateYRel',
+)
 RAND_WEIGHTED = {  # timm's _RAND_WEIGHTED_0 (`tweights`): relative choice weights
-    'Rotate': 3, 'ShearX': 2, 'ShearY': 2, 'TranslateXRel': 1, 'TranslateYRel': 1, 'ColorIncreasing': .25,
-    'SharpnessIncreasing': 0.25, 'AutoContrast': 0.25, 'SolarizeIncreasing': .05, 'SolarizeAdd': .05,
-    'ContrastIncreasing': .05, 'BrightnessIncreasing': .05, 'Equalize': .05, 'PosterizeIncreasing': 0.05,
-    'Invert': 0.05}
-GRAMMAR = ('rand[-mM][-nN][-mstdS][-mmaxX][-incI][-pP][-tweights], e.g. rand-m9-mstd0.5 '
-           "(timm's RandAugment; AutoAugment, AugMix and other policies are not supported)")
+    'Rotate': 3,
+    'ShearX': 2,
+    'ShearY': 2,
+    'TranslateXRel': 1,
+    'TranslateYRel': 1,
+    'ColorIncreasing': 0.25,
+    'SharpnessIncreasing': 0.25,
+    'AutoContrast': 0.25,
+    'SolarizeIncreasing': 0.05,
+    'SolarizeAdd': 0.05,
+    'ContrastIncreasing': 0.05,
+    'BrightnessIncreasing': 0.05,
+    'Equalize': 0.05,
+    'PosterizeIncreasing': 0.05,
+    'Invert': 0.05,
+}
+GRAMMAR = (
+    'rand[-mM][-nN][-mstdS][-mmaxX][-incI][-pP][-tweights], e.g. rand-m9-mstd0.5 '
+    "(timm's RandAugment; AutoAugment, AugMix and other policies are not supported)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class RandAugment:
     """One parsed `--aa rand-...`: timm's RandAugment(ops, num_layers, choice_weights) and op hparams."""
+
     ops: tuple = RAND_TRANSFORMS
     num_layers: int = 2
     magnitude: int = 10
@@ -82,20 +124,25 @@ def parse(config_str: str) -> RandAugment:
         try:
             value = float(text) if key in ('mstd', 'p') else int(text)
         except ValueError:
-            raise _bad(config_str, f'{text!r} in {section!r} is not a '
-                       f'{"number" if key in ("mstd", "p") else "whole number"}') from None
+            raise _bad(
+                config_str, f'{text!r} in {section!r} is not a {"number" if key in ("mstd", "p") else "whole number"}'
+            ) from None
         if key not in ('mstd', 'mmax') or key not in values:
             values[key] = value
     mstd = values.get('mstd', 0.0)
     policy = RandAugment(
         ops=RAND_INCREASING_TRANSFORMS if values.get('inc', 0) else RAND_TRANSFORMS,
-        num_layers=values.get('n', 2), magnitude=values.get('m', int(LEVEL_DENOM)),
-        magnitude_std=math.inf if mstd > 100 else mstd, magnitude_max=values.get('mmax'),
-        prob=values.get('p', 0.5))
+        num_layers=values.get('n', 2),
+        magnitude=values.get('m', int(LEVEL_DENOM)),
+        magnitude_std=math.inf if mstd > 100 else mstd,
+        magnitude_max=values.get('mmax'),
+        prob=values.get('p', 0.5),
+    )
     if transforms == 'weights':
         total = sum(RAND_WEIGHTED.values())
-        policy = dataclasses.replace(policy, ops=tuple(RAND_WEIGHTED),
-                                     weights=tuple(w / total for w in RAND_WEIGHTED.values()))
+        policy = dataclasses.replace(
+            policy, ops=tuple(RAND_WEIGHTED), weights=tuple(w / total for w in RAND_WEIGHTED.values())
+        )
         if policy.num_layers > len(policy.ops):
             raise _bad(config_str, f'tweights picks distinct ops, at most n{len(policy.ops)}')
     elif transforms is not None:
@@ -127,11 +174,16 @@ def apply_op(name: str, image, magnitude, negate, fill, resample='BILINEAR'):
     float32 image of whole values; `resample` (BILINEAR / NEAREST) for the geometric ones."""
     level = tf.cast(magnitude, tf.float64) / LEVEL_DENOM
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    enhance = dict(Color=image_ops.color, Contrast=image_ops.contrast,
-                   Brightness=image_ops.brightness, Sharpness=image_ops.sharpness)
+    enhance = dict(
+        Color=image_ops.color,
+        Contrast=image_ops.contrast,
+        Brightness=image_ops.brightness,
+        Sharpness=image_ops.sharpness,
+    )
     if name in ('AutoContrast', 'Equalize', 'Invert'):
-        return {'AutoContrast': image_ops.auto_contrast, 'Equalize': image_ops.equalize,
-                'Invert': image_ops.invert}[name](image)
+        return {'AutoContrast': image_ops.auto_contrast, 'Equalize': image_ops.equalize, 'Invert': image_ops.invert}[
+            name
+        ](image)
     if name.startswith('Posterize'):
         bits = _whole(level * 4)
         return image_ops.posterize(image, 4 - bits if name.endswith('Increasing') else bits)
@@ -166,11 +218,14 @@ def apply_op(name: str, image, magnitude, negate, fill, resample='BILINEAR'):
 COMPILED_OPS = ('AutoContrast', 'Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled_op(name: str, fill: tuple, resample: str = 'BILINEAR'):
     """apply_op(name, ..., fill, resample) as one XLA-compiled function of (image, magnitude, negate)."""
-    return tf.function(lambda image, magnitude, negate: apply_op(name, image, magnitude, negate, fill, resample),
-                       jit_compile=True, autograph=False)
+    return tf.function(
+        lambda image, magnitude, negate: apply_op(name, image, magnitude, negate, fill, resample),
+        jit_compile=True,
+        autograph=False,
+    )
 
 
 def _magnitude(key, policy: RandAugment):
@@ -187,10 +242,10 @@ def _choices(key, policy: RandAugment):
     """The op index of each layer: uniform with replacement, or by weight without (Gumbel top-k)."""
     if policy.weights is None:
         return tf.random.stateless_uniform([policy.num_layers], key, 0, len(policy.ops), tf.int32)
-    gumbel = -tf.math.log(-tf.math.log(tf.random.stateless_uniform(
-        [len(policy.ops)], key, minval=1e-12, maxval=1.0, dtype=tf.float64)))
-    return tf.math.top_k(gumbel + tf.math.log(tf.constant(policy.weights, tf.float64)),
-                         policy.num_layers).indices
+    gumbel = -tf.math.log(
+        -tf.math.log(tf.random.stateless_uniform([len(policy.ops)], key, minval=1e-12, maxval=1.0, dtype=tf.float64))
+    )
+    return tf.math.top_k(gumbel + tf.math.log(tf.constant(policy.weights, tf.float64)), policy.num_layers).indices
 
 
 def rand_augment(image, key, policy: RandAugment, fill, interpolation='bilinear'):
@@ -204,15 +259,20 @@ def rand_augment(image, key, policy: RandAugment, fill, interpolation='bilinear'
     shape = image.shape
     image = tf.cast(image, tf.float32)
     for i in range(policy.num_layers):  # unrolled: n is small (timm's default 2)
-        apply_key, magnitude_key, sign_key = tf.unstack(
-            tf.random.experimental.stateless_split(layer_keys[i], 3))
+        apply_key, magnitude_key, sign_key = tf.unstack(tf.random.experimental.stateless_split(layer_keys[i], 3))
         applied = tf.random.stateless_uniform([], apply_key, dtype=tf.float64) < policy.prob
         magnitude = _magnitude(magnitude_key, policy)
         negate = tf.random.stateless_uniform([], sign_key, dtype=tf.float64) > 0.5
-        ops = {name: compiled_op(name, tuple(fill), resample) if name in COMPILED_OPS else
-               functools.partial(apply_op, name, fill=fill, resample=resample) for name in policy.ops}
-        branches = [lambda op=ops[name], image=image: tf.ensure_shape(op(image, magnitude, negate), shape)
-                    for name in policy.ops]
+        ops = {
+            name: compiled_op(name, tuple(fill), resample)
+            if name in COMPILED_OPS
+            else functools.partial(apply_op, name, fill=fill, resample=resample)
+            for name in policy.ops
+        }
+        branches = [
+            lambda op=ops[name], image=image: tf.ensure_shape(op(image, magnitude, negate), shape)  # noqa: B023 (called in this turn)
+            for name in policy.ops
+        ]
         branches.append(lambda image=image: image)  # not applied (probability 1 - p)
         image = tf.switch_case(tf.where(applied, choices[i], len(policy.ops)), branches)
     return tf.saturate_cast(image, tf.uint8)

@@ -21,26 +21,34 @@ def augment_fill(mean) -> tuple:
 
 AUGMENT_FILL = augment_fill(IMAGENET_DEFAULT_MEAN)  # that of the ImageNet mean
 # timm's interpolation names -> (ScaleAndTranslate's kernel, its radius = PIL's filter support).
-KERNELS = {'bilinear': ('triangle', 1.0), 'bicubic': ('keyscubic', 2.0), 'lanczos': ('lanczos3', 3.0),
-           'box': ('box', 0.5)}
+KERNELS = {
+    'bilinear': ('triangle', 1.0),
+    'bicubic': ('keyscubic', 2.0),
+    'lanczos': ('lanczos3', 3.0),
+    'box': ('box', 0.5),
+}
 _MARGIN = 1  # decode_and_crop_jpeg upsamples chroma differently at the window's edges: decode 1 px more
 
 
 def decode_window(data, window_fn):
     """(pixels, (top, left), (height, width)): the window `window_fn(height, width) -> (top, left, h, w)`
-    of the encoded image `data` as uint8 RGB, where it lies, and the image's size. JPEG: only the window is decoded (accurate DCT,
-    bit-identical to PIL); others (PNG): all, then sliced. Grey, RGBA and palette images become RGB."""
+    of the encoded image `data` as uint8 RGB, where it lies, and the image's size. JPEG: only the window is
+    decoded (accurate DCT, bit-identical to PIL); others (PNG): all, then sliced. Grey, RGBA and palette images
+    become RGB."""
+
     def jpeg():
         shape = tf.io.extract_jpeg_shape(data)
         top, left, h, w = window_fn(shape[0], shape[1])
         top0, left0 = tf.maximum(top - _MARGIN, 0), tf.maximum(left - _MARGIN, 0)
         bottom, right = tf.minimum(top + h + _MARGIN, shape[0]), tf.minimum(left + w + _MARGIN, shape[1])
-        wide = tf.io.decode_and_crop_jpeg(data, tf.stack([top0, left0, bottom - top0, right - left0]),
-                                          channels=3, dct_method='INTEGER_ACCURATE')
-        return wide[top - top0:top - top0 + h, left - left0:left - left0 + w], tf.stack([top, left]), shape[:2]
+        wide = tf.io.decode_and_crop_jpeg(
+            data, tf.stack([top0, left0, bottom - top0, right - left0]), channels=3, dct_method='INTEGER_ACCURATE'
+        )
+        return wide[top - top0 : top - top0 + h, left - left0 : left - left0 + w], tf.stack([top, left]), shape[:2]
 
     def other():
         return crop_window(tf.io.decode_png(data, channels=3, dtype=tf.uint8), window_fn)
+
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
@@ -48,7 +56,7 @@ def crop_window(image, window_fn):
     """decode_window for an already decoded [H, W, 3] image."""
     shape = tf.shape(image)
     top, left, h, w = window_fn(shape[0], shape[1])
-    return image[top:top + h, left:left + w], tf.stack([top, left]), shape[:2]
+    return image[top : top + h, left : left + w], tf.stack([top, left]), shape[:2]
 
 
 def resize_region(window, offset, in_size, out_size, start, size, interpolation):
@@ -65,15 +73,16 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     translation = offset * scale - start
 
     def resample(image, out_size, scale, translation):
-        resized = tf.raw_ops.ScaleAndTranslate(images=image[None], size=out_size,
-                                               scale=scale, translation=translation, kernel_type=kernel,
-                                               antialias=True)[0]
+        resized = tf.raw_ops.ScaleAndTranslate(
+            images=image[None], size=out_size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
+        )[0]
         return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
 
     if kernel in ('triangle', 'box'):
         return resample(window, tf.constant(size, tf.int32), scale, translation)
-    rows = resample(window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]),
-                    tf.stack([0.0, translation[1]]))
+    rows = resample(
+        window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]), tf.stack([0.0, translation[1]])
+    )
     return resample(rows, tf.constant(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
 
 
@@ -107,6 +116,7 @@ def _resize_crop(crop, size, interpolation):
     def enlarge():
         resized = tf.image.resize(crop, size, method='bilinear', antialias=False)
         return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
+
     return tf.cond(tf.reduce_all(shape <= size), enlarge, general)
 
 
@@ -120,8 +130,7 @@ def random_resized_crop_box(key, height, width, scale, ratio):
     keys = tf.random.experimental.stateless_split(key, 3)
     h_img, w_img = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
     area = tf.random.stateless_uniform([10], keys[0], scale[0], scale[1], tf.float64) * h_img * w_img
-    aspect = tf.exp(tf.random.stateless_uniform([10], keys[1], math.log(ratio[0]), math.log(ratio[1]),
-                                                tf.float64))
+    aspect = tf.exp(tf.random.stateless_uniform([10], keys[1], math.log(ratio[0]), math.log(ratio[1]), tf.float64))
     crop_w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)  # round half to even, as Python
     crop_h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
     # (> 0 is ours: timm would fail on an empty crop, possible only for images of a few pixels.)
@@ -147,8 +156,9 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
     """timm's train order on encoded bytes (or a `decoded` image): random-resized crop to img_size
     (cfg.interpolation), horizontal flip (cfg.hflip), RandAugment `policy` (if any). uint8 out."""
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-    augment_key = tf.random.experimental.stateless_split(
-        tf.random.experimental.stateless_fold_in(key, 1), 2)[0]  # crop and flip draw as before
+    augment_key = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, 1), 2)[
+        0
+    ]  # crop and flip draw as before
 
     def window_fn(height, width):
         return random_resized_crop_box(crop_key, height, width, cfg.scale, cfg.ratio)
@@ -159,8 +169,7 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:
-        image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean),
-                                              cfg.interpolation)
+        image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean), cfg.interpolation)
     return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
 
 
@@ -184,10 +193,17 @@ def eval_transform(source, cfg, decoded=False):
     Each output pixel of PIL's resize reads only the input pixels under its filter, so resizing that
     window, placed where it lies, gives the very pixels of resizing the whole image and then cropping.
     """
+
     def geometry(height, width):
         new_size, crop_start = eval_geometry(height, width, cfg.img_size, cfg.crop_pct)
-        return new_size, crop_start, [resize_support((height, width)[a], new_size[a], crop_start[a],
-                                                     cfg.img_size, cfg.interpolation) for a in (0, 1)]
+        return (
+            new_size,
+            crop_start,
+            [
+                resize_support((height, width)[a], new_size[a], crop_start[a], cfg.img_size, cfg.interpolation)
+                for a in (0, 1)
+            ],
+        )
 
     def window_fn(height, width):
         (top, bottom), (left, right) = geometry(height, width)[2]

@@ -36,14 +36,16 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
     for key in ('drop_rate', 'drop_path_rate'):
-        rate = kwargs.get(key, 0.)
-        if not (isinstance(rate, numbers.Real) and 0. <= rate < 1.):
+        rate = kwargs.get(key, 0.0)
+        if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
             raise UserError(f'{key} must be a number in [0, 1), got {rate!r}')
     if name in RESNET_LAYOUTS:
-        drops = [k for k in ('drop_rate', 'drop_path_rate') if kwargs.pop(k, 0.)]
+        drops = [k for k in ('drop_rate', 'drop_path_rate') if kwargs.pop(k, 0.0)]
         if drops:
-            raise UserError(f'{name} does not implement {" / ".join(drops)} (--drop / --drop-path); '
-                            f'leave them at 0 or pick one of {", ".join(_BUILDERS)}')
+            raise UserError(
+                f'{name} does not implement {" / ".join(drops)} (--drop / --drop-path); '
+                f'leave them at 0 or pick one of {", ".join(_BUILDERS)}'
+            )
         return resnet(name, int(num_classes), dtype, param_dtype, **kwargs)
     return _BUILDERS[name](name, int(num_classes), dtype=dtype, param_dtype=param_dtype, **kwargs)
 

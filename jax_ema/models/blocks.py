@@ -25,20 +25,20 @@ def hard_sigmoid(x):
     torch's Hardsigmoid backward multiplies by the float constant 1.0f / 6.0f even in float64, 3e-8 off
     1/6; matching it keeps float64 training trajectories equal to timm's (no effect in float32).
     """
-    return nn.relu6(x + 3.) / 6.
+    return nn.relu6(x + 3.0) / 6.0
 
 
 @hard_sigmoid.defjvp
 def _hard_sigmoid_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
-    slope = jnp.where((x > -3.) & (x < 3.), jnp.asarray(np.float32(1.) / np.float32(6.), x.dtype), 0.)
+    slope = jnp.where((x > -3.0) & (x < 3.0), jnp.asarray(np.float32(1.0) / np.float32(6.0), x.dtype), 0.0)
     return hard_sigmoid(x), t * slope.astype(x.dtype)
 
 
 ACTIVATIONS = {
     'relu': nn.relu,
     'relu6': nn.relu6,
-    'swish': nn.swish,            # = SiLU
+    'swish': nn.swish,  # = SiLU
     'hard_swish': nn.hard_swish,  # x * relu6(x + 3) / 6, torch's Hardswish
     'sigmoid': nn.sigmoid,
     'hard_sigmoid': hard_sigmoid,  # relu6(x + 3) / 6, torch's Hardsigmoid
@@ -54,9 +54,11 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, rou
 
 def goog_conv_init(groups: int):
     """timm's `_init_weight_goog` for convs: normal(0, sqrt(2 / fan_out)), fan_out = kh * kw * out / groups."""
+
     def init(key, shape, dtype=jnp.float32):
         kh, kw, _, out = shape
         return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / (kh * kw * out // groups))
+
     return init
 
 
@@ -72,8 +74,19 @@ def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv2d(x, features: int, kernel: int, stride: int = 1, *, name: str, groups: int = 1, use_bias: bool = False,
-           pad_type: str = '', dtype: Any, param_dtype: Any):
+def conv2d(
+    x,
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    *,
+    name: str,
+    groups: int = 1,
+    use_bias: bool = False,
+    pad_type: str = '',
+    dtype: Any,
+    param_dtype: Any,
+):
     """timm's `create_conv2d` applied to `x` (NHWC): a Conv2d, or Conv2dSame for TF 'same' padding.
 
     timm pads 'same' statically (symmetric) when stride is 1 and the kernel odd, else from the input size.
@@ -84,31 +97,43 @@ def conv2d(x, features: int, kernel: int, stride: int = 1, *, name: str, groups:
     else:
         p = ((s - 1) + (k - 1)) // 2
         padding = [(p, p), (p, p)]
-    return nn.Conv(features, (k, k), strides=(s, s), padding=padding, feature_group_count=groups,
-                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, kernel_init=goog_conv_init(groups),
-                   bias_init=nn.initializers.zeros, name=name)(x)
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(s, s),
+        padding=padding,
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=goog_conv_init(groups),
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
     """One block, resolved by the builder: what timm's EfficientNetBuilder passes to the block class."""
-    kind: str                  # 'ds' / 'dsa' (DepthwiseSeparableConv), 'ir' (InvertedResidual), 'cn' (ConvBnAct)
+
+    kind: str  # 'ds' / 'dsa' (DepthwiseSeparableConv), 'ir' (InvertedResidual), 'cn' (ConvBnAct)
     in_chs: int
     out_chs: int
     kernel: int
     stride: int
     act: str
-    mid_chs: int = 0           # 'ir': the expanded channels
-    se_chs: int = 0            # squeeze-excite reduced channels; 0: no SE
+    mid_chs: int = 0  # 'ir': the expanded channels
+    se_chs: int = 0  # squeeze-excite reduced channels; 0: no SE
     has_skip: bool = False
-    pw_act: bool = False       # 'dsa': activation after the point-wise conv
-    drop_path_rate: float = 0.
+    pw_act: bool = False  # 'dsa': activation after the point-wise conv
+    drop_path_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
     """Model-wide settings of the blocks."""
-    pad_type: str = ''         # '' torch symmetric padding, 'same' TF padding
+
+    pad_type: str = ''  # '' torch symmetric padding, 'same' TF padding
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     se_act: str | None = None  # None: the block's activation
@@ -125,19 +150,21 @@ def batchnorm_act(x, style: Style, train: bool, act: str | None, name: str):
 
 class DropPath(nn.Module):
     """timm's drop_path: per sample, keep the residual branch with probability 1 - rate, scaled by 1 / keep."""
+
     rate: float
 
     @nn.compact
     def __call__(self, x, train: bool):
-        if not train or self.rate == 0.:
+        if not train or self.rate == 0.0:
             return x
-        keep = 1. - self.rate
+        keep = 1.0 - self.rate
         mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return x * (mask / keep if keep > 0. else mask).astype(x.dtype)
+        return x * (mask / keep if keep > 0.0 else mask).astype(x.dtype)
 
 
 class SqueezeExcite(nn.Module):
     """timm's SqueezeExcite: global mean -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> gate -> scale x."""
+
     rd_chs: int
     act: str
     gate: str
@@ -155,13 +182,23 @@ class SqueezeExcite(nn.Module):
 
 class Block(nn.Module):
     """timm's DepthwiseSeparableConv ('ds', 'dsa'), InvertedResidual ('ir') or ConvBnAct ('cn')."""
+
     spec: BlockSpec
     style: Style
 
     def _conv(self, x, features, kernel, stride=1, groups=1, *, name):
         s = self.style
-        return conv2d(x, features, kernel, stride, groups=groups, pad_type=s.pad_type, dtype=s.dtype,
-                      param_dtype=s.param_dtype, name=name)
+        return conv2d(
+            x,
+            features,
+            kernel,
+            stride,
+            groups=groups,
+            pad_type=s.pad_type,
+            dtype=s.dtype,
+            param_dtype=s.param_dtype,
+            name=name,
+        )
 
     def _se(self, x):
         b, s = self.spec, self.style

@@ -12,8 +12,7 @@ import re
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jax_ema.models.blocks import (Block, BlockSpec, Style, batchnorm_act, conv2d, goog_dense_init,
-                                   make_divisible)
+from jax_ema.models.blocks import Block, BlockSpec, Style, batchnorm_act, conv2d, goog_dense_init, make_divisible
 
 _ACTS = {'re': 'relu', 'r6': 'relu6', 'hs': 'hard_swish', 'sw': 'swish'}
 
@@ -48,9 +47,16 @@ def _scale_depth(repeats: list[int], multiplier: float) -> list[int]:
     return scaled[::-1]
 
 
-def build_blocks(arch_def, *, stem_chs: int, act: str, depth_multiplier: float = 1.0,
-                 channel_multiplier: float = 1.0, se_from_exp: bool = False,
-                 drop_path_rate: float = 0.) -> tuple[tuple[BlockSpec, ...], ...]:
+def build_blocks(
+    arch_def,
+    *,
+    stem_chs: int,
+    act: str,
+    depth_multiplier: float = 1.0,
+    channel_multiplier: float = 1.0,
+    se_from_exp: bool = False,
+    drop_path_rate: float = 0.0,
+) -> tuple[tuple[BlockSpec, ...], ...]:
     """Stages of BlockSpecs for `arch_def` (a list of stages, each a list of block strings).
 
     se_from_exp=False (EfficientNet, MNASNet): SE channels round(chs * se / exp_ratio), Python rounding;
@@ -80,9 +86,21 @@ def build_blocks(arch_def, *, stem_chs: int, act: str, depth_multiplier: float =
                 has_skip = bool(o['skip']) and same_shape
             else:
                 has_skip = same_shape and o['skip'] is not False and o['kind'] != 'dsa'
-            specs.append(BlockSpec(kind=o['kind'], in_chs=in_chs, out_chs=out_chs, kernel=o['k'], stride=stride,
-                                   act=o['act'] or act, mid_chs=mid_chs, se_chs=se_chs, has_skip=has_skip,
-                                   pw_act=o['kind'] == 'dsa', drop_path_rate=drop_path_rate * index / count))
+            specs.append(
+                BlockSpec(
+                    kind=o['kind'],
+                    in_chs=in_chs,
+                    out_chs=out_chs,
+                    kernel=o['k'],
+                    stride=stride,
+                    act=o['act'] or act,
+                    mid_chs=mid_chs,
+                    se_chs=se_chs,
+                    has_skip=has_skip,
+                    pw_act=o['kind'] == 'dsa',
+                    drop_path_rate=drop_path_rate * index / count,
+                )
+            )
             in_chs, index = out_chs, index + 1
         out.append(tuple(specs))
     return tuple(out)
@@ -90,8 +108,9 @@ def build_blocks(arch_def, *, stem_chs: int, act: str, depth_multiplier: float =
 
 def stem_and_blocks(x, stages, *, stem_chs: int, act: str, style: Style, train: bool):
     """The shared trunk, called inside a model's compact __call__: conv_stem (3x3/2), bn1 + act, blocks_{s}_{b}."""
-    x = conv2d(x, stem_chs, 3, 2, pad_type=style.pad_type, dtype=style.dtype, param_dtype=style.param_dtype,
-               name='conv_stem')
+    x = conv2d(
+        x, stem_chs, 3, 2, pad_type=style.pad_type, dtype=style.dtype, param_dtype=style.param_dtype, name='conv_stem'
+    )
     x = batchnorm_act(x, style, train, act, 'bn1')
     for s, stage in enumerate(stages):
         for b, spec in enumerate(stage):
@@ -102,6 +121,12 @@ def stem_and_blocks(x, stages, *, stem_chs: int, act: str, style: Style, train: 
 def classifier(x, num_classes: int, drop_rate: float, style: Style, train: bool):
     """Dropout (--drop) then the Linear classifier, initialised as timm's `_init_weight_goog`."""
     x = nn.Dropout(drop_rate, deterministic=not train)(x)
-    x = nn.Dense(num_classes, dtype=style.dtype, param_dtype=style.param_dtype, kernel_init=goog_dense_init,
-                 bias_init=nn.initializers.zeros, name='classifier')(x)
+    x = nn.Dense(
+        num_classes,
+        dtype=style.dtype,
+        param_dtype=style.param_dtype,
+        kernel_init=goog_dense_init,
+        bias_init=nn.initializers.zeros,
+        name='classifier',
+    )(x)
     return x.astype(jnp.promote_types(style.dtype, jnp.float32))  # float32 unless dtype is float64

@@ -45,6 +45,7 @@ EFFICIENTNETS = {
 
 class EfficientNet(nn.Module):
     """timm's EfficientNet class: stem 3x3/2, the blocks of `arch`, conv head, pooled linear classifier."""
+
     arch: tuple
     num_classes: int
     act: str = 'swish'
@@ -54,31 +55,48 @@ class EfficientNet(nn.Module):
     num_features: int = 1280
     pad_type: str = ''
     bn_eps: float = 1e-5
-    drop_rate: float = 0.
-    drop_path_rate: float = 0.
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def style(self) -> Style:
-        return Style(pad_type=self.pad_type, bn_eps=self.bn_eps, se_gate='sigmoid', dtype=self.dtype,
-                     param_dtype=self.param_dtype)
+        return Style(
+            pad_type=self.pad_type,
+            bn_eps=self.bn_eps,
+            se_gate='sigmoid',
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     def stem_chs(self) -> int:
         return make_divisible(self.stem_size * self.channel_multiplier)
 
     def block_specs(self):
         """The resolved blocks, one tuple per stage."""
-        return build_blocks(self.arch, stem_chs=self.stem_chs(), act=self.act,
-                            depth_multiplier=self.depth_multiplier, channel_multiplier=self.channel_multiplier,
-                            drop_path_rate=self.drop_path_rate)
+        return build_blocks(
+            self.arch,
+            stem_chs=self.stem_chs(),
+            act=self.act,
+            depth_multiplier=self.depth_multiplier,
+            channel_multiplier=self.channel_multiplier,
+            drop_path_rate=self.drop_path_rate,
+        )
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         style = self.style()
         stem, stages = self.stem_chs(), self.block_specs()
         x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
-        x = conv2d(x, make_divisible(self.num_features * self.channel_multiplier), 1, pad_type=self.pad_type,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name='conv_head')
+        x = conv2d(
+            x,
+            make_divisible(self.num_features * self.channel_multiplier),
+            1,
+            pad_type=self.pad_type,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name='conv_head',
+        )
         x = batchnorm_act(x, style, train, self.act, 'bn2')
         return classifier(x.mean(axis=(1, 2)), self.num_classes, self.drop_rate, style, train)
 

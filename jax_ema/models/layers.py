@@ -1,7 +1,8 @@
 """Layers with PyTorch semantics: BatchNorm2d, symmetric-padded conv, -inf padded max pool."""
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ class BatchNorm(nn.Module):
     input dtype, and only the output is cast to `dtype`. 'scale'/'bias' are stored in `param_dtype`;
     the running statistics always stay float32 (a bf16 running mean would stall like a bf16 EMA).
     """
+
     momentum: float = 0.1
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
@@ -40,8 +42,10 @@ class BatchNorm(nn.Module):
         if train:
             n = math.prod(x.shape[:-1])
             if n < 2:
-                raise UserError(f'BatchNorm in train mode needs more than 1 value per channel, got input shape '
-                                f'{tuple(x.shape)}; use a larger batch or image size')
+                raise UserError(
+                    f'BatchNorm in train mode needs more than 1 value per channel, got input shape '
+                    f'{tuple(x.shape)}; use a larger batch or image size'
+                )
             axes = tuple(range(x.ndim - 1))
             xs = x.astype(stat_dtype)
             mean = xs.mean(axes)
@@ -61,20 +65,41 @@ class BatchNorm(nn.Module):
 def cast_init(init: Callable) -> Callable:
     """`init` drawn in float32, then rounded to the requested dtype: a bfloat16 model starts from the
     float32 model's weights, rounded, as timm's `model.to(dtype)` does."""
+
     def cast(key, shape, dtype=jnp.float32):
         return init(key, shape, jnp.promote_types(dtype, jnp.float32)).astype(dtype)
+
     return cast
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int | None = None, *, dtype: Any,
-         name: str, use_bias: bool = False, groups: int = 1, param_dtype: Any = jnp.float32) -> nn.Conv:
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int | None = None,
+    *,
+    dtype: Any,
+    name: str,
+    use_bias: bool = False,
+    groups: int = 1,
+    param_dtype: Any = jnp.float32,
+) -> nn.Conv:
     """torch.nn.Conv2d equivalent: symmetric padding (default kernel // 2), params in param_dtype,
     compute in dtype."""
     p = kernel // 2 if padding is None else padding
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                   kernel_init=cast_init(conv_kernel_init), bias_init=cast_init(nn.initializers.zeros),
-                   name=name)
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=cast_init(conv_kernel_init),
+        bias_init=cast_init(nn.initializers.zeros),
+        name=name,
+    )
 
 
 def max_pool(x, kernel: int, stride: int, padding: int):

@@ -42,6 +42,7 @@ MOBILENETV3S = {
 
 class MobileNetV3(nn.Module):
     """timm's MobileNetV3 class with the v3 'efficient head'."""
+
     arch: tuple
     num_classes: int
     num_features: int = 1280
@@ -49,8 +50,8 @@ class MobileNetV3(nn.Module):
     channel_multiplier: float = 1.0
     stem_size: int = 16
     bn_eps: float = 1e-5
-    drop_rate: float = 0.
-    drop_path_rate: float = 0.
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -61,19 +62,26 @@ class MobileNetV3(nn.Module):
 
     def block_specs(self):
         """The resolved blocks, one tuple per stage."""
-        return build_blocks(self.arch, stem_chs=self.stem_chs(), act=self.act,
-                            channel_multiplier=self.channel_multiplier, se_from_exp=True,
-                            drop_path_rate=self.drop_path_rate)
+        return build_blocks(
+            self.arch,
+            stem_chs=self.stem_chs(),
+            act=self.act,
+            channel_multiplier=self.channel_multiplier,
+            se_from_exp=True,
+            drop_path_rate=self.drop_path_rate,
+        )
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        style = Style(bn_eps=self.bn_eps, se_act='relu', se_gate='hard_sigmoid', dtype=self.dtype,
-                      param_dtype=self.param_dtype)
+        style = Style(
+            bn_eps=self.bn_eps, se_act='relu', se_gate='hard_sigmoid', dtype=self.dtype, param_dtype=self.param_dtype
+        )
         stem, stages = self.stem_chs(), self.block_specs()
         x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
         x = x.mean(axis=(1, 2), keepdims=True)
-        x = conv2d(x, self.num_features, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                   name='conv_head')
+        x = conv2d(
+            x, self.num_features, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name='conv_head'
+        )
         x = ACTIVATIONS[self.act](x).reshape(x.shape[0], -1)
         return classifier(x, self.num_classes, self.drop_rate, style, train)
 

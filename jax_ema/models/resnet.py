@@ -2,7 +2,8 @@
 
 import functools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from jax_ema.models.layers import BatchNorm, cast_init, conv, max_pool
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs; stride in conv1; last BN zero-initialised (timm zero_init_last)."""
+
     planes: int
     stride: int = 1
     downsample: bool = False
@@ -35,6 +37,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (carries the stride) -> 1x1 expanding 4x; last BN zero-initialised."""
+
     planes: int
     stride: int = 1
     downsample: bool = False
@@ -76,10 +79,11 @@ class ResNet(nn.Module):
 
     Submodule names are timm's state_dict names with '.' -> '_': conv1, bn1, layer{s}_{b}, fc.
     """
+
     block: type
     layers: Sequence[int]
     num_classes: int
-    dtype: Any = jnp.float32        # compute dtype (bfloat16 for --amp and --model-dtype bfloat16)
+    dtype: Any = jnp.float32  # compute dtype (bfloat16 for --amp and --model-dtype bfloat16)
     param_dtype: Any = jnp.float32  # storage dtype of the params (bfloat16 for --model-dtype bfloat16)
 
     @nn.compact
@@ -93,14 +97,25 @@ class ResNet(nn.Module):
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
                 downsample = b == 0 and (stride != 1 or inplanes != planes * self.block.expansion)
-                x = self.block(planes, stride, downsample, dtype=self.dtype, param_dtype=self.param_dtype,
-                               name=f'layer{stage + 1}_{b}')(x, train)
+                x = self.block(
+                    planes,
+                    stride,
+                    downsample,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=f'layer{stage + 1}_{b}',
+                )(x, train)
                 inplanes = planes * self.block.expansion
         x = x.mean(axis=(1, 2))
         # torch.nn.Linear default init: weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                     kernel_init=cast_init(nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')),
-                     bias_init=cast_init(_torch_linear_bias_init(inplanes)), name='fc')(x)
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=cast_init(nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')),
+            bias_init=cast_init(_torch_linear_bias_init(inplanes)),
+            name='fc',
+        )(x)
         return x.astype(jnp.promote_types(self.dtype, jnp.float32))  # float32 unless dtype is float64
 
 
