@@ -27,14 +27,16 @@ from jax_ema.train import main as train_main
 from test_efficientnet_parity import FAMILY, NUM_CLASSES, flax_eval
 from test_forward import DEVICE, _images, _max_rel_err, _state_dict, _torch_forward
 
-pytestmark = pytest.mark.slow  # one CLI training run per model
-
 IMG = 32
-# find_spec, not importorskip: importing tensorflow here, before triton, would break torch (jax_ema._compat).
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec('tensorflow') is None,
-    reason="no TensorFlow: the trainer's input pipeline (tf.data) needs it",
-)
+# slow: one CLI training run per model. find_spec, not importorskip: importing tensorflow here, before triton,
+# would break torch (jax_ema._compat).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec('tensorflow') is None,
+        reason="no TensorFlow: the trainer's input pipeline (tf.data) needs it",
+    ),
+]
 
 
 @pytest.fixture(scope='module')

@@ -180,6 +180,7 @@ def _env(**extra) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_cli_pretrained_from_an_offline_hub_cache(tmp_path, hub_weights):
     """--pretrained with HF_HUB_OFFLINE=1 and HF_HUB_CACHE: training (lr 1e-30: the weights cannot move) starts
     from the hub's weights with a fresh classifier (2 classes, not 1000), and so does the EMA; args.yaml and the

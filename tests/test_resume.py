@@ -178,6 +178,7 @@ def test_preemption_saves_at_the_next_step_and_resumes_exactly(
     assert checkpoint.read_metadata(tmp_path / 'run' / 'checkpoints' / '5')['score'] is not None
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_resumes_only_into_a_new_folder_and_the_source_is_never_written(
     data, tmp_path, capsys, uninterrupted
 ):
@@ -195,6 +196,7 @@ def test_an_older_checkpoint_resumes_only_into_a_new_folder_and_the_source_is_ne
     assert yaml.safe_load((branch / 'args.yaml').read_text())['resume'] == str(older)
 
 
+@pytest.mark.slow
 def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, monkeypatch, capsys):
     images = shutil.copytree(data, tmp_path / 'ds')
     argv = [*RUN, '--epochs', '3', '--recovery-interval', '0']
