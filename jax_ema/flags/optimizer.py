@@ -1,0 +1,20 @@
+"""Optimizer parameters (optim.py builds timm's optimizers from them)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jax_ema.flags import flag, non_negative
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerFlags:
+    opt: str = flag('optimizer', 'sgd')
+    opt_eps: float | None = flag('optimizer', None)
+    opt_betas: tuple | None = flag('optimizer', None, nargs='+', type=float)
+    momentum: float = flag('optimizer', 0.9)
+    weight_decay: float | None = flag('optimizer', None)
+
+
+def check(c) -> None:
+    non_negative(c, 'weight_decay', 'momentum')

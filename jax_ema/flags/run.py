@@ -1,0 +1,31 @@
+"""Miscellaneous parameters: seed, run folder, logging, checkpoints and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jax_ema.flags import flag, non_negative, positive
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    seed: int = flag('run', 42)
+    output: str = flag('run', '', 'parent folder of the run folders (default: ./output/train)')
+    experiment: str = flag('run', '', 'run folder name')
+    log_interval: int = flag('run', 50)
+    recovery_interval: int = flag('run', 0, 'save a recovery checkpoint every N updates (0: off)')
+    resume: str | None = flag(
+        'run',
+        None,
+        'resume from a run folder, its checkpoints/ folder or one step folder '
+        '(weights, optimizer, EMA, update count, data position)',
+        metavar='CHECKPOINT',
+    )
+    no_resume_opt: bool = flag('run', False, 'do not restore the optimizer state when resuming')
+    checkpoint_hist: int = flag('run', 10, 'keep this many best checkpoints (and the last)')
+    eval_metric: str = flag('run', 'top1', choices=('top1', 'top5', 'loss'))
+
+
+def check(c) -> None:
+    positive(c, 'log_interval')
+    non_negative(c, 'checkpoint_hist', 'recovery_interval')
