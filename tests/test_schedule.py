@@ -44,7 +44,7 @@ def test_flags_parse_with_timm_names_and_defaults():
 @pytest.mark.parametrize(
     'argv,match',
     [
-        ('--sched sgdr', 'unknown --sched'),
+        ('--sched sgdr', 'unknown lr schedule'),
         ('--decay-milestones 6 3', 'increasing'),
         ('--lr-cycle-mul 0', 'lr-cycle-mul'),
         ('--lr-cycle-limit 0', 'lr-cycle-limit'),

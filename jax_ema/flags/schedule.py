@@ -59,7 +59,7 @@ def check(c) -> None:
     positive(c, 'epochs')
     non_negative(c, 'lr', 'lr_base', 'warmup_lr', 'min_lr', 'warmup_epochs', 'cooldown_epochs', 'start_epoch')
     if c.sched not in schedule.SCHEDULE_NAMES:
-        raise UserError(f'unknown --sched {c.sched!r}; use one of {", ".join(schedule.SCHEDULE_NAMES)}')
+        raise UserError(f'unknown lr schedule {c.sched!r}; known: {", ".join(schedule.SCHEDULE_NAMES)}')
     schedule.check_cycles(c.lr_cycle_mul, c.lr_cycle_decay, c.lr_cycle_limit, c.lr_k_decay)
     schedule.check_milestones(c.decay_milestones)
     if c.sched == 'plateau':
