@@ -4,10 +4,7 @@ Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
 `LabelSmoothingCrossEntropy` (timm 1.0.x):
 
 * `resolve_lr`: `--lr` derived from `--lr-base` when `--lr` is unset.
-* `create_lr_schedule`: `schedule(u)` is the lr timm's scheduler has set on the optimizer
-    when optimizer update `u` (0-based, i.e. the step count before the update) runs, given
-    that train.py steps it with `step(epoch + 1)` at each epoch end and
-    `step_update(num_updates)` after each update.
+* `create_lr_schedule` (schedule.py's, also importable from here): timm's lr schedules, per update.
 * `create_optimizer`: sgd (nesterov) / momentum / adam / adamw as the torch optimizers timm
     builds, rmsproptf(w) / lamb(c)(w) as timm's own (`optim_timm`), with timm's weight-decay
     param groups (no decay for biases and ndim <= 1 leaves).
@@ -19,11 +16,11 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jax_ema import lr_noise, optim_timm
+from jax_ema import optim_timm, schedule as schedule_lib
 from jax_ema.errors import UserError
+from jax_ema.schedule import SCHEDULE_NAMES, create_lr_schedule  # noqa: F401  (optim's API before schedule.py)
 
 # timm's names; for the last six, the flags timm registers them with (trust_clip, decoupled_decay).
 TIMM_OPTIMIZERS = {
@@ -35,16 +32,10 @@ TIMM_OPTIMIZERS = {
     'lambcw': (True, True),
 }
 OPTIMIZER_NAMES = ('sgd', 'nesterov', 'momentum', 'adam', 'adamw') + tuple(TIMM_OPTIMIZERS)
-SCHEDULE_NAMES = ('cosine', 'step', 'constant', 'none')
 
 # torch.optim.Adam / AdamW defaults, used by timm when --opt-eps / --opt-betas are unset.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-def _float_dtype():
-    """float64 when jax x64 is enabled (at trace time), else float32."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 # --------------------------------------------------------------------------- lr scaling
@@ -75,113 +66,6 @@ def resolve_lr(
     if lr_base_scale == 'sqrt':
         batch_ratio = batch_ratio**0.5
     return lr_base * batch_ratio
-
-
-# --------------------------------------------------------------------------- lr schedule
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if int(value) != value or value < minimum:
-        raise UserError(f'{name} must be an integer >= {minimum}, got {value!r}')
-    return int(value)
-
-
-def create_lr_schedule(
-    sched: str,
-    lr: float,
-    epochs: int,
-    updates_per_epoch: int,
-    warmup_epochs: int,
-    warmup_lr: float,
-    min_lr: float,
-    sched_on_updates: bool = False,
-    decay_epochs: float = 90,
-    decay_rate: float = 0.1,
-    cooldown_epochs: int = 0,
-    warmup_prefix: bool = False,
-    noise: Sequence[float] | None = None,
-    noise_pct: float = 0.67,
-    noise_std: float = 1.0,
-    noise_seed: int = 42,
-) -> tuple[Callable[[jax.Array], jax.Array], int]:
-    """Returns (schedule, num_epochs) as timm's `create_scheduler_v2` + train.py's stepping.
-
-    schedule(u) -> lr for optimizer update u (0-based). Per-epoch schedules (the default)
-    depend on epoch = u // updates_per_epoch, per-update ones (`sched_on_updates`) on u.
-    num_epochs is what timm trains for: cosine adds cooldown (and the warmup prefix), the
-    other schedules add only the warmup prefix.
-    Schedules: 'cosine', 'step', 'constant' (warmup, then lr), 'none' (lr, no warmup).
-    `noise` (--lr-noise: on/off fractions of `epochs`), `noise_pct`, `noise_std`, `noise_seed` (--seed):
-    timm's lr noise (`lr_noise`), the same draws as timm's. The step schedule's decay count t // decay_t
-    and lr * decay_rate ** count are computed on the host in float64, as timm's Python does, so a
-    fractional decay_epochs (2.4) steps at the same epochs in float32.
-    """
-    if sched not in SCHEDULE_NAMES:
-        raise UserError(f'unknown lr schedule {sched!r}; known: {", ".join(SCHEDULE_NAMES)}')
-    upe = _check_count('updates_per_epoch', updates_per_epoch, 1)
-    epochs = _check_count('epochs', epochs, 1)
-    warmup_epochs = _check_count('warmup_epochs', warmup_epochs, 0)
-    cooldown_epochs = _check_count('cooldown_epochs', cooldown_epochs, 0)
-    if min_lr < 0:
-        raise UserError(f'min_lr must be >= 0, got {min_lr}')
-    if sched == 'step' and not decay_epochs > 0:
-        raise UserError(f'decay_epochs must be > 0 for the step schedule, got {decay_epochs}')
-    lr_noise.check(noise, noise_pct, noise_std)
-    lr, warmup_lr, min_lr = float(lr), float(warmup_lr), float(min_lr)
-
-    if sched == 'none':  # timm returns no scheduler: the optimizer keeps lr throughout (and no noise).
-        num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
-        return (lambda count: jnp.full((), lr, _float_dtype())), num_epochs
-    if sched == 'constant':  # timm: StepLRScheduler(decay_t=1, decay_rate=1.)
-        decay_epochs, decay_rate = 1, 1.0
-
-    # Lengths in schedule units (epochs, or updates when stepping per update).
-    scale = upe if sched_on_updates else 1
-    t_initial = epochs * scale
-    warmup_t = warmup_epochs * scale
-    decay_t = decay_epochs * scale
-    cooldown_t = cooldown_epochs * scale
-    if sched == 'cosine':
-        total_t = t_initial + (warmup_t if warmup_prefix else 0) + cooldown_t
-        num_epochs = total_t if not sched_on_updates else total_t // upe
-    else:
-        num_epochs = epochs + (warmup_epochs if warmup_prefix else 0)
-    t_max = num_epochs * scale  # the last t train.py steps the scheduler to
-
-    # Host float64 constants; timm's scheduler __init__ sets warmup_lr (or lr) before any step.
-    warmup_step = (lr - warmup_lr) / warmup_t if warmup_t else 0.0
-    initial_lr = warmup_lr if warmup_t else lr
-    half_pi_over_t = np.pi / (2 * t_initial)
-    if sched != 'cosine':  # k = tt // decay_t changes at `change_at`; lr * decay_rate ** k per segment
-        counts = np.floor_divide(np.arange(t_max + 1, dtype=np.float64), float(decay_t))
-        change_at = np.flatnonzero(np.diff(counts)) + 1
-        step_lrs = np.array([lr * decay_rate ** float(k) for k in counts[np.r_[0, change_at]]])
-    noise_start, noise_stop = lr_noise.noise_window(noise, t_initial, t_max)
-    noise_table = lr_noise.noise(np.arange(noise_start, noise_stop), noise_seed, noise_pct, noise_std)
-
-    def schedule(count):
-        dtype = _float_dtype()
-        u = jnp.asarray(count).astype(jnp.int32)
-        t = u if sched_on_updates else u // upe
-        tt = t - warmup_t if warmup_prefix else t
-        if sched == 'cosine':
-            # timm: min + 0.5 (lr - min)(1 + cos(pi tt / T)) == min + (lr - min) sin^2(pi (T - tt) / 2T),
-            # the latter without cancellation near the end of the schedule (matters in float32).
-            remaining = (t_initial - tt).astype(dtype)
-            cos_lr = min_lr + (lr - min_lr) * jnp.square(jnp.sin(remaining * half_pi_over_t))
-            after_warmup = jnp.where(tt < t_initial, cos_lr, jnp.asarray(min_lr, dtype))
-        else:  # step / constant
-            segment = jnp.searchsorted(jnp.asarray(change_at, jnp.int32), tt, side='right')
-            after_warmup = jnp.asarray(step_lrs, dtype)[segment]
-        warm = warmup_lr + t.astype(dtype) * warmup_step
-        value = jnp.where(t < warmup_t, warm, after_warmup)
-        if len(noise_table):  # timm: lr + lr * noise(t), for t in the noise window
-            table = jnp.asarray(noise_table, dtype)
-            noisy = value + value * table[jnp.clip(t - noise_start, 0, len(noise_table) - 1)]
-            value = jnp.where((t >= noise_start) & (t < noise_stop), noisy, value)
-        return jnp.where(t == 0, jnp.asarray(initial_lr, dtype), value).astype(dtype)
-
-    return schedule, num_epochs
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -283,6 +167,14 @@ def at_step(opt_state, step):
     return opt_state._replace(count=jnp.asarray(step, opt_state.count.dtype))
 
 
+def set_lr(opt_state, lr: float):
+    """The optimizer state with the lr of the coming updates set to `lr` (a tx built with a constant lr:
+    the plateau schedule's), in the state's dtype and placement."""
+    old = opt_state.hyperparams['learning_rate']
+    new = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+    return opt_state._replace(hyperparams=dict(opt_state.hyperparams, learning_rate=new))
+
+
 def current_lr(opt_state) -> jax.Array:
     """The lr used by the most recent update (before any update: the lr of update 0)."""
     return opt_state.hyperparams['learning_rate']
@@ -309,25 +201,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
 
 def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: int):
     """(lr, schedule, num_epochs, tx) from a `config.Config`'s optimizer and schedule flags, as timm's train.py
-    builds them; batch_size is the global batch per optimizer update (for --lr-base scaling)."""
+    builds them; batch_size is the global batch per optimizer update (for --lr-base scaling). With
+    --sched plateau the schedule is a `plateau.PlateauSchedule` and tx takes its lr from the optimizer state
+    (`set_lr`), set by the trainer at each epoch start."""
     lr = resolve_lr(config.lr, config.lr_base, config.lr_base_size, config.lr_base_scale, batch_size, config.opt)
-    schedule, num_epochs = create_lr_schedule(
-        config.sched,
-        lr,
-        config.epochs,
-        updates_per_epoch,
-        config.warmup_epochs,
-        config.warmup_lr,
-        config.min_lr,
-        config.sched_on_updates,
-        config.decay_epochs,
-        config.decay_rate,
-        config.cooldown_epochs,
-        config.warmup_prefix,
-        config.lr_noise,
-        config.lr_noise_pct,
-        config.lr_noise_std,
-        config.seed,
-    )
-    tx = create_optimizer(config.opt, schedule, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas)
+    kwargs = schedule_lib.schedule_kwargs(config)
+    schedule, num_epochs = create_lr_schedule(lr=lr, updates_per_epoch=updates_per_epoch, **kwargs)
+    lr_source = schedule() if config.sched == 'plateau' else schedule
+    tx = create_optimizer(config.opt, lr_source, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas)
     return lr, schedule, num_epochs, tx

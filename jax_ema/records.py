@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_ema import checkpoint, data_fingerprint, ema, faults, optim, parallel, reporting, run_dir as run_dir_lib
+from jax_ema.plateau import PlateauSchedule
 
 log = logging.getLogger('jax_ema.train')
 
@@ -95,6 +96,8 @@ class Records:
         """checkpoint.run_metadata plus the records: the data's fingerprint and the summary rows so far."""
         meta = checkpoint.run_metadata(run.config, run.num_classes, run.ema_cfg, epoch, position, metrics)
         meta.update(self.fingerprint, summary=list(self.rows))
+        if isinstance(run.schedule, PlateauSchedule):  # its state as of the epoch the checkpoint goes on with
+            meta['lr_plateau'] = run.schedule.state_dict()
         return meta
 
     def epoch_loss(self, run, epoch: int, mean: float, done: int) -> dict:
@@ -118,12 +121,15 @@ class Records:
         raw, ema_metrics, members, best = metrics['raw'], metrics['ema'], metrics['members'], metrics['best']
         epoch_lr = float(run.schedule((epoch + 1) * run.updates_per_epoch - 1))  # timm: lr at the epoch's end
         row = reporting.summary_row(epoch, train_loss, epoch_lr, raw, ema_metrics, members[1:])
+        scored = (members or [ema_metrics or raw])[best]
+        if isinstance(run.schedule, PlateauSchedule):  # timm: step(epoch + 1, the eval metric) after the save
+            run.schedule.step(epoch + 1, scored[run.config.eval_metric])
         meta = self.metadata(run, epoch, run.updates_per_epoch, {'raw': raw, 'ema': ema_metrics})
         meta['unreadable_images'] = run.train_ds.skipped_images(epoch)  # slots that took the next image
         if members:
             meta.update(best_ema_index=best, metrics=dict(meta['metrics'], ema_members=members))
         meta['summary'].append(row)
-        score = run.score((members or [ema_metrics or raw])[best])
+        score = run.score(scored)
         if saved is None:
             checkpoint.save(self.manager, state, meta, score)
         else:
@@ -180,6 +186,36 @@ def resume_position(run, state, meta: dict, data_fp: dict, step_dir):
     )
     step = jnp.asarray(start, jnp.asarray(state.step).dtype)
     return state.replace(step=step, opt_state=optim.at_step(state.opt_state, start)), None
+
+
+def validates(run, epoch: int) -> bool:
+    """timm's --val-interval: validate (and checkpoint) after every Nth epoch and after the last."""
+    return (epoch + 1) % run.config.val_interval == 0 or epoch + 1 == run.num_epochs
+
+
+def start_at_epoch(run, state, meta: dict | None, epoch: int):
+    """(state, meta) for --start-epoch: the update count (the lr schedule's and the EMA step) set to the
+    epoch's start, as timm's train.py counts updates from epoch * updates_per_epoch; a resumed checkpoint's
+    summary rows from that epoch on dropped, its position, partial loss and plateau state forgotten."""
+    start = epoch * run.updates_per_epoch
+    step = jnp.asarray(start, jnp.asarray(state.step).dtype)
+    state = state.replace(step=step, opt_state=optim.at_step(state.opt_state, start))
+    if meta is not None:
+        rows = [r for r in meta.get('summary') or [] if int(r['epoch']) < epoch]
+        meta = dict(meta, summary=rows, position=0, train_loss_partial=None, lr_plateau=None)
+    return state, meta
+
+
+def restore_plateau(run, meta: dict | None, start: int) -> None:
+    """The plateau schedule's state from a resumed checkpoint's metadata; else, as timm's train.py does on a
+    (re)start at a later epoch, a fresh one stepped to it without a metric."""
+    if not isinstance(run.schedule, PlateauSchedule):
+        return
+    saved = (meta or {}).get('lr_plateau')
+    if saved:
+        run.schedule.load_state_dict(saved)
+    elif start >= run.updates_per_epoch:
+        run.schedule.step(start // run.updates_per_epoch)
 
 
 # ---------------------------------------------------------------- results

@@ -44,7 +44,16 @@ from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.guard import Preemption
 from jax_ema.models import create_model, drop_kwargs
-from jax_ema.records import Records, final_results, resume_position, unvalidated_epoch
+from jax_ema.plateau import PlateauSchedule
+from jax_ema.records import (
+    Records,
+    final_results,
+    restore_plateau,
+    resume_position,
+    start_at_epoch,
+    unvalidated_epoch,
+    validates,
+)
 from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, restore_state, train_step
 
 log = logging.getLogger('jax_ema.train')  # also under `python -m`, where __name__ is '__main__'
@@ -87,6 +96,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             state, resumed_from = resume(run, state)
             resumed_meta = checkpoint.read_metadata(resumed_from)
             state, carried_loss = resume_position(run, state, resumed_meta, data_fp, resumed_from)
+        if config.start_epoch is not None:  # as timm: overrides a resume's epoch
+            state, resumed_meta = start_at_epoch(run, state, resumed_meta, config.start_epoch)
+            carried_loss = None
+        restore_plateau(run, resumed_meta, int(jax.device_get(state.step)))
         state = offload.place_state(state, config.ema_placement)
         _warn_ema_horizon(run.ema_cfg, run.total_updates)
         start = int(jax.device_get(state.step))
@@ -107,7 +120,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         stopped_epoch = unvalidated_epoch(resumed_meta)
         if stopped_epoch is not None:  # stopped on an epoch's last update, before validating it: validate it now
             loss = resumed_meta['train_loss_partial']
-            _validate_and_record(
+            _end_epoch(
                 run,
                 eval_step_fn,
                 records,
@@ -121,6 +134,8 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         with preemption:
             for epoch in range(start // run.updates_per_epoch, run.num_epochs):
                 first = start - epoch * run.updates_per_epoch if epoch == start // run.updates_per_epoch else 0
+                if isinstance(run.schedule, PlateauSchedule):  # its lr for this epoch, into the optimizer state
+                    state = state.replace(opt_state=optim.set_lr(state.opt_state, run.schedule()))
                 state, train_loss, stopped = loop.train_epoch(
                     step,
                     state,
@@ -139,7 +154,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                     total = records.epoch_loss(run, epoch, train_loss, run.updates_per_epoch)
                     train_loss = total['sum'] / total['count']
                 state = step.flush(state, (epoch + 1) * run.updates_per_epoch)
-                _validate_and_record(run, eval_step_fn, records, state, epoch, train_loss)
+                _end_epoch(run, eval_step_fn, records, state, epoch, train_loss)
         results = final_results(run, records.rows)
         if results is None:
             log.info('Nothing left to train: the checkpoint is at update %d of %d', start, run.total_updates)
@@ -174,6 +189,11 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr, schedule, num_epochs, tx = optim.create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
+    if config.start_epoch is not None and config.start_epoch >= num_epochs:
+        raise UserError(
+            f'--start-epoch {config.start_epoch} is not before the end of the schedule ({num_epochs} epochs); '
+            'nothing would be trained: lower --start-epoch or raise --epochs'
+        )
     if config.initial_checkpoint:  # the EMA then starts from these weights, as in timm
         from jax_ema import timm_io
 
@@ -302,6 +322,19 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
 
 
 # ---------------------------------------------------------------- validation
+
+
+def _end_epoch(
+    run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int, train_loss: float, saved=None
+) -> None:
+    """Validate and record the epoch (`_validate_and_record`), or on an epoch --val-interval skips, as timm,
+    neither validate nor checkpoint, and step a plateau schedule without a metric."""
+    if validates(run, epoch):
+        _validate_and_record(run, eval_step_fn, records, state, epoch, train_loss, saved)
+        return
+    log.info('Skipping eval and checkpointing (--val-interval %d)', run.config.val_interval)
+    if isinstance(run.schedule, PlateauSchedule):
+        run.schedule.step(epoch + 1, None)
 
 
 def _validate_and_record(

@@ -45,11 +45,13 @@ def timm_lrs(
     lr_noise_pct=0.67,
     lr_noise_std=1.0,
     seed=42,
+    **extra,
 ):
     """lr on the optimizer at each update of a timm train.py run, and timm's num_epochs.
 
     Stepped as train.py does: scheduler built from `scheduler_kwargs(args)` with updates_per_epoch,
     `step_update(num_updates)` after every optimizer update, `step(epoch + 1, metric)` at epoch end.
+    `extra`: more of train.py's args (lr_cycle_mul, decay_milestones, ...) over its defaults.
     """
     param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     optimizer = torch.optim.SGD([param], lr=lr)
@@ -74,6 +76,7 @@ def timm_lrs(
         seed=seed,
         eval_metric='top1',
     )
+    vars(args).update(extra)
     scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=upe)
     lrs, num_updates = [], 0
     for epoch in range(num_epochs):

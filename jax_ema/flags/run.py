@@ -13,6 +13,7 @@ class RunFlags:
     output: str = flag('run', '', 'parent folder of the run folders (default: ./output/train)')
     experiment: str = flag('run', '', 'run folder name')
     log_interval: int = flag('run', 50)
+    val_interval: int = flag('run', 1, 'validate and checkpoint every N epochs (and after the last)', metavar='N')
     recovery_interval: int = flag('run', 0, 'save a recovery checkpoint every N updates (0: off)')
     resume: str | None = flag(
         'run',
@@ -27,5 +28,5 @@ class RunFlags:
 
 
 def check(c) -> None:
-    positive(c, 'log_interval')
+    positive(c, 'log_interval', 'val_interval')
     non_negative(c, 'checkpoint_hist', 'recovery_interval')
