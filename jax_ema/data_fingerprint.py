@@ -3,7 +3,8 @@
 A fingerprint holds the class names and, per split, the number of examples, the count per class and a
 SHA-256 of the sorted (relative path, size in bytes) of its files (of its labels where there are no files,
 as for the built-in digits). A TFDS split's labels are not read up front: its per-class count is None and its
-SHA-256 covers the dataset's name and version, the split and the files (name, slice read, size). Any data source builds it with `fingerprint`; `of_datasets` does it for the
+SHA-256 covers the dataset's name and version, the split and the files (name, slice read, size).
+Any data source builds it with `fingerprint`; `of_datasets` does it for the
 trainer's folder and digits datasets (one stat per file, no image read). No TensorFlow here.
 """
 

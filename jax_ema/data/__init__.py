@@ -323,6 +323,8 @@ def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     _check_config(cfg)
     if tfds.dataset_name(cfg.dataset) is not None:
         names, train_records, val_records = tfds.load(cfg)
+        if cfg.verify_images:
+            log.warning('--verify-images checks image folders only; TFDS records are skipped in place when bad')
         train = Dataset(cfg, 'tfds', names, None, records=train_records)
         val = Dataset(cfg, 'tfds', names, None, records=val_records)
     elif cfg.data_dir is None:

@@ -45,8 +45,7 @@ def builder(name: str, data_dir: str | None, download: bool = False):
     try:
         found = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # noqa: BLE001  DatasetNotFoundError, a bad version or config, a bad folder
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f'TFDS dataset {name!r} not found in {where} ({reason}); {hint}') from None
+        raise UserError(f'TFDS dataset {name!r} not found in {where} ({_first_line(err)}); {hint}') from None
     if not found.is_prepared():
         if not download:
             raise UserError(
@@ -55,9 +54,15 @@ def builder(name: str, data_dir: str | None, download: bool = False):
         try:
             found.download_and_prepare()
         except Exception as err:  # noqa: BLE001  no network, a manual download, a full disk ...
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            raise UserError(f'--dataset-download could not prepare {name!r} in {found.data_dir} ({reason}); {hint}')
+            raise UserError(
+                f'--dataset-download could not prepare {name!r} in {found.data_dir} ({_first_line(err)}); {hint}'
+            ) from None
     return found
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 class Records:
@@ -75,7 +80,7 @@ class Records:
             info = found.info.splits[split]
         except (KeyError, ValueError, AssertionError) as err:
             raise UserError(
-                f'{found.info.full_name} has no split {split!r} ({str(err).splitlines()[0][:150]}); '
+                f'{found.info.full_name} has no split {split!r} ({_first_line(err)}); '
                 f'its splits: {", ".join(found.info.splits)} (slices as train[:90%] allowed)'
             ) from None
         self.name = f'{found.info.full_name} {split}'
