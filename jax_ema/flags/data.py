@@ -22,7 +22,9 @@ class DataFlags:
     dataset: str = flag(
         'data', '', 'dataset type and name: tfds/NAME for a prepared TFDS dataset (default: the folder DATA)'
     )
-    train_split: str = flag('data', 'train', 'training split (a folder name, or TFDS split syntax such as train[:90%%])')
+    train_split: str = flag(
+        'data', 'train', 'training split (a folder name, or TFDS split syntax such as train[:90%%])'
+    )
     val_split: str = flag('data', 'validation', 'validation split (a folder name, or TFDS split syntax)')
     val_split_fraction: float = flag('data', 0.2, 'held-out fraction when DATA has class folders but no split folders')
     input_key: str = flag('data', 'image', 'TFDS feature holding the image')
