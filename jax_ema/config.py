@@ -99,9 +99,10 @@ class Config(
 
 def _data_defaults(config: Config) -> dict:
     """The data-dependent defaults of the fields left None: timm's for a DATA folder, DIGITS_DEFAULTS without."""
-    base = DIGITS_DEFAULTS if config.data is None else TIMM_DEFAULTS
+    digits = config.data is None and not data.tfds_name(config.dataset)
+    base = DIGITS_DEFAULTS if digits else TIMM_DEFAULTS
     fill = {k: v for k, v in base.items() if getattr(config, k) is None}
-    if config.data is None and config.lr_base != Config.lr_base and config.lr is None:
+    if digits and config.lr_base != Config.lr_base and config.lr is None:
         fill.pop('lr')  # the user asked for lr scaling from --lr-base
     return fill
 
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs['dest'] = field.name
         groups[field.metadata['group']].add_argument(*names, **kwargs)
         if field.name == 'data':
-            groups['data'].add_argument('--data-dir', dest='data_dir', help='dataset folder (same as DATA)')
+            groups['data'].add_argument('--data-dir', dest='data_dir', help='same as DATA')
         if field.name == 'model_ema_decay':
             groups['ema'].add_argument(
                 '--ema-decay',

@@ -2,7 +2,9 @@
 
 A fingerprint holds the class names and, per split, the number of examples, the count per class and a
 SHA-256 of the sorted (relative path, size in bytes) of its files (of its labels where there are no files,
-as for the built-in digits). Any data source builds it with `fingerprint`; `of_datasets` does it for the
+as for the built-in digits). A TFDS split's labels are not read up front: its per-class count is None and its
+SHA-256 covers the dataset's name and version, the split and the files (name, slice read, size).
+Any data source builds it with `fingerprint`; `of_datasets` does it for the
 trainer's folder and digits datasets (one stat per file, no image read). No TensorFlow here.
 """
 
@@ -33,9 +35,11 @@ def _size(path: str) -> int:
 
 def fingerprint(class_names: Sequence[str], splits: dict) -> dict:
     """{'classes': [...], '<split>': {'count', 'per_class', 'sha256'}} of `splits`: name -> (labels, entries),
-    entries being (name, size) pairs of the split's files (any order) or None where the split has no files."""
+    entries being (name, size) pairs of the split's files (any order) or None where the split has no files;
+    labels may be the number of examples instead, where they are not known up front (per_class is then None)."""
     result = {'classes': [str(c) for c in class_names]}
     for name, (labels, entries) in splits.items():
+        known = not isinstance(labels, int)
         labels = np.asarray(labels, np.int64)
         digest = hashlib.sha256()
         if entries is None:
@@ -44,22 +48,24 @@ def fingerprint(class_names: Sequence[str], splits: dict) -> dict:
             for rel, size in sorted(entries):
                 digest.update(f'{rel}\0{size}\n'.encode('utf-8', 'surrogateescape'))
         result[name] = {
-            'count': int(labels.size),
-            'per_class': np.bincount(labels, minlength=len(class_names)).tolist(),
+            'count': int(labels.size) if known else int(labels),
+            'per_class': np.bincount(labels, minlength=len(class_names)).tolist() if known else None,
             'sha256': digest.hexdigest(),
         }
     return result
 
 
 def of_datasets(train, val) -> dict:
-    """The fingerprint of the trainer's two splits (jax_ema.data.Dataset: class_names, labels, paths)."""
-    return fingerprint(
-        train.class_names,
-        {
-            split: (ds.labels, None if ds.paths is None else file_entries(ds.paths))
-            for split, ds in (('train', train), ('validation', val))
-        },
-    )
+    """The fingerprint of the trainer's two splits (jax_ema.data.Dataset: class_names, labels, paths, records)."""
+    return fingerprint(train.class_names, {split: _split(ds) for split, ds in (('train', train), ('validation', val))})
+
+
+def _split(ds) -> tuple:
+    """(labels or count, file entries or None) of one split."""
+    records = getattr(ds, 'records', None)
+    if records is not None:  # TFDS: the dataset and split named, each file with the slice of it read
+        return ds.num_examples, [(records.name, 0), *records.entries()]
+    return ds.labels, None if ds.paths is None else file_entries(ds.paths)
 
 
 def changes(saved: dict | None, current: dict, split: str) -> list[str]:

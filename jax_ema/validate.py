@@ -48,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog='python -m jax_ema.validate',
         description="Validate the raw or EMA weights of a checkpoint, as timm's validate.py.",
     )
-    p.add_argument('data', nargs='?', default=None, help='dataset folder (omit for the embedded digits)')
-    p.add_argument('--data-dir', default=None, help='dataset folder (same as DATA)')
+    p.add_argument('data', nargs='?', default=None, help="dataset folder, or TFDS's data_dir (omit for the digits)")
+    p.add_argument('--data-dir', default=None, help='same as DATA')
+    p.add_argument('--dataset', default=None, help="tfds/NAME for a TFDS dataset (default: the run's --dataset)")
+    p.add_argument('--input-key', default=None, help="TFDS image feature (default: the run's, else image)")
+    p.add_argument('--target-key', default=None, help="TFDS class feature (default: the run's, else label)")
+    p.add_argument('--dataset-download', action='store_true', help='let TFDS prepare the dataset')
     p.add_argument(
         '--checkpoint',
         required=True,
@@ -125,8 +129,9 @@ def load_split(
     """One split of DATA built by data.load_datasets with the run's split settings and this data config."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
 
-    is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS
-    if data is None and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
+    tfds = data_lib.tfds.dataset_name(args.get('dataset')) is not None
+    is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS and not tfds  # a TFDS split is read as it is named
+    if data is None and not tfds and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
         raise UserError(f'the built-in digits data has no split {split!r}; use --split validation or train')
     cfg = data_lib.DataConfig(
         data_dir=data,
@@ -140,6 +145,11 @@ def load_split(
         interpolation=interpolation,
         mean=tuple(mean),
         std=tuple(std),
+        dataset=args.get('dataset') or '',
+        input_key=args.get('input_key') or 'image',
+        target_key=args.get('target_key') or 'label',
+        download=bool(args.get('dataset_download')),
+        num_classes=args.get('num_classes') if tfds else None,
     )
     train, val = data_lib.load_datasets(cfg)
     return train if is_train else val
@@ -158,12 +168,16 @@ def validate(
     interpolation: str | None = None,
     mean=None,
     std=None,
+    dataset: str | None = None,
+    input_key: str | None = None,
+    target_key: str | None = None,
+    dataset_download: bool = False,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
-    interpolation, weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images. None for a
-    default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
+    interpolation, weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images (and dataset for
+    TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
     """
     data = None if data is None else str(data)
     step_dir = resolve_checkpoint(checkpoint)
@@ -202,10 +216,16 @@ def validate(
     if batch_size < 1:
         raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
     split = split or args.get('val_split', 'validation')
+    args = dict(args, num_classes=num_classes, dataset_download=dataset_download)
+    for key, value in (('dataset', dataset), ('input_key', input_key), ('target_key', target_key)):
+        if value is not None:  # else the run's
+            args[key] = value
+    if args.get('dataset') and data is None:
+        data = args.get('data')  # the run's TFDS data_dir
 
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std)
     if dataset.num_classes != num_classes:
-        where = data if data is not None else 'the built-in digits data (no DATA given)'
+        where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
         hint = (
             f' (the run trained on {args["data"] or "the built-in digits data"})'
             if 'data' in args and args['data'] != data
@@ -261,6 +281,8 @@ def validate(
         split=split,
         num_images=dataset.num_examples,
     )
+    if dataset.records is not None:
+        results['dataset'] = args['dataset']
     if use_ema and saved_members(metadata) > 1:
         results['ema_index'] = metadata['ema_index']  # which of the run's EMAs
     log.info(
@@ -305,6 +327,10 @@ def main(argv=None) -> int:
             interpolation=args.interpolation,
             mean=args.mean,
             std=args.std,
+            dataset=args.dataset,
+            input_key=args.input_key,
+            target_key=args.target_key,
+            dataset_download=args.dataset_download,
         )
         if args.results_file:
             write_results(args.results_file, results, args.results_format)

@@ -1,6 +1,7 @@
 """Input pipeline: image folders or the built-in digits, as uint8 NHWC batches (tf.data on the CPU).
 
-Sources, by `DataConfig.data_dir`:
+Sources, by `DataConfig.dataset` and `DataConfig.data_dir`:
+  * dataset tfds/NAME: a prepared TFDS dataset in data_dir, read by example index (tfds.py) -> source 'tfds'
   * DATA/<train_split>/<class>/<image> and DATA/<val_split>/<class>/<image>   -> source 'splits'
   * DATA/<class>/<image>, split stratified by `val_split_fraction`           -> source 'folders'
   * None: scikit-learn's bundled 8x8 digits, split stratified 20%            -> source 'digits'
@@ -33,7 +34,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment  # noqa: E402
+from jax_ema.data import rand_augment, tfds  # noqa: E402
 from jax_ema.data.folder import (  # noqa: E402,F401
     EVAL_SPLIT_SYNONYMS,
     IMAGE_EXTENSIONS,
@@ -84,6 +85,10 @@ class DataConfig:
     std: tuple = IMAGENET_DEFAULT_STD
     interpolation: str = 'bilinear'  # resize filter (timm's names): bilinear | bicubic | lanczos | box
     verify_images: bool = False  # --verify-images: decode every image once before training
+    dataset: str = ''  # --dataset: '' or folder/... (data_dir is the folder), tfds/NAME (data_dir is TFDS's)
+    input_key: str = 'image'  # --input-key, --target-key: the TFDS features read
+    target_key: str = 'label'
+    download: bool = False  # --dataset-download: let TFDS prepare the dataset
 
 
 class Dataset:
@@ -94,17 +99,23 @@ class Dataset:
         cfg: DataConfig,
         source: str,
         class_names: list[str],
-        labels: np.ndarray,
+        labels: np.ndarray | None,
         paths: list[str] | None = None,
         pixels: np.ndarray | None = None,
+        records: tfds.Records | None = None,
     ):
         self.source = source
         self.class_names = tuple(class_names)
         self.num_classes = len(class_names)
-        self.labels = labels.astype(np.int32)
-        self.num_examples = len(labels)
-        self.paths = paths  # image files ('splits', 'folders'); None for 'digits'
-        self._inputs = np.array([os.fsencode(p) for p in paths], dtype=object) if paths is not None else pixels
+        self.records = records  # 'tfds': examples by index, labels read with the images (None up front)
+        self.labels = None if records is not None else labels.astype(np.int32)
+        self.num_examples = records.num_examples if records is not None else len(labels)
+        self.paths = paths  # image files ('splits', 'folders'); None for 'digits' and 'tfds'
+        if records is not None:
+            self._inputs, self._labels = np.arange(self.num_examples), np.zeros(self.num_examples, np.int32)
+        else:
+            self._inputs = np.array([os.fsencode(p) for p in paths], dtype=object) if paths is not None else pixels
+            self._labels = self.labels
         self._cfg = cfg
         self.device_input = DeviceInput(
             mean=tuple(cfg.mean),
@@ -117,21 +128,31 @@ class Dataset:
         self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
         self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
         policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
-        decoded = source == 'digits'
-        spec = tf.TensorSpec(pixels.shape[1:], tf.float32) if decoded else tf.TensorSpec([], tf.string)
+        decoded = source == 'digits' or (records is not None and records.decoded)
+        if records is not None:
+            spec = tf.TensorSpec([], tf.int64)
+        else:
+            spec = tf.TensorSpec(pixels.shape[1:], tf.float32) if decoded else tf.TensorSpec([], tf.string)
 
-        def read(inputs):  # a file's bytes, or a digit decoded
-            return self._decoded(inputs) if decoded else tf.io.read_file(inputs)
+        def read(inputs, label):  # (a file's bytes or a digit decoded, label); a TFDS record gives both
+            if records is not None:
+                return records.read(inputs)
+            return (self._decoded(inputs) if source == 'digits' else tf.io.read_file(inputs)), label
 
-        def train_fn(inputs, key):
-            return train_transform(read(inputs), key, cfg, policy, decoded)
+        def train_fn(inputs, label, key):
+            image, label = read(inputs, label)
+            return train_transform(image, key, cfg, policy, decoded), label
 
-        def eval_fn(inputs):
-            return eval_transform(read(inputs), cfg, decoded)
+        def eval_fn(inputs, label):
+            image, label = read(inputs, label)
+            return eval_transform(image, cfg, decoded), label
 
         # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
-        self._train_fn = tf.function(train_fn, autograph=False, input_signature=[spec, tf.TensorSpec([2], tf.int64)])
-        self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec])
+        label_spec = tf.TensorSpec([], tf.int32)
+        self._train_fn = tf.function(
+            train_fn, autograph=False, input_signature=[spec, label_spec, tf.TensorSpec([2], tf.int64)]
+        )
+        self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec, label_spec])
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
@@ -163,13 +184,11 @@ class Dataset:
 
         def columns(index):  # an unreadable example's slot takes the next readable one
             source = self._replacements(index)
-            return (self._inputs[source], self.labels[source], index), source, source != index
+            return (self._inputs[source], self._labels[source], index), source, source != index
 
         def load(inputs, label, i):
-            return {
-                'image': self._train_fn(inputs, tf.random.experimental.stateless_fold_in(epoch_key, i)),
-                'label': label,
-            }
+            image, label = self._train_fn(inputs, label, tf.random.experimental.stateless_fold_in(epoch_key, i))
+            return {'image': image, 'label': label}
 
         return self._batches(index, local, columns, load, epoch)
 
@@ -189,10 +208,12 @@ class Dataset:
         def columns(index_and_range):
             index, in_range = index_and_range[:, 0], index_and_range[:, 1].astype(bool)
             valid = in_range & ~self.unreadable[index]
-            return (self._inputs[index], self.labels[index], valid), index, in_range & ~valid
+            return (self._inputs[index], self._labels[index], valid), index, in_range & ~valid
 
         def load(inputs, label, valid):
-            image = tf.cond(valid, lambda: self._eval_fn(inputs), lambda: tf.zeros(size, tf.uint8))
+            image, label = tf.cond(
+                valid, lambda: self._eval_fn(inputs, label), lambda: (tf.zeros(size, tf.uint8), label)
+            )
             return {'image': image, 'label': label, 'mask': valid}
 
         return self._batches(np.stack([index, in_range], 1), local, columns, load, 'eval')
@@ -276,7 +297,7 @@ class Dataset:
                 found += 1
                 log.warning(
                     'cannot read image %s (%s); skipping it: %s',
-                    printable(self.paths[index]),
+                    self.records.describe(index) if self.records is not None else printable(self.paths[index]),
                     error_reason(problem),
                     'its row is masked out' if epoch == 'eval' else 'its slots take the next image',
                 )
@@ -300,7 +321,13 @@ def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """(train, validation) for `cfg`. The folders are listed (from a cache when it is warm); no image is
     decoded here unless cfg.verify_images, which decodes each once, as training does."""
     _check_config(cfg)
-    if cfg.data_dir is None:
+    if tfds.dataset_name(cfg.dataset) is not None:
+        names, train_records, val_records = tfds.load(cfg)
+        if cfg.verify_images:
+            log.warning('--verify-images checks image folders only; TFDS records are skipped in place when bad')
+        train = Dataset(cfg, 'tfds', names, None, records=train_records)
+        val = Dataset(cfg, 'tfds', names, None, records=val_records)
+    elif cfg.data_dir is None:
         train, val = _load_digits(cfg)
     else:
         source, names, (train_paths, train_labels), (val_paths, val_labels) = load_folders(cfg)
@@ -309,7 +336,7 @@ def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
         train = Dataset(cfg, source, names, train_labels, paths=train_paths)
         val = Dataset(cfg, source, names, val_labels, paths=val_paths)
     if cfg.num_classes is not None and cfg.num_classes != train.num_classes:
-        where = cfg.data_dir if cfg.data_dir is not None else 'the built-in digits data (no DATA given)'
+        where = cfg.dataset or cfg.data_dir or 'the built-in digits data (no DATA given)'
         raise UserError(
             f'--num-classes is {cfg.num_classes} but {train.num_classes} classes were found '
             f'in {where}; pass --num-classes {train.num_classes} or fix the class folders'
@@ -399,4 +426,8 @@ def data_config(config) -> DataConfig:
         std=tuple(config.std),
         interpolation=config.interpolation,
         verify_images=config.verify_images,
+        dataset=config.dataset,
+        input_key=config.input_key,
+        target_key=config.target_key,
+        download=config.dataset_download,
     )
