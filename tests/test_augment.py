@@ -131,9 +131,9 @@ def picture():
     return np.clip(ramps + rng.integers(-30, 30, ramps.shape), 0, 255).astype(np.uint8)
 
 
-def _timm_op(name, image, magnitude, negate):
+def _timm_op(name, image, magnitude, negate, interpolation=Image.BILINEAR):
     """timm's AugmentOp at a fixed magnitude (no noise, applied always), sign chosen by `negate`."""
-    op = timm_aa.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=dict(HPARAMS, interpolation=Image.BILINEAR))
+    op = timm_aa.AugmentOp(name, prob=1.0, magnitude=magnitude, hparams=dict(HPARAMS, interpolation=interpolation))
     with mock.patch.object(random, 'random', return_value=0.9 if negate else 0.1):  # > 0.5 negates
         return np.asarray(op(Image.fromarray(image)), np.int64)
 
@@ -180,6 +180,46 @@ def test_affine_nearest_matches_pil(picture):
     )
     ours = image_ops.affine(tf.constant(picture, tf.float32), coeffs, FILL, 'NEAREST').numpy()
     assert np.mean(ours != theirs) < 0.01  # float32 vs double at exact half-pixel ties only
+
+
+@pytest.mark.parametrize('name', GEOMETRIC)
+def test_geometric_op_matches_timm_bicubic(picture, name):
+    """Under --interpolation bicubic timm's geometric ops resample with PIL's BICUBIC affine; ours too,
+    in float64 as PIL: the same pixels but for a rare value PIL computes as nearly whole."""
+    image = tf.constant(picture, tf.float32)
+    compiled = rand_augment.compiled_op(name, FILL, 'BICUBIC')  # as the pipeline runs it, traced once
+    for magnitude in (3, 10):
+        for negate in (False, True):
+            theirs = _timm_op(name, picture, magnitude, negate, Image.BICUBIC)
+            args = tf.constant(magnitude, tf.float64), tf.constant(negate)
+            for ours in (rand_augment.apply_op(name, image, *args, FILL, 'BICUBIC'), compiled(image, *args)):
+                gap = np.abs(ours.numpy().astype(np.int64) - theirs)
+                assert gap.max() <= 1 and np.mean(gap > 0) < 0.005, (magnitude, negate, np.mean(gap > 0))
+
+
+def test_affine_bicubic_matches_pil(picture):
+    """The BICUBIC path of image_ops.affine (cubic a = -1, clipped, truncated) gives PIL's pixels, also
+    where the 4x4 neighbourhood runs over the edges."""
+    for coeffs in [(0.9, 0.2, 3.3, -0.15, 1.1, -2.7), (1.3, -0.4, -6.0, 0.35, 0.8, 4.0)]:
+        theirs = np.asarray(
+            Image.fromarray(picture).transform((44, 36), Image.AFFINE, coeffs, Image.BICUBIC, fillcolor=FILL),
+            np.int64,
+        )
+        ours = image_ops.affine(tf.constant(picture, tf.float32), coeffs, FILL, 'BICUBIC').numpy()
+        assert np.mean(ours != theirs) < 0.005 and np.abs(ours - theirs).max() <= 1
+
+
+def test_rand_augment_resamples_as_the_interpolation(picture):
+    """rand_augment picks PIL's filter from --interpolation as timm's ops do: under 'bicubic' a Rotate
+    layer gives the BICUBIC op's pixels (for the sign it drew), under 'bilinear' the BILINEAR op's."""
+    policy = rand_augment.RandAugment(ops=('Rotate',), num_layers=1, magnitude=9, prob=1.0)
+    image = tf.constant(picture, tf.float32)
+    for interpolation, resample in (('bicubic', 'BICUBIC'), ('bilinear', 'BILINEAR')):
+        ours = rand_augment.rand_augment(
+            tf.constant(picture), tf.constant([3, 4], tf.int64), policy, FILL, interpolation
+        )
+        candidates = [rand_augment.apply_op('Rotate', image, 9, negate, FILL, resample) for negate in (False, True)]
+        assert any(np.array_equal(ours.numpy(), c.numpy().astype(np.uint8)) for c in candidates), interpolation
 
 
 # --- the per-image draws -----------------------------------------------------------------------------

@@ -130,31 +130,40 @@ def affine(image, coeffs, fill, interpolation='BILINEAR'):
 
     Output pixel (x, y) reads input point (a (x + .5) + b (y + .5) + c, d (x + .5) + e (y + .5) + f):
     `fill` (one value per channel) if that point is outside the image, else the image there,
-    interpolated between the four nearest pixel centres (edges clamped; BILINEAR) or the pixel
-    containing it (NEAREST). PIL truncates its double-precision result to uint8; so do we, after
-    adding 1e-4 against float32 error (values PIL computes as nearly whole can still land 1 apart).
+    interpolated between the four nearest pixel centres (edges clamped; BILINEAR), by PIL's cubic
+    convolution (a = -1) over the 4x4 nearest (edges clamped; BICUBIC), or the pixel containing it
+    (NEAREST). PIL truncates its double-precision result to uint8 (BICUBIC: after clipping to 0..255).
+    BICUBIC is computed in float64 as PIL's; BILINEAR in float32, adding 1e-4 before truncating against
+    float32 error (values PIL computes as nearly whole can still land 1 apart).
     """
-    coeffs = tf.stack([tf.cast(v, tf.float32) for v in coeffs])
+    dtype = tf.float64 if interpolation == 'BICUBIC' else tf.float32
+    coeffs = tf.stack([tf.cast(v, dtype) for v in coeffs])
     return _affine_xla[interpolation](image, coeffs, tf.constant(fill, tf.float32))
 
 
-def _affine(image, coeffs, fill, nearest: bool):
+def _affine(image, coeffs, fill, mode: str):
     a, b, c, d, e, f = tf.unstack(coeffs)
+    dtype = coeffs.dtype
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    ys, xs = tf.meshgrid(
-        tf.range(height, dtype=tf.float32) + 0.5, tf.range(width, dtype=tf.float32) + 0.5, indexing='ij'
-    )
+    ys, xs = tf.meshgrid(tf.range(height, dtype=dtype) + 0.5, tf.range(width, dtype=dtype) + 0.5, indexing='ij')
     x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
-    inside = (x_in >= 0) & (x_in < tf.cast(width, tf.float32)) & (y_in >= 0) & (y_in < tf.cast(height, tf.float32))
-    flat = tf.reshape(image, [height * width, -1])
+    inside = (x_in >= 0) & (x_in < tf.cast(width, dtype)) & (y_in >= 0) & (y_in < tf.cast(height, dtype))
+    flat = tf.reshape(tf.cast(image, dtype), [height * width, -1])
 
     def pixels(y, x):  # the pixels at integer positions, clamped to the image
         y = tf.clip_by_value(tf.cast(y, tf.int32), 0, height - 1)
         x = tf.clip_by_value(tf.cast(x, tf.int32), 0, width - 1)
         return tf.gather(flat, y * width + x)
 
-    if nearest:
+    if mode == 'NEAREST':
         sampled = pixels(tf.floor(y_in), tf.floor(x_in))
+    elif mode == 'BICUBIC':
+        x, y = x_in - 0.5, y_in - 0.5
+        x0, y0 = tf.floor(x), tf.floor(y)
+        dx, dy = (x - x0)[..., None], (y - y0)[..., None]
+        rows = [_cubic([pixels(y0 + j, x0 + i) for i in (-1, 0, 1, 2)], dx) for j in (-1, 0, 1, 2)]
+        value = _cubic(rows, dy)
+        sampled = tf.cast(tf.floor(tf.clip_by_value(value, 0.0, 255.0)), tf.float32)
     else:
         x, y = x_in - 0.5, y_in - 0.5
         x0, y0 = tf.floor(x), tf.floor(y)
@@ -162,16 +171,24 @@ def _affine(image, coeffs, fill, nearest: bool):
         upper = pixels(y0, x0) * (1 - dx) + pixels(y0, x0 + 1) * dx
         lower = pixels(y0 + 1, x0) * (1 - dx) + pixels(y0 + 1, x0 + 1) * dx
         sampled = tf.floor(upper * (1 - dy) + lower * dy + 1e-4)
-    return tf.where(inside[..., None], sampled, fill)
+    return tf.where(inside[..., None], tf.cast(sampled, tf.float32), fill)
+
+
+def _cubic(values, t):
+    """PIL's cubic convolution through four samples at -1, 0, 1, 2, evaluated at t in [0, 1): the a = -1
+    kernel, in PIL's Horner form. (Edges: PIL clamps the columns and repeats the last valid row, which is
+    the same as clamping both.)"""
+    v1, v2, v3, v4 = values
+    return v2 + t * ((v3 - v1) + t * ((2 * (v1 - v2) + v3 - v4) + t * (v2 - v1 + v4 - v3)))
 
 
 # XLA compiles the warp for each image size once: its gathers and arithmetic fused, ~3x faster than
 # TensorFlow's ImageProjectiveTransformV3 kernel.
 _affine_xla = {
     mode: tf.function(
-        lambda image, coeffs, fill, nearest=mode == 'NEAREST': _affine(image, coeffs, fill, nearest),
+        lambda image, coeffs, fill, mode=mode: _affine(image, coeffs, fill, mode),
         jit_compile=True,
         autograph=False,
     )
-    for mode in ('BILINEAR', 'NEAREST')
+    for mode in ('BILINEAR', 'BICUBIC', 'NEAREST')
 }

@@ -249,13 +249,13 @@ def _choices(key, policy: RandAugment):
 
 
 def rand_augment(image, key, policy: RandAugment, fill, interpolation='bilinear'):
-    """`policy` applied to one uint8 [H, W, 3] image; `fill` per channel. The geometric ops resample
-    with NEAREST when `interpolation` is 'nearest', else BILINEAR (timm's for bilinear; for other
-    interpolations timm's PIL ops would use those filters, which PIL's affine has and we do not)."""
+    """`policy` applied to one uint8 [H, W, 3] image; `fill` per channel. The geometric ops resample as
+    timm's do with `interpolation`: PIL's BICUBIC or NEAREST affine for 'bicubic' / 'nearest', else
+    BILINEAR (PIL's affine has no box or lanczos filter: timm's ops would fail there)."""
     choice_key, key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     choices = _choices(choice_key, policy)
     layer_keys = tf.random.experimental.stateless_split(key, max(policy.num_layers, 1))
-    resample = 'NEAREST' if interpolation == 'nearest' else 'BILINEAR'
+    resample = {'nearest': 'NEAREST', 'bicubic': 'BICUBIC'}.get(interpolation, 'BILINEAR')
     shape = image.shape
     image = tf.cast(image, tf.float32)
     for i in range(policy.num_layers):  # unrolled: n is small (timm's default 2)

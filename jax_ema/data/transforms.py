@@ -59,6 +59,13 @@ def crop_window(image, window_fn):
     return image[top : top + h, left : left + w], tf.stack([top, left]), shape[:2]
 
 
+def round_to_uint8(averaged):
+    """Rounds to uint8 an image of weighted averages of 0..255 (weights >= 0, summing to 1: no over- or
+    undershoot beyond float error): one add and a truncating cast, as exact as floor(x + 0.5) + clipping
+    here and cheaper (two fewer passes over the image)."""
+    return tf.cast(averaged + 0.5, tf.uint8)
+
+
 def resize_region(window, offset, in_size, out_size, start, size, interpolation):
     """Rows start[0]..+size[0] and columns start[1]..+size[1] of PIL's resize of an `in_size` image to
     `out_size`, computed from `window`, that image's pixels from `offset` on (see `resize_support`).
@@ -79,7 +86,10 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
         return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
 
     if kernel in ('triangle', 'box'):
-        return resample(window, tf.constant(size, tf.int32), scale, translation)
+        resized = tf.raw_ops.ScaleAndTranslate(
+            images=window[None], size=size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
+        )[0]
+        return round_to_uint8(resized)
     rows = resample(
         window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]), tf.stack([0.0, translation[1]])
     )
@@ -114,8 +124,7 @@ def _resize_crop(crop, size, interpolation):
         return general()
 
     def enlarge():
-        resized = tf.image.resize(crop, size, method='bilinear', antialias=False)
-        return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
+        return round_to_uint8(tf.image.resize(crop, size, method='bilinear', antialias=False))
 
     return tf.cond(tf.reduce_all(shape <= size), enlarge, general)
 
