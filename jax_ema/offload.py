@@ -6,8 +6,9 @@ device   a full replicated copy per device, updated inside the donated train ste
 host     `--model-ema-force-cpu`: averaged on the host (host_ema.py), overlapping the next device step.
          The device step is the donated step without the EMA; after it the new weights are packed into
          one flat vector and copied to the host (the one copy across the bus per update), where a worker
-         thread averages them into a numpy buffer. The state carries that EMA, as of the last `flush`,
-         replicated in the `pinned_host` memory kind (what checkpoints, snapshots and evaluation read).
+         thread folds them into the EMA with `ema.update` jitted for the CPU backend. The state carries
+         that EMA, as of the last `flush`, replicated in the `pinned_host` memory kind (what checkpoints,
+         snapshots and evaluation read).
          Nothing on the host is ever donated into a device computation (that aborts the process).
 sharded  `--model-ema-shard`: the EMA's flat float32 buffer (`ema.FlatTree`) is split along its last axis
          over the mesh's 'data' axis, zero-padded to a multiple of the device count, so each device holds
@@ -163,7 +164,7 @@ def _beside_the_ema(train_step_without_ema):
 
 
 def build_step(
-    train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0, host_threads=None
+    train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0
 ) -> Step | host_ema.HostStep:
     """The step the epoch loop calls, for the EMA settings and placement (the one place that decides it).
 
@@ -174,7 +175,7 @@ def build_step(
       device / sharded, update_every 1  the EMA update fused into the jitted, donated step (sharded:
                                         `sharded_update`, no collective)
       host                              the step without the EMA (`_beside_the_ema`), the EMA averaged on
-                                        the host every K updates by `host_threads` threads (host_ema.HostStep)
+                                        the host every K updates, overlapping the next step (host_ema.HostStep)
       device / sharded, update_every K  the step without the EMA + `ema_update(cfg, placement)` every K
                                         updates; `flush` folds in the pending ones
     """
@@ -187,7 +188,7 @@ def build_step(
         return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update), donate_argnums=0))
     without_ema = _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None))
     if placement == 'host':
-        return host_ema.HostStep(without_ema, ema_cfg, to_host, ema_cfg.update_every, last, host_threads)
+        return host_ema.HostStep(without_ema, ema_cfg, to_host, ema_cfg.update_every, last)
     return Step(
         without_ema,
         ema_update(ema_cfg, placement),

@@ -163,7 +163,7 @@ def test_update_every_k_matches_timm_applied_every_k_with_decay_to_the_k(every, 
 
 @pytest.mark.parametrize('name', ['plain', 'warmup', 'exclude_buffers_d99'])
 def test_host_averager_matches_model_ema_v3_on_the_cpu(name):
-    """--model-ema-force-cpu: our host EMA (host_ema.Averager, numpy on the host) against timm's
+    """--model-ema-force-cpu: our host EMA (host_ema.Averager: ema.update jitted for the CPU) against timm's
     ModelEmaV3(device='cpu'), float32, over the trajectory: bit for bit where the step size is a constant
     (the warmup's is formed in float32 here, in float64 by timm); and bit for bit the jitted `ema.update`'s."""
     decay, kwargs = TRAJECTORY_CONFIGS[name]
@@ -176,7 +176,7 @@ def test_host_averager_matches_model_ema_v3_on_the_cpu(name):
         timm_ema = ModelEmaV3(module, decay=decay, device='cpu', **kwargs)
         params, stats = split(module, state)
         ema_params, ema_stats = ema.init(params), ema.init(stats)
-        host = host_ema.Averager(cfg, ema_params, ema_stats, threads=2)
+        host = host_ema.Averager(cfg, ema_params, ema_stats)
         update = jax.jit(functools.partial(ema.update, cfg))
         for step in range(1, 301):
             state = random_state(rng, module, 'float32')
@@ -194,4 +194,3 @@ def test_host_averager_matches_model_ema_v3_on_the_cpu(name):
             ours = {**ema.tree(host.trees()[0]), **ema.tree(host.trees()[1])}
             for key, ref in timm_ema.module.state_dict().items():
                 assert np.array_equal(np.asarray(ours[key]), ref.numpy()), key
-        host.close()

@@ -200,6 +200,10 @@ def test_gpu_check_quick_report(gpu_check_run):
             none['peak_device_bytes'] < device['peak_device_bytes']
             and host['peak_device_bytes'] < device['peak_device_bytes']
         )
+        assert host['peak_with_copy_in_flight'] - host['peak_device_bytes'] == host['plan']['pack']['output'] > 0
+    step = parts['step']
+    assert set(step['cpu_s_per_update']) == set(step['ratio_to_device_ema']) == variants
+    assert step['host_average']['cpu_s'] > 0 and step['host_average']['floats'] > 0
     assert set(parts['timm']['images_per_s']) == {
         f'timm_eager_{d}_ema_{e}' for d in ('float32', 'bfloat16') for e in ('none', 'device', 'cpu')
     }
