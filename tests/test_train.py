@@ -311,3 +311,19 @@ def test_grad_accumulation_averages_micro_batches_and_updates_the_ema_once_per_u
         lambda e, p: 0.9 * np.asarray(e) + 0.1 * np.asarray(p), ema.tree(first.ema_params), second.params
     )
     assert _max_abs_diff(ema.tree(second.ema_params), blended) < 1e-6  # one EMA update per optimizer update
+
+
+@pytest.mark.slow
+def test_host_ema_equals_the_device_ema_for_power_emas_warmup_and_every_k():
+    """Every EMA option through the host placement: a stack of a warmup decay and a power EMA, statistics
+    copied, updated every 2 updates (a flush folding in a gap of 1), bit for bit the device placement's."""
+    cfg = ema.EmaConfig(decay=0.9, use_warmup=True, stds=(0.1,), exclude_buffers=True, update_every=2)
+    built = {w: offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, w) for w in ('device', 'host')}
+    states = {w: offload.place_state(_state(cfg), w) for w in built}
+    for count in range(1, 4):
+        states = {w: built[w](s, _batch(count), count)[0] for w, s in states.items()}
+    states = {w: built[w].flush(s, 3) for w, s in states.items()}
+    host, device = (jax.device_get((states[w].ema_params, states[w].ema_batch_stats)) for w in ('host', 'device'))
+    for h, d in zip(host, device):
+        assert h.flat.shape[0] == 2 and np.array_equal(h.flat, d.flat)
+    assert np.array_equal(host[1].flat[1], jax.device_get(ema.init(states['host'].batch_stats).flat))  # copied
