@@ -229,3 +229,15 @@ def test_gpu_check_only_reruns_one_part(gpu_check_run, tmp_path):
     after = json.loads(copy.read_text())
     assert after['parts']['step'] == before['parts']['step'] and after['parts']['loop'] == before['parts']['loop']
     assert after['parts']['timm']['samples'] != before['parts']['timm']['samples']  # measured anew
+
+
+@pytest.mark.slow
+def test_bench_host_ema_reports_every_variant(tmp_path):
+    import bench_host_ema
+
+    out = tmp_path / 'host.json'
+    assert bench_host_ema.main(['--model', 'resnet18', '--rounds', '1', '--out', str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = {'host_ema_averager', 'numpy_float32_1_thread', 'numpy_float32_2_thread'}
+    assert set(report['wall_s']) == set(report['cpu_s']) == names and report['floats'] > 10**7
+    assert all(report['cpu_s'][n] > 0 for n in names)
