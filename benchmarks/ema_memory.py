@@ -77,7 +77,7 @@ def main(argv=None):
         results['params_bytes'] = sum(x.nbytes for x in jax.tree.leaves(state.params))
         state = offload.place_state(state, where)
         # what the trainer compiles for each placement (EMA every update): the host EMA's device step runs
-        # without it (offload.ema_update updates it on its own)
+        # without it (host_ema.HostStep averages it on the host)
         plan = jax.jit(
             functools.partial(
                 train_step,

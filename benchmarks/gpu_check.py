@@ -8,8 +8,10 @@ step, and the trainer's own epoch loop. Needs jax, torch and timm; no TensorFlow
 parity  the parity tests' own measurements with the precision pinned (torch_ref/precision.py): eval logits
         per model family, the EMA against ModelEmaV3, one training trajectory per optimizer
 step    our jitted train step (default ResNet-50, batch 128, 224 px) with no EMA and the EMA on the device,
-        on the host (updated every update) and sharded, in float32 and bfloat16 (--amp), alternating
-        rounds; images/s, ratio to no EMA, device and host bytes per placement
+        on the host (updated every update, averaged on the host while the next step runs) and sharded, in
+        float32 and bfloat16 (--amp), alternating rounds; images/s, ratios to no EMA and to the device
+        EMA, host CPU-seconds per update, device and host bytes and peak device bytes per placement; the
+        host EMA's average alone, wall and CPU seconds per update
 timm    timm's step: eager channels_last (float32, bfloat16 autocast) without EMA, with ModelEmaV3 on the
         device and on the CPU, and torch.compile (bfloat16, EMA on the device), alternating rounds
 loop    jax_ema.loop.train_epoch (logging, NaN guard, EMA placement) for a few hundred updates on batches
@@ -144,18 +146,21 @@ def batch_arrays(batch_size: int, img_size: int, seed: int = 0) -> dict:
 
 
 def step_runner(state, step, batch, steps: int):
-    """(timing closure, box holding the state): `steps` updates ending in one block_until_ready."""
-    box = {'state': state, 'step': step, 'count': 0}
+    """(timing closure, box holding the state): `steps` updates ending in one block_until_ready (and, for
+    the host EMA, the wait for its last average); the process CPU-seconds per update go to box['cpu_s']."""
+    box = {'state': state, 'step': step, 'count': 0, 'cpu_s': []}
 
     def run(n):
         for _ in range(n):
             box['count'] += 1
             box['state'], _ = step(box['state'], batch, box['count'])
-        jax.block_until_ready(box['state'])  # the whole state: a host EMA's update runs after the step
+        jax.block_until_ready(box['state'])
+        getattr(step, 'wait', lambda: None)()  # the host EMA: its average of the last update
 
     def timed():
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         run(steps)
+        box['cpu_s'].append((time.process_time() - cpu0) / steps)
         return (time.perf_counter() - t0) / steps
 
     run(2)  # compile and warm up
@@ -164,18 +169,21 @@ def step_runner(state, step, batch, steps: int):
 
 def part_step(args) -> dict:
     batch = trainer_api.shard(batch_arrays(args.batch_size, args.img_size))
-    fns, memory = {}, {}
+    fns, memory, boxes = {}, {}, {}
     for dtype in ('float32', 'bfloat16'):
         model = trainer_api.flax_model(args.model, NUM_CLASSES, dtype)
         variables = trainer_api.init(model, args.img_size)
         for placement in trainer_api.PLACEMENTS:
             name = f'{dtype}_ema_{placement}'
             log(f'step: compiling {name}')
-            fns[name], box = step_runner(*trainer_api.build(model, variables, placement, args.decay), batch, args.steps)
-            memory[name] = trainer_api.memory(box['step'], box['state'], batch)
+            built = trainer_api.build(model, variables, placement, args.decay)
+            fns[name], boxes[name] = step_runner(*built, batch, args.steps)
+            memory[name] = trainer_api.memory(boxes[name]['step'], boxes[name]['state'], batch)
     log(f'step: timing {len(fns)} variants, {args.rounds} rounds of {args.steps} steps')
     times = interleave(fns, args.rounds)
     med = {name: statistics.median(t) for name, t in times.items()}
+    host_state = boxes['float32_ema_host']['state']
+    host_average = trainer_api.time_host_average(host_state, args.rounds * args.steps)
     return dict(
         model=args.model,
         batch_size=args.batch_size,
@@ -184,6 +192,9 @@ def part_step(args) -> dict:
         median_s=med,
         images_per_s={n: args.batch_size / m for n, m in med.items()},
         ratio_to_no_ema={n: m / med[f'{n.split("_")[0]}_ema_none'] for n, m in med.items()},
+        ratio_to_device_ema={n: m / med[f'{n.split("_")[0]}_ema_device'] for n, m in med.items()},
+        cpu_s_per_update={n: statistics.median(box['cpu_s']) for n, box in boxes.items()},
+        host_average=host_average,
         memory=memory,
         samples=times,
     )
@@ -334,10 +345,17 @@ def table(report: dict) -> str:
         for name, ips in s['images_per_s'].items():
             m = s['memory'][name]
             lines.append(
-                f'| step | jax_ema {name} | {ips:,.0f} img/s ({s["ratio_to_no_ema"][name]:.3f}); state on '
-                f'device {mb(m["device_bytes"])}, on host {mb(m["host_bytes"])}; peak '
-                f'{mb(m["peak_device_bytes"])} (plan), high-water {mb(m["high_water_bytes"])} |'
+                f'| step | jax_ema {name} | {ips:,.0f} img/s ({s["ratio_to_no_ema"][name]:.3f} x no EMA, '
+                f'{s["ratio_to_device_ema"][name]:.3f} x device EMA); {s["cpu_s_per_update"][name] * 1e3:.1f} '
+                f'host CPU-ms/update; state on device {mb(m["device_bytes"])}, on host {mb(m["host_bytes"])}; '
+                f'peak {mb(m["peak_device_bytes"])} (plan; {mb(m["peak_with_copy_in_flight"])} with the host '
+                f'copy in flight), high-water {mb(m["high_water_bytes"])} |'
             )
+        h = s['host_average']
+        lines.append(
+            f'| step | host EMA average alone ({h["floats"]:,} floats, new weights on the host) | '
+            f'{h["wall_s"] * 1e3:.1f} ms, {h["cpu_s"] * 1e3:.1f} CPU-ms per update |'
+        )
     if 'timm' in parts:
         t = parts['timm']
         for name, ips in t['images_per_s'].items():

@@ -2,8 +2,8 @@
 adapt this file, and only this file, when their functions move or change.
 
 `build` assembles the step as `jax_ema.train.train_and_evaluate` does for each EMA placement, with
-`offload.build_step`: the EMA fused into the donated step (device, sharded) or updated by `offload.ema_update`
-after it (host); `step(state, batch, count)` runs one optimizer update.
+`offload.build_step`: the EMA fused into the donated step (device, sharded) or averaged on the host after it
+(host: `host_ema.HostStep`, overlapping the next step); `step(state, batch, count)` runs one optimizer update.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import checkpoint, ema, loop, offload, optim, parallel, train as trainer
+from jax_ema import checkpoint, ema, host_ema, loop, offload, optim, parallel, train as trainer
 from jax_ema.models import create_model
 from jax_ema.models.resnet import BasicBlock, ResNet
 
@@ -49,7 +49,7 @@ def _compiled(placement: str, decay: float):
     built = offload.build_step(
         functools.partial(trainer.train_step, smoothing=0.1), cfg, 'device' if placement == 'none' else placement
     )
-    return built.train_step_fn, built.ema_update
+    return built
 
 
 @functools.cache
@@ -63,8 +63,10 @@ def build(model, variables, placement: str, decay: float):
     cfg = None if placement == 'none' else ema.EmaConfig(decay=decay)
     state = trainer.create_train_state(model, _optimizer(), variables, cfg)
     state = offload.place_state(state, 'device' if placement == 'none' else placement)
-    train_step_fn, update = _compiled(placement, decay)
-    return state, offload.Step(train_step_fn, update)  # a fresh Step: its pending-EMA count starts at 0
+    built = _compiled(placement, decay)  # a fresh Step (its pending-EMA count at 0) around the compiled step
+    if isinstance(built, host_ema.HostStep):
+        return state, host_ema.HostStep(built.train_step_fn, cfg, offload.to_host)
+    return state, offload.Step(built.train_step_fn, built.ema_update)
 
 
 def shard(batch: dict) -> dict:
@@ -180,12 +182,18 @@ def memory(step, state, batch) -> dict:
     """Bytes one placement holds and needs: its state on device 0 and in host memory, the EMA's share, XLA's
     plan of its programs, the peak that plan gives, and the device's high-water mark where it reports one."""
     held, plan = state_bytes(state), plans(step, state, batch)
-    # the step holds the whole state (arguments), its outputs and temporaries; while the host EMA is updated
-    # the device holds the state and that update's temporaries (the EMA brought over)
+    # the step holds the whole state (arguments), its outputs and temporaries; a device EMA updated apart
+    # adds its update's temporaries to the state; the host EMA's packed weights (the pack's output) live
+    # until their copy to the host lands, early in the next step: `peak_with_copy_in_flight` counts them
+    # for the whole of the next step (an upper bound)
     peak = plan['step'].get('peak', 0)
     if 'ema_update' in plan:
         peak = max(peak, held['device'] + plan['ema_update'].get('temp', 0))
+    in_flight = plan['pack'].get('output', 0) if 'pack' in plan else 0
+    if 'pack' in plan:
+        peak = max(peak, held['device'] + in_flight + plan['pack'].get('temp', 0))
     return dict(
+        peak_with_copy_in_flight=(peak + in_flight) if peak else None,
         device_bytes=held['device'],
         host_bytes=held['host'],
         ema_bytes=ema_bytes(state),
@@ -199,9 +207,12 @@ def plans(step, state, batch) -> dict:
     """XLA's memory plan (bytes per device) of the compiled step and, for the host EMA, of its update (the
     compiled programs are cached: nothing compiles again)."""
     jitted = getattr(step.train_step_fn, 'jitted', step.train_step_fn)  # host: the step without the EMA
+    without = state.replace(ema_params=None, ema_batch_stats=None)
+    if isinstance(step, host_ema.HostStep):  # the step without the EMA, and the packing of the new weights
+        pack = host_ema.packer(step.averager.layouts()).lower(state.params, state.batch_stats).compile()
+        return {'step': _plan(jitted.lower(without, batch).compile()), 'pack': _plan(pack)}
     if step.ema_update is None:
         return {'step': _plan(jitted.lower(state, batch).compile())}
-    without = state.replace(ema_params=None, ema_batch_stats=None)
     update = step.ema_update.lower(
         state.ema_params, state.ema_batch_stats, state.params, state.batch_stats, state.step, 1
     ).compile()
@@ -216,3 +227,18 @@ def peak_bytes():
 
 def ema_bytes(state) -> int:
     return sum(t.flat.nbytes for t in (state.ema_params, state.ema_batch_stats) if t is not None)
+
+
+def time_host_average(state, reps: int) -> dict:
+    """Seconds (wall and process CPU, medians) of one host EMA update of `state`'s EMA (host_ema.Averager),
+    the new weights already in host memory: what the host spends per update besides the copy."""
+    averager = host_ema.Averager(ema.EmaConfig(), state.ema_params, state.ema_batch_stats)
+    new = [np.asarray(f) for f, _ in host_ema.packer(averager.layouts())(state.params, state.batch_stats)]
+    walls, cpus = [], []
+    for i in range(reps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        averager.update(new, [[], []], 100 + i, 1)
+        if i:  # the first one warms up the step-size function and the scratch
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+    return dict(wall_s=float(np.median(walls)), cpu_s=float(np.median(cpus)), floats=sum(f.size for f in new))

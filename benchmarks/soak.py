@@ -4,7 +4,7 @@
                               [--out soak.json]
 
 Runs the trainer's own pieces: the donated jitted `train.train_step` with the EMA (or, with
---host-ema, the step without it plus `offload.ema_update`, as `offload.build_step` joins them), driven by
+--host-ema, the step without it and the EMA averaged on the host, `host_ema.HostStep`), driven by
 `loop.train_epoch` (loss summed on device, one host sync every --log-interval updates). Every step is
 fed a fresh numpy copy of one of a few fixed random batches, as the input pipeline hands the trainer
 numpy arrays. Resident memory (VmRSS from /proc/self/status) is read after --warmup steps (compilation

@@ -183,7 +183,10 @@ class FlatTree:
         return self.flat.shape[0] if self.flat.ndim == 2 else 1
 
     def pack(self, tree):
-        """The float leaves of `tree` (same structure as ours) as one vector of our dtype and length."""
+        """The float leaves of `tree` (same structure as ours) as one vector of our dtype and length; a
+        FlatTree of our structure (new weights packed already, as the host EMA gets them) as it is."""
+        if isinstance(tree, FlatTree) and tree.spec == self.spec:
+            return tree.flat, list(tree.others)
         leaves, treedef = jax.tree.flatten(tree)
         if treedef != self.spec[0]:
             raise ValueError(f"tree structure {treedef} does not match the EMA's {self.spec[0]}")

@@ -3,14 +3,13 @@
 loop's step updates it. Nothing else in the trainer branches on the placement.
 
 device   a full replicated copy per device, updated inside the donated train step (the default).
-host     `--model-ema-force-cpu`: replicated in the `pinned_host` memory kind. The device step is the
-         donated step without the EMA, and a second jitted function (`ema_update`) updates the host EMA
-         from the step's new params, every update or every K; both dispatch asynchronously. We do not fuse
-         the two with memory-kind shardings because the fused step could no longer donate its state (a
-         host buffer donated into a device computation aborts the process), and without donation the
-         device would hold two copies of the weights, the memory the flag exists to save. Inside the update
-         the EMA is brought to device memory, averaged and sent back (`out_shardings`), the recipe of JAX's
-         host-offloading guide.
+host     `--model-ema-force-cpu`: averaged on the host (host_ema.py), overlapping the next device step.
+         The device step is the donated step without the EMA; after it the new weights are packed into
+         one flat vector and copied to the host (the one copy across the bus per update), where a worker
+         thread folds them into the EMA with `ema.update` jitted for the CPU backend. The state carries
+         that EMA, as of the last `flush`, replicated in the `pinned_host` memory kind (what checkpoints,
+         snapshots and evaluation read).
+         Nothing on the host is ever donated into a device computation (that aborts the process).
 sharded  `--model-ema-shard`: the EMA's flat float32 buffer (`ema.FlatTree`) is split along its last axis
          over the mesh's 'data' axis, zero-padded to a multiple of the device count, so each device holds
          1/N of every float byte (the non-float leaves, a few scalars, stay replicated). Each device updates
@@ -20,7 +19,7 @@ sharded  `--model-ema-shard`: the EMA's flat float32 buffer (`ema.FlatTree`) is 
          weights). Evaluation (`ema_for_eval`) and checkpoints (`parallel.gather`) gather it.
 
 `--model-ema-update-every K` > 1 takes the device and sharded EMAs out of the step too: the EMA is then
-updated every K updates by `ema_update`, folding in K updates at once.
+updated every K updates by `ema_update`, folding in K updates at once (the host EMA likewise, on the host).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import functools
 
 import jax
 
-from jax_ema import ema, parallel
+from jax_ema import ema, host_ema, parallel
 
 PLACEMENTS = ('device', 'host', 'sharded')
 
@@ -89,27 +88,14 @@ def sharded_update(cfg: ema.EmaConfig, ema_params, ema_stats, params, stats, ste
 
 @functools.cache
 def ema_update(cfg: ema.EmaConfig, placement: str):
-    """jit(ema_params, ema_stats, params, stats, step, gap) -> new EMA, for an EMA updated outside the
-    step (`placement` in PLACEMENTS; see `build_step`).
-
-    On the device, whole or sharded, the EMA buffers are donated (updated in place). On the host they are
-    never donated (that aborts); the update runs on the device between two transfers, and `out_shardings`
-    sends it back.
-    """
-    if placement not in PLACEMENTS:
-        raise ValueError(f'unknown EMA placement {placement!r}; use one of {PLACEMENTS}')
+    """jit(ema_params, ema_stats, params, stats, step, gap) -> new EMA, for a device or sharded EMA updated
+    outside the step (`--model-ema-update-every K`; see `build_step`); its buffers are donated (updated in
+    place). The host EMA is averaged on the host (host_ema.HostStep), not by a jitted function."""
+    if placement not in ('device', 'sharded'):
+        raise ValueError(f'no jitted EMA update for placement {placement!r}; the host EMA is host_ema.HostStep')
     if placement == 'sharded':
         return jax.jit(functools.partial(sharded_update, cfg), donate_argnums=(0, 1))
-
-    def update(ema_params, ema_stats, params, stats, step, gap):
-        if placement == 'host':
-            ema_params, ema_stats = jax.device_put((ema_params, ema_stats), device_sharding())
-        return ema.update(cfg, ema_params, ema_stats, params, stats, step, gap)
-
-    if placement != 'host':
-        return jax.jit(update, donate_argnums=(0, 1))
-    host, dev = host_sharding(), device_sharding()
-    return jax.jit(update, in_shardings=(host, host, dev, dev, None, None), out_shardings=(host, host))
+    return jax.jit(functools.partial(ema.update, cfg), donate_argnums=(0, 1))
 
 
 def place_state(state, placement: str):
@@ -177,7 +163,9 @@ def _beside_the_ema(train_step_without_ema):
     return step
 
 
-def build_step(train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0) -> Step:
+def build_step(
+    train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0
+) -> Step | host_ema.HostStep:
     """The step the epoch loop calls, for the EMA settings and placement (the one place that decides it).
 
     `train_step_fn(state, batch, ema_cfg, ema_update=...)` is the pure step with the run's settings bound
@@ -186,8 +174,10 @@ def build_step(train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'd
       EMA off                           train_step_fn jitted, state donated
       device / sharded, update_every 1  the EMA update fused into the jitted, donated step (sharded:
                                         `sharded_update`, no collective)
-      host, or update_every K > 1       the step without the EMA (`_beside_the_ema`) + `ema_update(cfg,
-                                        placement)` every K updates; `flush` folds in the pending ones
+      host                              the step without the EMA (`_beside_the_ema`), the EMA averaged on
+                                        the host every K updates, overlapping the next step (host_ema.HostStep)
+      device / sharded, update_every K  the step without the EMA + `ema_update(cfg, placement)` every K
+                                        updates; `flush` folds in the pending ones
     """
     if placement not in PLACEMENTS:
         raise ValueError(f'unknown EMA placement {placement!r}; use one of {PLACEMENTS}')
@@ -196,8 +186,11 @@ def build_step(train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'd
     if placement != 'host' and ema_cfg.update_every == 1:
         update = sharded_update if placement == 'sharded' else ema.update
         return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update), donate_argnums=0))
+    without_ema = _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None))
+    if placement == 'host':
+        return host_ema.HostStep(without_ema, ema_cfg, to_host, ema_cfg.update_every, last)
     return Step(
-        _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None)),
+        without_ema,
         ema_update(ema_cfg, placement),
         every=ema_cfg.update_every,
         last=last,

@@ -15,7 +15,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from jax_ema import ema
+from jax_ema import ema, host_ema
 from torch_ref.precision import torch_device
 
 NUM_STEPS = 1000
@@ -159,3 +159,38 @@ def test_update_every_k_matches_timm_applied_every_k_with_decay_to_the_k(every, 
             timm_ema.apply_update_(module, timm_ema.get_decay(step) ** every)
             ema_params, ema_stats = update(ema_params, ema_stats, *split(module, state), step, every)
         assert_close(timm_ema, ema_params, ema_stats, dtype, step)
+
+
+@pytest.mark.parametrize('name', ['plain', 'warmup', 'exclude_buffers_d99'])
+def test_host_averager_matches_model_ema_v3_on_the_cpu(name):
+    """--model-ema-force-cpu: our host EMA (host_ema.Averager: ema.update jitted for the CPU) against timm's
+    ModelEmaV3(device='cpu'), float32, over the trajectory: bit for bit where the step size is a constant
+    (the warmup's is formed in float32 here, in float64 by timm); and bit for bit the jitted `ema.update`'s."""
+    decay, kwargs = TRAJECTORY_CONFIGS[name]
+    cfg = ema.EmaConfig(decay=decay, **kwargs)
+    rng = np.random.default_rng(2)
+    module = torch_module()
+    with jax.enable_x64(False):
+        state = random_state(rng, module, 'float32')
+        load(module, state)
+        timm_ema = ModelEmaV3(module, decay=decay, device='cpu', **kwargs)
+        params, stats = split(module, state)
+        ema_params, ema_stats = ema.init(params), ema.init(stats)
+        host = host_ema.Averager(cfg, ema_params, ema_stats)
+        update = jax.jit(functools.partial(ema.update, cfg))
+        for step in range(1, 301):
+            state = random_state(rng, module, 'float32')
+            load(module, state)
+            timm_ema.update(module, step=step)
+            params, stats = split(module, state)
+            packed = [t.pack(tree) for t, tree in zip((ema_params, ema_stats), (params, stats))]
+            host.update([np.asarray(flat) for flat, _ in packed], [others for _, others in packed], step, 1)
+            ema_params, ema_stats = update(ema_params, ema_stats, params, stats, step)
+            if step in CHECK_AT:
+                assert_close(timm_ema, *host.trees(), 'float32', step)
+        for ours, jitted in zip(host.trees(), (ema_params, ema_stats)):
+            assert np.array_equal(ours.flat, np.asarray(jitted.flat))
+        if not cfg.use_warmup:
+            ours = {**ema.tree(host.trees()[0]), **ema.tree(host.trees()[1])}
+            for key, ref in timm_ema.module.state_dict().items():
+                assert np.array_equal(np.asarray(ours[key]), ref.numpy()), key

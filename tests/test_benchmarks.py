@@ -200,6 +200,10 @@ def test_gpu_check_quick_report(gpu_check_run):
             none['peak_device_bytes'] < device['peak_device_bytes']
             and host['peak_device_bytes'] < device['peak_device_bytes']
         )
+        assert host['peak_with_copy_in_flight'] - host['peak_device_bytes'] == host['plan']['pack']['output'] > 0
+    step = parts['step']
+    assert set(step['cpu_s_per_update']) == set(step['ratio_to_device_ema']) == variants
+    assert step['host_average']['cpu_s'] > 0 and step['host_average']['floats'] > 0
     assert set(parts['timm']['images_per_s']) == {
         f'timm_eager_{d}_ema_{e}' for d in ('float32', 'bfloat16') for e in ('none', 'device', 'cpu')
     }
@@ -225,3 +229,15 @@ def test_gpu_check_only_reruns_one_part(gpu_check_run, tmp_path):
     after = json.loads(copy.read_text())
     assert after['parts']['step'] == before['parts']['step'] and after['parts']['loop'] == before['parts']['loop']
     assert after['parts']['timm']['samples'] != before['parts']['timm']['samples']  # measured anew
+
+
+@pytest.mark.slow
+def test_bench_host_ema_reports_every_variant(tmp_path):
+    import bench_host_ema
+
+    out = tmp_path / 'host.json'
+    assert bench_host_ema.main(['--model', 'resnet18', '--rounds', '1', '--out', str(out)]) == 0
+    report = json.loads(out.read_text())
+    names = {'host_ema_averager', 'numpy_float32_1_thread', 'numpy_float32_2_thread'}
+    assert set(report['wall_s']) == set(report['cpu_s']) == names and report['floats'] > 10**7
+    assert all(report['cpu_s'][n] > 0 for n in names)

@@ -3,6 +3,7 @@ summary.csv / results.json / checkpoint metadata naming the best member, snapsho
 validate/export --ema-index, an exact resume of a stacked run, and the host placement of a stack."""
 
 import csv
+import functools
 import json
 
 import jax
@@ -18,7 +19,7 @@ from jax_ema.loop import SIGNAL_AT_UPDATE
 from jax_ema.train import evaluate_members, main, train_step
 from jax_ema.validate import validate
 from test_resume import _assert_identical
-from test_train import _batch, _image_folder, _max_abs_diff, _state
+from test_train import _batch, _image_folder, _state
 
 pytestmark = pytest.mark.slow  # a 2-epoch CLI run of four EMAs shared by the module, and its resume
 
@@ -167,28 +168,24 @@ def test_resume_of_a_stacked_run_is_bit_identical(data, run, tmp_path, monkeypat
 
 def test_host_stack_of_three_decays_equals_the_device_stack():
     cfg = ema.EmaConfig(decay=0.5, extra_decays=(0.9, 0.99))
-    device_state, host_state = _state(cfg), _state(cfg)
+    device_state, host_state = _state(cfg), offload.place_state(_state(cfg), 'host')
     fused = jax.jit(lambda s, b: train_step(s, b, cfg, 0.1), donate_argnums=0)
-    plain = jax.jit(lambda s, b: train_step(s, b, None, 0.1), donate_argnums=0)
-    ema_p, ema_s = offload.to_host(host_state.ema_params), offload.to_host(host_state.ema_batch_stats)
-    host_state = host_state.replace(ema_params=None, ema_batch_stats=None)
-    update = offload.ema_update(cfg, 'host')
+    stepper = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'host')
     for i in range(3):
         device_state, _ = fused(device_state, _batch(i))
-        host_state, _ = plain(host_state, _batch(i))
-        ema_p, ema_s = update(ema_p, ema_s, host_state.params, host_state.batch_stats, host_state.step, 1)
+        host_state, _ = stepper(host_state, _batch(i), i + 1)
+    host_state = stepper.flush(host_state, 3)
+    ema_p, ema_s = host_state.ema_params, host_state.ema_batch_stats
     assert offload.memory_kinds((ema_p, ema_s)) == {'pinned_host'} and ema_p.flat.shape[0] == 3
-    assert _max_abs_diff(offload.to_device(ema_p), device_state.ema_params) < 1e-6
-    assert _max_abs_diff(offload.to_device(ema_s), device_state.ema_batch_stats) < 1e-5
+    assert np.array_equal(jax.device_get(ema_p.flat), np.asarray(device_state.ema_params.flat))
+    assert np.array_equal(jax.device_get(ema_s.flat), np.asarray(device_state.ema_batch_stats.flat))
     members = [np.asarray(device_state.ema_params.flat[i]) for i in range(3)]
     assert not np.array_equal(members[0], members[2])  # three different averages
 
     def summed(params, stats):  # stands in for the evaluation: what each member's weights are
         return {'loss': float(np.sum(np.asarray(params.flat), dtype=np.float64)), 'top1': 0.0, 'top5': 0.0}
 
-    on_host = evaluate_members(
-        summed, *offload.ema_for_eval(host_state.replace(ema_params=ema_p, ema_batch_stats=ema_s)), ['a', 'b', 'c']
-    )
+    on_host = evaluate_members(summed, *offload.ema_for_eval(host_state), ['a', 'b', 'c'])
     on_device = evaluate_members(summed, *offload.ema_for_eval(device_state), ['a', 'b', 'c'])
     assert [m['loss'] for m in on_host] == pytest.approx([m['loss'] for m in on_device], rel=1e-6)
     assert [m['loss'] for m in on_device] == [float(np.sum(m, dtype=np.float64)) for m in members]
