@@ -84,6 +84,7 @@ class DataConfig:
     std: tuple = IMAGENET_DEFAULT_STD
     interpolation: str = 'bilinear'  # resize filter (timm's names): bilinear | bicubic | lanczos | box
     verify_images: bool = False  # --verify-images: decode every image once before training
+    in_chans: int = 3  # --in-chans: 1 makes the batches greyscale on the device (DeviceInput)
 
 
 class Dataset:
@@ -113,6 +114,7 @@ class Dataset:
             remode=cfg.remode.lower(),
             recount=cfg.recount,
             seed=cfg.seed,
+            in_chans=cfg.in_chans,
         )
         self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
         self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
@@ -399,4 +401,5 @@ def data_config(config) -> DataConfig:
         std=tuple(config.std),
         interpolation=config.interpolation,
         verify_images=config.verify_images,
+        in_chans=config.in_chans or 3,
     )
