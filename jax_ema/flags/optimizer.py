@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_ema.flags import flag, non_negative
+from jax_ema.flags import flag, non_negative, positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,4 +27,5 @@ class OptimizerFlags:
 
 
 def check(c) -> None:
-    non_negative(c, 'weight_decay', 'momentum', 'layer_decay', 'layer_decay_min_scale', 'layer_decay_no_opt_scale')
+    non_negative(c, 'weight_decay', 'momentum', 'layer_decay_min_scale', 'layer_decay_no_opt_scale')
+    positive(c, 'layer_decay')
