@@ -86,8 +86,7 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
 
 def model_kwargs(config) -> dict:
     """timm train.py's create_model kwargs from a `config.Config` (None left out, as timm does): --drop,
-    --drop-path, --drop-block, --gp, --bn-eps, --bn-momentum and --in-chans (else --input-size's first value)."""
-    in_chans = config.in_chans or (config.input_size[0] if config.input_size else None)
+    --drop-path, --drop-block, --gp, --bn-eps, --bn-momentum and --in-chans (--input-size takes 3 channels only)."""
     kwargs = dict(
         drop_rate=config.drop or None,
         drop_path_rate=config.drop_path,
@@ -95,7 +94,7 @@ def model_kwargs(config) -> dict:
         global_pool=config.gp,
         bn_eps=config.bn_eps,
         bn_momentum=config.bn_momentum,
-        in_chans=in_chans,
+        in_chans=config.in_chans,
     )
     return {k: v for k, v in kwargs.items() if v is not None}
 
