@@ -43,7 +43,7 @@ from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.guard import Preemption
-from jax_ema.models import arch_kwargs, create_model, model_kwargs
+from jax_ema.models import arch_kwargs, create_model, describe_kwargs, model_kwargs
 from jax_ema.records import Records, final_results, resume_position, unvalidated_epoch
 from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, restore_state, train_step
 
@@ -226,10 +226,9 @@ def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
         )
     arch = arch_kwargs(model_kwargs(config))
     if meta.get('model_kwargs', {}) != arch:
-        flags = ' '.join(f'{k}={v}' for k, v in meta.get('model_kwargs', {}).items()) or 'the defaults'
         raise UserError(
-            f'--resume {config.resume!r} was trained with {flags} (--gp / --in-chans / --bn-eps), this run '
-            f'asks for {" ".join(f"{k}={v}" for k, v in arch.items()) or "the defaults"}; resume with the same flags'
+            f'--resume {config.resume!r} was trained with {describe_kwargs(meta.get("model_kwargs"))}, this run '
+            f'asks for {describe_kwargs(arch)}; resume with the same --gp / --in-chans / --bn-eps'
         )
     if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
         raise UserError(

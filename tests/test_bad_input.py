@@ -177,6 +177,7 @@ CASES = [
         _run('data', '--resume', lambda w: w.run_list_metadata),
         'metadata',
     ),
+    ('--resume with another --gp', 'train', _run('data', '--gp', 'max', '--resume', lambda w: w.run), '--gp max'),
     ('--resume with another --opt', 'train', _run('data', '--opt', 'adam', '--resume', lambda w: w.run), '--opt'),
     (
         '--initial-checkpoint: missing file',

@@ -27,7 +27,7 @@ MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
 # shapes of its variables): a checkpoint records them, and the converters and validate rebuild the model with them.
 ARCH_KEYS = ('global_pool', 'in_chans', 'bn_eps')
 _RATES = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
-_FLAGS = dict(
+FLAGS = dict(
     drop_rate='--drop',
     drop_path_rate='--drop-path',
     drop_block_rate='--drop-block',
@@ -55,13 +55,13 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    unknown = sorted(set(kwargs) - set(_FLAGS))
+    unknown = sorted(set(kwargs) - set(FLAGS))
     if unknown:
         raise TypeError(f'create_model got unknown kwargs {unknown}')
     for key in _RATES:
         rate = kwargs.get(key, 0.0)
         if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
-            raise UserError(f'{key} ({_FLAGS[key]}) must be a number in [0, 1), got {rate!r}')
+            raise UserError(f'{key} ({FLAGS[key]}) must be a number in [0, 1), got {rate!r}')
     if 'global_pool' in kwargs:
         kwargs['global_pool'] = pool_type(kwargs['global_pool'])
     in_chans = kwargs.get('in_chans', 3)
@@ -72,7 +72,7 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     if not 0.0 <= kwargs.get('bn_momentum', 0.0) <= 1.0:
         raise UserError(f'bn_momentum (--bn-momentum, torch semantics) must be in [0, 1], got {kwargs["bn_momentum"]}')
     refused = ('bn_eps', 'bn_momentum') if name in RESNET_LAYOUTS else ('drop_block_rate',)
-    refused = [_FLAGS[k] for k in refused if k in kwargs and (k != 'drop_block_rate' or kwargs[k])]
+    refused = [FLAGS[k] for k in refused if k in kwargs and (k != 'drop_block_rate' or kwargs[k])]
     if refused:
         raise UserError(
             f"{name} does not take {' / '.join(refused)} (timm's create_model fails on it too); leave it unset "
@@ -102,6 +102,11 @@ def model_kwargs(config) -> dict:
 def arch_kwargs(kwargs: dict | None) -> dict:
     """The ARCH_KEYS of create_model `kwargs` (what a checkpoint records and evaluation rebuilds)."""
     return {k: v for k, v in (kwargs or {}).items() if k in ARCH_KEYS and v is not None}
+
+
+def describe_kwargs(kwargs: dict | None) -> str:
+    """create_model kwargs as the flags that set them ('--gp max --in-chans 1'; 'no model options')."""
+    return ' '.join(f'{FLAGS[k]} {v}' for k, v in (kwargs or {}).items()) or 'no model options'
 
 
 def in_chans(kwargs: dict | None) -> int:
