@@ -151,5 +151,5 @@ def test_drops_are_train_only():
     for layer, theirs in ((OurDropBlock(0.5, 3, 1.0), DropBlock2d(0.5, 3, 1.0)), (OurDropPath(0.5), DropPath(0.5))):
         np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
         assert not np.allclose(layer.apply({}, x, train=True, rngs=rngs), x)
-        nchw = torch.from_numpy(np.asarray(x)).permute(0, 3, 1, 2)
+        nchw = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
         assert torch.equal(theirs.eval()(nchw), nchw)
