@@ -338,9 +338,13 @@ def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, m
     the weights the run started from (hub repo or file; None from scratch or --initial-checkpoint)."""
     hub = pretrained_cfgs.lookup(config.model)
     pretrained = (config.pretrained_path or (hub.hub_id if hub else None)) if config.pretrained else None
+    from jax_ema.models import arch_kwargs, model_kwargs
+
+    arch = arch_kwargs(model_kwargs(config))
     return dict(
         model=config.model,
         num_classes=num_classes,
+        **({'model_kwargs': arch} if arch else {}),  # --gp / --in-chans / --bn-eps: what evaluation rebuilds
         img_size=config.img_size,
         opt=config.opt,
         ema=dataclasses.asdict(ema_cfg) if ema_cfg else None,

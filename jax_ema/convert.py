@@ -1,7 +1,8 @@
 """Convert between timm state_dicts and Flax variables ({'params', 'batch_stats'}), exactly, in numpy.
 
-The mapping is derived from the Flax variable tree of `create_model(name, num_classes)` plus a name
-translation, so any model whose tree mirrors timm's module names works:
+The mapping is derived from the Flax variable tree of `create_model(name, num_classes, **arch)` plus a name
+translation (`arch`: the create_model kwargs that change shapes, global_pool and in_chans, as a checkpoint
+records them), so any model whose tree mirrors timm's module names works:
   module path: 'layer1_0' -> 'layer1.0' ('_' before a digit becomes '.'),
                'downsample_conv' -> 'downsample.0', 'downsample_bn' -> 'downsample.1';
   leaves: conv 'kernel' HWIO <-> 'weight' OIHW, dense 'kernel' (in, out) <-> 'weight' (out, in),
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ema.errors import UserError
-from jax_ema.models import create_model
+from jax_ema.models import arch_kwargs, create_model, in_chans
 
 _MODULE_RENAMES = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
 _STAT_NAMES = {'mean': 'running_mean', 'var': 'running_var'}
@@ -30,20 +31,25 @@ def _timm_module(path: tuple[str, ...]) -> str:
     return '.'.join(parts)
 
 
+def _arch(arch: dict | None) -> tuple:
+    """The shape-changing create_model kwargs as a hashable key."""
+    return tuple(sorted(arch_kwargs(arch).items()))
+
+
 @functools.cache
-def _flax_shapes(model_name: str, num_classes: int) -> dict:
+def _flax_shapes(model_name: str, num_classes: int, arch: tuple = ()) -> dict:
     """{(collection, *path): shape} of the model's variables, without computing anything."""
-    model = create_model(model_name, num_classes)
-    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    model = create_model(model_name, num_classes, **dict(arch))
+    x = jax.ShapeDtypeStruct((1, 32, 32, in_chans(dict(arch))), jnp.float32)
     tree = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
 @functools.cache
-def _classes_axes(model_name: str) -> dict:
+def _classes_axes(model_name: str, arch: tuple = ()) -> dict:
     """{flax_path: axis} of the variables whose shape depends on num_classes (the classifier head)."""
-    one, two = _flax_shapes(model_name, 1), _flax_shapes(model_name, 2)
+    one, two = _flax_shapes(model_name, 1, arch), _flax_shapes(model_name, 2, arch)
     axes = {}
     for path, shape in one.items():
         diff = [i for i, (a, b) in enumerate(zip(shape, two[path])) if a != b]
@@ -53,11 +59,11 @@ def _classes_axes(model_name: str) -> dict:
 
 
 @functools.cache
-def _mapping(model_name: str, num_classes: int) -> dict:
+def _mapping(model_name: str, num_classes: int, arch: tuple = ()) -> dict:
     """{timm_key: (flax_path, flax_shape, timm_shape, kind)}; kind in {'conv', 'dense', 'copy', 'count'}."""
-    axes = _classes_axes(model_name)
+    axes = _classes_axes(model_name, arch)
     mapping = {}
-    for path, shape in _flax_shapes(model_name, 1).items():
+    for path, shape in _flax_shapes(model_name, 1, arch).items():
         if path in axes:
             shape = tuple(num_classes if i == axes[path] else d for i, d in enumerate(shape))
         collection, *module, leaf = path
@@ -77,20 +83,27 @@ def _mapping(model_name: str, num_classes: int) -> dict:
     return mapping
 
 
-def classifier(model_name: str, num_classes: int) -> dict:
+def timm_param_name(path: tuple[str, ...]) -> str:
+    """timm's state_dict name of the flax param at `path` (module names, then the leaf)."""
+    *module, leaf = path
+    return f'{_timm_module(tuple(module))}.{"bias" if leaf == "bias" else "weight"}'
+
+
+def classifier(model_name: str, num_classes: int, arch: dict | None = None) -> dict:
     """{timm key: (flax path, timm shape)} of the classifier head: the variables whose shape depends on
     num_classes (e.g. 'fc.weight', 'fc.bias')."""
-    axes = _classes_axes(model_name)
+    arch = _arch(arch)
+    axes = _classes_axes(model_name, arch)
     return {
         key: (path, timm_shape)
-        for key, (path, _, timm_shape, _) in _mapping(model_name, num_classes).items()
+        for key, (path, _, timm_shape, _) in _mapping(model_name, num_classes, arch).items()
         if path in axes
     }
 
 
-def _num_classes_from_timm(model_name: str, state_dict: dict) -> int:
-    axes = _classes_axes(model_name)
-    for timm_key, (path, _, timm_shape, kind) in _mapping(model_name, 1).items():
+def _num_classes_from_timm(model_name: str, state_dict: dict, arch: tuple) -> int:
+    axes = _classes_axes(model_name, arch)
+    for timm_key, (path, _, timm_shape, kind) in _mapping(model_name, 1, arch).items():
         if path in axes:
             if timm_key not in state_dict:
                 raise UserError(
@@ -106,8 +119,8 @@ def _num_classes_from_timm(model_name: str, state_dict: dict) -> int:
     raise AssertionError(f'{model_name} has no classifier head')
 
 
-def _num_classes_from_flax(model_name: str, variables: dict) -> int:
-    for path, axis in _classes_axes(model_name).items():
+def _num_classes_from_flax(model_name: str, variables: dict, arch: tuple) -> int:
+    for path, axis in _classes_axes(model_name, arch).items():
         node = variables
         for part in path:
             if not hasattr(node, 'keys') or part not in node:
@@ -122,9 +135,11 @@ def _num_classes_from_flax(model_name: str, variables: dict) -> int:
     raise AssertionError(f'{model_name} has no classifier head')
 
 
-def to_flax(model_name: str, state_dict: dict) -> dict:
-    """timm state_dict (name -> numpy array) -> {'params': ..., 'batch_stats': ...} nested dicts of numpy."""
-    mapping = _mapping(model_name, _num_classes_from_timm(model_name, state_dict))
+def to_flax(model_name: str, state_dict: dict, arch: dict | None = None) -> dict:
+    """timm state_dict (name -> numpy array) -> {'params': ..., 'batch_stats': ...} nested dicts of numpy.
+    `arch`: the create_model kwargs of the model (global_pool, in_chans; others are ignored)."""
+    arch = _arch(arch)
+    mapping = _mapping(model_name, _num_classes_from_timm(model_name, state_dict, arch), arch)
     unknown = [k for k in state_dict if k not in mapping]
     if unknown:
         raise UserError(
@@ -151,10 +166,12 @@ def to_flax(model_name: str, state_dict: dict) -> dict:
     return variables
 
 
-def to_timm(model_name: str, variables) -> dict:
-    """{'params': ..., 'batch_stats': ...} (numpy or jax leaves) -> timm state_dict of numpy arrays."""
+def to_timm(model_name: str, variables, arch: dict | None = None) -> dict:
+    """{'params': ..., 'batch_stats': ...} (numpy or jax leaves) -> timm state_dict of numpy arrays.
+    `arch`: the create_model kwargs of the model (global_pool, in_chans; others are ignored)."""
     variables = jax.tree_util.tree_map(np.asarray, dict(variables))
-    mapping = _mapping(model_name, _num_classes_from_flax(model_name, variables))
+    arch = _arch(arch)
+    mapping = _mapping(model_name, _num_classes_from_flax(model_name, variables, arch), arch)
     flat = {tuple(k.key for k in path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
     expected = {entry[0] for entry in mapping.values() if entry[3] != 'count'}
     unknown = [p for p in flat if p not in expected]

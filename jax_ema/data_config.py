@@ -90,11 +90,12 @@ def resolve_data_config(
 
 def of_config(config) -> dict:
     """The data config of a resolved `Config` (its img_size, interpolation, mean, std and crop_pct)."""
+    chans = config.in_chans or 3  # timm's input_size (in_chans, H, W); one mean / std value per channel
     return dict(
-        input_size=(3, config.img_size, config.img_size),
+        input_size=(chans, config.img_size, config.img_size),
         interpolation=config.interpolation,
-        mean=tuple(config.mean),
-        std=tuple(config.std),
+        mean=tuple(config.mean)[:chans],
+        std=tuple(config.std)[:chans],
         crop_pct=config.crop_pct,
         crop_mode=pretrained_cfgs.CROP_MODE,
     )

@@ -28,7 +28,8 @@ _TRIES = 10
 @dataclasses.dataclass(frozen=True)
 class DeviceInput:
     """What the steps do to a uint8 batch: (x - 255 mean) / (255 std) per channel, then (training only)
-    timm's RandomErasing(reprob, mode=remode, max_count=recount) keyed by `seed`."""
+    timm's RandomErasing(reprob, mode=remode, max_count=recount) keyed by `seed`. in_chans 1: the RGB batch
+    is first made greyscale as PIL's convert('L'), which timm applies to every image for a 1-channel model."""
 
     mean: tuple = IMAGENET_DEFAULT_MEAN
     std: tuple = IMAGENET_DEFAULT_STD
@@ -36,13 +37,23 @@ class DeviceInput:
     remode: str = 'pixel'
     recount: int = 1
     seed: int = 0
+    in_chans: int = 3
 
 
-def normalize(images, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):
+def greyscale(images):
+    """uint8 RGB NHWC -> uint8 NHW1 as PIL's convert('L'): (19595 R + 38470 G + 7471 B + 2^15) >> 16."""
+    rgb = images.astype(jnp.int32)
+    luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
+    return (luma >> 16).astype(jnp.uint8)[..., None]
+
+
+def normalize(images, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, in_chans: int = 3):
     """uint8 NHWC -> float32 (x - 255 mean) / (255 std), as timm's prefetcher. Float images are taken
     as normalised already and returned as they are (tests and notebooks feed such batches)."""
     if jnp.issubdtype(images.dtype, jnp.floating):
         return images
+    if in_chans == 1 and images.shape[-1] == 3:
+        images, mean, std = greyscale(images), mean[:1], std[:1]
     mean = jnp.asarray(mean, jnp.float32) * 255.0
     std = jnp.asarray(std, jnp.float32) * 255.0
     return (images.astype(jnp.float32) - mean) / std
@@ -52,7 +63,7 @@ def train_images(images, inputs: DeviceInput | None, update):
     """The model's input for the training step at optimizer update `update` (before it)."""
     inputs = inputs or DeviceInput()
     is_uint8 = not jnp.issubdtype(images.dtype, jnp.floating)
-    images = normalize(images, inputs.mean, inputs.std)
+    images = normalize(images, inputs.mean, inputs.std, inputs.in_chans)
     if is_uint8 and inputs.reprob > 0:
         keys = erasing_keys(inputs.seed, update, images.shape[0])
         images = jax.vmap(lambda image, key: random_erasing(image, key, inputs.reprob, inputs.remode, inputs.recount))(
@@ -63,7 +74,7 @@ def train_images(images, inputs: DeviceInput | None, update):
 
 def eval_images(images, inputs: DeviceInput | None):
     inputs = inputs or DeviceInput()
-    return normalize(images, inputs.mean, inputs.std)
+    return normalize(images, inputs.mean, inputs.std, inputs.in_chans)
 
 
 def erasing_keys(seed: int, update, rows: int):

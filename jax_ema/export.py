@@ -62,7 +62,7 @@ def export(checkpoint_path, out, use_ema: bool = False, ema_index: int | None = 
         raise UserError(
             f'checkpoint {str(step_dir)!r} does not name its model and number of classes; it is not one of ours'
         )
-    state_dict = to_timm(model, variables)
+    state_dict = to_timm(model, variables, metadata.get('model_kwargs'))
     data_config = metadata.get('data_config')
     save_timm_safetensors(state_dict, out, {DATA_CONFIG_KEY: json.dumps(data_config)} if data_config else None)
     return dict(
@@ -73,6 +73,7 @@ def export(checkpoint_path, out, use_ema: bool = False, ema_index: int | None = 
         out=str(out),
         ema_index=metadata.get('ema_index'),
         data_config=data_config,
+        model_kwargs=metadata.get('model_kwargs') or {},
     )
 
 
@@ -83,8 +84,9 @@ def timm_call(done: dict) -> str:
         overlay = ', pretrained_cfg_overlay=dict({})'.format(
             ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in done['data_config'].items())
         )
+    kwargs = ''.join(f', {k}={v!r}' for k, v in done.get('model_kwargs', {}).items())
     return (
-        f'timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}, '
+        f'timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}{kwargs}, '
         f'checkpoint_path={done["out"]!r}{overlay})'
     )
 

@@ -91,6 +91,16 @@ def _scale_by_neg_lr(learning_rate) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+def _scale_by_tree(scales) -> optax.GradientTransformation:
+    """updates -> updates * scales, leaf by leaf (the scale cast to each update's dtype)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g, s: g * jnp.asarray(s, g.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def create_optimizer(
     opt: str,
     lr_schedule: Callable[[jax.Array], jax.Array],
@@ -98,6 +108,7 @@ def create_optimizer(
     momentum: float = 0.9,
     opt_eps: float | None = None,
     opt_betas: Sequence[float] | None = None,
+    lr_scales=None,
 ) -> optax.GradientTransformation:
     """optax twin of timm `create_optimizer_v2(model, opt, lr, weight_decay, momentum, eps, betas)`.
 
@@ -108,7 +119,8 @@ def create_optimizer(
     eps defaults as timm's (adam 1e-8, rmsproptf 1e-10, lamb 1e-6); betas (adam, lamb) (0.9, 0.999).
     Weight decay is masked with `weight_decay_mask`. Call `update(grads, state, params)` with
     params; the state's `hyperparams['learning_rate']` is the lr of the last update
-    (`current_lr`), in the params' dtype.
+    (`current_lr`), in the params' dtype. `lr_scales` (a tree like the params, layer_decay.lr_scales): each
+    leaf's update times its scale, timm's per-group lr_scale (--layer-decay).
     """
     name = opt.lower()
     if name not in OPTIMIZER_NAMES:
@@ -135,11 +147,23 @@ def create_optimizer(
         return optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)
 
     def build(learning_rate):
+        tx = build_unscaled(learning_rate)
+        if lr_scales is None or name in TIMM_OPTIMIZERS:  # these scale their lr per leaf themselves
+            return tx
+        return optax.chain(tx, _scale_by_tree(lr_scales))
+
+    def build_unscaled(learning_rate):
         if name in TIMM_OPTIMIZERS:  # these apply the lr themselves
             trust_clip, decoupled = TIMM_OPTIMIZERS[name]
             if name.startswith('rmsproptf'):
                 return optim_timm.rmsprop_tf(
-                    learning_rate, weight_decay_mask, weight_decay, momentum, eps, decoupled_decay=decoupled
+                    learning_rate,
+                    weight_decay_mask,
+                    weight_decay,
+                    momentum,
+                    eps,
+                    decoupled_decay=decoupled,
+                    lr_scales=lr_scales,
                 )
             return optim_timm.lamb(
                 learning_rate,
@@ -150,6 +174,7 @@ def create_optimizer(
                 eps,
                 trust_clip=trust_clip,
                 decoupled_decay=decoupled,
+                lr_scales=lr_scales,
             )
         if name in ('sgd', 'nesterov', 'momentum'):
             steps = [decay(), optax.trace(decay=momentum, nesterov=nesterov)]
@@ -208,5 +233,12 @@ def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: in
     kwargs = schedule_lib.schedule_kwargs(config)
     schedule, num_epochs = create_lr_schedule(lr=lr, updates_per_epoch=updates_per_epoch, **kwargs)
     lr_source = schedule() if config.sched == 'plateau' else schedule
-    tx = create_optimizer(config.opt, lr_source, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas)
+    scales = None
+    if config.layer_decay is not None:
+        from jax_ema import layer_decay
+
+        scales = layer_decay.model_lr_scales(config)
+    tx = create_optimizer(
+        config.opt, lr_source, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas, scales
+    )
     return lr, schedule, num_epochs, tx

@@ -37,6 +37,7 @@ def rmsprop_tf(
     eps: float = 1e-10,
     alpha: float = RMSPROP_TF_ALPHA,
     decoupled_decay: bool = False,
+    lr_scales=None,
 ) -> optax.GradientTransformation:
     """timm `RMSpropTF` (centered=False, lr_in_momentum=True, no caution):
 
@@ -44,6 +45,7 @@ def rmsprop_tf(
     s <- s + (1 - alpha) (g^2 - s)     s starts at 1
     buf <- momentum buf + lr g / sqrt(s + eps)
     p <- p - buf                       (momentum 0: p <- p - lr g / sqrt(s + eps))
+    lr is each leaf's lr times its `lr_scales` leaf (timm's param group lr_scale; default 1).
     """
 
     def init_fn(params):
@@ -55,8 +57,8 @@ def rmsprop_tf(
         leaf_wd = jax.tree.map(lambda d: weight_decay if d else 0.0, decays(params))
         buffers = state.momentum_buffer if momentum > 0 else grads  # grads: a stand-in, unused
 
-        def leaf(g, p, s, buf, wd):
-            lr = _scalar(learning_rate, p)
+        def leaf(g, p, s, buf, wd, scale):
+            lr = _scalar(learning_rate, p) * _scalar(scale, p)
             if wd and not decoupled_decay:
                 g = g + _scalar(wd, p) * p
             s = s + _scalar(1.0 - alpha, s) * (g * g - s)
@@ -70,11 +72,16 @@ def rmsprop_tf(
                 update = update - (lr * _scalar(wd, p)) * p
             return update, s, buf
 
-        out = jax.tree.map(leaf, grads, params, state.square_avg, buffers, leaf_wd)
+        out = jax.tree.map(leaf, grads, params, state.square_avg, buffers, leaf_wd, _scales(lr_scales, params))
         updates, square_avg, new_buffers = _unzip3(grads, out)
         return updates, RMSpropTFState(square_avg, new_buffers if momentum > 0 else None)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scales(lr_scales, params):
+    """Each leaf's lr scale (timm's param group lr_scale, --layer-decay); 1.0 without."""
+    return jax.tree.map(lambda p: 1.0, params) if lr_scales is None else lr_scales
 
 
 def _unzip3(like, tree_of_triples):
@@ -98,6 +105,7 @@ def lamb(
     max_grad_norm: float | None = LAMB_MAX_GRAD_NORM,
     trust_clip: bool = False,
     decoupled_decay: bool = False,
+    lr_scales=None,
 ) -> optax.GradientTransformation:
     """timm `Lamb` (bias_correction, grad_averaging, always_adapt=False, no caution):
 
@@ -107,6 +115,7 @@ def lamb(
     decayed leaves: u <- u + wd p (decoupled: p <- p (1 - lr wd) instead), then u <- u * ||p|| / ||u||
         (1 where either norm is 0; trust_clip caps the ratio at 1); other leaves are not adapted
     p <- p - lr u
+    lr is each leaf's lr times its `lr_scales` leaf (timm's param group lr_scale; default 1).
     """
 
     def init_fn(params):
@@ -121,14 +130,14 @@ def lamb(
             clip = jnp.maximum(global_norm / max_grad_norm, 1.0)
             grads = jax.tree.map(lambda g: g / clip.astype(g.dtype), grads)
 
-        def leaf(g, p, m, v, decayed):
+        def leaf(g, p, m, v, decayed, scale):
             t = count.astype(p.dtype)
             bc1 = 1.0 - _scalar(b1, p) ** t
             bc2 = 1.0 - _scalar(b2, p) ** t
             m = m + _scalar(1.0 - b1, m) * (g - m)
             v = _scalar(b2, v) * v + _scalar(1.0 - b2, v) * (g * g)
             u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + _scalar(eps, v))
-            lr = _scalar(learning_rate, p)
+            lr = _scalar(learning_rate, p) * _scalar(scale, p)
             new_p = p
             if decayed and weight_decay:
                 if decoupled_decay:
@@ -142,7 +151,7 @@ def lamb(
                 u = u * ratio
             return (new_p - p) - lr * u, m, v
 
-        out = jax.tree.map(leaf, grads, params, state.exp_avg, state.exp_avg_sq, mask)
+        out = jax.tree.map(leaf, grads, params, state.exp_avg, state.exp_avg_sq, mask, _scales(lr_scales, params))
         updates, exp_avg, exp_avg_sq = _unzip3(grads, out)
         return updates, LambState(count, exp_avg, exp_avg_sq)
 

@@ -82,12 +82,12 @@ def read_weights(model: str, pretrained_path=None) -> dict:
     return timm_io.load_timm_state_dict(pretrained_path)  # logs the file
 
 
-def load_pretrained(model: str, num_classes: int, init_variables, state_dict: dict) -> dict:
+def load_pretrained(model: str, num_classes: int, init_variables, state_dict: dict, arch: dict | None = None) -> dict:
     """float32 {'params', 'batch_stats'} (numpy) for create_model(model, num_classes): the timm `state_dict`,
     with the classifier of `init_variables` (the model's initialisation; read only then) when the
     state_dict's does not fit `num_classes`."""
     architecture = split_model_name(model)[0]
-    head = convert.classifier(architecture, num_classes)
+    head = convert.classifier(architecture, num_classes, arch)
     fits = all(key in state_dict and np.shape(state_dict[key]) == shape for key, (_, shape) in head.items())
     if fits:
         log.info('Pretrained classifier kept (%d classes)', num_classes)
@@ -98,7 +98,7 @@ def load_pretrained(model: str, num_classes: int, init_variables, state_dict: di
             num_classes,
         )
         state_dict = dict(state_dict, **{key: np.zeros(shape, np.float32) for key, (_, shape) in head.items()})
-    variables = convert.to_flax(architecture, state_dict)
+    variables = convert.to_flax(architecture, state_dict, arch)
     if not fits:
         for flax_path, _ in head.values():
             fresh, node = init_variables, variables

@@ -24,7 +24,7 @@ import safetensors.numpy
 from jax_ema import checkpoint
 from jax_ema.convert import to_flax
 from jax_ema.errors import UserError
-from jax_ema.models import create_model
+from jax_ema.models import arch_kwargs, create_model, in_chans
 
 log = logging.getLogger(__name__)
 
@@ -198,16 +198,17 @@ def _shapes(tree) -> dict:
     }
 
 
-def load_initial_variables(path, model_name: str, num_classes: int, use_ema: bool = False) -> dict:
-    """timm weights file -> float32 {'params', 'batch_stats'} for `create_model(model_name, num_classes)`.
+def load_initial_variables(path, model_name: str, num_classes: int, use_ema: bool = False, arch=None) -> dict:
+    """timm weights file -> float32 {'params', 'batch_stats'} for `create_model(model_name, num_classes, **arch)`.
 
     What `--initial-checkpoint FILE [--initial-checkpoint-ema]` loads; a file of another model or with
     another number of classes raises UserError naming the key.
     """
-    variables = to_flax(model_name, load_timm_state_dict(path, use_ema=use_ema))
-    model = create_model(model_name, num_classes)
+    variables = to_flax(model_name, load_timm_state_dict(path, use_ema=use_ema), arch)
+    model = create_model(model_name, num_classes, **arch_kwargs(arch))
     expected = jax.eval_shape(
-        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+        jax.ShapeDtypeStruct((1, 32, 32, in_chans(arch)), np.float32),
     )
     got = _shapes(variables)
     for name, shape in _shapes(expected).items():

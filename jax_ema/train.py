@@ -43,7 +43,7 @@ from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.guard import Preemption
-from jax_ema.models import create_model, drop_kwargs
+from jax_ema.models import arch_kwargs, create_model, describe_kwargs, model_kwargs
 from jax_ema.plateau import PlateauSchedule
 from jax_ema.records import (
     Records,
@@ -175,8 +175,8 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     before the data is read too."""
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
     log.info(data_config.describe(config.model, config.data_config))  # resolved by Config, as timm's
-    model_kwargs = drop_kwargs(config.drop, config.drop_path)
-    create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read
+    kwargs = model_kwargs(config)
+    create_model(config.model, 1, **kwargs)  # an unknown model or option it does not take fails before the data
     pretrained_weights = None  # --pretrained, unless other weights replace them (as in timm) or a resume does
     if config.pretrained and not (config.initial_checkpoint or config.resume):
         pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
@@ -185,7 +185,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
 
     train_ds, val_ds = data.load_datasets(data.data_config(config))
     num_classes = train_ds.num_classes
-    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype, **model_kwargs)
+    model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype, **kwargs)
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
     updates_per_epoch = train_ds.steps_per_epoch(batch_size)
     lr, schedule, num_epochs, tx = optim.create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
@@ -198,16 +198,17 @@ def setup(config: Config) -> tuple[Run, TrainState]:
         from jax_ema import timm_io
 
         variables = timm_io.load_initial_variables(
-            config.initial_checkpoint, config.model, num_classes, use_ema=config.initial_checkpoint_ema
+            config.initial_checkpoint, config.model, num_classes, use_ema=config.initial_checkpoint_ema, arch=kwargs
         )
         variables = precision.cast_params(variables, param_dtype)  # timm files are read as float32
     else:  # jitted: one compile instead of one per parameter shape (eager init of a MobileNet compiles hundreds)
         variables = jax.jit(functools.partial(model.init, train=False))(
-            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, 3))
+            jax.random.PRNGKey(config.seed), jnp.zeros((1, config.img_size, config.img_size, model.in_chans))
         )
         if pretrained_weights is not None:  # a classifier that does not fit the classes keeps this initialisation
             variables = precision.cast_params(
-                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights), param_dtype
+                pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights, kwargs),
+                param_dtype,
             )
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
@@ -224,7 +225,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
 
 def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
     """Trace one train-mode forward (no compute): a too small --img-size fails here, before any output."""
-    x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((batch_size, img_size, img_size, model.in_chans), jnp.float32)
     jax.eval_shape(
         lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)}),
         variables,
@@ -242,6 +243,12 @@ def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
             f'--resume {config.resume!r} holds {meta.get("model")} with {meta.get("num_classes")} '
             f'classes, but this run is {config.model} with {run.num_classes}; resume with the same '
             '--model and data'
+        )
+    arch = arch_kwargs(model_kwargs(config))
+    if meta.get('model_kwargs', {}) != arch:
+        raise UserError(
+            f'--resume {config.resume!r} was trained with {describe_kwargs(meta.get("model_kwargs"))}, this run '
+            f'asks for {describe_kwargs(arch)}; resume with the same --gp / --in-chans / --bn-eps'
         )
     if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
         raise UserError(

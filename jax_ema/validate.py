@@ -108,11 +108,12 @@ def run_args(step_dir: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple):
+def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch: tuple = ()):
     """The trainer's jitted eval step for this model, normalising with `mean`/`std` on the device (kept, so
     repeated calls in a notebook compile once)."""
-    model = create_model(model_name, num_classes)
-    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=DeviceInput(mean=mean, std=std)))
+    model = create_model(model_name, num_classes, **dict(arch))  # arch: the run's --gp / --in-chans / --bn-eps
+    inputs = DeviceInput(mean=mean, std=std, in_chans=model.in_chans)
+    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=inputs))
 
 
 def load_split(
@@ -258,7 +259,7 @@ def validate(
 
     variables = jax.device_put(variables)  # once, not at every batch
     metrics = evaluate(
-        _compiled_eval(model_name, int(num_classes), mean, std),
+        _compiled_eval(model_name, int(num_classes), mean, std, tuple(metadata.get('model_kwargs', {}).items())),
         variables['params'],
         variables['batch_stats'],
         dataset,

@@ -89,6 +89,7 @@ class DataConfig:
     input_key: str = 'image'  # --input-key, --target-key: the TFDS features read
     target_key: str = 'label'
     download: bool = False  # --dataset-download: let TFDS prepare the dataset
+    in_chans: int = 3  # --in-chans: 1 makes the batches greyscale on the device (DeviceInput)
 
 
 class Dataset:
@@ -124,6 +125,7 @@ class Dataset:
             remode=cfg.remode.lower(),
             recount=cfg.recount,
             seed=cfg.seed,
+            in_chans=cfg.in_chans,
         )
         self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
         self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
@@ -430,4 +432,5 @@ def data_config(config) -> DataConfig:
         input_key=config.input_key,
         target_key=config.target_key,
         download=config.dataset_download,
+        in_chans=config.in_chans or 3,
     )

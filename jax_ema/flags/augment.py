@@ -20,9 +20,10 @@ class AugmentFlags:
     smoothing: float = flag('augment', 0.1, 'label smoothing')
     drop: float = flag('augment', 0.0, 'dropout rate before the classifier', metavar='PCT')
     drop_path: float | None = flag('augment', None, 'drop path (stochastic depth) rate', metavar='PCT')
+    drop_block: float | None = flag('augment', None, 'DropBlock rate (ResNets: stages 3 and 4, as timm)', metavar='PCT')
 
 
 def check(c) -> None:
-    below_one(c, 'drop', 'drop_path')
+    below_one(c, 'drop', 'drop_path', 'drop_block')
     if not 0.0 <= c.smoothing < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {c.smoothing}; timm uses 0.1')

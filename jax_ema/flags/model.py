@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax_ema.errors import UserError
 from jax_ema.flags import flag, positive
+from jax_ema.models.layers import pool_type
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,23 @@ class ModelFlags:
         None,
         'the pretrained weights from this file instead (.safetensors; .pth/.bin need torch); implies --pretrained',
         metavar='FILE',
+    )
+    gp: str | None = flag(
+        'model',
+        None,
+        "global pool: avg, max, avgmax or catavgmax (timm's SelectAdaptivePool2d; catavgmax doubles the "
+        "classifier's input; default: the model's, avg)",
+        metavar='POOL',
+    )
+    in_chans: int | None = flag('model', None, 'image input channels: 3, or 1 for greyscale (default: 3)', metavar='N')
+    bn_eps: float | None = flag(
+        'model', None, "BatchNorm epsilon override (EfficientNet / MobileNetV3 as in timm; default: the model's)"
+    )
+    bn_momentum: float | None = flag(
+        'model',
+        None,
+        "BatchNorm momentum override, torch's meaning: running = (1 - m) running + m batch "
+        "(EfficientNet / MobileNetV3 as in timm; default: the model's, 0.1)",
     )
     img_size: int | None = flag('model', None, "default: the model's data config; 32 without DATA")
     input_size: tuple | None = flag(
@@ -69,4 +88,23 @@ class ModelFlags:
 
 
 def check(c) -> None:
-    positive(c, 'batch_size', 'validation_batch_size', 'img_size', 'num_classes', 'grad_accum_steps')
+    positive(c, 'batch_size', 'validation_batch_size', 'img_size', 'num_classes', 'grad_accum_steps', 'bn_eps')
+    if c.bn_momentum is not None and not 0.0 <= c.bn_momentum <= 1.0:
+        raise UserError(f'--bn-momentum must be in [0, 1] (torch meaning, timm uses 0.1), got {c.bn_momentum}')
+    if c.in_chans not in (None, 1, 3):
+        raise UserError(
+            f'--in-chans {c.in_chans}: the images are decoded as RGB (3) or, as timm does for 1, greyscale; '
+            'give --in-chans 1 or 3'
+        )
+    if c.in_chans == 1 and (len(set(c.mean)) > 1 or len(set(c.std)) > 1):
+        raise UserError(
+            f'--in-chans 1 needs one --mean and one --std value (got {list(c.mean)} and {list(c.std)}, per RGB '
+            'channel); e.g. --mean 0.5 --std 0.5 (timm fails without them too)'
+        )
+    if c.in_chans == 1 and c.pretrained:
+        raise UserError(
+            "--in-chans 1 with --pretrained: the pretrained stem is RGB and is not adapted here (timm's "
+            'adapt_input_conv is not built); train from scratch or keep 3 channels'
+        )
+    if c.gp is not None:
+        pool_type(c.gp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jax_ema.flags import flag, non_negative
+from jax_ema.flags import flag, non_negative, positive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,7 +14,18 @@ class OptimizerFlags:
     opt_betas: tuple | None = flag('optimizer', None, nargs='+', type=float)
     momentum: float = flag('optimizer', 0.9)
     weight_decay: float | None = flag('optimizer', None)
+    layer_decay: float | None = flag(
+        'optimizer',
+        None,
+        'layer-wise lr decay: the lr of layer group i of n scaled by layer_decay ** (n - 1 - i), the groups '
+        "of timm's group_matcher (stem, each block, head)",
+    )
+    layer_decay_min_scale: float = flag('optimizer', 0.0, 'layer-wise lr decay: the least lr scale')
+    layer_decay_no_opt_scale: float | None = flag(
+        'optimizer', None, 'layer-wise lr decay: the layers scaled below this are not trained'
+    )
 
 
 def check(c) -> None:
-    non_negative(c, 'weight_decay', 'momentum')
+    non_negative(c, 'weight_decay', 'momentum', 'layer_decay_min_scale', 'layer_decay_no_opt_scale')
+    positive(c, 'layer_decay')

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jax_ema.errors import UserError
 from jax_ema.models.efficientnet import EFFICIENTNETS, efficientnet
+from jax_ema.models.layers import pool_type
 from jax_ema.models.mobilenetv3 import MOBILENETV3S, mobilenetv3
 from jax_ema.models.resnet import RESNET_LAYOUTS, resnet
 from jax_ema.pretrained_cfgs import split_model_name
@@ -22,35 +23,92 @@ _BUILDERS = {**{n: efficientnet for n in EFFICIENTNETS}, **{n: mobilenetv3 for n
 MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
 
 
+# create_model's kwargs that change what a trained model computes at evaluation (and, for the first two, the
+# shapes of its variables): a checkpoint records them, and the converters and validate rebuild the model with them.
+ARCH_KEYS = ('global_pool', 'in_chans', 'bn_eps')
+_RATES = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
+FLAGS = dict(
+    drop_rate='--drop',
+    drop_path_rate='--drop-path',
+    drop_block_rate='--drop-block',
+    global_pool='--gp',
+    bn_eps='--bn-eps',
+    bn_momentum='--bn-momentum',
+    in_chans='--in-chans',
+)
+
+
 def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp.float32, **kwargs) -> nn.Module:
-    """Flax module whose variables map one-to-one onto timm.create_model(name, num_classes=...).state_dict().
+    """Flax module whose variables map one-to-one onto timm.create_model(name, num_classes=..., **kwargs).state_dict().
 
     `name` may carry a pretrained tag, as timm's ('resnet50.a1_in1k'); the tag does not change the module.
 
-    kwargs go to the model: timm's `drop_rate` (--drop, dropout before the classifier) and `drop_path_rate`
-    (--drop-path, stochastic depth) for the EfficientNet / MobileNetV3 family.
+    kwargs are timm's create_model kwargs that train.py passes (None: the model's default, as timm drops them):
+    drop_rate (--drop, dropout before the classifier), drop_path_rate (--drop-path, stochastic depth),
+    drop_block_rate (--drop-block, ResNets), global_pool (--gp: avg, max, avgmax, catavgmax), bn_eps and
+    bn_momentum (--bn-eps, --bn-momentum, torch's momentum; EfficientNet / MobileNetV3 as in timm, whose ResNet
+    takes neither) and in_chans (--in-chans, the input channels).
     """
     full_name, name = name, split_model_name(name)[0]
     if name not in MODEL_NAMES:
         raise UserError(f'unknown model {full_name!r}; known models: {", ".join(MODEL_NAMES)}')
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
-    for key in ('drop_rate', 'drop_path_rate'):
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(kwargs) - set(FLAGS))
+    if unknown:
+        raise TypeError(f'create_model got unknown kwargs {unknown}')
+    for key in _RATES:
         rate = kwargs.get(key, 0.0)
         if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
-            raise UserError(f'{key} must be a number in [0, 1), got {rate!r}')
+            raise UserError(f'{key} ({FLAGS[key]}) must be a number in [0, 1), got {rate!r}')
+    if 'global_pool' in kwargs:
+        kwargs['global_pool'] = pool_type(kwargs['global_pool'])
+    in_chans = kwargs.get('in_chans', 3)
+    if not isinstance(in_chans, numbers.Integral) or isinstance(in_chans, bool) or in_chans < 1:
+        raise UserError(f'in_chans (--in-chans) must be a positive integer, got {in_chans!r}')
+    if not kwargs.get('bn_eps', 1.0) > 0:
+        raise UserError(f'bn_eps (--bn-eps) must be > 0, got {kwargs["bn_eps"]}')
+    if not 0.0 <= kwargs.get('bn_momentum', 0.0) <= 1.0:
+        raise UserError(f'bn_momentum (--bn-momentum, torch semantics) must be in [0, 1], got {kwargs["bn_momentum"]}')
+    refused = ('bn_eps', 'bn_momentum') if name in RESNET_LAYOUTS else ('drop_block_rate',)
+    refused = [FLAGS[k] for k in refused if k in kwargs and (k != 'drop_block_rate' or kwargs[k])]
+    if refused:
+        raise UserError(
+            f"{name} does not take {' / '.join(refused)} (timm's create_model fails on it too); leave it unset "
+            f'for {name}'
+        )
     if name in RESNET_LAYOUTS:
-        drops = [k for k in ('drop_rate', 'drop_path_rate') if kwargs.pop(k, 0.0)]
-        if drops:
-            raise UserError(
-                f'{name} does not implement {" / ".join(drops)} (--drop / --drop-path); '
-                f'leave them at 0 or pick one of {", ".join(_BUILDERS)}'
-            )
         return resnet(name, int(num_classes), dtype, param_dtype, **kwargs)
+    kwargs.pop('drop_block_rate', None)  # 0 here
     return _BUILDERS[name](name, int(num_classes), dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
-def drop_kwargs(drop: float = 0.0, drop_path: float | None = None) -> dict:
-    """timm's --drop / --drop-path as `create_model` kwargs (left out when 0, as timm leaves out None)."""
-    rates = {'drop_rate': drop, 'drop_path_rate': drop_path}
-    return {k: v for k, v in rates.items() if v}
+def model_kwargs(config) -> dict:
+    """timm train.py's create_model kwargs from a `config.Config` (None left out, as timm does): --drop,
+    --drop-path, --drop-block, --gp, --bn-eps, --bn-momentum and --in-chans (--input-size takes 3 channels only)."""
+    kwargs = dict(
+        drop_rate=config.drop or None,
+        drop_path_rate=config.drop_path,
+        drop_block_rate=config.drop_block,
+        global_pool=config.gp,
+        bn_eps=config.bn_eps,
+        bn_momentum=config.bn_momentum,
+        in_chans=config.in_chans,
+    )
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def arch_kwargs(kwargs: dict | None) -> dict:
+    """The ARCH_KEYS of create_model `kwargs` (what a checkpoint records and evaluation rebuilds)."""
+    return {k: v for k, v in (kwargs or {}).items() if k in ARCH_KEYS and v is not None}
+
+
+def describe_kwargs(kwargs: dict | None) -> str:
+    """create_model kwargs as the flags that set them ('--gp max --in-chans 1'; 'no model options')."""
+    return ' '.join(f'{FLAGS[k]} {v}' for k, v in (kwargs or {}).items()) or 'no model options'
+
+
+def in_chans(kwargs: dict | None) -> int:
+    """The input channels of the model built with create_model `kwargs`."""
+    return int((kwargs or {}).get('in_chans') or 3)

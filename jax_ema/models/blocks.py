@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema.models.layers import BatchNorm
+from jax_ema.models.layers import BatchNorm, DropPath
 
 
 @jax.custom_jvp
@@ -146,20 +146,6 @@ def batchnorm_act(x, style: Style, train: bool, act: str | None, name: str):
     """timm's BatchNormAct2d: torch BatchNorm2d, then the activation (None: none)."""
     x = BatchNorm(momentum=style.bn_momentum, epsilon=style.bn_eps, dtype=style.dtype, name=name)(x, train)
     return x if act is None else ACTIVATIONS[act](x)
-
-
-class DropPath(nn.Module):
-    """timm's drop_path: per sample, keep the residual branch with probability 1 - rate, scaled by 1 / keep."""
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x, train: bool):
-        if not train or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return x * (mask / keep if keep > 0.0 else mask).astype(x.dtype)
 
 
 class SqueezeExcite(nn.Module):

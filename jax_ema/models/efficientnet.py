@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jax_ema.models.blocks import Style, batchnorm_act, conv2d, make_divisible
 from jax_ema.models.builder import build_blocks, classifier, stem_and_blocks
+from jax_ema.models.layers import check_channels, global_pool
 
 # timm's _gen_efficientnet arch_def (B0; B1 is depth 1.1) and _gen_mnasnet_b1 (mnasnet_100).
 EFFICIENTNET_ARCH = (
@@ -42,6 +43,9 @@ EFFICIENTNETS = {
     'mnasnet_100': dict(arch=MNASNET_B1_ARCH, act='relu'),
 }
 
+# timm's EfficientNet.group_matcher(coarse=False) (layer-wise lr decay): conv_head / bn2 join the last block.
+GROUP_MATCHER = dict(stem=r'^conv_stem|bn1', blocks=[(r'^blocks\.(\d+)\.(\d+)', None), (r'conv_head|bn2', (99999,))])
+
 
 class EfficientNet(nn.Module):
     """timm's EfficientNet class: stem 3x3/2, the blocks of `arch`, conv head, pooled linear classifier."""
@@ -55,8 +59,11 @@ class EfficientNet(nn.Module):
     num_features: int = 1280
     pad_type: str = ''
     bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    global_pool: str = 'avg'
+    in_chans: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -64,6 +71,7 @@ class EfficientNet(nn.Module):
         return Style(
             pad_type=self.pad_type,
             bn_eps=self.bn_eps,
+            bn_momentum=self.bn_momentum,
             se_gate='sigmoid',
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -85,6 +93,7 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_channels(x, self.in_chans)
         style = self.style()
         stem, stages = self.stem_chs(), self.block_specs()
         x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
@@ -98,8 +107,8 @@ class EfficientNet(nn.Module):
             name='conv_head',
         )
         x = batchnorm_act(x, style, train, self.act, 'bn2')
-        return classifier(x.mean(axis=(1, 2)), self.num_classes, self.drop_rate, style, train)
+        return classifier(global_pool(x, self.global_pool), self.num_classes, self.drop_rate, style, train)
 
 
 def efficientnet(name: str, num_classes: int, **kwargs) -> EfficientNet:
-    return EfficientNet(num_classes=num_classes, **EFFICIENTNETS[name], **kwargs)
+    return EfficientNet(num_classes=num_classes, **{**EFFICIENTNETS[name], **kwargs})  # kwargs win (bn_eps)

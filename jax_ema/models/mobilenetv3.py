@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jax_ema.models.blocks import ACTIVATIONS, Style, conv2d, make_divisible
 from jax_ema.models.builder import build_blocks, classifier, stem_and_blocks
+from jax_ema.models.layers import check_channels, global_pool
 
 # timm's _gen_mobilenet_v3 arch_defs (not 'minimal').
 MOBILENETV3_LARGE_ARCH = (
@@ -39,6 +40,9 @@ MOBILENETV3S = {
     'mobilenetv3_small_100': dict(arch=MOBILENETV3_SMALL_ARCH, num_features=1024),
 }
 
+# timm's MobileNetV3.group_matcher(coarse=False) (layer-wise lr decay): conv_head is in the head's group.
+GROUP_MATCHER = dict(stem=r'^conv_stem|bn1', blocks=r'^blocks\.(\d+)\.(\d+)')
+
 
 class MobileNetV3(nn.Module):
     """timm's MobileNetV3 class with the v3 'efficient head'."""
@@ -50,8 +54,11 @@ class MobileNetV3(nn.Module):
     channel_multiplier: float = 1.0
     stem_size: int = 16
     bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    global_pool: str = 'avg'
+    in_chans: int = 3
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -73,12 +80,18 @@ class MobileNetV3(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
+        check_channels(x, self.in_chans)
         style = Style(
-            bn_eps=self.bn_eps, se_act='relu', se_gate='hard_sigmoid', dtype=self.dtype, param_dtype=self.param_dtype
+            bn_eps=self.bn_eps,
+            bn_momentum=self.bn_momentum,
+            se_act='relu',
+            se_gate='hard_sigmoid',
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         stem, stages = self.stem_chs(), self.block_specs()
         x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
-        x = x.mean(axis=(1, 2), keepdims=True)
+        x = global_pool(x, self.global_pool, keepdims=True)
         x = conv2d(
             x, self.num_features, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name='conv_head'
         )
@@ -87,4 +100,4 @@ class MobileNetV3(nn.Module):
 
 
 def mobilenetv3(name: str, num_classes: int, **kwargs) -> MobileNetV3:
-    return MobileNetV3(num_classes=num_classes, **MOBILENETV3S[name], **kwargs)
+    return MobileNetV3(num_classes=num_classes, **{**MOBILENETV3S[name], **kwargs})
