@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax_ema.clip_grad import MODES
 from jax_ema.flags import flag, non_negative
 
 
@@ -14,7 +15,11 @@ class OptimizerFlags:
     opt_betas: tuple | None = flag('optimizer', None, nargs='+', type=float)
     momentum: float = flag('optimizer', 0.9)
     weight_decay: float | None = flag('optimizer', None)
+    clip_grad: float | None = flag(
+        'optimizer', None, 'clip the gradients (clip_grad.py; default: no clipping)', metavar='NORM'
+    )
+    clip_mode: str = flag('optimizer', 'norm', 'what --clip-grad clips', choices=MODES)
 
 
 def check(c) -> None:
-    non_negative(c, 'weight_decay', 'momentum')
+    non_negative(c, 'weight_decay', 'momentum', 'clip_grad')
