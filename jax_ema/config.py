@@ -179,7 +179,7 @@ def parse_args(argv=None) -> Config:
     parser = build_parser()
     path, argv = config_file.split_config(list(sys.argv[1:] if argv is None else argv))
     if path:
-        argv = config_file.config_argv(parser, path, config_file.read(path), argv) + argv
+        argv = argv + config_file.config_argv(parser, path, config_file.read(path), argv)  # keys not in argv
     args = vars(parser.parse_args(argv))
     data_dir = args.pop('data_dir', None)
     if args.get('data') and data_dir and args['data'] != data_dir:

@@ -57,11 +57,11 @@ def _same(a, b) -> bool:
 
 
 def config_argv(parser: argparse.ArgumentParser, path: str, values: dict, argv: list[str]) -> list[str]:
-    """The command-line arguments that the file's `values` stand for (before `argv`, which wins): keys of
-    ours not given in `argv`; refuses a timm option not built here whose value is not timm's default."""
+    """The command-line arguments that the file's `values` stand for, to go after `argv`: keys of ours that
+    `argv` does not give (the command line wins); refuses a timm option not built here whose value is not timm's default."""
     actions = {a.dest: a for a in parser._actions if a.option_strings or a.dest == 'data'}
-    given = {a.dest for a in actions.values() if any(_given(o, argv) for o in a.option_strings)}
-    if any(not a.startswith('-') for a in argv) or 'data_dir' in given:  # DATA on the command line (positional)
+    given = set(vars(parser.parse_args(argv)))  # the parser's defaults are SUPPRESS: only what argv gives
+    if given & set(_DATA_KEYS):  # DATA and --data-dir are one setting
         given |= set(_DATA_KEYS)
     tokens, ignored = [], []
     for key, value in values.items():
@@ -84,10 +84,6 @@ def config_argv(parser: argparse.ArgumentParser, path: str, values: dict, argv: 
     if ignored:
         log.info('--config %s: ignored keys that neither timm nor jax_ema knows: %s', path, ', '.join(ignored))
     return tokens
-
-
-def _given(option: str, argv: list[str]) -> bool:
-    return any(a == option or a.startswith(option + '=') for a in argv)
 
 
 def _tokens(action: argparse.Action, key: str, value, extra_decays=None) -> list[str]:

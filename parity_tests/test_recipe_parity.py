@@ -74,7 +74,7 @@ def timm_mixup_with(cfg: mixup.MixupConfig, raw: mixup.Raw, x, labels):
             switch_prob=cfg.switch_prob,
             mode=cfg.mode,
             label_smoothing=cfg.label_smoothing,
-            num_classes=CLASSES,
+            num_classes=cfg.num_classes,
         )
         xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         mixed, target = fn(xt, torch.from_numpy(labels))
