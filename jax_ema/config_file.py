@@ -58,7 +58,8 @@ def _same(a, b) -> bool:
 
 def config_argv(parser: argparse.ArgumentParser, path: str, values: dict, argv: list[str]) -> list[str]:
     """The command-line arguments that the file's `values` stand for, to go after `argv`: keys of ours that
-    `argv` does not give (the command line wins); refuses a timm option not built here whose value is not timm's default."""
+    `argv` does not give (the command line wins); refuses a timm option not built here whose value is not
+    timm's default."""
     actions = {a.dest: a for a in parser._actions if a.option_strings or a.dest == 'data'}
     given = set(vars(parser.parse_args(argv)))  # the parser's defaults are SUPPRESS: only what argv gives
     if given & set(_DATA_KEYS):  # DATA and --data-dir are one setting
