@@ -190,7 +190,7 @@ def test_compat_flags_are_accepted_and_noted(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', RECIPES)
+@pytest.mark.parametrize('name', [n for n in RECIPES if n != 'mobilenetv3_large_100'])  # test_recipe.py runs it
 def test_recipe_runs_one_short_epoch(name, folder, tmp_path, capsys):
     """From -c YAML (the recipe as timm's args.yaml keys) with the reductions on the command line."""
     keys = timm_keys(shlex.split(RECIPES[name][1]))
