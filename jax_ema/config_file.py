@@ -89,8 +89,7 @@ def config_argv(parser: argparse.ArgumentParser, path: str, values: dict, argv: 
 
 def _tokens(action: argparse.Action, key: str, value, extra_decays=None) -> list[str]:
     """The arguments that set `action` to the file's `value` (none for an unset value: the default stays)."""
-    default = action.default if action.default is not argparse.SUPPRESS else None
-    if value is None or (value == '' and not default) or value == []:
+    if value is None or (isinstance(value, str | list) and not value):  # timm's "unset" ('', null, [])
         return []
     if key in _DATA_KEYS:
         return ['--data-dir', str(value)]

@@ -121,7 +121,7 @@ def train_step(
     inputs: device_input.DeviceInput | None = None,
     *,
     mixup: mixup_lib.MixupConfig | None = None,
-    loss: losses.LossConfig | None = None,
+    train_loss: losses.LossConfig | None = None,
     clip: clip_grad.ClipConfig | None = None,
     erase_first: bool = False,
 ):
@@ -138,10 +138,10 @@ def train_step(
     Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
     uint8 images are normalised and randomly erased here, on the device, as `inputs` says (device_input.py),
     and mixed by `mixup` (mixup.py: soft targets; draws from `seed` and the update count; `erase_first`:
-    timm's order without its prefetcher). `loss` is timm's training loss (losses.py; default: cross entropy
+    timm's order without its prefetcher). `train_loss` is timm's training loss (losses.py; default: cross entropy
     with `smoothing`); `clip` clips the (unscaled, accumulated) gradients as timm's --clip-grad (clip_grad.py).
     """
-    loss_cfg = loss or losses.LossConfig('ce', smoothing)
+    loss_cfg = train_loss or losses.LossConfig('ce', smoothing)
     mix, targets = None, []
     if mixup is not None:
         mix_key = mixup_lib.update_key(seed, state.step)

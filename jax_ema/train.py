@@ -103,7 +103,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                 seed=config.seed,
                 inputs=run.train_ds.device_input,
                 mixup=mixup.of_config(config, run.updates_per_epoch, run.num_classes),
-                loss=losses.of_config(config),
+                train_loss=losses.of_config(config),
                 clip=clip_grad.of_config(config),
                 erase_first=config.no_prefetcher,
             ),

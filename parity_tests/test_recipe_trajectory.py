@@ -48,7 +48,9 @@ def run_ours(state_dict, batches):
         ema_cfg = ema.EmaConfig(decay=CASE.ema_decay)
         state = create_train_state(model, tx, to_flax(CASE.model, state_dict), ema_cfg)
         step = jax.jit(
-            functools.partial(train_step, ema_cfg=ema_cfg, smoothing=0.1, seed=SEED, mixup=MIX, loss=LOSS, clip=CLIP),
+            functools.partial(
+                train_step, ema_cfg=ema_cfg, smoothing=0.1, seed=SEED, mixup=MIX, train_loss=LOSS, clip=CLIP
+            ),
             donate_argnums=0,
         )
         losses_ = []
