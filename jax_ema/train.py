@@ -169,7 +169,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
     notes = compat.notes(config)
     if notes:
-        log.info('timm options with no effect here: %s', '; '.join(notes))
+        log.info('timm options, what they mean here: %s', '; '.join(notes))
     log.info(data_config.describe(config.model, config.data_config))  # resolved by Config, as timm's
     model_kwargs = drop_kwargs(config.drop, config.drop_path)
     create_model(config.model, 1, **model_kwargs)  # an unknown model name fails before the data is read

@@ -20,7 +20,7 @@ class CompatFlags:
     channels_last: bool = flag('compat', False, 'no effect: the models here are NHWC (channels last) already')
     pin_mem: bool = flag('compat', False, 'no effect: tf.data feeds the device (no torch DataLoader)')
     no_prefetcher: bool = flag(
-        'compat', False, 'random erasing before mixup (timm without its prefetcher); else after, as its prefetcher'
+        'compat', False, 'maps to: random erasing before mixup, as timm without its prefetcher (default: after it)'
     )
     use_multi_epochs_loader: bool = flag('compat', False, 'no effect: the tf.data pipeline persists across epochs')
     torchscript: bool = flag('compat', False, 'no effect: XLA compiles the step (jax.jit)')
