@@ -1,7 +1,7 @@
 """Training configuration: one frozen dataclass, `Config`, whose fields are timm's `train.py` flags.
 
 Its fields are declared by group in `jax_ema/flags/` (data, model, optimizer, schedule, augment, ema,
-precision, distributed, run), each field the single source of its flag: default, help text, flag names
+precision, distributed, run, compat), each field the single source of its flag: default, help text, flag names
 (`flags.flag`). `build_parser()` generates the command line from the fields, grouped in `--help` as timm
 groups them, and `parse_args(argv)` turns a command line into a `Config`. Constructing a `Config` (from
 the CLI or the library API) checks it (`Config.__post_init__`: each group's `check`, then the checks across
@@ -17,13 +17,14 @@ import argparse
 import dataclasses
 import typing
 
-from jax_ema import data_config
+from jax_ema import config_file, data_config
 from jax_ema.cli import ArgumentParser
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from jax_ema.errors import UserError
 from jax_ema.flags import (
     GROUPS,
     augment,
+    compat,
     data,
     decay,
     distributed,
@@ -65,11 +66,13 @@ _CHECKS = (
     ema.check,
     distributed.check,
     run.check,
+    compat.check,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(
+    compat.CompatFlags,
     run.RunFlags,
     distributed.DistributedFlags,
     precision_flags.PrecisionFlags,
@@ -136,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The trainer's command line, generated from Config's fields (absent flags keep the fields' defaults)."""
     p = ArgumentParser(
         prog='python -m jax_ema.train',
-        description='timm-style image classification training with an EMA, in JAX.',
+        description='timm-style image classification training with an EMA, in JAX. -c/--config FILE.yaml: '
+        "defaults from a YAML file (a timm args.yaml, or a run's), overridden by the command line.",
         argument_default=argparse.SUPPRESS,
     )
     groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
@@ -169,8 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> Config:
-    """Command line -> Config (checked, defaults filled); bad flags raise UserError with one line."""
-    args = vars(build_parser().parse_args(argv))
+    """Command line -> Config (checked, defaults filled); bad flags raise UserError with one line.
+    `-c/--config FILE.yaml` sets defaults that the command line overrides, as timm (config_file.py)."""
+    import sys
+
+    parser = build_parser()
+    path, argv = config_file.split_config(list(sys.argv[1:] if argv is None else argv))
+    if path:
+        argv = argv + config_file.config_argv(parser, path, config_file.read(path), argv)  # keys not in argv
+    args = vars(parser.parse_args(argv))
     data_dir = args.pop('data_dir', None)
     if args.get('data') and data_dir and args['data'] != data_dir:
         raise UserError(f'DATA {args["data"]!r} and --data-dir {data_dir!r} differ; give one of them')

@@ -59,16 +59,22 @@ def normalize(images, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, in_c
     return (images.astype(jnp.float32) - mean) / std
 
 
-def train_images(images, inputs: DeviceInput | None, update):
-    """The model's input for the training step at optimizer update `update` (before it)."""
+def train_images(images, inputs: DeviceInput | None, update, mix=None, erase_first: bool = False):
+    """The model's input for the training step at optimizer update `update` (before it). `mix` (mixup.py),
+    if given, mixes the normalised batch before random erasing, as timm's prefetcher orders them
+    (`erase_first`: after it, as timm's loader without the prefetcher, --no-prefetcher)."""
     inputs = inputs or DeviceInput()
     is_uint8 = not jnp.issubdtype(images.dtype, jnp.floating)
     images = normalize(images, inputs.mean, inputs.std, inputs.in_chans)
+    if mix is not None and not erase_first:
+        images = mix(images)
     if is_uint8 and inputs.reprob > 0:
         keys = erasing_keys(inputs.seed, update, images.shape[0])
         images = jax.vmap(lambda image, key: random_erasing(image, key, inputs.reprob, inputs.remode, inputs.recount))(
             images, keys
         )
+    if mix is not None and erase_first:
+        images = mix(images)
     return images
 
 

@@ -1,7 +1,7 @@
-"""Optimizers, learning-rate schedules, lr scaling and the loss, with timm's semantics.
+"""Optimizers, learning-rate schedules and lr scaling, with timm's semantics.
 
-Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
-`LabelSmoothingCrossEntropy` (timm 1.0.x):
+Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` (timm 1.0.x;
+the losses are losses.py's):
 
 * `resolve_lr`: `--lr` derived from `--lr-base` when `--lr` is unset.
 * `create_lr_schedule` (schedule.py's, also importable from here): timm's lr schedules, per update.
@@ -9,7 +9,6 @@ Mirrors timm's `train.py` + `create_optimizer_v2` + `create_scheduler_v2` +
     builds, rmsproptf(w) / lamb(c)(w) as timm's own (`optim_timm`), with timm's weight-decay
     param groups (no decay for biases and ndim <= 1 leaves).
     The lr used by the last update (what timm logs) is `current_lr(opt_state)`.
-* `cross_entropy`: mean label-smoothing cross entropy.
 """
 
 from collections.abc import Callable, Sequence
@@ -203,25 +202,6 @@ def set_lr(opt_state, lr: float):
 def current_lr(opt_state) -> jax.Array:
     """The lr used by the most recent update (before any update: the lr of update 0)."""
     return opt_state.hyperparams['learning_rate']
-
-
-# --------------------------------------------------------------------------- loss
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
-    """Mean cross entropy with timm's label smoothing, in float32 (float64 for float64 logits).
-
-    loss_i = (1 - s) * nll_i + s * mean_c(-log p_ic); s == 0 is plain cross entropy.
-    """
-    if not 0.0 <= smoothing < 1.0:
-        raise UserError(f'smoothing must be in [0, 1), got {smoothing}')
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    logprobs = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logprobs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-    if smoothing == 0.0:
-        return nll.mean()
-    smooth = -logprobs.mean(axis=-1)
-    return ((1.0 - smoothing) * nll + smoothing * smooth).mean()
 
 
 def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: int):

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, device_input, ema, optim, parallel, precision
+from jax_ema import checkpoint, clip_grad, device_input, ema, losses, mixup as mixup_lib, optim, parallel, precision
 
 
 class TrainState(train_state.TrainState):
@@ -119,6 +119,11 @@ def train_step(
     seed: int = 0,
     ema_update=ema.update,
     inputs: device_input.DeviceInput | None = None,
+    *,
+    mixup: mixup_lib.MixupConfig | None = None,
+    train_loss: losses.LossConfig | None = None,
+    clip: clip_grad.ClipConfig | None = None,
+    erase_first: bool = False,
 ):
     """Forward (BatchNorm in train mode), loss, gradients, optimizer update, then the EMA update.
 
@@ -131,9 +136,23 @@ def train_step(
     A state with a `loss_scale` (float16 --amp) scales the loss, and skips the update and the EMA
     update when the gradients are not finite (precision.skip_if_not_finite).
     Dropout / drop path draw from `seed` folded with the update count (and the micro-batch index).
-    uint8 images are normalised and randomly erased here, on the device, as `inputs` says (device_input.py).
+    uint8 images are normalised and randomly erased here, on the device, as `inputs` says (device_input.py),
+    and mixed by `mixup` (mixup.py: soft targets; draws from `seed` and the update count; `erase_first`:
+    timm's order without its prefetcher). `train_loss` is timm's training loss (losses.py; default: cross entropy
+    with `smoothing`); `clip` clips the (unscaled, accumulated) gradients as timm's --clip-grad (clip_grad.py).
     """
-    batch = dict(batch, image=device_input.train_images(batch['image'], inputs, state.step))  # uint8 -> model input
+    loss_cfg = train_loss or losses.LossConfig('ce', smoothing)
+    mix, targets = None, []
+    if mixup is not None:
+        mix_key = mixup_lib.update_key(seed, state.step)
+
+        def mix(images):
+            images, soft = mixup_lib.apply(mixup, mix_key, state.step, images, batch['label'])
+            targets.append(soft)
+            return images
+
+    images = device_input.train_images(batch['image'], inputs, state.step, mix, erase_first)  # uint8 -> model input
+    batch = dict(batch, image=images, **({'target': targets[0]} if targets else {}))
     scaler = state.loss_scale
     dropout_key = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
 
@@ -145,8 +164,8 @@ def train_step(
             mutable=['batch_stats'],
             rngs={'dropout': key},
         )
-        loss = optim.cross_entropy(logits, micro['label'], smoothing)
-        return (loss if scaler is None else scaler.scale_loss(loss)), updates['batch_stats']
+        value = losses.loss(loss_cfg, logits, micro['label'], micro.get('target'))
+        return (value if scaler is None else scaler.scale_loss(value)), updates['batch_stats']
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:
@@ -171,6 +190,7 @@ def train_step(
     before = state
     if scaler is not None:
         loss, grads, finite = scaler.unscale(loss, grads)
+    grads = clip_grad.clip(clip, grads, state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     if ema_cfg is not None and state.ema_params is not None:
         ema_params, ema_stats = ema_update(

@@ -25,12 +25,15 @@ import numpy as np
 
 from jax_ema import (
     checkpoint,
+    clip_grad,
     data_config,
     data_fingerprint,
     device_input,
     ema,
     faults,
     loop,
+    losses,
+    mixup,
     offload,
     optim,
     parallel,
@@ -42,6 +45,7 @@ from jax_ema import (
 from jax_ema.cli import run_cli
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
+from jax_ema.flags import compat
 from jax_ema.guard import Preemption
 from jax_ema.models import arch_kwargs, create_model, describe_kwargs, model_kwargs
 from jax_ema.plateau import PlateauSchedule
@@ -111,6 +115,10 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                 accum_steps=config.grad_accum_steps,
                 seed=config.seed,
                 inputs=run.train_ds.device_input,
+                mixup=mixup.of_config(config, run.updates_per_epoch, run.num_classes),
+                train_loss=losses.of_config(config),
+                clip=clip_grad.of_config(config),
+                erase_first=config.no_prefetcher,
             ),
             run.ema_cfg,
             config.ema_placement,
@@ -174,6 +182,9 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     read, a too small --img-size by tracing one forward, --pretrained weights missing from the hub's cache
     before the data is read too."""
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
+    notes = compat.notes(config)
+    if notes:
+        log.info('timm options, what they mean here: %s', '; '.join(notes))
     log.info(data_config.describe(config.model, config.data_config))  # resolved by Config, as timm's
     kwargs = model_kwargs(config)
     create_model(config.model, 1, **kwargs)  # an unknown model or option it does not take fails before the data

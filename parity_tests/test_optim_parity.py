@@ -19,7 +19,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from jax_ema import lr_noise, optim
+from jax_ema import losses, lr_noise, optim
 from torch_ref.precision import torch_device
 
 RTOL = 1e-12
@@ -355,7 +355,7 @@ def test_cross_entropy_matches_timm_and_torch(smoothing):
     timm_loss = LabelSmoothingCrossEntropy(smoothing=smoothing)(t_logits, t_labels).item()
     torch_loss = F.cross_entropy(t_logits, t_labels, label_smoothing=smoothing).item()
     with jax.enable_x64(True):
-        ours = optim.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing=smoothing)
+        ours = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing=smoothing)
         assert ours.dtype == jnp.float64
         ours = float(ours)
     assert ours == pytest.approx(timm_loss, rel=RTOL)

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jax_ema import lr_noise, optim
+from jax_ema import losses, lr_noise, optim
 from jax_ema.config import parse_args
 from jax_ema.errors import UserError
 from jax_ema.optim import create_optimizer_and_schedule
@@ -229,7 +229,7 @@ def test_cross_entropy_float32_matches_numpy(smoothing):
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     expected = np.mean((1 - smoothing) * -logp[np.arange(8), labels] + smoothing * -logp.mean(-1))
     for dtype in (jnp.float32, jnp.bfloat16):
-        loss = optim.cross_entropy(jnp.asarray(logits, dtype), jnp.asarray(labels), smoothing)
+        loss = losses.cross_entropy(jnp.asarray(logits, dtype), jnp.asarray(labels), smoothing)
         assert loss.dtype == jnp.float32
         tol = 1e-6 if dtype == jnp.float32 else 2e-2
         assert float(loss) == pytest.approx(expected, rel=tol)
@@ -237,7 +237,7 @@ def test_cross_entropy_float32_matches_numpy(smoothing):
 
 def test_cross_entropy_bad_smoothing():
     with pytest.raises(UserError, match='smoothing'):
-        optim.cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), smoothing=1.0)
+        losses.cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), smoothing=1.0)
 
 
 # --------------------------------------------------------------------------- command line

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_ema import checkpoint, ema, offload, optim, reporting
+from jax_ema import checkpoint, ema, losses, offload, optim, reporting
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, main, restore_state, train_step
 
@@ -294,7 +294,7 @@ def test_grad_accumulation_averages_micro_batches_and_updates_the_ema_once_per_u
                 train=True,
                 mutable=['batch_stats'],
             )[0]
-            return optim.cross_entropy(logits, micro['label'], 0.1)
+            return losses.cross_entropy(logits, micro['label'], 0.1)
 
         return jax.grad(loss)(state.params)
 

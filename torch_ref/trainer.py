@@ -1,5 +1,6 @@
 """The PyTorch reference: timm's own model, optimizer, loss, scheduler and ModelEmaV3, stepped as
-timm's train.py steps them (no mixup, no AMP, one process, no gradient accumulation).
+timm's train.py steps them (no AMP, one process, no gradient accumulation; mixup, loss and clipping as the
+caller gives them).
 
 Per update, as in train.py's `train_one_epoch`:
     loss = loss_fn(model(x), y); loss.backward(); optimizer.step()
@@ -19,7 +20,7 @@ import timm.optim
 import timm.scheduler
 import torch
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, dispatch_clip_grad
 
 from torch_ref.precision import torch_device
 
@@ -68,12 +69,19 @@ def run_reference(
     ema_warmup=False,
     ema_kwargs=None,
     device=None,
+    loss_fn=None,
+    mixup_fn=None,
+    clip_grad=None,
+    clip_mode='norm',
 ) -> dict:
     """Train timm's `model_name` on `batches` = [(images NHWC, int labels), ...], one update each.
 
     The schedule spans `epochs` x `updates_per_epoch` updates (default: the batches split evenly
     over `epochs`); the run may stop early but not run past it. `device`: torch's (default: the GPU when
-    there is one; ModelEmaV3 follows the model unless `ema_kwargs` names a device). Returns {'losses': [float per step],
+    there is one; ModelEmaV3 follows the model unless `ema_kwargs` names a device). As train.py with
+    --no-prefetcher: `mixup_fn(x, y, step)` -> (x, soft targets) (timm's Mixup) before the forward, `loss_fn`
+    (default: label smoothing CE, or CE without smoothing), `clip_grad` / `clip_mode` through timm's
+    dispatch_clip_grad on the model's parameters (agc: all but the head's two). Returns {'losses': [float per step],
     'lrs': [lr used by each step], 'state_dict': numpy dict, 'ema_state_dict': numpy dict or None}.
     """
     if updates_per_epoch is None:
@@ -87,7 +95,8 @@ def run_reference(
     optimizer = timm.optim.create_optimizer_v2(
         model, opt=opt, lr=lr, weight_decay=weight_decay, momentum=momentum, **(opt_kwargs or {})
     )
-    loss_fn = LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing else torch.nn.CrossEntropyLoss()
+    if loss_fn is None:
+        loss_fn = LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing else torch.nn.CrossEntropyLoss()
     lr_scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer,
         sched=sched,
@@ -111,9 +120,14 @@ def run_reference(
         y = torch.from_numpy(np.asarray(labels)).to(device).long()
         groups = optimizer.param_groups
         lrs.append(sum(g['lr'] for g in groups) / len(groups))
+        if mixup_fn is not None:
+            x, y = mixup_fn(x, y, num_updates)
 
         loss = loss_fn(model(x), y)
         loss.backward()
+        if clip_grad is not None:
+            parameters = list(model.parameters())
+            dispatch_clip_grad(parameters[:-2] if clip_mode == 'agc' else parameters, value=clip_grad, mode=clip_mode)
         optimizer.step()
         losses.append(loss.item())
 

@@ -194,7 +194,7 @@ def apply_op(name: str, image, magnitude, negate, fill, resample='BILINEAR'):
         return image_ops.solarize(image, 256 - threshold if name.endswith('Increasing') else threshold)
     if name.removesuffix('Increasing') in enhance:
         if name.endswith('Increasing'):
-            factor = tf.maximum(0.1, 1.0 + _signed(level * 0.9, negate))
+            factor = tf.maximum(1.0 + _signed(level * 0.9, negate), 0.1)  # the float64 tensor first
         else:
             factor = level * 1.8 + 0.1
         return enhance[name.removesuffix('Increasing')](image, factor)

@@ -22,6 +22,7 @@ GROUPS = {  # theme -> --help section title, in timm's order
     'precision': 'Mixed precision parameters',
     'distributed': 'Distributed parameters',
     'run': 'Miscellaneous parameters',
+    'compat': 'timm options accepted with no effect here (flags/compat.py; each one given is noted at the start)',
 }
 
 

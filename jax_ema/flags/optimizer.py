@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax_ema.clip_grad import MODES
 from jax_ema.flags import flag, non_negative, positive
 
 
@@ -24,8 +25,12 @@ class OptimizerFlags:
     layer_decay_no_opt_scale: float | None = flag(
         'optimizer', None, 'layer-wise lr decay: the layers scaled below this are not trained'
     )
+    clip_grad: float | None = flag(
+        'optimizer', None, 'clip the gradients (clip_grad.py; default: no clipping)', metavar='NORM'
+    )
+    clip_mode: str = flag('optimizer', 'norm', 'what --clip-grad clips', choices=MODES)
 
 
 def check(c) -> None:
-    non_negative(c, 'weight_decay', 'momentum', 'layer_decay_min_scale', 'layer_decay_no_opt_scale')
+    non_negative(c, 'weight_decay', 'momentum', 'layer_decay_min_scale', 'layer_decay_no_opt_scale', 'clip_grad')
     positive(c, 'layer_decay')
