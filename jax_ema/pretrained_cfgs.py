@@ -108,6 +108,8 @@ _ROWS = (
     _row('efficientnet_b0.ra4_e3600_r224_in1k', 224, 'bicubic', 0.9, INCEPTION, 1000, 'classifier'),
     _row('efficientnet_b1.ra4_e3600_r240_in1k', 240, 'bicubic', 0.9, INCEPTION, 1000, 'classifier'),
     _row('efficientnet_b1.ft_in1k', 224, 'bicubic', 0.875, IMAGENET, 1000, 'classifier'),
+    _row('efficientnet_b2.ra_in1k', 256, 'bicubic', 0.875, IMAGENET, 1000, 'classifier'),
+    _row('efficientnet_b3.ra2_in1k', 288, 'bicubic', 0.875, IMAGENET, 1000, 'classifier'),
     _row('tf_efficientnet_b0.ns_jft_in1k', 224, 'bicubic', 0.875, IMAGENET, 1000, 'classifier'),
     _row('tf_efficientnet_b0.aa_in1k', 224, 'bicubic', 0.875, IMAGENET, 1000, 'classifier'),
     _row('tf_efficientnet_b0.ap_in1k', 224, 'bicubic', 0.875, INCEPTION, 1000, 'classifier'),

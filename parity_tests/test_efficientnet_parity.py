@@ -34,6 +34,8 @@ FAMILY = (
     'mobilenetv3_small_100',
     'efficientnet_b0',
     'efficientnet_b1',
+    'efficientnet_b2',
+    'efficientnet_b3',
     'mnasnet_100',
     'tf_efficientnet_b0',
 )

@@ -36,6 +36,8 @@ def test_model_names():
         'resnet152',
         'efficientnet_b0',
         'efficientnet_b1',
+        'efficientnet_b2',
+        'efficientnet_b3',
         'tf_efficientnet_b0',
         'mnasnet_100',
         'mobilenetv3_large_100',

@@ -1,4 +1,4 @@
-"""EfficientNet-B0/B1, tf_efficientnet_b0 and MNASNet-100 mirroring timm's (timm/models/efficientnet.py).
+"""EfficientNet-B0 … B3, tf_efficientnet_b0 and MNASNet-100 mirroring timm's (timm/models/efficientnet.py).
 
 Variables are named as timm's state_dict with '.' -> '_' before digits: conv_stem, bn1, blocks_{s}_{b}
 (conv_pw, bn1, conv_dw, bn2, se/conv_reduce, se/conv_expand, conv_pwl, bn3), conv_head, bn2, classifier.
@@ -39,6 +39,8 @@ MNASNET_B1_ARCH = (
 EFFICIENTNETS = {
     'efficientnet_b0': dict(arch=EFFICIENTNET_ARCH, act='swish'),
     'efficientnet_b1': dict(arch=EFFICIENTNET_ARCH, act='swish', depth_multiplier=1.1),
+    'efficientnet_b2': dict(arch=EFFICIENTNET_ARCH, act='swish', channel_multiplier=1.1, depth_multiplier=1.2),
+    'efficientnet_b3': dict(arch=EFFICIENTNET_ARCH, act='swish', channel_multiplier=1.2, depth_multiplier=1.4),
     'tf_efficientnet_b0': dict(arch=EFFICIENTNET_ARCH, act='swish', pad_type='same', bn_eps=1e-3),
     'mnasnet_100': dict(arch=MNASNET_B1_ARCH, act='relu'),
 }
