@@ -84,6 +84,15 @@ class DataConfig:
     std: tuple = IMAGENET_DEFAULT_STD
     interpolation: str = 'bilinear'  # resize filter (timm's names): bilinear | bicubic | lanczos | box
     verify_images: bool = False  # --verify-images: decode every image once before training
+    # timm's train augmentation beyond crop and flip (color.py); off here, timm's defaults come from the CLI.
+    vflip: float = 0.0  # --vflip: vertical flip probability
+    color_jitter: tuple = ()  # --color-jitter: 1, 3 or 4 factors (brightness, contrast, saturation[, hue]); () off
+    color_jitter_prob: float | None = None  # --color-jitter-prob: jitter with this probability (None: always)
+    grayscale_prob: float = 0.0  # --grayscale-prob
+    gaussian_blur_prob: float = 0.0  # --gaussian-blur-prob
+    train_interpolation: str | None = None  # --train-interpolation: also 'random'; None: `interpolation`
+    no_aug: bool = False  # --no-aug: train on resize + centre crop, no augmentation (timm's transforms_noaug_train)
+    aug_repeats: float = 0  # --aug-repeats: each example this many times per epoch (sampler.py)
 
 
 class Dataset:
@@ -109,7 +118,7 @@ class Dataset:
         self.device_input = DeviceInput(
             mean=tuple(cfg.mean),
             std=tuple(cfg.std),
-            reprob=cfg.reprob,
+            reprob=0.0 if cfg.no_aug else cfg.reprob,  # timm: no random erasing under --no-aug
             remode=cfg.remode.lower(),
             recount=cfg.recount,
             seed=cfg.seed,
