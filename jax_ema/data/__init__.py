@@ -33,7 +33,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment  # noqa: E402
+from jax_ema.data import rand_augment, sampler  # noqa: E402
 from jax_ema.data.folder import (  # noqa: E402,F401
     EVAL_SPLIT_SYNONYMS,
     IMAGE_EXTENSIONS,
@@ -142,24 +142,42 @@ class Dataset:
         self._train_fn = tf.function(train_fn, autograph=False, input_signature=[spec, tf.TensorSpec([2], tf.int64)])
         self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec])
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
+    def steps_per_epoch(self, batch_size: int, replicas: int = 1) -> int:
+        """Full training batches per epoch (the last partial one is dropped, as timm's drop_last). With
+        --aug-repeats, as timm's RepeatAugSampler over `replicas` data-parallel shards (sampler.py)."""
         if not 1 <= batch_size <= self.num_examples:
             raise UserError(
                 f'batch size {batch_size} does not fit the {self.num_examples} training '
                 f'images; pass a -b between 1 and {self.num_examples}'
             )
-        return self.num_examples // batch_size
+        if not self._cfg.aug_repeats:
+            return self.num_examples // batch_size
+        if batch_size % replicas:
+            raise UserError(f'batch size {batch_size} does not divide among {replicas} devices; pass another -b')
+        steps = sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
+        if steps < 1:
+            raise UserError(
+                f'--aug-repeats {self._cfg.aug_repeats} leaves each of {replicas} devices fewer than '
+                f'{batch_size // replicas} images per epoch; pass a smaller -b'
+            )
+        return steps
 
     def train_batches(
-        self, batch_size: int, epoch: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
+        self,
+        batch_size: int,
+        epoch: int,
+        start_step: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        replicas: int = 1,
     ) -> Iterator[dict]:
         """Augmented uint8 batches {'image', 'label'} of epoch `epoch`, from step `start_step` on.
 
         `batch_size` is global; this process gets rows [process_index * b, (process_index + 1) * b) of
-        every global batch, b = batch_size / process_count.
+        every global batch, b = batch_size / process_count. `replicas`: the data-parallel shards that
+        --aug-repeats spreads an image's copies over (sampler.py).
         """
-        steps = self.steps_per_epoch(batch_size)
+        steps = self.steps_per_epoch(batch_size, replicas)
         local = _local_batch_size(batch_size, process_index, process_count)
         if epoch < 0 or not 0 <= start_step <= steps:
             raise UserError(
@@ -167,12 +185,18 @@ class Dataset:
                 'resume from a checkpoint made with this data and batch size'
             )
         rows = _rows(start_step, steps, batch_size, process_index, local)
-        index = epoch_order(self._cfg.seed, epoch, self.num_examples)[rows]
+        order = epoch_order(self._cfg.seed, epoch, self.num_examples)
+        if self._cfg.aug_repeats:  # copy c of example i is augmented with key i + c N (c = 0 as without)
+            index, copy = sampler.epoch_plan(order, self._cfg.aug_repeats, replicas, batch_size)
+            plan = np.stack([index, index + copy * self.num_examples], 1)[rows]
+        else:
+            plan = np.stack([order, order], 1)[rows]
         epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
 
-        def columns(index):  # an unreadable example's slot takes the next readable one
+        def columns(plan):  # an unreadable example's slot takes the next readable one
+            index, key = plan[:, 0], plan[:, 1]
             source = self._replacements(index)
-            return (self._inputs[source], self.labels[source], index), source, source != index
+            return (self._inputs[source], self.labels[source], key), source, source != index
 
         def load(inputs, label, i):
             return {
@@ -180,7 +204,7 @@ class Dataset:
                 'label': label,
             }
 
-        return self._batches(index, local, columns, load, epoch)
+        return self._batches(plan, local, columns, load, epoch)
 
     def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
         """All examples in order, centre-cropped: uint8 {'image', 'label', 'mask'}.
@@ -352,6 +376,20 @@ def _check_config(cfg: DataConfig) -> None:
             f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}',
         ),
     ]
+    checks += [  # timm's default-augmentation options (color.py, sampler.py)
+        (
+            all(
+                0 <= p <= 1 for p in (cfg.vflip, cfg.grayscale_prob, cfg.gaussian_blur_prob, cfg.color_jitter_prob or 0)
+            ),
+            '--vflip, --color-jitter-prob, --grayscale-prob and --gaussian-blur-prob must be probabilities in [0, 1]',
+        ),
+        (len(cfg.color_jitter) in (0, 1, 3, 4), f'--color-jitter takes 1, 3 or 4 values, got {cfg.color_jitter}'),
+        (
+            cfg.train_interpolation in (None, '', 'random', *KERNELS),
+            f'--train-interpolation must be random or one of {"/".join(KERNELS)}, got {cfg.train_interpolation!r}',
+        ),
+        (cfg.aug_repeats >= 0, f'--aug-repeats must be >= 0, got {cfg.aug_repeats}'),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message + '; fix the option')
@@ -408,4 +446,12 @@ def data_config(config) -> DataConfig:
         std=tuple(config.std),
         interpolation=config.interpolation,
         verify_images=config.verify_images,
+        vflip=config.vflip,
+        color_jitter=tuple(config.color_jitter),
+        color_jitter_prob=config.color_jitter_prob,
+        grayscale_prob=config.grayscale_prob or 0.0,
+        gaussian_blur_prob=config.gaussian_blur_prob or 0.0,
+        train_interpolation=config.train_interpolation,
+        no_aug=config.no_aug,
+        aug_repeats=config.aug_repeats,
     )
