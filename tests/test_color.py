@@ -13,7 +13,9 @@ from torchvision import transforms as tv_transforms
 from torchvision.transforms import functional as tv_functional
 
 from jax_ema import data  # the one package that imports tensorflow (after triton, see _compat)
+from jax_ema.config import parse_args
 from jax_ema.data import color
+from jax_ema.errors import UserError
 
 tf = data.tf
 ADJUST = (tv_functional.adjust_brightness, tv_functional.adjust_contrast, tv_functional.adjust_saturation)
@@ -237,3 +239,40 @@ def test_jitter_is_dropped_under_auto_augment_as_timm():
     assert not any(isinstance(t, tv_transforms.ColorJitter) for t in theirs.transforms)
     assert color.jitter_disabled('rand-m9-mstd0.5') and not color.jitter_disabled(None)
     assert not color.jitter_disabled('3a')  # timm keeps it for 3-Augment
+
+
+def test_flags_have_timms_names_and_defaults():
+    """With DATA: timm's train.py defaults (ColorJitter 0.4, random filter); the digits keep no jitter."""
+    with_data = data.data_config(parse_args(['/some/data']))
+    assert (with_data.color_jitter, with_data.train_interpolation) == ((0.4,), 'random')
+    assert (with_data.vflip, with_data.grayscale_prob, with_data.gaussian_blur_prob) == (0, 0, 0)
+    assert with_data.color_jitter_prob is None and not with_data.no_aug
+    digits = data.data_config(parse_args([]))
+    assert (digits.color_jitter, digits.train_interpolation) == ((0.0,), '')
+    given = data.data_config(
+        parse_args(
+            '--color-jitter 0.1 0.2 0.3 0.05 --color-jitter-prob 0.8 --grayscale-prob 0.2 --gaussian-blur-prob 0.1 '
+            '--train-interpolation bicubic --vflip 0.5 --no-aug'.split()
+        )
+    )
+    assert given.color_jitter == (0.1, 0.2, 0.3, 0.05) and given.color_jitter_prob == 0.8
+    assert (given.grayscale_prob, given.gaussian_blur_prob, given.vflip) == (0.2, 0.1, 0.5)
+    assert given.train_interpolation == 'bicubic' and given.no_aug
+
+
+@pytest.mark.parametrize(
+    'argv, says',
+    [
+        ('--color-jitter 0.1 0.2', '1, 3 or 4'),
+        ('--color-jitter 0.1 0.2 0.3 0.6', 'hue'),
+        ('--color-jitter -0.4', '>= 0'),
+        ('--grayscale-prob 1.5', '--grayscale-prob must be a probability'),
+        ('--color-jitter-prob -0.1', '--color-jitter-prob must be a probability'),
+        ('--vflip 2', '--vflip must be a probability'),
+        ('--train-interpolation nearest', '--train-interpolation'),
+        ('--gaussian-blur-prob 0.5 --img-size 8', 'img-size >= 12'),
+    ],
+)
+def test_bad_flags_are_one_line(argv, says):
+    with pytest.raises(UserError, match=says):
+        parse_args(argv.split())
