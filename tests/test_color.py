@@ -276,3 +276,12 @@ def test_flags_have_timms_names_and_defaults():
 def test_bad_flags_are_one_line(argv, says):
     with pytest.raises(UserError, match=says):
         parse_args(argv.split())
+
+
+@pytest.mark.parametrize(
+    'field, value, says',
+    [('train_interpolation', 'nearest', '--train-interpolation'), ('color_jitter', (0.1, 0.2), '1, 3 or 4')],
+)
+def test_bad_data_config_is_one_line(field, value, says):
+    with pytest.raises(UserError, match=says):
+        data.load_datasets(data.DataConfig(img_size=8, **{field: value}))

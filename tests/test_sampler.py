@@ -55,7 +55,7 @@ def test_dataset_plan_is_exact_over_processes_and_resume(repeated):
     cfg, train = repeated
     kw = dict(batch_size=64, epoch=2, replicas=4)
     steps = train.steps_per_epoch(64, replicas=4)
-    assert steps == (train.num_examples // 256 * 256 // 4) // 16  # timm: num_selected per replica / local batch
+    assert steps == (train.num_examples // 256 * 256 // 4) // 16 == 20  # timm: num_selected per replica / local batch
 
     def images(n, **extra):  # the first n batches
         return [b['image'] for b, _ in zip(train.train_batches(**kw, **extra), range(n))]
@@ -83,3 +83,11 @@ def test_the_flag_reaches_the_data_config_and_is_checked():
     assert data.data_config(parse_args(['--aug-repeats', '3'])).aug_repeats == 3
     with pytest.raises(UserError, match='--aug-repeats'):
         parse_args(['--aug-repeats', '-1'])
+
+
+def test_bad_batch_for_the_replicas_is_one_line(repeated):
+    _, train = repeated
+    with pytest.raises(UserError, match='does not divide among 4 devices'):
+        train.steps_per_epoch(10, replicas=4)
+    with pytest.raises(UserError, match='fewer than 350 images per epoch'):  # timm: 1438 // 256 * 256 / 4 = 320
+        train.steps_per_epoch(1400, replicas=4)

@@ -12,7 +12,8 @@ random erasing on the device (jax_ema/device_input.py). An image that cannot be 
 place (timm's ImageDataset rule): its slot takes the next example of the dataset, so the batches stay
 a pure function of (seed, epoch, index); in evaluation its row is masked out. This is the only package
 of the project that imports tensorflow: here, first, after triton; its modules folder.py (finding
-images), transforms.py (per-example transforms), rand_augment.py + image_ops.py (--aa) rely on that.
+images), transforms.py (per-example transforms), rand_augment.py + image_ops.py (--aa), color.py (colour
+jitter, greyscale, blur) rely on that; sampler.py (--aug-repeats) is numpy only.
 """
 
 import dataclasses
@@ -33,7 +34,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment, sampler  # noqa: E402
+from jax_ema.data import color, rand_augment, sampler  # noqa: E402
 from jax_ema.data.folder import (  # noqa: E402,F401
     EVAL_SPLIT_SYNONYMS,
     IMAGE_EXTENSIONS,
@@ -152,15 +153,7 @@ class Dataset:
             )
         if not self._cfg.aug_repeats:
             return self.num_examples // batch_size
-        if batch_size % replicas:
-            raise UserError(f'batch size {batch_size} does not divide among {replicas} devices; pass another -b')
-        steps = sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
-        if steps < 1:
-            raise UserError(
-                f'--aug-repeats {self._cfg.aug_repeats} leaves each of {replicas} devices fewer than '
-                f'{batch_size // replicas} images per epoch; pass a smaller -b'
-            )
-        return steps
+        return sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
 
     def train_batches(
         self,
@@ -376,20 +369,7 @@ def _check_config(cfg: DataConfig) -> None:
             f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}',
         ),
     ]
-    checks += [  # timm's default-augmentation options (color.py, sampler.py)
-        (
-            all(
-                0 <= p <= 1 for p in (cfg.vflip, cfg.grayscale_prob, cfg.gaussian_blur_prob, cfg.color_jitter_prob or 0)
-            ),
-            '--vflip, --color-jitter-prob, --grayscale-prob and --gaussian-blur-prob must be probabilities in [0, 1]',
-        ),
-        (len(cfg.color_jitter) in (0, 1, 3, 4), f'--color-jitter takes 1, 3 or 4 values, got {cfg.color_jitter}'),
-        (
-            cfg.train_interpolation in (None, '', 'random', *KERNELS),
-            f'--train-interpolation must be random or one of {"/".join(KERNELS)}, got {cfg.train_interpolation!r}',
-        ),
-        (cfg.aug_repeats >= 0, f'--aug-repeats must be >= 0, got {cfg.aug_repeats}'),
-    ]
+    checks += color.config_checks(cfg, KERNELS)  # timm's default-augmentation options
     for ok, message in checks:
         if not ok:
             raise UserError(message + '; fix the option')

@@ -171,3 +171,21 @@ def train_colors(image, key, cfg):
     if cfg.gaussian_blur_prob:
         pixels = random_gaussian_blur(pixels, blur_key, cfg.gaussian_blur_prob)
     return tf.cast(pixels, tf.uint8)
+
+
+def config_checks(cfg, interpolations) -> list:
+    """(ok, message) for the DataConfig fields of timm's default augmentation (the CLI checks them earlier)."""
+    probabilities = (cfg.vflip, cfg.grayscale_prob, cfg.gaussian_blur_prob, cfg.color_jitter_prob or 0.0)
+    return [
+        (
+            all(0 <= p <= 1 for p in probabilities),
+            '--vflip, --color-jitter-prob, --grayscale-prob and --gaussian-blur-prob must be probabilities in [0, 1]',
+        ),
+        (len(cfg.color_jitter) in (0, 1, 3, 4), f'--color-jitter takes 1, 3 or 4 values, got {cfg.color_jitter}'),
+        (
+            cfg.train_interpolation in (None, '', 'random', *interpolations),
+            f'--train-interpolation must be random or one of {"/".join(interpolations)}, '
+            f'got {cfg.train_interpolation!r}',
+        ),
+        (cfg.aug_repeats >= 0, f'--aug-repeats must be >= 0, got {cfg.aug_repeats}'),
+    ]

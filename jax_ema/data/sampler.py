@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from jax_ema.errors import UserError
+
 SELECTED_ROUND = 256  # timm's selected_round: per epoch, the dataset's size rounded down to a multiple of this
 
 
@@ -63,4 +65,12 @@ def epoch_plan(order: np.ndarray, repeats: float, replicas: int, batch_size: int
 
 def steps_per_epoch(num_examples: int, repeats: float, replicas: int, batch_size: int) -> int:
     """Global batches per epoch: each replica's num_selected samples in batches of batch_size / replicas."""
-    return lengths(num_examples, repeats, replicas)[1] // (batch_size // replicas)
+    if batch_size % replicas:
+        raise UserError(f'batch size {batch_size} does not divide among {replicas} devices; pass another -b')
+    steps = lengths(num_examples, repeats, replicas)[1] // (batch_size // replicas)
+    if steps < 1:
+        raise UserError(
+            f'--aug-repeats {repeats} leaves each of {replicas} devices fewer than '
+            f'{batch_size // replicas} images per epoch; pass a smaller -b'
+        )
+    return steps
