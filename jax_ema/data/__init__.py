@@ -427,7 +427,7 @@ def data_config(config) -> DataConfig:
         interpolation=config.interpolation,
         verify_images=config.verify_images,
         vflip=config.vflip,
-        color_jitter=tuple(config.color_jitter),
+        color_jitter=tuple(np.atleast_1d(config.color_jitter).tolist()),  # timm's YAML configs give one number
         color_jitter_prob=config.color_jitter_prob,
         grayscale_prob=config.grayscale_prob or 0.0,
         gaussian_blur_prob=config.gaussian_blur_prob or 0.0,

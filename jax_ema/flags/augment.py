@@ -66,7 +66,8 @@ def check(c) -> None:
         value = getattr(c, key)
         if value is not None and not 0.0 <= value <= 1.0:
             raise UserError(f'{flag_name(key)} must be a probability in [0, 1], got {value}')
-    jitter = c.color_jitter or ()
+    jitter = c.color_jitter if isinstance(c.color_jitter, (tuple, list)) else (c.color_jitter,)  # timm: a float
+    jitter = () if jitter == (None,) else tuple(jitter)
     if len(jitter) not in (0, 1, 3, 4) or not all(v >= 0 for v in jitter):
         raise UserError(
             f'--color-jitter takes 1, 3 or 4 factors >= 0 (brightness, contrast, saturation, hue), got {jitter}'
