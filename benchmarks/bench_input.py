@@ -4,14 +4,16 @@
     python benchmarks/bench_input.py --quick     # a seconds-long smoke run (tests/test_benchmarks.py)
 
 Without --data it writes an ImageNet-like folder first (--images JPEGs of 500x375 px, quality 90, smooth
-colour fields with texture and grain, ~80-100 KB each, 10 classes). Three pipelines, each ours (tf.data,
+colour fields with texture and grain, ~80-100 KB each, 10 classes). Four pipelines, each ours (tf.data,
 jax_ema.data, uint8 batches, `-j 1`) against timm's uint8 path (the fast-collate worker that
 `timm.data.create_loader(use_prefetcher=True)` runs, iterated without its device-side normalisation:
-its underlying torch DataLoader), 32-image batches, one worker, bilinear, colour jitter off on both sides:
+its underlying torch DataLoader), 32-image batches, one worker, bilinear, colour jitter off on both sides
+unless said:
 
     train       random-resized crop to 224 + flip
     train_ra    + RandAugment rand-m9-mstd0.5 (random erasing, --reprob 0.25, runs on the device on both
                 sides, after the hand-over: not part of this CPU cost)
+    train_default  timm train.py's default: the crop at a random bilinear/bicubic filter, flip, ColorJitter 0.4
     eval        resize to 256 + centre crop 224 (crop_pct 0.875)
 
 Each is timed in steady state (after `--warmup` batches) over `--batches` batches; images/s and images
@@ -45,7 +47,13 @@ sys.path.insert(0, ROOT)
 from jax_ema import data  # noqa: E402  (imports tensorflow, after triton)
 
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results')
-PIPELINES = {'train': {}, 'train_ra': {'auto_augment': 'rand-m9-mstd0.5'}, 'eval': {}}
+PIPELINES = {
+    'train': {},
+    'train_ra': {'auto_augment': 'rand-m9-mstd0.5'},
+    'train_default': {'color_jitter': (0.4,), 'train_interpolation': 'random'},  # timm's train.py default
+    'eval': {},
+}
+TIMM_KWARGS = {'train_default': dict(color_jitter=0.4, interpolation='random')}  # the same on timm's side
 H200_STEP_RATES = {'float32': 3350, 'bfloat16': 5600}  # ResNet-50, batch 128, 224 px (issue 14)
 FULL = dict(images=2000, rounds=5, batches=20, warmup=3, batch_size=32, img_size=224, listing_files=50_000)
 QUICK = dict(images=40, rounds=1, batches=1, warmup=1, batch_size=8, img_size=64, listing_files=2000)
@@ -146,13 +154,12 @@ def timm_batches(args, name: str):
         args.batch_size,
         is_training=name != 'eval',
         use_prefetcher=True,
-        color_jitter=None,
         auto_augment=PIPELINES[name].get('auto_augment'),
-        interpolation='bilinear',
         crop_pct=0.875,
         num_workers=1,
         persistent_workers=False,
         device=torch.device('cpu'),
+        **{**dict(color_jitter=None, interpolation='bilinear'), **TIMM_KWARGS.get(name, {})},
     )
     return loader.loader  # the DataLoader under the PrefetchLoader: uint8 NCHW, before normalisation
 
@@ -303,13 +310,13 @@ def main(argv=None) -> dict:
 
 def print_report(r):
     print(
-        f'{"pipeline":<10}{"ours img/core-s":>17}{"timm img/core-s":>17}{"ratio":>8}{"ours img/s":>12}'
+        f'{"pipeline":<14}{"ours img/core-s":>17}{"timm img/core-s":>17}{"ratio":>8}{"ours img/s":>12}'
         f'{"timm img/s":>12}'
     )
     for name in PIPELINES:
         o, t = r['medians'][f'ours_{name}'], r['medians'][f'timm_{name}']
         print(
-            f'{name:<10}{o["images_per_core_s"]:>17.0f}{t["images_per_core_s"]:>17.0f}'
+            f'{name:<14}{o["images_per_core_s"]:>17.0f}{t["images_per_core_s"]:>17.0f}'
             f'{r["ours_vs_timm"][name]["images_per_core_s"]:>8.2f}{o["images_per_s"]:>12.0f}{t["images_per_s"]:>12.0f}'
         )
     s = r['startup']

@@ -40,7 +40,15 @@ from jax_ema.flags import (
 # The defaults that depend on the data, filled where a field is left None.
 # (With DATA the image size, interpolation, mean/std and crop_pct are the model's: data_config.py.)
 TIMM_DEFAULTS = dict(
-    epochs=300, batch_size=128, lr=None, warmup_epochs=5, weight_decay=2e-5, scale=(0.08, 1.0), hflip=0.5
+    epochs=300,
+    batch_size=128,
+    lr=None,
+    warmup_epochs=5,
+    weight_decay=2e-5,
+    scale=(0.08, 1.0),
+    hflip=0.5,
+    color_jitter=(0.4,),
+    train_interpolation='random',
 )
 DIGITS_DEFAULTS = dict(
     epochs=10,
@@ -51,6 +59,8 @@ DIGITS_DEFAULTS = dict(
     weight_decay=5e-4,
     scale=(0.6, 1.0),
     hflip=0.0,
+    color_jitter=(0.0,),  # the digits keep their plain augmentation: no jitter, the data config's filter
+    train_interpolation='',
     crop_pct=1.0,  # the embedded digits: 1,437 images of 8x8 px
     interpolation='bilinear',
     mean=IMAGENET_DEFAULT_MEAN,
@@ -127,12 +137,20 @@ def _help(field: dataclasses.Field) -> str:
     """The field's help text and its default (the data-dependent ones: timm's, and the digits')."""
     text = field.metadata['help']
     if field.name in TIMM_DEFAULTS and TIMM_DEFAULTS[field.name] is not None:
-        default = f"default: timm's {TIMM_DEFAULTS[field.name]}; {DIGITS_DEFAULTS[field.name]} without DATA"
+        timm, digits = (_shown(d[field.name]) for d in (TIMM_DEFAULTS, DIGITS_DEFAULTS))
+        default = f"default: timm's {timm}; {digits} without DATA"
     elif field.default not in (None, False, '', ()):
         default = f'default: {field.default}'
     else:
         return text or None
     return f'{text} ({default})' if text else default
+
+
+def _shown(value) -> str:
+    """A default as --help shows it: a one-value tuple as its value, '' quoted."""
+    if isinstance(value, tuple) and len(value) == 1:
+        return str(value[0])
+    return "''" if value == '' else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -198,7 +198,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     num_classes = train_ds.num_classes
     model = create_model(config.model, num_classes, dtype=compute_dtype, param_dtype=param_dtype, **kwargs)
     batch_size = config.batch_size * jax.device_count() * config.grad_accum_steps  # rows per update
-    updates_per_epoch = train_ds.steps_per_epoch(batch_size)
+    updates_per_epoch = train_ds.steps_per_epoch(batch_size, replicas=jax.device_count())
     lr, schedule, num_epochs, tx = optim.create_optimizer_and_schedule(config, updates_per_epoch, batch_size)
     if config.start_epoch is not None and config.start_epoch >= num_epochs:
         raise UserError(
@@ -300,6 +300,7 @@ def _train_batches(run: Run, epoch: int, first: int):
             start_step=first,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            replicas=jax.device_count(),  # --aug-repeats spreads an image's copies over the devices
         ),
         parallel.shard_batch,
     )

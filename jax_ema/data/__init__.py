@@ -13,7 +13,8 @@ random erasing on the device (jax_ema/device_input.py). An image that cannot be 
 place (timm's ImageDataset rule): its slot takes the next example of the dataset, so the batches stay
 a pure function of (seed, epoch, index); in evaluation its row is masked out. This is the only package
 of the project that imports tensorflow: here, first, after triton; its modules folder.py (finding
-images), transforms.py (per-example transforms), rand_augment.py + image_ops.py (--aa) rely on that.
+images), transforms.py (per-example transforms), rand_augment.py + image_ops.py (--aa), color.py (colour
+jitter, greyscale, blur) rely on that; sampler.py (--aug-repeats) is numpy only.
 """
 
 import dataclasses
@@ -34,7 +35,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment, tfds  # noqa: E402
+from jax_ema.data import color, rand_augment, sampler, tfds  # noqa: E402
 from jax_ema.data.folder import (  # noqa: E402,F401
     EVAL_SPLIT_SYNONYMS,
     IMAGE_EXTENSIONS,
@@ -90,6 +91,15 @@ class DataConfig:
     target_key: str = 'label'
     download: bool = False  # --dataset-download: let TFDS prepare the dataset
     in_chans: int = 3  # --in-chans: 1 makes the batches greyscale on the device (DeviceInput)
+    # timm's train augmentation beyond crop and flip (color.py); off here, timm's defaults come from the CLI.
+    vflip: float = 0.0  # --vflip: vertical flip probability
+    color_jitter: tuple = ()  # --color-jitter: 1, 3 or 4 factors (brightness, contrast, saturation[, hue]); () off
+    color_jitter_prob: float | None = None  # --color-jitter-prob: jitter with this probability (None: always)
+    grayscale_prob: float = 0.0  # --grayscale-prob
+    gaussian_blur_prob: float = 0.0  # --gaussian-blur-prob
+    train_interpolation: str | None = None  # --train-interpolation: also 'random'; None: `interpolation`
+    no_aug: bool = False  # --no-aug: train on resize + centre crop, no augmentation (timm's transforms_noaug_train)
+    aug_repeats: float = 0  # --aug-repeats: each example this many times per epoch (sampler.py)
 
 
 class Dataset:
@@ -121,7 +131,7 @@ class Dataset:
         self.device_input = DeviceInput(
             mean=tuple(cfg.mean),
             std=tuple(cfg.std),
-            reprob=cfg.reprob,
+            reprob=0.0 if cfg.no_aug else cfg.reprob,  # timm: no random erasing under --no-aug
             remode=cfg.remode.lower(),
             recount=cfg.recount,
             seed=cfg.seed,
@@ -156,24 +166,34 @@ class Dataset:
         )
         self._eval_fn = tf.function(eval_fn, autograph=False, input_signature=[spec, label_spec])
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        """Full training batches per epoch (the last partial one is dropped, as timm's drop_last)."""
+    def steps_per_epoch(self, batch_size: int, replicas: int = 1) -> int:
+        """Full training batches per epoch (the last partial one is dropped, as timm's drop_last). With
+        --aug-repeats, as timm's RepeatAugSampler over `replicas` data-parallel shards (sampler.py)."""
         if not 1 <= batch_size <= self.num_examples:
             raise UserError(
                 f'batch size {batch_size} does not fit the {self.num_examples} training '
                 f'images; pass a -b between 1 and {self.num_examples}'
             )
-        return self.num_examples // batch_size
+        if not self._cfg.aug_repeats:
+            return self.num_examples // batch_size
+        return sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
 
     def train_batches(
-        self, batch_size: int, epoch: int, start_step: int = 0, process_index: int = 0, process_count: int = 1
+        self,
+        batch_size: int,
+        epoch: int,
+        start_step: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+        replicas: int = 1,
     ) -> Iterator[dict]:
         """Augmented uint8 batches {'image', 'label'} of epoch `epoch`, from step `start_step` on.
 
         `batch_size` is global; this process gets rows [process_index * b, (process_index + 1) * b) of
-        every global batch, b = batch_size / process_count.
+        every global batch, b = batch_size / process_count. `replicas`: the data-parallel shards that
+        --aug-repeats spreads an image's copies over (sampler.py).
         """
-        steps = self.steps_per_epoch(batch_size)
+        steps = self.steps_per_epoch(batch_size, replicas)
         local = _local_batch_size(batch_size, process_index, process_count)
         if epoch < 0 or not 0 <= start_step <= steps:
             raise UserError(
@@ -181,18 +201,24 @@ class Dataset:
                 'resume from a checkpoint made with this data and batch size'
             )
         rows = _rows(start_step, steps, batch_size, process_index, local)
-        index = epoch_order(self._cfg.seed, epoch, self.num_examples)[rows]
+        order = epoch_order(self._cfg.seed, epoch, self.num_examples)
+        if self._cfg.aug_repeats:  # copy c of example i is augmented with key i + c N (c = 0 as without)
+            index, copy = sampler.epoch_plan(order, self._cfg.aug_repeats, replicas, batch_size)
+            plan = np.stack([index, index + copy * self.num_examples], 1)[rows]
+        else:
+            plan = np.stack([order, order], 1)[rows]
         epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
 
-        def columns(index):  # an unreadable example's slot takes the next readable one
+        def columns(plan):  # an unreadable example's slot takes the next readable one
+            index, key = plan[:, 0], plan[:, 1]
             source = self._replacements(index)
-            return (self._inputs[source], self._labels[source], index), source, source != index
+            return (self._inputs[source], self._labels[source], key), source, source != index
 
         def load(inputs, label, i):
             image, label = self._train_fn(inputs, label, tf.random.experimental.stateless_fold_in(epoch_key, i))
             return {'image': image, 'label': label}
 
-        return self._batches(index, local, columns, load, epoch)
+        return self._batches(plan, local, columns, load, epoch)
 
     def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
         """All examples in order, centre-cropped: uint8 {'image', 'label', 'mask'}.
@@ -372,6 +398,7 @@ def _check_config(cfg: DataConfig) -> None:
             f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}',
         ),
     ]
+    checks += color.config_checks(cfg, KERNELS)  # timm's default-augmentation options
     for ok, message in checks:
         if not ok:
             raise UserError(message + '; fix the option')
@@ -433,4 +460,12 @@ def data_config(config) -> DataConfig:
         target_key=config.target_key,
         download=config.dataset_download,
         in_chans=config.in_chans or 3,
+        vflip=config.vflip,
+        color_jitter=tuple(np.atleast_1d(config.color_jitter).tolist()),  # timm's YAML configs give one number
+        color_jitter_prob=config.color_jitter_prob,
+        grayscale_prob=config.grayscale_prob or 0.0,
+        gaussian_blur_prob=config.gaussian_blur_prob or 0.0,
+        train_interpolation=config.train_interpolation,
+        no_aug=config.no_aug,
+        aug_repeats=config.aug_repeats,
     )

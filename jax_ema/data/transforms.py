@@ -1,4 +1,4 @@
-"""Per-example transforms to uint8 [img_size, img_size, 3]: timm's train (crop, flip, RandAugment) and eval.
+"""Per-example transforms to uint8 [img_size, img_size, 3]: timm's train (crop, flips, RandAugment, colours) and eval.
 
 Only the pixels used are decoded: the random-resized-crop window in training, the window under the
 centre crop in evaluation (`tf.io.decode_and_crop_jpeg`; PNG is decoded whole and sliced). Normalising
@@ -6,11 +6,12 @@ and random erasing happen on the device, in the jitted steps (jax_ema/device_inp
 prefetcher. Resizing is PIL's (antialiased when shrinking), which torchvision calls on timm's behalf.
 """
 
+import dataclasses
 import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
-from jax_ema.data import rand_augment as rand_augment_lib
+from jax_ema.data import color, rand_augment as rand_augment_lib
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
 
@@ -162,24 +163,47 @@ def random_resized_crop_box(key, height, width, scale, ratio):
 
 
 def train_transform(source, key, cfg, policy=None, decoded=False):
-    """timm's train order on encoded bytes (or a `decoded` image): random-resized crop to img_size
-    (cfg.interpolation), horizontal flip (cfg.hflip), RandAugment `policy` (if any). uint8 out."""
+    """timm's train order on encoded bytes (or a `decoded` image): random-resized crop to img_size (at
+    cfg.train_interpolation; 'random': bilinear or bicubic, evenly), horizontal and vertical flips
+    (cfg.hflip, cfg.vflip), RandAugment `policy` (if any), then the colour ops (color.py: jitter, grayscale,
+    blur). cfg.no_aug: timm's no-aug train transform instead (resize the short side, centre crop). uint8 out."""
+    if cfg.no_aug:
+        return eval_transform(source, dataclasses.replace(cfg, crop_pct=1.0), decoded)
     crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
     augment_key = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, 1), 2)[
         0
     ]  # crop and flip draw as before
+    interp_key, vflip_key, color_key = tf.unstack(  # draws added later: a key of their own
+        tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(key, 2), 3)
+    )
 
     def window_fn(height, width):
         return random_resized_crop_box(crop_key, height, width, cfg.scale, cfg.ratio)
 
     crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
     size = (cfg.img_size, cfg.img_size)
-    image = _resize_crop(crop, size, cfg.interpolation)
+    interpolation = train_interpolation(cfg)
+    if interpolation == 'random':  # timm's RandomResizedCropAndInterpolation: random.choice per image
+        bicubic = tf.random.stateless_uniform([], interp_key) < 0.5
+        image = tf.cond(
+            bicubic, lambda: _resize_crop(crop, size, 'bicubic'), lambda: _resize_crop(crop, size, 'bilinear')
+        )
+    else:
+        image = _resize_crop(crop, size, interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    if cfg.vflip > 0:
+        vflip = tf.random.stateless_uniform([], vflip_key) < cfg.vflip
+        image = tf.cond(vflip, lambda: tf.reverse(image, [0]), lambda: image)
     if policy is not None:
-        image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean), cfg.interpolation)
+        image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean), interpolation)
+    image = color.train_colors(image, color_key, cfg)
     return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
+
+
+def train_interpolation(cfg) -> str:
+    """The train crop's filter: cfg.train_interpolation, or (when empty or None) the data config's."""
+    return cfg.train_interpolation or cfg.interpolation
 
 
 def eval_geometry(height, width, img_size, crop_pct):
