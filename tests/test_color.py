@@ -149,7 +149,8 @@ def _our_draws(cfg, n):
     train, _ = data.load_datasets(cfg)
     keys = tf.random.experimental.stateless_split(tf.constant([5, 6], tf.int64), n)
     return {
-        p: np.stack([train._train_fn(tf.constant(p), k).numpy() for k in keys]).astype(np.int64) for p in train.paths
+        p: np.stack([train._train_fn(tf.constant(p), tf.constant(0), k)[0].numpy() for k in keys]).astype(np.int64)
+        for p in train.paths
     }
 
 
