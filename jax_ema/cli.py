@@ -26,11 +26,26 @@ class TimmFormatter(logging.Formatter):
         return f'{record.levelname}: {record.getMessage()}'
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a record comes (a CLI called in-process, under capture)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def setup_logging() -> None:
     """Log INFO and above to stderr as timm's `setup_default_logging` (its `Train:`/`Test:` lines included);
     stdout keeps what a script reads: `--result` and its JSON."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     handler.setFormatter(TimmFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ('absl', 'orbax', 'jax', 'tensorflow', 'matplotlib', 'PIL'):
