@@ -1,4 +1,5 @@
-"""Bad input: one `error: ...` line on stderr, exit code 2, no traceback, nothing created or changed.
+"""Bad input: one `error: ...` line on stderr (after the log lines: timm logs to stderr), exit code 2, no
+traceback, nothing created or changed.
 
 Every case runs a CLI in-process (`jax_ema.train.main`, `jax_ema.export.main`, `jax_ema.validate.main`)
 against one tiny world of folders, files and checkpoints built once per module. None of them may reach
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bad_input_world import build_world
+from cli_output import log_lines
 from hub_cache import offline_hub
 from jax_ema import export, plot, posthoc, train, validate
 from read_only import read_only
@@ -501,7 +503,12 @@ def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
     os.chdir(w.cwd)
     train.train_step = watched_train_step
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), read_only(*w.read_only):
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            read_only(*w.read_only),
+            log_lines() as logged,
+        ):
             try:
                 code = CLIS[cli](argv)
             except Exception:  # pylint: disable=broad-except  # what `python -m` would print, exit 1
@@ -525,8 +532,9 @@ def check_case(w, cli: str, build, expected: str) -> tuple[int, str, list[str]]:
         problems.append(f'exit code {code}, not 2')
     if 'Traceback' in err:
         problems.append('a traceback on stderr')
-    if len(lines) != 1 or not lines[0].startswith('error: '):
-        problems.append(f'{len(lines)} lines on stderr, not one "error: ..." line')
+    logged = [line for message in logged for line in message.splitlines()]
+    if lines[:-1] != logged or not lines or not lines[-1].startswith('error: '):
+        problems.append(f'{len(lines)} lines on stderr, not the log and one "error: ..." line')
     if expected not in err:
         problems.append(f'{expected!r} not in the message')
     if traced:
@@ -604,7 +612,7 @@ def markdown_table(w) -> tuple[str, list[str]]:
     rows, problems = ['| bad input | command (abridged) | exact message |', '| --- | --- | --- |'], []
     for case_id, cli, build, expected in CASES:
         code, err, wrong = check_case(w, cli, build, expected)
-        lines = err.strip().splitlines()
+        lines = err.strip().splitlines()[-1:]  # the error line, after the log
         message = f'Traceback … {lines[-1]}' if 'Traceback' in err else ' ⏎ '.join(lines)
         message = message or '(nothing on stderr)'
         if len(message) > MAX_SHOWN:
