@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
-from cli_output import error_line
+from cli_output import error_line, log_lines
 from jax_ema import checkpoint, faults, reporting
 from jax_ema.train import main, restore_state, train_step
 from read_only import read_only
@@ -219,13 +219,14 @@ def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, mo
 
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv(faults.FAULT, 'save:write@5:ENOSPC')  # epoch 0's save, half written
-    assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 2
-    err = capfd.readouterr().err
+    with log_lines() as logged:
+        assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 2
+    err = capfd.readouterr().err  # also what C++ would write: nothing but the log and the error line
     previous = tmp_path / 'run' / 'checkpoints' / '4'
-    assert err == (
+    assert error_line(err, logged) == (
         f"error: cannot save checkpoint 5 in '{previous.parent}' (No space left on device); the previous "
         f"checkpoint '{previous}' is intact: free some space, then resume with --resume "
-        f"'{tmp_path / 'run'}'\n"
+        f"'{tmp_path / 'run'}'"
     )
     assert checkpoint.resolve(tmp_path / 'run') == previous
     assert int(checkpoint.restore_tree(previous)['step']) == 4
