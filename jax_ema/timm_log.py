@@ -6,7 +6,8 @@ Written through `logging` (the CLIs send it to stderr, as timm's `setup_default_
             `Test (EMA): ...` for the EMA weights;
   validate.py's own: `Test: [   i/N]  Time: ...s (...s, .../s)  Loss: ... (...)  Acc@1 ...`.
 A value and its average in parentheses are timm's "last batch (running mean)". Our steps run ahead of the
-host, so "last" here is the mean over the updates since the previous line (read at the same host sync).
+host, so the times (and the test metrics) before the parentheses are the means over the updates (batches)
+since the previous line, read at the same host sync; the train loss there is the last update's.
 
 `RunningMeter` keeps the sums behind them; `Timer` the seconds between two lines.
 """
