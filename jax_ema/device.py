@@ -25,9 +25,13 @@ _INSTALL = {
 }
 
 
+_before = []  # jax_platforms as it was before select(), restored where the platform fails to start
+
+
 def select(device: str) -> None:
     """Ask JAX for `device`'s platform (nothing for ''); call before any JAX computation."""
     if device and not _started():
+        _before.append(jax.config.jax_platforms)
         jax.config.update('jax_platforms', _PLATFORMS[device])
 
 
@@ -39,6 +43,8 @@ def check(device: str) -> None:
         backend = jax.default_backend()
     except Exception as e:  # noqa: BLE001  (JAX raises RuntimeError, or fails an assert, when none started)
         reason = str(e).splitlines()[0].split(' (set JAX_PLATFORMS')[0] if str(e) else 'no device of it is visible'
+        if _before:  # so that JAX works again in this process (a notebook, a test) on what it had
+            jax.config.update('jax_platforms', _before.pop())
         raise UserError(
             f'--device {device}: JAX cannot start {_PLATFORMS[device]} here ({reason[:160]}); '
             f'{_INSTALL[device]}, or pass --device cpu'

@@ -40,6 +40,8 @@ try:
     print('ok', jax.default_backend())
 except UserError as e:
     print('error:', e)
+    import jax.numpy as jnp
+    print('then', jax.default_backend(), int(jnp.ones(2).sum()))  # JAX still works, on what it had
 """
 
 
@@ -50,3 +52,4 @@ def test_device_picks_the_platform_before_jax_starts(asked, expected):
         [sys.executable, '-c', DEVICE_CHECK.format(asked=asked)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.startswith(expected), done.stdout + done.stderr[-2000:]
+    assert done.stdout.rstrip().endswith('then cpu 2')  # a failed --device leaves JAX working on what it had

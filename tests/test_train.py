@@ -244,7 +244,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
         assert 'outside [0, 1]' in _error_line(capsys, [str(data), *TINY, '--model-ema-decay', bad, *out])
     assert 'resnet18' in _error_line(capsys, [str(data), *TINY, '--model', 'resnet7', *out])
     assert 'not one of cpu, cuda, gpu, tpu' in _error_line(capsys, [str(data), *TINY, '--device', 'mps', *out])
-    assert 'not tpu' in _error_line(capsys, [str(data), *TINY, '--device', 'tpu', *out])  # JAX runs on the CPU here
+    assert '--device tpu: JAX' in _error_line(capsys, [str(data), *TINY, '--device', 'tpu', *out])  # no TPU here
     missing = str(tmp_path / 'weights.safetensors')
     assert missing in _error_line(capsys, [str(data), *TINY, '--initial-checkpoint', missing, *out])
     (data / 'train' / 'bird').mkdir()
