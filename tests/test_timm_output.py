@@ -40,8 +40,8 @@ try:
     print('ok', jax.default_backend())
 except UserError as e:
     print('error:', e)
-    import jax.numpy as jnp
-    print('then', jax.default_backend(), int(jnp.ones(2).sum()))  # JAX still works, on what it had
+import jax.numpy as jnp
+print('then', jax.default_backend(), int(jnp.ones(2).sum()))  # JAX still works, on what it had
 """
 
 
