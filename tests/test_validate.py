@@ -135,13 +135,15 @@ def test_raw_and_ema_numbers_differ(runs):
 def test_cli_prints_timm_line_and_result_json(runs, data, tmp_path, capsys):
     out = tmp_path / 'results.csv'
     assert main([str(data), '--checkpoint', str(runs['host']), '--use-ema', '--results-file', str(out)]) == 0
-    printed = capsys.readouterr().out
-    results = json.loads(printed.split('--result\n')[1])
+    captured = capsys.readouterr()
+    assert captured.out.startswith('--result\n')  # stdout: the result alone; the log on stderr, as timm's
+    results = json.loads(captured.out.split('--result\n')[1])
     _assert_matches_summary(results, reporting.read_summary(runs['host'])[-1], 'ema')
     line = ' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
         results['top1'], results['top1_err'], results['top5'], results['top5_err']
     )
-    assert line in printed.splitlines()
+    log = captured.err.splitlines()
+    assert log[-1] == line and log[-2].startswith('Test: [   0/')  # timm validate.py's lines (20 images, -b 256)
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]['checkpoint'] == results['checkpoint']
