@@ -17,9 +17,37 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f'{message}; see --help')
 
 
+class TimmFormatter(logging.Formatter):
+    """timm's console format: an INFO record is its message alone, others `LEVEL: message`."""
+
+    def format(self, record):
+        if record.levelno == logging.INFO:
+            return record.getMessage()
+        return f'{record.levelname}: {record.getMessage()}'
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever sys.stderr is when a record comes (a CLI called in-process, under capture)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def setup_logging() -> None:
+    """Log INFO and above to stderr as timm's `setup_default_logging` (its `Train:`/`Test:` lines included);
+    stdout keeps what a script reads: `--result` and its JSON."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-    logging.basicConfig(level=logging.INFO, format='%(message)s', stream=sys.stdout, force=True)
+    handler = _Stderr()
+    handler.setFormatter(TimmFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     for noisy in ('absl', 'orbax', 'jax', 'tensorflow', 'matplotlib', 'PIL'):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

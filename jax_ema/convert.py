@@ -101,6 +101,11 @@ def classifier(model_name: str, num_classes: int, arch: dict | None = None) -> d
     }
 
 
+def num_classes(model_name: str, state_dict: dict, arch: tuple = ()) -> int:
+    """The number of classes of a timm state_dict's classifier (UserError where it is missing or malformed)."""
+    return _num_classes_from_timm(model_name, state_dict, arch)
+
+
 def _num_classes_from_timm(model_name: str, state_dict: dict, arch: tuple) -> int:
     axes = _classes_axes(model_name, arch)
     for timm_key, (path, _, timm_shape, kind) in _mapping(model_name, 1, arch).items():

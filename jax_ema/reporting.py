@@ -174,6 +174,22 @@ def rewrite_records(run_dir: Path, rows: list[dict], results: dict | None, membe
             (run_dir / name).unlink(missing_ok=True)
 
 
+def timm_results(rows: list[dict], eval_metric: str = 'top1', keep: int = 10) -> list[dict]:
+    """What timm's train.py prints after `--result`: per epoch {'epoch', 'train': {'loss'}, 'validation':
+    {'loss', 'top1', 'top5'}} (the EMA's when EMA is on, as summary.csv's eval_*), ordered worst to best by
+    `eval_metric` (ties: by epoch), the last `keep`. Our other fields are in results.json."""
+    epochs = [
+        {
+            'epoch': int(float(r['epoch'])),
+            'train': {'loss': float(r['train_loss'])},
+            'validation': {k: float(r[f'eval_{k}']) for k in ('loss', 'top1', 'top5')},
+        }
+        for r in rows
+    ]
+    epochs.sort(key=lambda e: e['validation'][eval_metric], reverse=eval_metric == 'loss')
+    return epochs[-keep:]
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     if not _writes():
         return

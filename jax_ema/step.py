@@ -17,7 +17,18 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jax_ema import checkpoint, clip_grad, device_input, ema, losses, mixup as mixup_lib, optim, parallel, precision
+from jax_ema import (
+    checkpoint,
+    clip_grad,
+    device_input,
+    ema,
+    losses,
+    mixup as mixup_lib,
+    optim,
+    parallel,
+    precision,
+    timm_log,
+)
 
 
 class TrainState(train_state.TrainState):
@@ -223,18 +234,30 @@ def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.Devi
     }
 
 
-def evaluate(eval_step_fn, params, batch_stats, dataset, batch_size: int) -> dict:
-    """Top-1/top-5 in percent and mean loss over the whole split."""
-    totals = None
-    for batch in device_input.prefetch(
-        dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()), parallel.shard_batch
+def evaluate(
+    eval_step_fn, params, batch_stats, dataset, batch_size: int, log_name=None, log_interval: int = 0, cli=False
+) -> dict:
+    """Top-1/top-5 in percent and mean loss over the whole split. With `log_name` ('Test', 'Test (EMA)'),
+    timm's `Test:` line every `log_interval` batches and on the last (`cli`: validate.py's form, as timm's
+    validate.py, not on the last), each read at its own host sync; without, one sync at the end."""
+    totals, since, pending, timer = None, None, 0, timm_log.Timer()
+    last_idx = -(-dataset.num_examples // batch_size) - 1
+    for i, batch in enumerate(
+        device_input.prefetch(
+            dataset.eval_batches(batch_size, jax.process_index(), jax.process_count()), parallel.shard_batch
+        )
     ):  # the next batches go to the device meanwhile
         sums = eval_step_fn(params, batch_stats, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = max(float(totals['count']), 1.0)
-    return {
-        'loss': float(totals['loss']) / count,
-        'top1': 100.0 * float(totals['top1']) / count,
-        'top5': 100.0 * float(totals['top5']) / count,
-    }
+        if not log_name:
+            continue
+        since, pending = (sums if since is None else jax.tree.map(jnp.add, since, sums)), pending + 1
+        if i % log_interval == 0 or (i == last_idx and not cli):
+            now, so_far = jax.device_get((since, totals))
+            timer.tick(pending)
+            rows = int(np.size(batch['label']))
+            timm_log.test_line(
+                log_name, i, last_idx + cli, timer, timm_log.means(now), timm_log.means(so_far), rows, cli
+            )
+            since, pending = None, 0
+    return timm_log.means(jax.device_get(totals))

@@ -21,7 +21,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from jax_ema import checkpoint
+from jax_ema import checkpoint, convert
 from jax_ema.convert import to_flax
 from jax_ema.errors import UserError
 from jax_ema.models import arch_kwargs, create_model, in_chans
@@ -111,9 +111,19 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
 
     `use_ema` takes the checkpoint's EMA weights when it has them, else its weights (as timm does).
     """
+    return _read(path, use_ema)[0]
+
+
+def is_timm_file(path) -> bool:
+    """Whether `path` names a timm weights file (by its extension), rather than one of our checkpoints."""
+    return str(path).lower().endswith((SAFETENSORS_SUFFIX,) + TORCH_SUFFIXES)
+
+
+def _read(path, use_ema: bool):
+    """(state_dict of numpy, the key it came from or None, the file's training args or None)."""
     path = Path(path)
     name = path.name.lower()
-    if not name.endswith((SAFETENSORS_SUFFIX,) + TORCH_SUFFIXES):
+    if not is_timm_file(name):
         raise UserError(
             f'{str(path)!r} has an unknown extension; give a {SAFETENSORS_SUFFIX} or '
             f'{" / ".join(TORCH_SUFFIXES)} timm weights file'
@@ -134,7 +144,31 @@ def load_timm_state_dict(path, use_ema: bool = False) -> dict[str, np.ndarray]:
         contents = _torch_load(path)
     state_dict, key = _pick_state_dict(contents, use_ema, path)
     log.info('Loaded %s from %s', key or 'state_dict', path)
-    return {_strip_prefixes(k): _to_numpy(v, k, path) for k, v in state_dict.items()}
+    train_args = contents.get('args') if key else None  # timm's CheckpointSaver keeps its argparse.Namespace
+    return {_strip_prefixes(k): _to_numpy(v, k, path) for k, v in state_dict.items()}, key, train_args
+
+
+def read_timm_checkpoint(path, model: str | None = None, num_classes: int | None = None, use_ema: bool = False):
+    """(info, float32 {'params', 'batch_stats'} of numpy) of a timm weights file or training checkpoint, as timm's
+    validate.py loads one: `model` (else the checkpoint's args.model) names the architecture; `num_classes`, when
+    given, must match the classifier's. info: model, num_classes, weights ('ema' / 'raw'), args (the checkpoint's
+    training args as a dict, {} when it has none)."""
+    state_dict, key, train_args = _read(path, use_ema)
+    args = dict(vars(train_args)) if train_args is not None and hasattr(train_args, '__dict__') else {}
+    model = model or args.get('model')
+    if not model:
+        raise UserError(f'{str(path)!r} does not name its model; pass --model NAME (e.g. --model resnet50)')
+    create_model(model, 1)  # an unknown name is one line here
+    variables = to_flax(model, state_dict)
+    found = convert.num_classes(model, state_dict)
+    if num_classes is not None and num_classes != found:
+        raise UserError(
+            f'{str(path)!r} holds a classifier for {found} classes, not --num-classes {num_classes}; '
+            f'pass --num-classes {found} or the matching weights'
+        )
+    weights = 'ema' if key in ('state_dict_ema', 'model_ema') else 'raw'
+    info = dict(model=model, num_classes=found, weights=weights, args=args)
+    return info, jax.tree.map(lambda x: x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x, variables)
 
 
 def save_timm_safetensors(state_dict: dict, path, metadata: dict | None = None) -> Path:

@@ -28,6 +28,7 @@ from jax_ema import (
     clip_grad,
     data_config,
     data_fingerprint,
+    device,
     device_input,
     ema,
     faults,
@@ -182,6 +183,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     read, a too small --img-size by tracing one forward, --pretrained weights missing from the hub's cache
     before the data is read too."""
     parallel.initialize(config.coordinator_address, config.num_processes, config.process_id, config.distributed)
+    device.check(config.device)  # after jax.distributed, which must come before the backends start
     notes = compat.notes(config)
     if notes:
         log.info('timm options, what they mean here: %s', '; '.join(notes))
@@ -369,14 +371,16 @@ def validate_epoch(run: Run, eval_step_fn, state: TrainState) -> dict:
     EMAs every member's (else []) and the index of the best one."""
     eval_batch_size = (run.config.validation_batch_size or run.config.batch_size) * jax.device_count()
 
-    def evaluate_split(params, batch_stats):
-        return evaluate(eval_step_fn, params, batch_stats, run.val_ds, eval_batch_size)
+    def evaluate_split(params, batch_stats, log_name='Test'):
+        return evaluate(
+            eval_step_fn, params, batch_stats, run.val_ds, eval_batch_size, log_name, run.config.log_interval
+        )
 
-    raw = evaluate_split(state.params, state.batch_stats)
-    log.info('Test: Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', raw['loss'], raw['top1'], raw['top5'])
+    raw = evaluate_split(state.params, state.batch_stats)  # logs timm's `Test:` lines
     if state.ema_params is None:
         return dict(raw=raw, ema=None, members=[], best=0)
-    labels = ['EMA'] if run.ema_cfg.members == 1 else [f'EMA {n}' for n in ema.member_names(run.ema_cfg)]
+    names = ema.member_names(run.ema_cfg)  # member 0 is timm's `Test (EMA)`: summary.csv's eval_* columns
+    labels = ['EMA'] + [f'EMA {n}' for n in names[1:]]
     members = evaluate_members(evaluate_split, *offload.ema_for_eval(state), labels)
     if len(members) == 1:
         return dict(raw=raw, ema=members[0], members=[], best=0)
@@ -384,13 +388,12 @@ def validate_epoch(run: Run, eval_step_fn, state: TrainState) -> dict:
 
 
 def evaluate_members(evaluate_one, ema_params, ema_stats, labels) -> list[dict]:
-    """`evaluate_one(params, stats)` of every EMA member (one jitted eval serves all: same [n] shapes), each
-    sent to the devices on its own and logged by its label."""
+    """`evaluate_one(params, stats, log_name)` of every EMA member (one jitted eval serves all: same [n]
+    shapes), each sent to the devices on its own and logged as `Test (<label>)`."""
     results = []
     for i, label in enumerate(labels):
-        m = evaluate_one(*offload.to_device((ema.member(ema_params, i), ema.member(ema_stats, i))))
-        log.info('Test (%s): Loss: %.4f  Acc@1: %.3f  Acc@5: %.3f', label, m['loss'], m['top1'], m['top5'])
-        results.append(m)
+        device_vars = offload.to_device((ema.member(ema_params, i), ema.member(ema_stats, i)))
+        results.append(evaluate_one(*device_vars, f'Test ({label})'))
     return results
 
 
@@ -400,15 +403,18 @@ def best_index(member_metrics: list[dict], score) -> int:
 
 
 def main(argv=None) -> int:
-    """CLI entry: parse timm-style flags, train, print `--result` and the results JSON as timm does."""
+    """CLI entry: parse timm-style flags, train, and print `--result` and the per-epoch results as timm's
+    train.py does (results.json holds ours: the best epoch, every EMA, the decays)."""
 
     def run():
         config = parse_args(argv)
+        device.select(config.device)
         results = train_and_evaluate(config)
         if results.get('preempted') or not parallel.is_main():
             return 0
-        print('--result')
-        print(json.dumps({k: v for k, v in results.items() if k != 'run_dir'}, indent=4))
+        summary = Path(results['run_dir']) / 'summary.csv'
+        rows = reporting.read_summary(summary.parent) if summary.is_file() else []
+        print(f'--result\n{json.dumps(reporting.timm_results(rows, config.eval_metric), indent=4)}', flush=True)
         return 0
 
     return run_cli(run)

@@ -8,9 +8,16 @@ its number of classes and the image size come from the checkpoint. DATA follows 
 (split folders, or class folders split by the run's --val-split-fraction; omitted: the embedded
 digits), the run's args.yaml (beside checkpoints/) supplies the split names, fraction and evaluation
 batch size, and the checkpoint's metadata the data config (interpolation, mean, std, crop_pct, as the run
-resolved them), so the numbers equal the run's summary.csv. Prints timm's ` * Acc@1 ...` line,
-then `--result` and the results as JSON. Unlike timm, top-1/top-5 are not rounded, and `--use-ema` on a
-run without EMA is an error rather than a silent fall-back to the raw weights.
+resolved them), so the numbers equal the run's summary.csv.
+
+RUN may also be a timm weights file or training checkpoint (`.pth.tar`, `.pth`, `.safetensors`, `.bin`),
+read as timm's validate.py reads one: `--use-ema` takes its `state_dict_ema`, `--model` names the model
+(default: the checkpoint's args.model), `--num-classes` is checked against its classifier, and the data
+config is the model's unless flags set it.
+
+Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
+prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
+`--use-ema` on a run without EMA is an error rather than a silent fall-back to the raw weights.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import jax
 import numpy as np
 import yaml
 
+from jax_ema import device, timm_io
 from jax_ema.checkpoint import resolve as resolve_checkpoint, saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.config import DIGITS_DEFAULTS
@@ -35,7 +43,6 @@ from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, De
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.step import eval_step, evaluate
-from jax_ema.timm_io import variables_from_checkpoint
 
 log = logging.getLogger('jax_ema.validate')
 
@@ -57,9 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         '--checkpoint',
         required=True,
-        help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best',
+        help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best; or a timm weights '
+        'file or training checkpoint (.pth.tar, .pth, .safetensors)',
     )
-    p.add_argument('--use-ema', action='store_true', help='validate the EMA weights instead of the raw ones')
+    p.add_argument(
+        '--use-ema',
+        action='store_true',
+        help="validate the EMA weights instead of the raw ones (a timm checkpoint's state_dict_ema)",
+    )
+    p.add_argument(
+        '--model', '-m', default=None, help="a timm file's model (default: its args.model); ours name theirs"
+    )
+    p.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's (checked when given)")
     p.add_argument(
         '--ema-index',
         type=int,
@@ -88,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--mean', type=float, nargs='+', default=None, metavar='MEAN', help="default: the run's")
     p.add_argument('--std', type=float, nargs='+', default=None, metavar='STD', help="default: the run's")
     p.add_argument('-j', '--workers', type=int, default=None, help='decoding threads (default: sized to the host)')
+    p.add_argument('--log-freq', type=int, default=10, help="timm's Test: line every N batches (default: 10)")
+    p.add_argument('--device', default='', metavar='DEVICE', help='cpu, cuda (or gpu), tpu (default: JAX picks)')
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     return p
@@ -156,6 +174,27 @@ def load_split(
     return train if is_train else val
 
 
+def load_weights(checkpoint, use_ema=False, ema_index=None, model=None, num_classes=None):
+    """(path, metadata, {'params', 'batch_stats'}) of one of our checkpoints (a run, its checkpoints/ or a step
+    folder) or of a timm file (`model` / `num_classes` as timm's validate.py flags; metadata: model,
+    num_classes, weights)."""
+    if timm_io.is_timm_file(checkpoint) and not Path(checkpoint).is_dir():
+        if ema_index is not None:
+            raise UserError("--ema-index picks one of our runs' EMAs; a timm file has one: use --use-ema alone")
+        metadata, variables = timm_io.read_timm_checkpoint(checkpoint, model, num_classes, use_ema)
+        return Path(checkpoint), metadata, variables
+    step_dir = resolve_checkpoint(checkpoint)
+    metadata, variables = timm_io.variables_from_checkpoint(step_dir, use_ema=use_ema, ema_index=ema_index)
+    if not metadata.get('model') or not metadata.get('num_classes'):
+        raise UserError(
+            f'checkpoint {str(step_dir)!r} does not name its model and number of classes; it is not one of ours'
+        )
+    for flag, given, key in (('--model', model, 'model'), ('--num-classes', num_classes, 'num_classes')):
+        if given is not None and given != metadata[key]:
+            raise UserError(f'{flag} {given}: checkpoint {str(step_dir)!r} holds {metadata[key]}; leave {flag} out')
+    return step_dir, metadata, variables
+
+
 def validate(
     checkpoint,
     data=None,
@@ -173,6 +212,9 @@ def validate(
     input_key: str | None = None,
     target_key: str | None = None,
     dataset_download: bool = False,
+    model: str | None = None,
+    num_classes: int | None = None,
+    log_freq: int = 0,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
 
@@ -181,35 +223,33 @@ def validate(
     TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
     """
     data = None if data is None else str(data)
-    step_dir = resolve_checkpoint(checkpoint)
-    metadata, variables = variables_from_checkpoint(step_dir, use_ema=use_ema, ema_index=ema_index)
-    use_ema = use_ema or ema_index is not None
-    model_name, num_classes = metadata.get('model'), metadata.get('num_classes')
-    if not model_name or not num_classes:
-        raise UserError(
-            f'checkpoint {str(step_dir)!r} does not name its model and number of classes; it is not one of ours'
-        )
-    args = run_args(step_dir)
-    if img_size is None:
+    step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
+    use_ema = metadata.get('weights', 'ema' if use_ema or ema_index is not None else 'raw') == 'ema'
+    model_name, num_classes = metadata['model'], metadata['num_classes']
+    args = run_args(step_dir) if step_dir.is_dir() else {}
+    if img_size is None and step_dir.is_dir():
         img_size = metadata.get('img_size') or args.get('img_size')
         if not img_size:
             raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
     trained = metadata.get('data_config') or {}  # the run's (older checkpoints: bilinear, ImageNet mean/std)
+    if step_dir.is_dir():
+        trained = dict(dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation='bilinear'), **trained)
     if crop_pct is None:
         crop_pct = (
             trained.get('crop_pct')
             or args.get('crop_pct')
-            or (DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT)
-        )
+            or (DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT if step_dir.is_dir() else None)
+        )  # a timm file: the model's data config where no flag says otherwise, as timm's validate.py
     resolved = resolve_data_config(
         model_name,
         img_size,
         None,
         crop_pct,
-        trained.get('mean', IMAGENET_DEFAULT_MEAN) if mean is None else mean,
-        trained.get('std', IMAGENET_DEFAULT_STD) if std is None else std,
-        interpolation or trained.get('interpolation', 'bilinear'),
+        trained.get('mean') if mean is None else mean,
+        trained.get('std') if std is None else std,
+        interpolation or trained.get('interpolation'),
     )
+    img_size, crop_pct = resolved['input_size'][-1], resolved['crop_pct']
     interpolation, mean, std = resolved['interpolation'], resolved['mean'], resolved['std']
     if batch_size is None:
         run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
@@ -264,6 +304,9 @@ def validate(
         variables['batch_stats'],
         dataset,
         batch_size,
+        'Test' if log_freq else None,
+        log_freq,
+        cli=True,
     )
     results = dict(
         model=model_name,
@@ -313,6 +356,10 @@ def write_results(path, results: dict, fmt: str = 'csv') -> None:
 def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
+        if args.log_freq < 1:
+            raise UserError(f'--log-freq must be positive, got {args.log_freq}')
+        device.select(args.device)
+        device.check(args.device)
         if args.data and args.data_dir and args.data != args.data_dir:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
         results = validate(
@@ -332,6 +379,9 @@ def main(argv=None) -> int:
             input_key=args.input_key,
             target_key=args.target_key,
             dataset_download=args.dataset_download,
+            model=args.model,
+            num_classes=args.num_classes,
+            log_freq=args.log_freq,
         )
         if args.results_file:
             write_results(args.results_file, results, args.results_format)

@@ -245,7 +245,7 @@ def test_model_dtype_bfloat16_run_saves_and_exports(tmp_path, capsys):
         'bf16',
     ]
     assert main(argv) == 0
-    results = json.loads(capsys.readouterr().out.split('--result')[1])
+    results = json.loads((tmp_path / 'out' / 'bf16' / 'results.json').read_text())
     assert 0 <= results['final']['ema']['top1'] <= 100
     tree = checkpoint.restore_tree(checkpoint.resolve(tmp_path / 'out' / 'bf16'))
     assert _dtypes(tree['params']) == {BF16} and _dtypes(tree['opt_state']) == {F32}

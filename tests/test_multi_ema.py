@@ -182,7 +182,7 @@ def test_host_stack_of_three_decays_equals_the_device_stack():
     members = [np.asarray(device_state.ema_params.flat[i]) for i in range(3)]
     assert not np.array_equal(members[0], members[2])  # three different averages
 
-    def summed(params, stats):  # stands in for the evaluation: what each member's weights are
+    def summed(params, stats, log_name):  # stands in for the evaluation: what each member's weights are
         return {'loss': float(np.sum(np.asarray(params.flat), dtype=np.float64)), 'top1': 0.0, 'top5': 0.0}
 
     on_host = evaluate_members(summed, *offload.ema_for_eval(host_state), ['a', 'b', 'c'])

@@ -108,7 +108,7 @@ def test_two_processes_match_one_stop_together_and_resume_in_one(data, tmp_path,
     (code0, out0, err0), (code1, out1, err1) = _two_processes(data, tmp_path, ['--model-ema-shard'], '3:TERM')
     assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
     assert 'Stopped by a signal at update 3' in out0  # process 0 agreed to process 1's SIGTERM
-    assert 'Train:' in out0 and 'Train:' not in out1 and 'Stopped' not in out1  # process 0 alone logs
+    assert 'Train:' in err0 and 'Train:' not in err1 and 'Stopped' not in out1  # process 0 alone logs
     run = tmp_path / 'run'
     assert sorted(p.name for p in (run / 'checkpoints').iterdir() if p.name.isdigit()) == ['2', '3']
     assert [r['epoch'] for r in reporting.read_summary(run)] == ['0']  # one row: one writer

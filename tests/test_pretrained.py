@@ -223,12 +223,12 @@ def test_cli_pretrained_from_an_offline_hub_cache(tmp_path, hub_weights):
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert 'Pretrained weights of resnet18: timm/resnet18.a1_in1k on the Hugging Face hub' in done.stdout
-    assert "The pretrained classifier (1000 classes) does not fit this run's 2 classes" in done.stdout
+    assert 'Pretrained weights of resnet18: timm/resnet18.a1_in1k on the Hugging Face hub' in done.stderr
+    assert "The pretrained classifier (1000 classes) does not fit this run's 2 classes" in done.stderr
     assert (
         'Data config for resnet18: input_size (3, 32, 32), interpolation bicubic, mean (0.485, 0.456, 0.406), '
         'std (0.229, 0.224, 0.225), crop_pct 0.95, crop_mode center'
-    ) in done.stdout
+    ) in done.stderr
 
     run = tmp_path / 'out' / 'ft'
     step_dir = checkpoint.resolve(run)

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from cli_output import error_line, log_lines
 from jax_ema import checkpoint, faults, reporting
 from jax_ema.train import main, restore_state, train_step
 from read_only import read_only
@@ -186,8 +187,8 @@ def test_an_older_checkpoint_resumes_only_into_a_new_folder_and_the_source_is_ne
     with read_only(uninterrupted.run):  # any write there would fail
         for where in ([], ['--output', str(uninterrupted.run.parent), '--experiment', 'run']):
             assert main([str(data), *RUN, '--resume', str(older), *where]) == 2
-            err = capsys.readouterr().err
-            assert err.count('\n') == 1 and 'is not the latest checkpoint of its run (that is update 10)' in err
+            err = error_line(capsys.readouterr().err)
+            assert 'is not the latest checkpoint of its run (that is update 10)' in err
             assert 'add --experiment NAME' in err
         assert main([str(data), *RUN, '--resume', str(older), '--output', str(tmp_path), '--experiment', 'branch']) == 0
     branch = tmp_path / 'branch'
@@ -206,8 +207,8 @@ def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, mo
     (images / 'train' / 'cat' / '0.png').unlink()  # 19 images: 4 updates per epoch
     capsys.readouterr()
     assert main([str(images), *argv, '--resume', str(tmp_path / 'run')]) == 0
-    warned = [line for line in capsys.readouterr().out.splitlines() if 'changed since' in line]  # the CLI's log
-    assert len(warned) == 1 and warned[0].startswith('The training data (20 -> 19 images) changed since')
+    warned = [line for line in capsys.readouterr().err.splitlines() if 'changed since' in line]  # the CLI's log
+    assert len(warned) == 1 and warned[0].startswith('WARNING: The training data (20 -> 19 images) changed since')
     assert 'going on from the start of epoch 2: update 8, at 4 updates per epoch' in warned[0]
     last = checkpoint.resolve(tmp_path / 'run')
     tree = checkpoint.restore_tree(last)
@@ -218,13 +219,14 @@ def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, mo
 
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv(faults.FAULT, 'save:write@5:ENOSPC')  # epoch 0's save, half written
-    assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 2
-    err = capfd.readouterr().err
+    with log_lines() as logged:
+        assert main([str(data), *RUN, '--output', str(tmp_path), '--experiment', 'run']) == 2
+    err = capfd.readouterr().err  # also what C++ would write: nothing but the log and the error line
     previous = tmp_path / 'run' / 'checkpoints' / '4'
-    assert err == (
+    assert error_line(err, logged) == (
         f"error: cannot save checkpoint 5 in '{previous.parent}' (No space left on device); the previous "
         f"checkpoint '{previous}' is intact: free some space, then resume with --resume "
-        f"'{tmp_path / 'run'}'\n"
+        f"'{tmp_path / 'run'}'"
     )
     assert checkpoint.resolve(tmp_path / 'run') == previous
     assert int(checkpoint.restore_tree(previous)['step']) == 4
@@ -235,8 +237,7 @@ def test_huge_lr_stops_with_a_clear_message_and_saves_nothing_non_finite(data, t
     code = main(
         [str(data), *RUN, '--lr', '1e12', '--warmup-epochs', '0', '--output', str(tmp_path), '--experiment', 'run']
     )
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and 'NaN/Inf' in err and len(err.splitlines()) == 1 and 'Traceback' not in err
+    assert code == 2 and 'NaN/Inf' in error_line(capsys.readouterr().err)
     ckpt_dir = tmp_path / 'run' / 'checkpoints'
     for step_dir in ckpt_dir.iterdir() if ckpt_dir.exists() else []:
         tree = checkpoint.restore_tree(step_dir)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_output import error_line, parse_timm_train
 from jax_ema import checkpoint, ema, losses, offload, optim, reporting
 from jax_ema.models import create_model
 from jax_ema.train import create_train_state, main, restore_state, train_step
@@ -178,15 +179,15 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     if not force_cpu:  # an unreadable image: skipped in place (its slot takes the next image), counted
         (data / 'train' / 'cat' / '3x.png').write_bytes(b'not a png')
     assert main(argv + extra) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
     run = tmp_path / 'out' / 'tiny'
-    assert f'Run folder: {run}' in out and '*** Best metric:' in out
-    results = json.loads(out.split('--result')[1])
+    assert f'Run folder: {run}' in captured.err and captured.out.startswith('--result\n')  # the log on stderr
+    results = json.loads((run / 'results.json').read_text())
     assert set(results) == {'best_metric', 'best_epoch', 'final', 'ema'}
     assert results['ema']['decay'] == 0.99 and results['ema']['force_cpu'] == force_cpu
-    assert results == json.loads((run / 'results.json').read_text())
     with (run / 'summary.csv').open() as f:
         rows = list(csv.DictReader(f))
+    _check_timm_output(parse_timm_train(captured.err, captured.out), rows, results)
     assert tuple(rows[0]) == reporting.SUMMARY_COLUMNS and len(rows) == 1
     assert rows[0]['eval_top1'] == rows[0]['ema_eval_top1'] != ''  # the host EMA is validated too
     assert 0 <= float(rows[0]['raw_eval_top1']) <= 100
@@ -207,6 +208,24 @@ def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     assert {'params', 'batch_stats', 'opt_state', 'ema_params', 'ema_batch_stats', 'step'} <= set(tree)
 
 
+def _check_timm_output(timm, rows, results):
+    """What a script written for timm's train.py reads from our run: 20 images, 4 per update, --log-interval 2."""
+    row = rows[0]
+    assert [(t['epoch'], t['update'], t['updates']) for t in timm['train']] == [(0, 1, 5), (0, 3, 5), (0, 4, 5)]
+    assert timm['train'][-1]['percent'] == 100 and timm['train'][-1]['lr'] == pytest.approx(0.01)
+    assert timm['train'][-1]['loss_avg'] == pytest.approx(float(row['train_loss']), rel=5e-3)  # 3 digits
+    assert timm['train'][-1]['rate'] == pytest.approx(4 / timm['train'][-1]['time'], rel=1e-2)  # 4 images an update
+    assert set(timm['test']) == {'Test', 'Test (EMA)'}
+    for name, prefix in (('Test', 'raw_eval'), ('Test (EMA)', 'eval')):
+        last = timm['test'][name][-1]  # the epoch's last batch: the averages over the split
+        assert last['batch'] == last['last'] and [t['batch'] for t in timm['test'][name]][0] == 0
+        for key in ('loss', 'top1', 'top5'):
+            assert last[f'{key}_avg'] == pytest.approx(float(row[f'{prefix}_{key}']), abs=1e-3)
+    assert timm['best'] == (pytest.approx(results['best_metric'], abs=1e-9), results['best_epoch'])
+    validation = {key: float(row[f'eval_{key}']) for key in ('loss', 'top1', 'top5')}
+    assert timm['result'] == [{'epoch': 0, 'train': {'loss': float(row['train_loss'])}, 'validation': validation}]
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path):
     first = reporting.make_run_dir(str(tmp_path), 'exp', 'resnet18', 32)
     second = reporting.make_run_dir(str(tmp_path), 'exp', 'resnet18', 32)
@@ -215,10 +234,9 @@ def test_existing_run_folder_is_never_overwritten(tmp_path):
 
 def _error_line(capsys, argv):
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    err = capsys.readouterr().err
     assert code == 2
-    assert 'Traceback' not in err and len(err.splitlines()) == 1, err
-    return err
+    return error_line(err)
 
 
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
@@ -229,6 +247,8 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path, capsys):
     for bad in ('1.5', '-0.1'):
         assert 'outside [0, 1]' in _error_line(capsys, [str(data), *TINY, '--model-ema-decay', bad, *out])
     assert 'resnet18' in _error_line(capsys, [str(data), *TINY, '--model', 'resnet7', *out])
+    assert 'not one of cpu, cuda, gpu, tpu' in _error_line(capsys, [str(data), *TINY, '--device', 'mps', *out])
+    assert '--device tpu: JAX' in _error_line(capsys, [str(data), *TINY, '--device', 'tpu', *out])  # no TPU here
     missing = str(tmp_path / 'weights.safetensors')
     assert missing in _error_line(capsys, [str(data), *TINY, '--initial-checkpoint', missing, *out])
     (data / 'train' / 'bird').mkdir()

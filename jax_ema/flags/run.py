@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
+from jax_ema.errors import UserError
 from jax_ema.flags import flag, non_negative, positive
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFlags:
+    device: str = flag(
+        'run',
+        '',
+        "device to compute on, as timm's --device: cpu, cuda (or gpu), tpu (default: JAX picks; GPU/TPU if any)",
+        metavar='DEVICE',
+    )
     seed: int = flag('run', 42)
     output: str = flag('run', '', 'parent folder of the run folders (default: ./output/train)')
     experiment: str = flag('run', '', 'run folder name')
@@ -28,5 +35,14 @@ class RunFlags:
 
 
 def check(c) -> None:
+    from jax_ema.device import CHOICES
+
+    if c.device not in ('', *CHOICES):
+        if c.device.partition(':')[0] in ('cuda', 'gpu') and c.device.partition(':')[2].isdigit():
+            raise UserError(
+                f'--device {c.device}: one process uses all the GPUs it sees here; pick GPU '
+                f'{c.device.partition(":")[2]} with CUDA_VISIBLE_DEVICES={c.device.partition(":")[2]} and --device cuda'
+            )
+        raise UserError(f'--device {c.device!r} is not one of {", ".join(CHOICES)}; leave it out to let JAX pick')
     positive(c, 'log_interval', 'val_interval')
     non_negative(c, 'checkpoint_hist', 'recovery_interval')
