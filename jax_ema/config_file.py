@@ -71,6 +71,8 @@ def config_argv(parser: argparse.ArgumentParser, path: str, values: dict, argv: 
             continue
         if key == _EXTRA_DECAYS:
             continue  # with model_ema_decay below
+        if key == 'device' and value == timm_args.DEFAULTS['device']:
+            continue  # timm's default 'cuda' is in every timm args.yaml: here JAX's default device
         if key in actions:
             tokens += _tokens(actions[key], key, value, values.get(_EXTRA_DECAYS))
         elif key in timm_args.DEFAULTS:

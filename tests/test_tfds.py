@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from cli_output import error_line
 from jax_ema import checkpoint, data, data_fingerprint, reporting
 from jax_ema.train import main
 from jax_ema.validate import main as validate_main
@@ -171,7 +172,7 @@ def test_bad_tfds_input_is_one_line_and_exit_2(data_dirs, tmp_path, capsys, argv
     data_dir = str(data_dirs['tfrecord'])
     assert main(['--data-dir', data_dir, *argv, '--model', 'resnet18', '--output', str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count('\n') == 1 and err.startswith('error: '), err
+    error_line(err)
     assert all(w in err for w in words), err
     if 'not prepared' in err:
         assert data_dir in err
