@@ -20,6 +20,7 @@ import optax
 
 from jax_ema import optim_timm, schedule as schedule_lib
 from jax_ema.errors import UserError
+from jax_ema.flags import optimizer as optimizer_flags
 from jax_ema.schedule import SCHEDULE_NAMES, create_lr_schedule  # noqa: F401  (optim's API before schedule.py)
 
 # timm's names; for the last six, the flags timm registers them with (trust_clip, decoupled_decay).
@@ -208,5 +209,6 @@ def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: in
     kwargs = schedule_lib.schedule_kwargs(config)
     schedule, num_epochs = create_lr_schedule(lr=lr, updates_per_epoch=updates_per_epoch, **kwargs)
     lr_source = schedule() if config.sched == 'plateau' else schedule
-    tx = create_optimizer(config.opt, lr_source, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas)
+    eps, betas = optimizer_flags.eps_and_betas(config)  # --opt-eps / --opt-betas, or from --opt-kwargs
+    tx = create_optimizer(config.opt, lr_source, config.weight_decay, config.momentum, eps, betas)
     return lr, schedule, num_epochs, tx

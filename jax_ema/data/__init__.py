@@ -18,6 +18,7 @@ images), transforms.py (per-example transforms), rand_augment.py + image_ops.py 
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator
 
@@ -26,6 +27,7 @@ import numpy as np
 from jax_ema import _compat
 from jax_ema.device_input import ERASING_MODES, DeviceInput
 from jax_ema.errors import UserError
+from jax_ema.flags import data as data_flags
 
 _compat.preload_triton()  # must precede `import tensorflow`, see _compat
 _compat.quiet_tensorflow()
@@ -89,6 +91,10 @@ class DataConfig:
     input_key: str = 'image'  # --input-key, --target-key: the TFDS features read
     target_key: str = 'label'
     download: bool = False  # --dataset-download: let TFDS prepare the dataset
+    class_map: str = ''  # --class-map: class folder -> index file (.txt or .pkl)
+    channels: int = 3  # --input-img-mode: 3 (RGB) or 1 (L, PIL's luma)
+    epoch_repeats: float = 0.0  # --epoch-repeats: passes over the training set per epoch
+    updates_per_epoch: int | None = None  # --train-batches-per-epoch / --grad-accum-steps
 
 
 class Dataset:
@@ -161,6 +167,10 @@ class Dataset:
                 f'batch size {batch_size} does not fit the {self.num_examples} training '
                 f'images; pass a -b between 1 and {self.num_examples}'
             )
+        if self._cfg.updates_per_epoch:  # --train-batches-per-epoch
+            return self._cfg.updates_per_epoch
+        if self._cfg.epoch_repeats > 1:  # as timm's iterable readers: whole batches, wrapping into the next pass
+            return math.ceil(math.ceil(self._cfg.epoch_repeats * self.num_examples) / batch_size)
         return self.num_examples // batch_size
 
     def train_batches(
@@ -179,7 +189,7 @@ class Dataset:
                 'resume from a checkpoint made with this data and batch size'
             )
         rows = _rows(start_step, steps, batch_size, process_index, local)
-        index = epoch_order(self._cfg.seed, epoch, self.num_examples)[rows]
+        index = epoch_order(self._cfg.seed, epoch, self.num_examples, steps * batch_size)[rows]
         epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
 
         def columns(index):  # an unreadable example's slot takes the next readable one
@@ -203,7 +213,7 @@ class Dataset:
         rows = _rows(0, -(-self.num_examples // batch_size), batch_size, process_index, local)
         in_range = rows < self.num_examples
         index = np.where(in_range, rows, 0)
-        size = (self._cfg.img_size, self._cfg.img_size, 3)
+        size = (self._cfg.img_size, self._cfg.img_size, self._cfg.channels)
 
         def columns(index_and_range):
             index, in_range = index_and_range[:, 0], index_and_range[:, 1].astype(bool)
@@ -312,9 +322,14 @@ def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.
     return (starts + np.arange(local_batch_size)).reshape(-1)
 
 
-def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """The order in which epoch `epoch` visits the examples: a permutation seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def epoch_order(seed: int, epoch: int, num_examples: int, length: int | None = None) -> np.ndarray:
+    """The order in which epoch `epoch` visits the examples: a permutation seeded by (seed, epoch), then for
+    an epoch of `length` > num_examples slots (--epoch-repeats, --train-batches-per-epoch) pass k >= 1's own
+    permutation seeded by (seed, epoch, k), cut at `length`."""
+    order = [np.random.default_rng([seed, epoch]).permutation(num_examples)]
+    for k in range(1, -(-(length or 0) // num_examples)):
+        order.append(np.random.default_rng([seed, epoch, k]).permutation(num_examples))
+    return np.concatenate(order)[: length or num_examples]
 
 
 def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
@@ -375,6 +390,10 @@ def _check_config(cfg: DataConfig) -> None:
             raise UserError(message + '; fix the option')
     if cfg.auto_augment:
         rand_augment.parse(cfg.auto_augment)
+        if cfg.channels != 3:
+            raise UserError('--aa with --input-img-mode L is not built; leave one of them out')
+    if cfg.channels not in (1, 3):
+        raise UserError(f'images of {cfg.channels} channels are not built; use --input-img-mode RGB or L')
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -430,4 +449,8 @@ def data_config(config) -> DataConfig:
         input_key=config.input_key,
         target_key=config.target_key,
         download=config.dataset_download,
+        class_map=config.class_map,
+        channels=data_flags.input_channels(config),
+        epoch_repeats=config.epoch_repeats,
+        updates_per_epoch=(config.train_batches_per_epoch or 0) // config.grad_accum_steps or None,
     )

@@ -59,6 +59,18 @@ def crop_window(image, window_fn):
     return image[top : top + h, left : left + w], tf.stack([top, left]), shape[:2]
 
 
+def to_luma(image):
+    """PIL's convert('L') of a uint8 RGB image, exactly: (19595 R + 38470 G + 7471 B + 2^15) >> 16, [H, W, 1]."""
+    rgb = tf.cast(image, tf.int32)
+    weighted = rgb[..., 0:1] * 19595 + rgb[..., 1:2] * 38470 + rgb[..., 2:3] * 7471 + 0x8000
+    return tf.cast(tf.bitwise.right_shift(weighted, 16), tf.uint8)
+
+
+def to_mode(image, cfg):
+    """The decoded RGB image in --input-img-mode (cfg.channels: 3 RGB, 1 L), as timm's reader converts it."""
+    return to_luma(image) if getattr(cfg, 'channels', 3) == 1 else image
+
+
 def round_to_uint8(averaged):
     """Rounds to uint8 an image of weighted averages of 0..255 (weights >= 0, summing to 1: no over- or
     undershoot beyond float error): one add and a truncating cast, as exact as floor(x + 0.5) + clipping
@@ -174,12 +186,12 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
 
     crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
     size = (cfg.img_size, cfg.img_size)
-    image = _resize_crop(crop, size, cfg.interpolation)
+    image = _resize_crop(to_mode(crop, cfg), size, cfg.interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:
         image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean), cfg.interpolation)
-    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, getattr(cfg, 'channels', 3)))
 
 
 def eval_geometry(height, width, img_size, crop_pct):
@@ -221,5 +233,5 @@ def eval_transform(source, cfg, decoded=False):
     window, offset, shape = (crop_window if decoded else decode_window)(source, window_fn)
     new_size, crop_start, _ = geometry(shape[0], shape[1])
     size = (cfg.img_size, cfg.img_size)
-    image = resize_region(window, offset, shape, new_size, crop_start, size, cfg.interpolation)
-    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
+    image = resize_region(to_mode(window, cfg), offset, shape, new_size, crop_start, size, cfg.interpolation)
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, getattr(cfg, 'channels', 3)))

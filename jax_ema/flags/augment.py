@@ -20,9 +20,23 @@ class AugmentFlags:
     smoothing: float = flag('augment', 0.1, 'label smoothing')
     drop: float = flag('augment', 0.0, 'dropout rate before the classifier', metavar='PCT')
     drop_path: float | None = flag('augment', None, 'drop path (stochastic depth) rate', metavar='PCT')
+    # timmrest: timm's train crop mode and its deprecated drop connect
+    train_crop_mode: str | None = flag(
+        'augment', None, "train crop: rrc (RandomResizedCrop, timm's default); rkrc/rkrr are not built", metavar='MODE'
+    )
+    drop_connect: float | None = flag(
+        'augment',
+        None,
+        'deprecated in timm, whose train.py no longer reads it: no effect; use --drop-path',
+        metavar='PCT',
+    )
 
 
 def check(c) -> None:
-    below_one(c, 'drop', 'drop_path')
+    below_one(c, 'drop', 'drop_path', 'drop_connect')
+    if c.train_crop_mode not in (None, '', 'rrc'):
+        raise UserError(
+            f'--train-crop-mode {c.train_crop_mode!r} is not built (timm: rrc, rkrc, rkrr); use rrc or leave it out'
+        )
     if not 0.0 <= c.smoothing < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {c.smoothing}; timm uses 0.1')

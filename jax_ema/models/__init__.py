@@ -50,6 +50,27 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     return _BUILDERS[name](name, int(num_classes), dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
+CLASSIFIER_NAMES = ('fc', 'classifier')  # the Linear head's module: ResNet's, the EfficientNet family's
+
+
+def init_head(variables: dict, scale: float | None = None, bias: float | None = None) -> dict:
+    """timm train.py's --head-init-scale (the classifier's weight and bias multiplied by it) and then
+    --head-init-bias (its bias set to the value), on a model's variables."""
+    if scale is None and bias is None:
+        return variables
+    params = dict(variables['params'])
+    name = next((n for n in CLASSIFIER_NAMES if n in params), None)
+    if name is None:
+        raise UserError('this model has no classifier to scale; leave out --head-init-scale / --head-init-bias')
+    head = dict(params[name])
+    if scale is not None:
+        head = {k: v * jnp.asarray(scale, v.dtype) for k, v in head.items()}
+    if bias is not None:
+        head['bias'] = jnp.full_like(head['bias'], bias)
+    params[name] = head
+    return {**variables, 'params': params}
+
+
 def drop_kwargs(drop: float = 0.0, drop_path: float | None = None) -> dict:
     """timm's --drop / --drop-path as `create_model` kwargs (left out when 0, as timm leaves out None)."""
     rates = {'drop_rate': drop, 'drop_path_rate': drop_path}
