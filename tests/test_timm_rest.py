@@ -17,7 +17,7 @@ from timm.data.readers.reader_tfds import ReaderTfds
 from timm.data.transforms_factory import transforms_imagenet_eval
 from timm.utils import ParseKwargs
 
-from jax_ema import convert, data, optim
+from jax_ema import convert, data, device_input, optim
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.flags import parse_kwargs
@@ -271,3 +271,28 @@ def test_cli_with_the_options(tmp_path, capsys):
 
     meta = checkpoint.read_metadata(checkpoint.resolve(run))
     assert meta['num_classes'] == 2 and meta['step'] == 5  # 5 updates: the wrapped-around epoch of 8 images
+
+
+def test_grey_images_are_normalised_with_timms_adapted_stats():
+    from timm.data.loader import adapt_to_chs
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for channels in (1, 3):
+        assert data.channel_stats(mean, channels) == pytest.approx(adapt_to_chs(mean, channels), abs=1e-12)
+        assert data.channel_stats(std, channels) == pytest.approx(adapt_to_chs(std, channels), abs=1e-12)
+    train, _ = data.load_datasets(data.DataConfig(img_size=8, channels=1))
+    batch = next(train.train_batches(4, 0))
+    x = np.asarray(device_input.eval_images(jnp.asarray(batch['image']), train.device_input))
+    assert x.shape == (4, 8, 8, 1)
+    np.testing.assert_allclose(x[..., 0], (batch['image'][..., 0] / 255.0 - np.mean(mean)) / np.mean(std), rtol=1e-5)
+
+
+def test_a_wrapped_epoch_resumes_exactly():
+    train, _ = data.load_datasets(data.DataConfig(img_size=8, epoch_repeats=1.5))
+    steps = train.steps_per_epoch(256)
+    assert steps == -(-int(np.ceil(1.5 * train.num_examples)) // 256)
+    whole = list(train.train_batches(256, 2))
+    tail = list(train.train_batches(256, 2, start_step=steps - 2))
+    for a, b in zip(whole[-2:], tail):
+        np.testing.assert_array_equal(a['image'], b['image'])
+        np.testing.assert_array_equal(a['label'], b['label'])

@@ -124,8 +124,8 @@ class Dataset:
             self._labels = self.labels
         self._cfg = cfg
         self.device_input = DeviceInput(
-            mean=tuple(cfg.mean),
-            std=tuple(cfg.std),
+            mean=channel_stats(cfg.mean, cfg.channels),
+            std=channel_stats(cfg.std, cfg.channels),
             reprob=cfg.reprob,
             remode=cfg.remode.lower(),
             recount=cfg.recount,
@@ -314,6 +314,13 @@ class Dataset:
         if self.unreadable.all():
             raise UserError('no image of this split can be read; check the data folder')
         return found > 0
+
+
+def channel_stats(values, channels: int) -> tuple:
+    """Normalisation mean or std for `channels`-channel images, as timm's loader adapts them (adapt_to_chs):
+    as given when they match, else their average for every channel (3 ImageNet values for grey images)."""
+    values = tuple(float(v) for v in values)
+    return values if len(values) == channels else (float(np.mean(values)),) * channels
 
 
 def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.ndarray:
