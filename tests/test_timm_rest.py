@@ -296,3 +296,23 @@ def test_a_wrapped_epoch_resumes_exactly():
     for a, b in zip(whole[-2:], tail):
         np.testing.assert_array_equal(a['image'], b['image'])
         np.testing.assert_array_equal(a['label'], b['label'])
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--tta', '2'], '--tta 2 is not built'),
+        (['--model-kwargs', 'foo=1'], '--model-kwargs: resnet18 does not take it'),
+        (['--class-map', 'missing.txt'], "cannot read --class-map 'missing.txt'"),
+        (['--opt-kwargs', 'amsgrad=True'], '--opt-kwargs amsgrad=... is not an option'),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    from jax_ema.train import main
+
+    root = _folders(tmp_path / 'ds', ['ant', 'bee'])
+    argv = [str(root), '--model', 'resnet18', '--img-size', str(IMG), '--output', str(tmp_path / 'out'), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
+    assert not (tmp_path / 'out').exists()
