@@ -95,6 +95,7 @@ class DataConfig:
     channels: int = 3  # --input-img-mode: 3 (RGB) or 1 (L, PIL's luma)
     epoch_repeats: float = 0.0  # --epoch-repeats: passes over the training set per epoch
     updates_per_epoch: int | None = None  # --train-batches-per-epoch / --grad-accum-steps
+    train_crop_mode: str = 'rrc'  # --train-crop-mode: rrc (RandomResizedCrop), rkrc, rkrr (crop_modes.py)
 
 
 class Dataset:
@@ -459,5 +460,6 @@ def data_config(config) -> DataConfig:
         class_map=config.class_map,
         channels=data_flags.input_channels(config),
         epoch_repeats=config.epoch_repeats,
+        train_crop_mode=config.train_crop_mode or 'rrc',
         updates_per_epoch=(config.train_batches_per_epoch or 0) // config.grad_accum_steps or None,
     )

@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
-from jax_ema.data import rand_augment as rand_augment_lib
+from jax_ema.data import crop_modes, rand_augment as rand_augment_lib
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
 
@@ -105,7 +105,7 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     rows = resample(
         window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]), tf.stack([0.0, translation[1]])
     )
-    return resample(rows, tf.constant(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
+    return resample(rows, tf.cast(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
@@ -184,9 +184,19 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
     def window_fn(height, width):
         return random_resized_crop_box(crop_key, height, width, cfg.scale, cfg.ratio)
 
-    crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
     size = (cfg.img_size, cfg.img_size)
-    image = _resize_crop(to_mode(crop, cfg), size, cfg.interpolation)
+    if getattr(cfg, 'train_crop_mode', 'rrc') != 'rrc':  # --train-crop-mode rkrc / rkrr: the whole image
+        image, _, _ = (crop_window if decoded else decode_window)(source, lambda h, w: (0, 0, h, w))
+        image = to_mode(image, cfg)
+        shape = tf.shape(image)
+        new_size = crop_modes.keep_ratio_size(crop_key, shape[0], shape[1], cfg.img_size, cfg.scale, cfg.ratio)
+        image = resize(image, tf.stack(new_size), cfg.interpolation)
+        image = crop_modes.crop_or_pad(
+            image, tf.random.experimental.stateless_fold_in(crop_key, 1), cfg.img_size, cfg.train_crop_mode
+        )
+    else:
+        crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
+        image = _resize_crop(to_mode(crop, cfg), size, cfg.interpolation)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if policy is not None:

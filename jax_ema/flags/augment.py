@@ -22,7 +22,10 @@ class AugmentFlags:
     drop_path: float | None = flag('augment', None, 'drop path (stochastic depth) rate', metavar='PCT')
     # timmrest: timm's train crop mode and its deprecated drop connect
     train_crop_mode: str | None = flag(
-        'augment', None, "train crop: rrc (RandomResizedCrop, timm's default); rkrc/rkrr are not built", metavar='MODE'
+        'augment',
+        None,
+        'train crop: rrc (RandomResizedCrop), rkrc/rkrr (ResizeKeepRatio + center/random crop or pad) (default: rrc)',
+        metavar='MODE',
     )
     drop_connect: float | None = flag(
         'augment',
@@ -34,9 +37,7 @@ class AugmentFlags:
 
 def check(c) -> None:
     below_one(c, 'drop', 'drop_path', 'drop_connect')
-    if c.train_crop_mode not in (None, '', 'rrc'):
-        raise UserError(
-            f'--train-crop-mode {c.train_crop_mode!r} is not built (timm: rrc, rkrc, rkrr); use rrc or leave it out'
-        )
+    if c.train_crop_mode not in (None, '', 'rrc', 'rkrc', 'rkrr'):
+        raise UserError(f"--train-crop-mode {c.train_crop_mode!r} is not one of rrc, rkrc, rkrr (timm's)")
     if not 0.0 <= c.smoothing < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {c.smoothing}; timm uses 0.1')
