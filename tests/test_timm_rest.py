@@ -270,7 +270,14 @@ def test_cli_with_the_options(tmp_path, capsys):
     from jax_ema import checkpoint
 
     meta = checkpoint.read_metadata(checkpoint.resolve(run))
-    assert meta['num_classes'] == 2 and meta['step'] == 5  # 5 updates: the wrapped-around epoch of 8 images
+    assert meta['num_classes'] == 2 and meta['updates_per_epoch'] == 5  # 5 updates: the epoch of 8 images wrapped
+    # a resume with another epoch length goes on from the next epoch's start under the new length
+    resumed = [*argv, '--epochs', '2', '--train-batches-per-epoch', '3', '--resume', str(run)]  # the last wins
+    assert main(resumed) == 0
+    out = capsys.readouterr()
+    assert 'updates per epoch (5 -> 3)' in out.out + out.err
+    meta = checkpoint.read_metadata(checkpoint.resolve(run))
+    assert meta['epoch'] == 1 and meta['updates_per_epoch'] == 3
 
 
 def test_grey_images_are_normalised_with_timms_adapted_stats():
