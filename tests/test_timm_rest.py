@@ -271,6 +271,10 @@ def test_cli_with_the_options(tmp_path, capsys):
 
     meta = checkpoint.read_metadata(checkpoint.resolve(run))
     assert meta['num_classes'] == 2 and meta['updates_per_epoch'] == 5  # 5 updates: the epoch of 8 images wrapped
+    from jax_ema.validate import validate
+
+    checked = validate(run, root)  # the run's --class-map labels the folders again
+    assert checked['num_images'] == 8 and checked['top1'] == results['final']['raw']['top1']
     # a resume with another epoch length goes on from the next epoch's start under the new length
     resumed = [*argv, '--epochs', '2', '--train-batches-per-epoch', '3', '--resume', str(run)]  # the last wins
     assert main(resumed) == 0
