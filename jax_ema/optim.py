@@ -19,6 +19,7 @@ import optax
 
 from jax_ema import optim_timm, schedule as schedule_lib
 from jax_ema.errors import UserError
+from jax_ema.flags import optimizer as optimizer_flags
 from jax_ema.schedule import SCHEDULE_NAMES, create_lr_schedule  # noqa: F401  (optim's API before schedule.py)
 
 # timm's names; for the last six, the flags timm registers them with (trust_clip, decoupled_decay).
@@ -218,7 +219,6 @@ def create_optimizer_and_schedule(config, updates_per_epoch: int, batch_size: in
         from jax_ema import layer_decay
 
         scales = layer_decay.model_lr_scales(config)
-    tx = create_optimizer(
-        config.opt, lr_source, config.weight_decay, config.momentum, config.opt_eps, config.opt_betas, scales
-    )
+    eps, betas = optimizer_flags.eps_and_betas(config)  # --opt-eps / --opt-betas, or from --opt-kwargs
+    tx = create_optimizer(config.opt, lr_source, config.weight_decay, config.momentum, eps, betas, scales)
     return lr, schedule, num_epochs, tx

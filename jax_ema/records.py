@@ -162,6 +162,8 @@ def resume_position(run, state, meta: dict, data_fp: dict, step_dir):
     changed = [f'the training data ({", ".join(changed)})'] if changed else []
     if meta.get('global_batch_size') not in (None, run.batch_size):
         changed.append(f'the global batch ({meta["global_batch_size"]} -> {run.batch_size})')
+    elif meta.get('updates_per_epoch') not in (None, run.updates_per_epoch):  # --epoch-repeats, --train-batches-...
+        changed.append(f'the updates per epoch ({meta["updates_per_epoch"]} -> {run.updates_per_epoch})')
     if not changed:
         val_changed = data_fingerprint.changes(meta.get('data'), data_fp, 'validation')
         if val_changed:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_ema import (
+    batch_images,
     checkpoint,
     clip_grad,
     data_config,
@@ -48,7 +49,7 @@ from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.flags import compat
 from jax_ema.guard import Preemption
-from jax_ema.models import arch_kwargs, create_model, describe_kwargs, model_kwargs
+from jax_ema.models import arch_kwargs, create_model, describe_kwargs, init_head, model_kwargs
 from jax_ema.plateau import PlateauSchedule
 from jax_ema.records import (
     Records,
@@ -148,7 +149,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                 state, train_loss, stopped = loop.train_epoch(
                     step,
                     state,
-                    _train_batches(run, epoch, first),
+                    _train_batches(run, epoch, first, records.run_dir if config.save_images else None),
                     epoch=epoch,
                     num_epochs=run.num_epochs,
                     updates_per_epoch=run.updates_per_epoch,
@@ -188,8 +189,12 @@ def setup(config: Config) -> tuple[Run, TrainState]:
     if notes:
         log.info('timm options, what they mean here: %s', '; '.join(notes))
     log.info(data_config.describe(config.model, config.data_config))  # resolved by Config, as timm's
-    kwargs = model_kwargs(config)
-    create_model(config.model, 1, **kwargs)  # an unknown model or option it does not take fails before the data
+    try:
+        kwargs = model_kwargs(config)
+        create_model(config.model, 1, **kwargs)  # an unknown model or option it does not take fails before the data
+    except TypeError as err:  # an argument the model does not have (--model-kwargs)
+        raise UserError(f'--model-kwargs: {config.model} does not take it ({err}); fix or leave it out') from None
+    _note_no_effect(config)
     pretrained_weights = None  # --pretrained, unless other weights replace them (as in timm) or a resume does
     if config.pretrained and not (config.initial_checkpoint or config.resume):
         pretrained_weights = pretrained.read_weights(config.model, config.pretrained_path)
@@ -223,6 +228,7 @@ def setup(config: Config) -> tuple[Run, TrainState]:
                 pretrained.load_pretrained(config.model, num_classes, variables, pretrained_weights, kwargs),
                 param_dtype,
             )
+    variables = init_head(variables, config.head_init_scale, config.head_init_bias)  # as timm, after any weights
     _check_trainable(model, variables, batch_size // config.grad_accum_steps, config.img_size)
     if param_dtype != jnp.float32:
         tx = precision.fp32_optimizer(tx)
@@ -234,6 +240,21 @@ def setup(config: Config) -> tuple[Run, TrainState]:
         config, model, train_ds, val_ds, num_classes, batch_size, updates_per_epoch, num_epochs, lr, schedule, ema_cfg
     )
     return run, state
+
+
+def _note_no_effect(config: Config) -> None:
+    """One line each for timm flags accepted here without effect (docs/usage.md says why)."""
+    notes = [
+        (config.grad_checkpointing, '--grad-checkpointing has no effect: XLA plans activation memory itself'),
+        (config.drop_connect is not None, '--drop-connect has no effect (timm no longer reads it): use --drop-path'),
+        (
+            config.train_num_samples is not None or config.val_num_samples is not None,
+            '--train-num-samples / --val-num-samples have no effect: as in timm, they are for iterable datasets',
+        ),
+    ]
+    for due, note in notes:
+        if due and parallel.is_main():
+            log.warning(note)
 
 
 def _check_trainable(model, variables, batch_size: int, img_size: int) -> None:
@@ -292,20 +313,21 @@ def _warn_ema_horizon(ema_cfg: ema.EmaConfig | None, total_updates: int) -> None
             )
 
 
-def _train_batches(run: Run, epoch: int, first: int):
+def _train_batches(run: Run, epoch: int, first: int, save_images_to=None):
     """The epoch's batches from update `first` on, this process's rows, sharded over the mesh; the next ones
-    are put on the device while the current step runs."""
-    return device_input.prefetch(
-        run.train_ds.train_batches(
-            run.batch_size,
-            epoch,
-            start_step=first,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            replicas=jax.device_count(),  # --aug-repeats spreads an image's copies over the devices
-        ),
-        parallel.shard_batch,
+    are put on the device while the current step runs. With `save_images_to` (--save-images) the main
+    process saves the batches at the log points there."""
+    batches = run.train_ds.train_batches(
+        run.batch_size,
+        epoch,
+        start_step=first,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        replicas=jax.device_count(),  # --aug-repeats spreads an image's copies over the devices
     )
+    if save_images_to is not None and parallel.is_main():
+        batches = batch_images.saving(batches, save_images_to, first, run.updates_per_epoch, run.config.log_interval)
+    return device_input.prefetch(batches, parallel.shard_batch)
 
 
 # ---------------------------------------------------------------- during the epoch

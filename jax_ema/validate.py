@@ -169,6 +169,7 @@ def load_split(
         target_key=args.get('target_key') or 'label',
         download=bool(args.get('dataset_download')),
         num_classes=args.get('num_classes') if tfds else None,
+        class_map=args.get('class_map') or '',  # the run's --class-map labels the folders as in training
     )
     train, val = data_lib.load_datasets(cfg)
     return train if is_train else val

@@ -19,6 +19,7 @@ jitter, greyscale, blur) rely on that; sampler.py (--aug-repeats) is numpy only.
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Iterator
 
@@ -27,6 +28,7 @@ import numpy as np
 from jax_ema import _compat
 from jax_ema.device_input import ERASING_MODES, DeviceInput
 from jax_ema.errors import UserError
+from jax_ema.flags import data as data_flags
 
 _compat.preload_triton()  # must precede `import tensorflow`, see _compat
 _compat.quiet_tensorflow()
@@ -100,6 +102,11 @@ class DataConfig:
     train_interpolation: str | None = None  # --train-interpolation: also 'random'; None: `interpolation`
     no_aug: bool = False  # --no-aug: train on resize + centre crop, no augmentation (timm's transforms_noaug_train)
     aug_repeats: float = 0  # --aug-repeats: each example this many times per epoch (sampler.py)
+    class_map: str = ''  # --class-map: class folder -> index file (.txt or .pkl)
+    channels: int = 3  # --input-img-mode: 3 (RGB) or 1 (L, PIL's luma)
+    epoch_repeats: float = 0.0  # --epoch-repeats: passes over the training set per epoch
+    updates_per_epoch: int | None = None  # --train-batches-per-epoch / --grad-accum-steps
+    train_crop_mode: str = 'rrc'  # --train-crop-mode: rrc (RandomResizedCrop), rkrc, rkrr (crop_modes.py)
 
 
 class Dataset:
@@ -129,8 +136,8 @@ class Dataset:
             self._labels = self.labels
         self._cfg = cfg
         self.device_input = DeviceInput(
-            mean=tuple(cfg.mean),
-            std=tuple(cfg.std),
+            mean=channel_stats(cfg.mean, cfg.channels),
+            std=channel_stats(cfg.std, cfg.channels),
             reprob=0.0 if cfg.no_aug else cfg.reprob,  # timm: no random erasing under --no-aug
             remode=cfg.remode.lower(),
             recount=cfg.recount,
@@ -174,9 +181,13 @@ class Dataset:
                 f'batch size {batch_size} does not fit the {self.num_examples} training '
                 f'images; pass a -b between 1 and {self.num_examples}'
             )
-        if not self._cfg.aug_repeats:
-            return self.num_examples // batch_size
-        return sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
+        if self._cfg.updates_per_epoch:  # --train-batches-per-epoch
+            return self._cfg.updates_per_epoch
+        if self._cfg.aug_repeats:
+            return sampler.steps_per_epoch(self.num_examples, self._cfg.aug_repeats, replicas, batch_size)
+        if self._cfg.epoch_repeats > 1:  # as timm's iterable readers: whole batches, wrapping into the next pass
+            return math.ceil(math.ceil(self._cfg.epoch_repeats * self.num_examples) / batch_size)
+        return self.num_examples // batch_size
 
     def train_batches(
         self,
@@ -201,12 +212,13 @@ class Dataset:
                 'resume from a checkpoint made with this data and batch size'
             )
         rows = _rows(start_step, steps, batch_size, process_index, local)
-        order = epoch_order(self._cfg.seed, epoch, self.num_examples)
         if self._cfg.aug_repeats:  # copy c of example i is augmented with key i + c N (c = 0 as without)
+            order = epoch_order(self._cfg.seed, epoch, self.num_examples)
             index, copy = sampler.epoch_plan(order, self._cfg.aug_repeats, replicas, batch_size)
-            plan = np.stack([index, index + copy * self.num_examples], 1)[rows]
-        else:
-            plan = np.stack([order, order], 1)[rows]
+        else:  # --epoch-repeats / --train-batches-per-epoch: pass p over the data augments with key i + p N
+            index = epoch_order(self._cfg.seed, epoch, self.num_examples, steps * batch_size)
+            copy = np.arange(len(index)) // self.num_examples
+        plan = np.stack([index, index + copy * self.num_examples], 1)[rows]
         epoch_key = tf.random.experimental.stateless_fold_in(tf.constant([self._cfg.seed, 0], tf.int64), epoch)
 
         def columns(plan):  # an unreadable example's slot takes the next readable one
@@ -231,7 +243,7 @@ class Dataset:
         rows = _rows(0, -(-self.num_examples // batch_size), batch_size, process_index, local)
         in_range = rows < self.num_examples
         index = np.where(in_range, rows, 0)
-        size = (self._cfg.img_size, self._cfg.img_size, 3)
+        size = (self._cfg.img_size, self._cfg.img_size, self._cfg.channels)
 
         def columns(index_and_range):
             index, in_range = index_and_range[:, 0], index_and_range[:, 1].astype(bool)
@@ -334,15 +346,27 @@ class Dataset:
         return found > 0
 
 
+def channel_stats(values, channels: int) -> tuple:
+    """Normalisation mean or std for `channels`-channel images, as timm's loader adapts them (adapt_to_chs):
+    as given when they match, else their average for every channel (3 ImageNet values for grey images)."""
+    values = tuple(float(v) for v in values)
+    return values if len(values) == channels else (float(np.mean(values)),) * channels
+
+
 def _rows(first_step, steps, batch_size, process_index, local_batch_size) -> np.ndarray:
     """Positions in the epoch of this process's rows of global batches first_step..steps-1."""
     starts = np.arange(first_step, steps)[:, None] * batch_size + process_index * local_batch_size
     return (starts + np.arange(local_batch_size)).reshape(-1)
 
 
-def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
-    """The order in which epoch `epoch` visits the examples: a permutation seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def epoch_order(seed: int, epoch: int, num_examples: int, length: int | None = None) -> np.ndarray:
+    """The order in which epoch `epoch` visits the examples: a permutation seeded by (seed, epoch), then for
+    an epoch of `length` > num_examples slots (--epoch-repeats, --train-batches-per-epoch) pass k >= 1's own
+    permutation seeded by (seed, epoch, k), cut at `length`."""
+    order = [np.random.default_rng([seed, epoch]).permutation(num_examples)]
+    for k in range(1, -(-(length or 0) // num_examples)):
+        order.append(np.random.default_rng([seed, epoch, k]).permutation(num_examples))
+    return np.concatenate(order)[: length or num_examples]
 
 
 def load_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
@@ -404,6 +428,10 @@ def _check_config(cfg: DataConfig) -> None:
             raise UserError(message + '; fix the option')
     if cfg.auto_augment:
         rand_augment.parse(cfg.auto_augment)
+        if cfg.channels != 3:
+            raise UserError('--aa with --input-img-mode L is not built; leave one of them out')
+    if cfg.channels not in (1, 3):
+        raise UserError(f'images of {cfg.channels} channels are not built; use --input-img-mode RGB or L')
 
 
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
@@ -468,4 +496,9 @@ def data_config(config) -> DataConfig:
         train_interpolation=config.train_interpolation,
         no_aug=config.no_aug,
         aug_repeats=config.aug_repeats,
+        class_map=config.class_map,
+        channels=data_flags.input_channels(config),
+        epoch_repeats=config.epoch_repeats,
+        train_crop_mode=config.train_crop_mode or 'rrc',
+        updates_per_epoch=(config.train_batches_per_epoch or 0) // config.grad_accum_steps or None,
     )

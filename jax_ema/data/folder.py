@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -50,6 +51,8 @@ def stratified_split(labels: np.ndarray, fraction: float, class_names, where: st
     val = []
     for label, name in enumerate(class_names):
         members = np.flatnonzero(labels == label)
+        if not len(members):  # a --class-map class without a folder
+            continue
         n_val = math.floor(fraction * len(members) + 0.5)
         if not 1 <= n_val < len(members):
             raise UserError(
@@ -86,7 +89,11 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
             )
         train_names, *train = list_folder(train_dir)
         val_names, *val = list_folder(val_dir)
-        if sorted(train_names) != sorted(val_names):
+        if cfg.class_map:  # labels from the map, in each split alone (as timm)
+            class_to_idx = read_class_map(cfg.class_map, root)
+            train_names, *train = apply_class_map(class_to_idx, train_names, *train, train_dir)
+            val_names, *val = apply_class_map(class_to_idx, val_names, *val, val_dir)
+        elif sorted(train_names) != sorted(val_names):
             only_train = [printable(n) for n in sorted(set(train_names) - set(val_names))]
             only_val = [printable(n) for n in sorted(set(val_names) - set(train_names))]
             raise UserError(
@@ -102,6 +109,8 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
             'it, name it with --train-split, or put the class folders directly in DATA'
         )
     names, paths, labels = list_folder(root)
+    if cfg.class_map:
+        names, paths, labels = apply_class_map(read_class_map(cfg.class_map, root), names, paths, labels, root)
     train_rows, val_rows = stratified_split(labels, cfg.val_split_fraction, names, printable(root))
     return (
         'folders',
@@ -109,6 +118,49 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
         ([paths[i] for i in train_rows], labels[train_rows]),
         ([paths[i] for i in val_rows], labels[val_rows]),
     )
+
+
+class _NoGlobals(pickle.Unpickler):
+    """A class map .pkl is a plain dict: no object may be built from it (no code runs)."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a class map')
+
+
+def read_class_map(filename: str, root: str) -> dict:
+    """timm's load_class_map: {class name: index} from a .txt (a name a line, stripped; index = line number) or
+    a .pkl dict; `filename` as given, else relative to DATA."""
+    path = filename if os.path.exists(filename) else os.path.join(root, filename)
+    ext = os.path.splitext(filename)[1].lower()
+    if ext not in ('.txt', '.pkl'):
+        raise UserError(f'--class-map {filename!r} is neither .txt nor .pkl; give a text file, a class name a line')
+    try:
+        if ext == '.txt':
+            with open(path, encoding='utf-8') as f:
+                class_to_idx = {line.strip(): index for index, line in enumerate(f)}
+        else:
+            with open(path, 'rb') as f:
+                class_to_idx = _NoGlobals(f).load()
+    except (OSError, UnicodeDecodeError, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise UserError(f'cannot read --class-map {filename!r} ({err}); give a readable .txt or .pkl file') from None
+    ok = isinstance(class_to_idx, dict) and class_to_idx
+    if not ok or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in class_to_idx.values()):
+        raise UserError(f'--class-map {filename!r} is not a non-empty {{class name: index >= 0}} mapping; fix the file')
+    return class_to_idx
+
+
+def apply_class_map(class_to_idx: dict, names, paths, labels, where: str):
+    """(class names by index, paths, labels) with each folder's label taken from the map; images of folders
+    the map lacks are left out (timm's find_images_and_targets). There are max(index) + 1 classes."""
+    num_classes = max(class_to_idx.values()) + 1
+    mapped = np.array([class_to_idx.get(name, -1) for name in names], np.int64)
+    keep = mapped[labels] >= 0
+    if not keep.any():
+        raise UserError(f'no class folder of {printable(where)} is in --class-map; check the file against the folders')
+    out_names = [f'<class {i}>' for i in range(num_classes)]
+    for name, index in reversed(list(class_to_idx.items())):  # the first name of an index wins
+        out_names[index] = name
+    return out_names, [p for p, k in zip(paths, keep) if k], mapped[labels][keep].astype(np.int32)
 
 
 def _split_candidates(split: str, synonyms) -> list[str]:

@@ -11,7 +11,7 @@ import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
-from jax_ema.data import color, rand_augment as rand_augment_lib
+from jax_ema.data import color, crop_modes, rand_augment as rand_augment_lib
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
 
@@ -60,6 +60,18 @@ def crop_window(image, window_fn):
     return image[top : top + h, left : left + w], tf.stack([top, left]), shape[:2]
 
 
+def to_luma(image):
+    """PIL's convert('L') of a uint8 RGB image, exactly: (19595 R + 38470 G + 7471 B + 2^15) >> 16, [H, W, 1]."""
+    rgb = tf.cast(image, tf.int32)
+    weighted = rgb[..., 0:1] * 19595 + rgb[..., 1:2] * 38470 + rgb[..., 2:3] * 7471 + 0x8000
+    return tf.cast(tf.bitwise.right_shift(weighted, 16), tf.uint8)
+
+
+def to_mode(image, cfg):
+    """The decoded RGB image in --input-img-mode (cfg.channels: 3 RGB, 1 L), as timm's reader converts it."""
+    return to_luma(image) if getattr(cfg, 'channels', 3) == 1 else image
+
+
 def round_to_uint8(averaged):
     """Rounds to uint8 an image of weighted averages of 0..255 (weights >= 0, summing to 1: no over- or
     undershoot beyond float error): one add and a truncating cast, as exact as floor(x + 0.5) + clipping
@@ -94,7 +106,7 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     rows = resample(
         window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]), tf.stack([0.0, translation[1]])
     )
-    return resample(rows, tf.constant(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
+    return resample(rows, tf.cast(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
@@ -180,16 +192,31 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
     def window_fn(height, width):
         return random_resized_crop_box(crop_key, height, width, cfg.scale, cfg.ratio)
 
-    crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
     size = (cfg.img_size, cfg.img_size)
     interpolation = train_interpolation(cfg)
-    if interpolation == 'random':  # timm's RandomResizedCropAndInterpolation: random.choice per image
+
+    def resize_to(image, out_size):  # 'random': timm's RandomResizedCropAndInterpolation, random.choice per image
+        if interpolation != 'random':
+            return resize_fn(image, out_size, interpolation)
         bicubic = tf.random.stateless_uniform([], interp_key) < 0.5
-        image = tf.cond(
-            bicubic, lambda: _resize_crop(crop, size, 'bicubic'), lambda: _resize_crop(crop, size, 'bilinear')
+        return tf.cond(
+            bicubic, lambda: resize_fn(image, out_size, 'bicubic'), lambda: resize_fn(image, out_size, 'bilinear')
+        )
+
+    if getattr(cfg, 'train_crop_mode', 'rrc') != 'rrc':  # --train-crop-mode rkrc / rkrr: the whole image
+        image, _, _ = (crop_window if decoded else decode_window)(source, lambda h, w: (0, 0, h, w))
+        image = to_mode(image, cfg)
+        shape = tf.shape(image)
+        new_size = crop_modes.keep_ratio_size(crop_key, shape[0], shape[1], cfg.img_size, cfg.scale, cfg.ratio)
+        resize_fn = resize
+        image = resize_to(image, tf.stack(new_size))
+        image = crop_modes.crop_or_pad(
+            image, tf.random.experimental.stateless_fold_in(crop_key, 1), cfg.img_size, cfg.train_crop_mode
         )
     else:
-        image = _resize_crop(crop, size, interpolation)
+        crop, _, _ = (crop_window if decoded else decode_window)(source, window_fn)
+        resize_fn = _resize_crop
+        image = resize_to(to_mode(crop, cfg), size)
     flip = tf.random.stateless_uniform([], flip_key) < cfg.hflip
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     if cfg.vflip > 0:
@@ -197,8 +224,12 @@ def train_transform(source, key, cfg, policy=None, decoded=False):
         image = tf.cond(vflip, lambda: tf.reverse(image, [0]), lambda: image)
     if policy is not None:
         image = rand_augment_lib.rand_augment(image, augment_key, policy, augment_fill(cfg.mean), interpolation)
-    image = color.train_colors(image, color_key, cfg)
-    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
+    channels = getattr(cfg, 'channels', 3)
+    if channels == 1:  # an L image: the colour ops on its grey RGB copy give the same grey (exact), then back
+        image = color.train_colors(tf.tile(image, [1, 1, 3]), color_key, cfg)[..., :1]
+    else:
+        image = color.train_colors(image, color_key, cfg)
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, channels))
 
 
 def train_interpolation(cfg) -> str:
@@ -245,5 +276,5 @@ def eval_transform(source, cfg, decoded=False):
     window, offset, shape = (crop_window if decoded else decode_window)(source, window_fn)
     new_size, crop_start, _ = geometry(shape[0], shape[1])
     size = (cfg.img_size, cfg.img_size)
-    image = resize_region(window, offset, shape, new_size, crop_start, size, cfg.interpolation)
-    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, 3))
+    image = resize_region(to_mode(window, cfg), offset, shape, new_size, crop_start, size, cfg.interpolation)
+    return tf.ensure_shape(image, (cfg.img_size, cfg.img_size, getattr(cfg, 'channels', 3)))

@@ -72,3 +72,22 @@ def below_one(c, *keys: str) -> None:
         value = getattr(c, key)
         if value is not None and not 0.0 <= value < 1.0:
             raise UserError(f'{flag_name(key)} must be in [0, 1), got {value}')
+
+
+def parse_kwargs(tokens, option: str) -> dict:
+    """timm's ParseKwargs: KEY=VALUE tokens -> {KEY: VALUE}, VALUE a Python literal where it parses as one,
+    else the string itself (so `act_layer=silu` needs no quotes). The field keeps the tokens (args.yaml)."""
+    import ast
+
+    kwargs = {}
+    for token in tokens or ():
+        if not token:
+            continue
+        key, sep, text = token.partition('=')
+        if not sep or not key.isidentifier():
+            raise UserError(f'{option} takes KEY=VALUE items, got {token!r}; e.g. {option} key=0.5')
+        try:
+            kwargs[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[key] = text
+    return kwargs

@@ -69,12 +69,25 @@ class AugmentFlags:
     bce_sum: bool = flag('augment', False, 'BCE: sum over the classes, then mean over the batch')
     bce_target_thresh: float | None = flag('augment', None, 'BCE: binarise the soft targets at this threshold')
     bce_pos_weight: float | None = flag('augment', None, 'BCE: weight of the positive term')
+    # timmrest: timm's train crop mode and its deprecated drop connect
+    train_crop_mode: str | None = flag(
+        'augment',
+        None,
+        'train crop: rrc (RandomResizedCrop), rkrc/rkrr (ResizeKeepRatio + center/random crop or pad) (default: rrc)',
+        metavar='MODE',
+    )
+    drop_connect: float | None = flag(
+        'augment',
+        None,
+        'deprecated in timm, whose train.py no longer reads it: no effect; use --drop-path',
+        metavar='PCT',
+    )
 
 
 def check(c) -> None:
     from jax_ema.data_config import INTERPOLATIONS
 
-    below_one(c, 'drop', 'drop_path', 'drop_block')
+    below_one(c, 'drop', 'drop_path', 'drop_block', 'drop_connect')
     non_negative(c, 'mixup', 'cutmix', 'mixup_off_epoch')
     positive(c, 'bce_pos_weight')
     for key in ('mixup_prob', 'mixup_switch_prob'):
@@ -87,6 +100,8 @@ def check(c) -> None:
     mixing = c.mixup > 0 or c.cutmix > 0 or c.cutmix_minmax is not None
     if mixing and c.batch_size % 2:
         raise UserError(f'mixup/cutmix mix row i with row n-1-i of each batch: -b must be even, got {c.batch_size}')
+    if c.train_crop_mode not in (None, '', 'rrc', 'rkrc', 'rkrr'):
+        raise UserError(f"--train-crop-mode {c.train_crop_mode!r} is not one of rrc, rkrc, rkrr (timm's)")
     if not 0.0 <= c.smoothing < 1.0:
         raise UserError(f'--smoothing must be in [0, 1), got {c.smoothing}; timm uses 0.1')
     for key in _PROBABILITIES:
@@ -107,5 +122,10 @@ def check(c) -> None:
             f"{', '.join(INTERPOLATIONS)} or '' (the data config's)"
         )
     non_negative(c, 'aug_repeats')
+    if c.aug_repeats and (c.epoch_repeats or c.train_batches_per_epoch):
+        raise UserError(
+            '--aug-repeats with --epoch-repeats or --train-batches-per-epoch is not built (timm builds one sampler '
+            'or the other); give one of them'
+        )
     if c.gaussian_blur_prob and c.img_size < 12:
         raise UserError(f'--gaussian-blur-prob needs --img-size >= 12 (its kernel is 23 px), got {c.img_size}')

@@ -39,6 +39,23 @@ class DataFlags:
     verify_images: bool = flag(
         'data', False, 'decode every image once before training and stop at a bad one (default: skip it when read)'
     )
+    # timmrest: timm's other dataset flags
+    class_map: str = flag(
+        'data',
+        '',
+        'class folder -> index from a file: .txt (one class name a line, index = line) or .pkl ({name: index}); '
+        'folders not in it are left out',
+        metavar='FILENAME',
+    )
+    input_img_mode: str | None = flag(
+        'data', None, "image mode as PIL's convert: RGB, or L (grey, needs --in-chans 1) (default: from --in-chans)"
+    )
+    train_num_samples: int | None = flag(
+        'data', None, "timm's, for iterable datasets; no effect here: the split's size is known", metavar='N'
+    )
+    val_num_samples: int | None = flag(
+        'data', None, "timm's, for iterable datasets; no effect here: the split's size is known", metavar='N'
+    )
 
 
 def tfds_name(dataset: str | None) -> str | None:
@@ -55,3 +72,26 @@ def tfds_name(dataset: str | None) -> str | None:
 def check(c) -> None:
     non_negative(c, 'workers')
     tfds_name(c.dataset)
+    non_negative(c, 'train_num_samples', 'val_num_samples')
+    input_channels(c)
+    if c.class_map and tfds_name(c.dataset):
+        raise UserError('--class-map applies to image folders; TFDS datasets keep their own labels here')
+
+
+IMG_MODES = {'RGB': 3, 'L': 1}  # PIL mode -> channels
+
+
+def input_channels(c) -> int:
+    """Channels of the decoded images: --input-img-mode's, else timm's default from --in-chans (3: RGB, else L)."""
+    in_chans = getattr(c, 'in_chans', None) or 3  # --in-chans (model flags) where this build has it
+    if c.input_img_mode is None:
+        return 3 if in_chans == 3 else 1
+    if c.input_img_mode not in IMG_MODES:
+        raise UserError(f'--input-img-mode {c.input_img_mode!r} is not supported; use RGB or L')
+    channels = IMG_MODES[c.input_img_mode]
+    if channels != in_chans:
+        raise UserError(
+            f'--input-img-mode {c.input_img_mode} gives {channels}-channel images but the model takes {in_chans}; '
+            f'pass --in-chans {channels}'
+        )
+    return channels

@@ -6,8 +6,23 @@ from __future__ import annotations
 import dataclasses
 
 from jax_ema.errors import UserError
-from jax_ema.flags import flag, positive
+from jax_ema.flags import flag, parse_kwargs, positive
 from jax_ema.models.layers import pool_type
+
+# create_model arguments that have their own flag (timm would fail on them twice: TypeError).
+FLAG_MODEL_KWARGS = dict(
+    num_classes='--num-classes',
+    drop_rate='--drop',
+    drop_path_rate='--drop-path',
+    drop_block_rate='--drop-block',
+    global_pool='--gp',
+    bn_momentum='--bn-momentum',
+    bn_eps='--bn-eps',
+    in_chans='--in-chans',
+    pretrained='--pretrained',
+    dtype='--amp / --model-dtype',
+    param_dtype='--model-dtype',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +100,19 @@ class ModelFlags:
     batch_size: int | None = flag('model', None, 'per device (timm: per GPU)', ('-b', '--batch-size'))
     validation_batch_size: int | None = flag('model', None, 'default: -b', ('-vb', '--validation-batch-size'))
     grad_accum_steps: int = flag('model', 1, 'micro-batches of -b per optimizer and EMA update')
+    # timmrest: timm's create_model extras
+    model_kwargs: tuple = flag(
+        'model',
+        (),
+        "more create_model arguments (timm's ParseKwargs): fields of the Flax model; unknown ones are refused",
+        nargs='*',
+        metavar='KEY=VALUE',
+    )
+    head_init_scale: float | None = flag('model', None, "multiply the classifier's initial weight and bias by this")
+    head_init_bias: float | None = flag('model', None, "set the classifier's initial bias to this value")
+    grad_checkpointing: bool = flag(
+        'model', False, 'accepted for timm; no effect: XLA plans activation memory itself (results are the same)'
+    )
 
 
 def check(c) -> None:
@@ -108,3 +136,13 @@ def check(c) -> None:
         )
     if c.gp is not None:
         pool_type(c.gp)
+    extra_model_kwargs(c)
+
+
+def extra_model_kwargs(c) -> dict:
+    """--model-kwargs as a dict; a key that has its own flag is refused (timm fails on it too)."""
+    kwargs = parse_kwargs(c.model_kwargs, '--model-kwargs')
+    for key in kwargs:
+        if key in FLAG_MODEL_KWARGS:
+            raise UserError(f'--model-kwargs {key}=... is set by {FLAG_MODEL_KWARGS[key]}; use that flag instead')
+    return kwargs

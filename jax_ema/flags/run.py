@@ -32,6 +32,15 @@ class RunFlags:
     no_resume_opt: bool = flag('run', False, 'do not restore the optimizer state when resuming')
     checkpoint_hist: int = flag('run', 10, 'keep this many best checkpoints (and the last)')
     eval_metric: str = flag('run', 'top1', choices=('top1', 'top5', 'loss'))
+    # timmrest
+    save_images: bool = flag(
+        'run',
+        False,
+        'save each logged training batch (as augmented, before normalising) as a PNG grid in the run folder',
+    )
+    tta: int = flag(
+        'run', 0, "timm's test-time augmentation factor; 0 or 1 (none) only, see docs/usage.md", metavar='N'
+    )
 
 
 def check(c) -> None:
@@ -46,3 +55,8 @@ def check(c) -> None:
         raise UserError(f'--device {c.device!r} is not one of {", ".join(CHOICES)}; leave it out to let JAX pick')
     positive(c, 'log_interval', 'val_interval')
     non_negative(c, 'checkpoint_hist', 'recovery_interval')
+    if c.tta not in (0, 1):
+        raise UserError(
+            f"--tta {c.tta} is not built: timm's train.py averages the logits of N neighbouring validation images "
+            '(its loader makes no augmented copies); leave --tta out'
+        )

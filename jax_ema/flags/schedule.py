@@ -50,13 +50,31 @@ class ScheduleFlags:
     cooldown_epochs: int = flag('schedule', 0)
     patience_epochs: int = flag('schedule', 10, 'epochs without improvement before the plateau schedule decays')
     warmup_prefix: bool = flag('schedule', False)
+    # timmrest: the epoch's length
+    epoch_repeats: float = flag(
+        'schedule', 0.0, 'passes over the training set per epoch, fractional allowed (0 or 1: one)', metavar='N'
+    )
+    train_batches_per_epoch: int | None = flag(
+        'schedule',
+        None,
+        'loader batches (of -b per device, before --grad-accum-steps) per epoch, the data wrapping around into '
+        'the next pass (default: one pass)',
+        flags=('--train-batches-per-epoch', '--train-steps-per-epoch'),
+        metavar='N',
+    )
     decay_rate: float = flag(
         'schedule', 0.1, 'step/multistep/plateau lr factor; poly: the power', flags=('--decay-rate', '--dr')
     )
 
 
 def check(c) -> None:
-    positive(c, 'epochs')
+    positive(c, 'epochs', 'train_batches_per_epoch')
+    non_negative(c, 'epoch_repeats')
+    if c.train_batches_per_epoch and c.train_batches_per_epoch % c.grad_accum_steps:
+        raise UserError(
+            f'--train-batches-per-epoch {c.train_batches_per_epoch} is not a multiple of --grad-accum-steps '
+            f'{c.grad_accum_steps}; pass a multiple so that each epoch ends on a whole update'
+        )
     non_negative(c, 'lr', 'lr_base', 'warmup_lr', 'min_lr', 'warmup_epochs', 'cooldown_epochs', 'start_epoch')
     if c.sched not in schedule.SCHEDULE_NAMES:
         raise UserError(f'unknown lr schedule {c.sched!r}; known: {", ".join(schedule.SCHEDULE_NAMES)}')

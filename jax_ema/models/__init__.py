@@ -55,9 +55,7 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) or num_classes < 1:
         raise UserError(f'num_classes must be a positive integer, got {num_classes!r}')
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    unknown = sorted(set(kwargs) - set(FLAGS))
-    if unknown:
-        raise TypeError(f'create_model got unknown kwargs {unknown}')
+    # kwargs beyond FLAGS (--model-kwargs) go to the module's fields; one it does not have raises TypeError
     for key in _RATES:
         rate = kwargs.get(key, 0.0)
         if not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
@@ -96,7 +94,9 @@ def model_kwargs(config) -> dict:
         bn_momentum=config.bn_momentum,
         in_chans=config.in_chans,
     )
-    return {k: v for k, v in kwargs.items() if v is not None}
+    from jax_ema.flags.model import extra_model_kwargs
+
+    return {**{k: v for k, v in kwargs.items() if v is not None}, **extra_model_kwargs(config)}  # + --model-kwargs
 
 
 def arch_kwargs(kwargs: dict | None) -> dict:
@@ -112,3 +112,24 @@ def describe_kwargs(kwargs: dict | None) -> str:
 def in_chans(kwargs: dict | None) -> int:
     """The input channels of the model built with create_model `kwargs`."""
     return int((kwargs or {}).get('in_chans') or 3)
+
+
+CLASSIFIER_NAMES = ('fc', 'classifier')  # the Linear head's module: ResNet's, the EfficientNet family's
+
+
+def init_head(variables: dict, scale: float | None = None, bias: float | None = None) -> dict:
+    """timm train.py's --head-init-scale (the classifier's weight and bias multiplied by it) and then
+    --head-init-bias (its bias set to the value), on a model's variables."""
+    if scale is None and bias is None:
+        return variables
+    params = dict(variables['params'])
+    name = next((n for n in CLASSIFIER_NAMES if n in params), None)
+    if name is None:
+        raise UserError('this model has no classifier to scale; leave out --head-init-scale / --head-init-bias')
+    head = dict(params[name])
+    if scale is not None:
+        head = {k: v * jnp.asarray(scale, v.dtype) for k, v in head.items()}
+    if bias is not None:
+        head['bias'] = jnp.full_like(head['bias'], bias)
+    params[name] = head
+    return {**variables, 'params': params}
