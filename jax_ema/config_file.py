@@ -95,6 +95,8 @@ def _tokens(action: argparse.Action, key: str, value, extra_decays=None) -> list
         return []
     if key in _DATA_KEYS:
         return ['--data-dir', str(value)]
+    if isinstance(value, dict):  # timm's ParseKwargs options (model_kwargs, opt_kwargs): KEY=VALUE items
+        return [action.option_strings[0], *(f'{k}={v}' for k, v in value.items())] if value else []
     option = next((o for o in action.option_strings if o.startswith('--')), action.option_strings[0])
     if action.nargs == 0:  # store_true
         if not isinstance(value, bool):

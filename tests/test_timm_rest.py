@@ -17,6 +17,7 @@ from timm.data.readers.reader_tfds import ReaderTfds
 from timm.data.transforms_factory import transforms_imagenet_eval
 from timm.utils import ParseKwargs
 
+from cli_output import error_line
 from jax_ema import convert, data, device_input, optim
 from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
@@ -57,7 +58,7 @@ def test_kwargs_parse_as_timms_parse_kwargs():
 
 def test_model_kwargs_reach_the_model_and_flag_keys_are_refused():
     config = parse_args(['--model', 'efficientnet_b0', '--model-kwargs', 'stem_size=16'])
-    from jax_ema.flags.model import model_kwargs
+    from jax_ema.flags.model import extra_model_kwargs as model_kwargs
     from jax_ema.models import create_model
 
     assert create_model(config.model, 3, **model_kwargs(config)).stem_size == 16
@@ -324,8 +325,7 @@ def test_bad_values_give_one_line_and_exit_2(tmp_path, capsys, extra, message):
     root = _folders(tmp_path / 'ds', ['ant', 'bee'])
     argv = [str(root), '--model', 'resnet18', '--img-size', str(IMG), '--output', str(tmp_path / 'out'), *extra]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('error: ') and message in err[0], err
+    assert message in error_line(capsys.readouterr().err)  # after the run's log lines, one error line
     assert not (tmp_path / 'out').exists()
 
 

@@ -13,6 +13,7 @@ import dataclasses
 from jax_ema.flags import flag
 
 _NO_RESULTS = 'results are the same either way'
+_NO_WANDB = 'wandb logging is not built (summary.csv, TensorBoard and results.json hold the metrics)'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +48,10 @@ class CompatFlags:
     device_modules: tuple | None = flag(
         'compat', None, 'no effect: JAX finds its backends', nargs='+', metavar='MODULE'
     )
-    log_wandb: bool = flag('compat', False, 'not built: no wandb logging (summary.csv, TensorBoard and results.json)')
-    wandb_project: str | None = flag('compat', None, 'not built (no wandb logging)')
-    wandb_tags: tuple = flag('compat', (), 'not built (no wandb logging)', nargs='+')
-    wandb_resume_id: str = flag('compat', '', 'not built (no wandb logging)')
+    log_wandb: bool = flag('compat', False, f'no effect: {_NO_WANDB}')
+    wandb_project: str | None = flag('compat', None, f'no effect: {_NO_WANDB}')
+    wandb_tags: tuple = flag('compat', (), f'no effect: {_NO_WANDB}', nargs='+')
+    wandb_resume_id: str = flag('compat', '', f'no effect: {_NO_WANDB}')
 
 
 def notes(c) -> list[str]:
