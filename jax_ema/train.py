@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_ema import (
     batch_images,
@@ -32,7 +31,7 @@ from jax_ema import (
     device,
     device_input,
     ema,
-    faults,
+    epoch_end,
     loop,
     losses,
     mixup,
@@ -58,9 +57,8 @@ from jax_ema.records import (
     resume_position,
     start_at_epoch,
     unvalidated_epoch,
-    validates,
 )
-from jax_ema.step import TrainState, create_train_state, eval_step, evaluate, restore_state, train_step
+from jax_ema.step import TrainState, create_train_state, eval_step, restore_state, train_step
 
 log = logging.getLogger('jax_ema.train')  # also under `python -m`, where __name__ is '__main__'
 
@@ -130,7 +128,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
         stopped_epoch = unvalidated_epoch(resumed_meta)
         if stopped_epoch is not None:  # stopped on an epoch's last update, before validating it: validate it now
             loss = resumed_meta['train_loss_partial']
-            _end_epoch(
+            epoch_end.end_epoch(
                 run,
                 eval_step_fn,
                 records,
@@ -164,7 +162,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
                     total = records.epoch_loss(run, epoch, train_loss, run.updates_per_epoch)
                     train_loss = total['sum'] / total['count']
                 state = step.flush(state, (epoch + 1) * run.updates_per_epoch)
-                _end_epoch(run, eval_step_fn, records, state, epoch, train_loss)
+                epoch_end.end_epoch(run, eval_step_fn, records, state, epoch, train_loss)
         results = final_results(run, records.rows)
         if results is None:
             log.info('Nothing left to train: the checkpoint is at update %d of %d', start, run.total_updates)
@@ -362,66 +360,6 @@ def _after_update(run: Run, records: Records, step: offload.Step, preemption: Pr
         return state, stop
 
     return after_update
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _end_epoch(
-    run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int, train_loss: float, saved=None
-) -> None:
-    """Validate and record the epoch (`_validate_and_record`), or on an epoch --val-interval skips, as timm,
-    neither validate nor checkpoint, and step a plateau schedule without a metric."""
-    if validates(run, epoch):
-        _validate_and_record(run, eval_step_fn, records, state, epoch, train_loss, saved)
-        return
-    log.info('Skipping eval and checkpointing (--val-interval %d)', run.config.val_interval)
-    if isinstance(run.schedule, PlateauSchedule):
-        run.schedule.step(epoch + 1, None)
-
-
-def _validate_and_record(
-    run: Run, eval_step_fn, records: Records, state: TrainState, epoch: int, train_loss: float, saved=None
-) -> None:
-    """Validate the epoch's weights, then its checkpoint and records (`saved`: see Records.end_epoch)."""
-    faults.hit('epoch-end:before-validate', (epoch + 1) * run.updates_per_epoch)
-    records.end_epoch(run, state, epoch, train_loss, validate_epoch(run, eval_step_fn, state), saved)
-
-
-def validate_epoch(run: Run, eval_step_fn, state: TrainState) -> dict:
-    """{'raw', 'ema', 'members', 'best'}: the raw weights' metrics, the EMA's (member 0's), with several
-    EMAs every member's (else []) and the index of the best one."""
-    eval_batch_size = (run.config.validation_batch_size or run.config.batch_size) * jax.device_count()
-
-    def evaluate_split(params, batch_stats, log_name='Test'):
-        return evaluate(
-            eval_step_fn, params, batch_stats, run.val_ds, eval_batch_size, log_name, run.config.log_interval
-        )
-
-    raw = evaluate_split(state.params, state.batch_stats)  # logs timm's `Test:` lines
-    if state.ema_params is None:
-        return dict(raw=raw, ema=None, members=[], best=0)
-    names = ema.member_names(run.ema_cfg)  # member 0 is timm's `Test (EMA)`: summary.csv's eval_* columns
-    labels = ['EMA'] + [f'EMA {n}' for n in names[1:]]
-    members = evaluate_members(evaluate_split, *offload.ema_for_eval(state), labels)
-    if len(members) == 1:
-        return dict(raw=raw, ema=members[0], members=[], best=0)
-    return dict(raw=raw, ema=members[0], members=members, best=best_index(members, run.score))
-
-
-def evaluate_members(evaluate_one, ema_params, ema_stats, labels) -> list[dict]:
-    """`evaluate_one(params, stats, log_name)` of every EMA member (one jitted eval serves all: same [n]
-    shapes), each sent to the devices on its own and logged as `Test (<label>)`."""
-    results = []
-    for i, label in enumerate(labels):
-        device_vars = offload.to_device((ema.member(ema_params, i), ema.member(ema_stats, i)))
-        results.append(evaluate_one(*device_vars, f'Test ({label})'))
-    return results
-
-
-def best_index(member_metrics: list[dict], score) -> int:
-    """The member with the highest `score(metrics)`; ties go to the lower index."""
-    return int(np.argmax([score(m) for m in member_metrics]))
 
 
 def main(argv=None) -> int:

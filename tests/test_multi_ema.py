@@ -13,10 +13,11 @@ import safetensors.numpy
 
 from jax_ema import checkpoint, ema, offload, plot, posthoc, reporting
 from jax_ema.convert import to_timm
+from jax_ema.epoch_end import evaluate_members
 from jax_ema.errors import UserError
 from jax_ema.export import export
 from jax_ema.loop import SIGNAL_AT_UPDATE
-from jax_ema.train import evaluate_members, main, train_step
+from jax_ema.train import main, train_step
 from jax_ema.validate import validate
 from test_resume import _assert_identical
 from test_train import _batch, _image_folder, _state
