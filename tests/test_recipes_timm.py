@@ -35,6 +35,12 @@ RECIPES = {
         '--opt-eps .001 -j 8 --warmup-lr 1e-6 --weight-decay 1e-5 --drop 0.2 --drop-path 0.2 --model-ema '
         '--model-ema-decay 0.9999 --aa rand-m9-mstd0.5 --remode pixel --reprob 0.2 --amp --lr .048',
     ),
+    'efficientnet_b2': (
+        f'{_DOCS}: EfficientNet-B2 with RandAugment - 80.4 top-1, 95.1 top-5',
+        '--model efficientnet_b2 -b 128 --sched step --epochs 450 --decay-epochs 2.4 --decay-rate .97 --opt rmsproptf '
+        '--opt-eps .001 -j 8 --warmup-lr 1e-6 --weight-decay 1e-5 --drop 0.3 --drop-connect 0.2 --model-ema '
+        '--model-ema-decay 0.9999 --aa rand-m9-mstd0.5 --remode pixel --reprob 0.2 --amp --lr .016',
+    ),
     'mobilenetv3_large_100': (
         f'{_DOCS}: MobileNetV3-Large-100 - 75.766 top-1, 92,542 top-5',
         '--model mobilenetv3_large_100 -b 512 --sched step --epochs 600 --decay-epochs 2.4 --decay-rate .973 '
@@ -187,7 +193,8 @@ def test_compat_flags_are_accepted_and_noted(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [n for n in RECIPES if n != 'mobilenetv3_large_100'])  # test_recipe.py runs it
+# mobilenetv3_large_100: tests/test_recipe.py runs it; efficientnet_b2: the b0 run has the same flags (one compile less)
+@pytest.mark.parametrize('name', [n for n in RECIPES if n not in ('mobilenetv3_large_100', 'efficientnet_b2')])
 def test_recipe_runs_one_short_epoch(name, folder, tmp_path, capsys):
     """From -c YAML (the recipe as timm's args.yaml keys) with the reductions on the command line."""
     keys = timm_keys(shlex.split(RECIPES[name][1]))
