@@ -14,7 +14,6 @@ import hashlib
 import logging
 import math
 import os
-import pickle
 import re
 import sys
 import tempfile
@@ -120,29 +119,23 @@ def load_folders(cfg) -> tuple[str, list[str], tuple, tuple]:
     )
 
 
-class _NoGlobals(pickle.Unpickler):
-    """A class map .pkl is a plain dict: no object may be built from it (no code runs)."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a class map')
-
-
 def read_class_map(filename: str, root: str) -> dict:
-    """timm's load_class_map: {class name: index} from a .txt (a name a line, stripped; index = line number) or
-    a .pkl dict; `filename` as given, else relative to DATA."""
+    """timm's load_class_map: {class name: index} from a .txt (a name a line, stripped; index = line number);
+    `filename` as given, else relative to DATA. timm's .pkl maps are refused: unpickling can run code."""
     path = filename if os.path.exists(filename) else os.path.join(root, filename)
     ext = os.path.splitext(filename)[1].lower()
-    if ext not in ('.txt', '.pkl'):
-        raise UserError(f'--class-map {filename!r} is neither .txt nor .pkl; give a text file, a class name a line')
+    if ext == '.pkl':
+        raise UserError(
+            f'--class-map {filename!r}: a pickled class map is not read here (unpickling can run code); write it '
+            'as a .txt, one class name a line in index order'
+        )
+    if ext != '.txt':
+        raise UserError(f'--class-map {filename!r} is not a .txt; give a text file, a class name a line')
     try:
-        if ext == '.txt':
-            with open(path, encoding='utf-8') as f:
-                class_to_idx = {line.strip(): index for index, line in enumerate(f)}
-        else:
-            with open(path, 'rb') as f:
-                class_to_idx = _NoGlobals(f).load()
-    except (OSError, UnicodeDecodeError, pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UserError(f'cannot read --class-map {filename!r} ({err}); give a readable .txt or .pkl file') from None
+        with open(path, encoding='utf-8') as f:
+            class_to_idx = {line.strip(): index for index, line in enumerate(f)}
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f'cannot read --class-map {filename!r} ({err}); give a readable .txt file') from None
     ok = isinstance(class_to_idx, dict) and class_to_idx
     if not ok or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in class_to_idx.values()):
         raise UserError(f'--class-map {filename!r} is not a non-empty {{class name: index >= 0}} mapping; fix the file')

@@ -134,7 +134,7 @@ class ResNet(nn.Module):
                     planes,
                     stride,
                     downsample,
-                    drop_path_rate=self.drop_path_rate * index / (count - 1),
+                    drop_path_rate=self.drop_path_rate * index / max(count - 1, 1),  # timm's i / (n - 1)
                     drop_block=drop_block and (self.drop_block_rate, *drop_block),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
