@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_ema import checkpoint, ema, host_ema, loop, offload, optim, parallel, train as trainer
+from jax_ema import checkpoint, ema, host_ema, loop, offload, optim, parallel, step as trainer
 from jax_ema.models import create_model
 from jax_ema.models.resnet import BasicBlock, ResNet
 
@@ -90,7 +90,7 @@ def run_epoch(step, state, batches, updates: int, log_interval: int, start: int 
 
 
 class InMemory:
-    """The dataset interface `train.evaluate` reads (`eval_batches`), from batches made in memory."""
+    """The dataset interface `step.evaluate` reads (`eval_batches`), from batches made in memory."""
 
     def __init__(self, batches: list, count: int):
         self.batches, self.count = batches, count

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cli_output import error_line
 from hub_cache import offline_hub, write_hub_cache
 from jax_ema import checkpoint, pretrained, pretrained_cfgs, reporting
 from jax_ema.config import DIGITS_DEFAULTS, parse_args
@@ -278,7 +279,7 @@ def test_pth_without_torch_is_one_line(tmp_path):
     )
     done = subprocess.run([sys.executable, '-c', code], env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
-    assert done.stderr.strip() == (
+    assert error_line(done.stderr) == (  # after the run's log lines
         f"error: reading '{weights}' needs PyTorch (pip install torch); or convert it to .safetensors"
     )
     assert not (tmp_path / 'out').exists()

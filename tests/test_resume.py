@@ -208,7 +208,9 @@ def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, mo
     capsys.readouterr()
     assert main([str(images), *argv, '--resume', str(tmp_path / 'run')]) == 0
     warned = [line for line in capsys.readouterr().err.splitlines() if 'changed since' in line]  # the CLI's log
-    assert len(warned) == 1 and warned[0].startswith('WARNING: The training data (20 -> 19 images) changed since')
+    assert len(warned) == 1 and warned[0].startswith(
+        'WARNING: The training data (20 -> 19 images) and the updates per epoch (5 -> 4) changed since'
+    )
     assert 'going on from the start of epoch 2: update 8, at 4 updates per epoch' in warned[0]
     last = checkpoint.resolve(tmp_path / 'run')
     tree = checkpoint.restore_tree(last)

@@ -106,7 +106,7 @@ def test_val_interval_and_start_epoch_as_timm(plateau_run, capfd):
     run = _run(data, out, 'interval', '--epochs', '4', *flags, '--val-interval', '3', '--start-epoch', '1')
     rows = reporting.read_summary(run)
     assert [r['epoch'] for r in rows] == ['2', '3']  # timm: (epoch + 1) % 3 == 0, and the last epoch
-    assert 'Skipping eval and checkpointing' in capfd.readouterr().out
+    assert 'Skipping eval and checkpointing' in capfd.readouterr().err  # logged, as timm's, to stderr
     steps = sorted(int(p.name) for p in (run / 'checkpoints').iterdir() if p.name.isdigit())
     assert steps == [3 * UPE, 4 * UPE]  # none for the skipped epoch 1
     assert int(checkpoint.restore_tree(checkpoint.resolve(run))['step']) == 4 * UPE  # counted from epoch 1
