@@ -90,10 +90,11 @@ def run_epoch(step, state, batches, updates: int, log_interval: int, start: int 
 
 
 class InMemory:
-    """The dataset interface `step.evaluate` reads (`eval_batches`), from batches made in memory."""
+    """The dataset interface `step.evaluate` reads (`eval_batches`, `num_examples`), from batches made in memory."""
 
     def __init__(self, batches: list, count: int):
         self.batches, self.count = batches, count
+        self.num_examples = count * len(batches[0]['label'])
 
     def eval_batches(self, batch_size, process_index=0, process_count=1):
         for i in range(self.count):
