@@ -7,18 +7,14 @@ import dataclasses
 
 from jax_ema.errors import UserError
 from jax_ema.flags import flag, parse_kwargs, positive
+from jax_ema.models import FLAGS
 from jax_ema.models.layers import pool_type
 
-# create_model arguments that have their own flag (timm would fail on them twice: TypeError).
+# create_model arguments that have their own flag (timm would fail on them twice: TypeError): the model
+# options' flags (models.FLAGS) and these.
 FLAG_MODEL_KWARGS = dict(
+    FLAGS,
     num_classes='--num-classes',
-    drop_rate='--drop',
-    drop_path_rate='--drop-path',
-    drop_block_rate='--drop-block',
-    global_pool='--gp',
-    bn_momentum='--bn-momentum',
-    bn_eps='--bn-eps',
-    in_chans='--in-chans',
     pretrained='--pretrained',
     dtype='--amp / --model-dtype',
     param_dtype='--model-dtype',
