@@ -51,6 +51,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / 'benchmarks')]
 import gpu_check_timm  # noqa: E402
 import gpu_check_trainer as trainer_api  # noqa: E402
 from bench_ema import add_run_flags, interleave, log, with_defaults, with_torch_threads  # noqa: E402
+from gpu_check_report import table  # noqa: E402
 
 from torch_ref import precision  # noqa: E402
 
@@ -312,8 +313,9 @@ def machine() -> dict:
         cpu=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(),
         python=platform.python_version(),
-        commit=git('rev-parse', 'HEAD'),
-        dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
+        # a checkout copied without .git (a lent GPU machine): the commit its caller passes in GPU_COMMIT
+        commit=git('rev-parse', 'HEAD') if (ROOT / '.git').exists() else os.environ.get('GPU_COMMIT', 'unknown'),
+        dirty=bool(git('status', '--porcelain', '--untracked-files=no')) if (ROOT / '.git').exists() else None,
         versions=dict(
             jax=jax.__version__,
             jaxlib=version('jaxlib'),
@@ -327,57 +329,6 @@ def machine() -> dict:
         ),
         modules_loaded={m: sys.modules.get(m) is not None for m in ('tensorflow', 'tensorboardX')},
     )
-
-
-def table(report: dict) -> str:
-    """One markdown table of every part in `report`."""
-    lines = ['| part | what | figure |', '|---|---|---|']
-    mb = lambda b: '-' if b is None else f'{b / 2**20:,.0f} MB'  # noqa: E731
-    parts = report['parts']
-    if 'parity' in parts:
-        for r in parts['parity']['rows']:
-            lines.append(
-                f'| parity | {r["what"].replace("|", "/")} | {r["error"]:.2g} (bound {r["bound"]:g})'
-                f'{"" if r["ok"] else " **FAIL**"} |'
-            )
-    if 'step' in parts:
-        s = parts['step']
-        for name, ips in s['images_per_s'].items():
-            m = s['memory'][name]
-            lines.append(
-                f'| step | jax_ema {name} | {ips:,.0f} img/s ({s["ratio_to_no_ema"][name]:.3f} x no EMA, '
-                f'{s["ratio_to_device_ema"][name]:.3f} x device EMA); {s["cpu_s_per_update"][name] * 1e3:.1f} '
-                f'host CPU-ms/update; state on device {mb(m["device_bytes"])}, on host {mb(m["host_bytes"])}; '
-                f'peak {mb(m["peak_device_bytes"])} (plan; {mb(m["peak_with_copy_in_flight"])} with the host '
-                f'copy in flight), high-water {mb(m["high_water_bytes"])} |'
-            )
-        h = s['host_average']
-        lines.append(
-            f'| step | host EMA average alone ({h["floats"]:,} floats, new weights on the host) | '
-            f'{h["wall_s"] * 1e3:.1f} ms, {h["cpu_s"] * 1e3:.1f} CPU-ms per update |'
-        )
-    if 'timm' in parts:
-        t = parts['timm']
-        for name, ips in t['images_per_s'].items():
-            lines.append(
-                f'| timm | {name} | {ips:,.0f} img/s ({t["ratio_to_no_ema"][name]:.3f}); peak '
-                f'{mb(t["peak_device_bytes"][name])} |'
-            )
-    if 'loop' in parts:
-        for name, r in parts['loop']['runs'].items():
-            extra = ''
-            if 'eval_images_per_s' in r:
-                ema_eval = r['ema_eval_images_per_s']
-                extra = (
-                    f'; eval {r["eval_images_per_s"]:,.0f} img/s'
-                    + ('' if ema_eval is None else f', EMA eval {ema_eval:,.0f} img/s')
-                    + f'; checkpoint {r["checkpoint_s"]:.2f} s ({mb(r["checkpoint_bytes"])})'
-                )
-            lines.append(
-                f'| loop | train_epoch {name} | {r["loop_vs_bare"]:.3f} x bare step '
-                f'({r["bare_step_images_per_s"]:,.0f} img/s){extra} |'
-            )
-    return '\n'.join(lines)
 
 
 def parse(argv):
@@ -405,20 +356,18 @@ def run(args) -> int:
     backend = jax.default_backend()
     out = Path(args.out or RESULTS / f'gpu_check_{backend}{"_quick" if args.quick else ""}.json')
     report = json.loads(out.read_text()) if args.only and out.exists() else {'parts': {}}
-    commit = machine()['commit']
+    report.update(machine=machine(), quick=args.quick, args={k: v for k, v in vars(args).items() if k != 'out'})
+    commit = report['machine']['commit']
+    out.parent.mkdir(parents=True, exist_ok=True)
     for part in (args.only,) if args.only else PARTS:
         t0, cpu0 = time.time(), time.process_time()
         report['parts'][part] = globals()[f'part_{part}'](args)
         report['parts'][part].update(seconds=time.time() - t0, cpu_seconds=time.process_time() - cpu0, commit=commit)
         log(f'{part}: {time.time() - t0:.0f} s ({time.process_time() - cpu0:.0f} CPU-s)')
-    report.update(
-        machine=machine(),
-        quick=args.quick,
-        seconds=sum(p['seconds'] for p in report['parts'].values()),
-        args={k: v for k, v in vars(args).items() if k != 'out'},
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + '\n')
+        report['seconds'] = sum(p['seconds'] for p in report['parts'].values())
+        tmp = out.with_name(out.name + '.tmp')  # after every part: a run cut short keeps the parts it finished
+        tmp.write_text(json.dumps(report, indent=2, default=str) + '\n')
+        tmp.replace(out)
     print(table(report))
     print(f'wrote {out} ({report["seconds"]:.0f} s)')
     return 1 if report['parts'].get('parity', {}).get('failed') else 0

@@ -19,6 +19,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
+import timm_gaps
 from jax_ema import losses, lr_noise, optim
 from torch_ref.precision import torch_device
 
@@ -138,6 +139,8 @@ def schedule_vs_timm(case):
 @pytest.mark.float64
 @pytest.mark.parametrize('case', SCHEDULE_CASES, ids=lambda c: '-'.join(f'{k}={v}' for k, v in c.items()))
 def test_schedule_matches_timm_stepped_like_train_py(case):
+    if gap := timm_gaps.schedule(case['sched']):
+        pytest.skip(gap)
     ours, expected, num_epochs, timm_epochs = schedule_vs_timm(case)
     assert ours.dtype == jnp.float64
     assert num_epochs == timm_epochs
@@ -204,6 +207,8 @@ def our_lrs(case, count, x64=True):
 @pytest.mark.parametrize('name', NOISE_CASES)
 def test_step_schedule_and_lr_noise_match_timm(name):
     case = {**RECIPE, **NOISE_CASES[name]}
+    if gap := timm_gaps.schedule(case['sched']) or (case['lr_noise_std'] != 1.0 and timm_gaps.noise_std()):
+        pytest.skip(gap)
     expected, timm_epochs = timm_lrs(**case)
     ours, num_epochs = our_lrs(case, len(expected))
     assert num_epochs == timm_epochs
@@ -217,9 +222,11 @@ def test_step_schedule_and_lr_noise_match_timm(name):
 def test_noise_draws_match_timm_calculate_noise_including_long_redraws(pct):
     # pct 0.05: about half the t keep one of their first 16 draws; 0.002: ~1 draw in 600 is kept, so each
     # t runs through several Mersenne Twister regenerations.
+    if gap := timm_gaps.noise_std():
+        pytest.skip(gap)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched='constant', num_epochs=10, noise=(0.0, 1.0), noise_pct=pct, noise_std=1.5, noise_seed=123
+    scheduler, _ = create_scheduler_v2(  # any scheduler: the draws are the base class's
+        optimizer, sched='step', num_epochs=10, noise=(0.0, 1.0), noise_pct=pct, noise_std=1.5, noise_seed=123
     )
     ts = np.arange(0, 2000, 97)
     expected = [scheduler._calculate_noise(int(t)) for t in ts]
@@ -329,6 +336,8 @@ def optimizer_steps(opt, lr, extra):
 @pytest.mark.float64
 @pytest.mark.parametrize('opt,lr,extra', OPT_CASES, ids=[f'{o}-{"-".join(e)}' if e else o for o, _, e in OPT_CASES])
 def test_optimizer_matches_timm_create_optimizer_v2(opt, lr, extra):
+    if gap := timm_gaps.optimizer(opt):
+        pytest.skip(gap)
     for num_updates, our_lr, timm_lr, params, expected in optimizer_steps(opt, lr, extra):
         assert our_lr == pytest.approx(timm_lr, rel=RTOL)
         for path, ours in jax.tree_util.tree_leaves_with_path(params):

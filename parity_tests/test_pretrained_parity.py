@@ -13,6 +13,7 @@ import torch
 from timm.data import resolve_data_config as timm_resolve_data_config
 from timm.models import get_pretrained_cfg
 
+import timm_gaps
 from jax_ema import data_config, export, pretrained, pretrained_cfgs, timm_io
 from jax_ema.config import parse_args
 from jax_ema.models import MODEL_NAMES, create_model
@@ -44,15 +45,21 @@ def _ours_as_row(name: str) -> str:
 
 
 def test_table_has_every_tag_of_every_supported_model_and_its_default():
+    known, gap = timm_gaps.pretrained_tags(list(pretrained_cfgs.PRETRAINED_CFGS))  # an older timm: fewer tags
     for arch in MODEL_NAMES:
-        assert sorted(f'{arch}.{t}' for t in pretrained_cfgs.tags(arch)) == sorted(timm.list_pretrained(f'{arch}.*'))
+        ours = sorted(f'{arch}.{t}' for t in pretrained_cfgs.tags(arch) if f'{arch}.{t}' in known)
+        assert ours == sorted(timm.list_pretrained(f'{arch}.*'))
         assert pretrained_cfgs.DEFAULT_TAGS[arch] == get_pretrained_cfg(arch).tag
-    assert len(pretrained_cfgs.PRETRAINED_CFGS) == sum(len(timm.list_pretrained(f'{a}.*')) for a in MODEL_NAMES)
+    assert len(known) == sum(len(timm.list_pretrained(f'{a}.*')) for a in MODEL_NAMES)
+    if gap:
+        pytest.skip(f'{gap}; the others matched')
 
 
 def test_every_row_matches_timm_registry():
+    known, gap = timm_gaps.pretrained_tags(list(pretrained_cfgs.PRETRAINED_CFGS))
     wrong = []
-    for name, row in pretrained_cfgs.PRETRAINED_CFGS.items():
+    for name in known:
+        row = pretrained_cfgs.PRETRAINED_CFGS[name]
         cfg = get_pretrained_cfg(name).to_dict()
         same = (
             row.hub_id == cfg['hf_hub_id']
@@ -73,6 +80,8 @@ def test_every_row_matches_timm_registry():
         if not same:
             wrong.append(f'    {_row_from_timm(name)}  # was {_ours_as_row(name)}')
     assert not wrong, 'rows that differ from timm; paste these into pretrained_cfgs.py:\n' + '\n'.join(wrong)
+    if gap:
+        pytest.skip(f'{gap}; the others matched')
 
 
 # --- the data config, through our command line, against timm's resolve_data_config ------------------
@@ -96,7 +105,7 @@ def test_data_config_equals_timm_for_every_model_and_tag(tmp_path, flags, timm_a
     args = dict(
         dict(img_size=None, input_size=None, crop_pct=None, mean=None, std=None, interpolation=''), **timm_args
     )  # what timm's parser leaves unset
-    names = list(MODEL_NAMES) + list(pretrained_cfgs.PRETRAINED_CFGS)
+    names, gap = timm_gaps.pretrained_tags(list(MODEL_NAMES) + list(pretrained_cfgs.PRETRAINED_CFGS))
     for name in names:
         ours = data_config.of_config(parse_args([str(tmp_path), '--model', name, *flags]))
         if '.' in name:  # a tag: the registry's config, as create_model(name) attaches it
@@ -105,6 +114,8 @@ def test_data_config_equals_timm_for_every_model_and_tag(tmp_path, flags, timm_a
             with torch.device('meta'):
                 theirs = timm_resolve_data_config(args, model=timm.create_model(name, pretrained=False))
         assert ours == theirs, name
+    if gap:
+        pytest.skip(f'{gap}; the others matched')
 
 
 def test_exported_data_config_comes_back_in_timm(tmp_path):

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,36 @@ def test_gpu_check_only_reruns_one_part(gpu_check_run, tmp_path):
     after = json.loads(copy.read_text())
     assert after['parts']['step'] == before['parts']['step'] and after['parts']['loop'] == before['parts']['loop']
     assert after['parts']['timm']['samples'] != before['parts']['timm']['samples']  # measured anew
+
+
+@pytest.mark.slow
+def test_gpu_check_report_renders_the_quick_json_into_the_docs(gpu_check_run, tmp_path):
+    import gpu_check_report as r
+
+    _, report, out, _ = gpu_check_run
+    folder = tmp_path / 'session'
+    folder.mkdir()
+    shutil.copy(out, folder / 'gpu_check.json')
+    doc = tmp_path / 'gpu.md'
+    shutil.copy(os.path.join(ROOT, 'docs', 'gpu.md'), doc)
+    before = doc.read_text()
+    assert r.main([str(folder), '--doc', str(doc)]) == 0
+    after = doc.read_text()
+    head, rest = after.split(r.BEGIN)
+    section, tail = rest.split(r.END)
+    assert head == before.split(r.BEGIN)[0] and tail == before.split(r.END)[1]  # only the section changed
+    step, step_dtypes = report['parts']['step'], ('float32', 'bfloat16')
+    for dtype in step_dtypes:
+        cells = [f'{step["images_per_s"][f"{dtype}_ema_{p}"]:,.0f}' for p in ('none', 'device', 'host', 'sharded')]
+        row = next(line for line in section.splitlines() if line.startswith(f'| jax_ema {dtype} |'))
+        assert all(c in row for c in cells)
+        assert section.count(f'| timm eager channels_last {dtype} |') == 1
+    rows = {dtype: sum(line.startswith(f'| {dtype}_ema_') for line in section.splitlines()) for dtype in step_dtypes}
+    assert rows == {'float32': 4 + 5, 'bfloat16': 4}  # a row per placement; float32's loop runs too
+    assert report['machine']['commit'][:12] in section and report['machine']['versions']['timm'] in section
+    rows = len(report['parts']['parity']['rows'])
+    assert f'{rows} of {rows} rows within their bounds' in section
+    assert 'whole `pytest parity_tests`: not run' in section and '`--quick` run' in section
 
 
 @pytest.mark.slow
