@@ -295,6 +295,8 @@ def section(report: dict, suite: dict | None = None, session: dict | None = None
     if loop:
         out += [''] + loop
     out += ['', 'Parity:'] + _parity_lines(parts, suite)
+    if any(s['name'] == 'parity' and s.get('timed_out') for s in session.get('steps', [])):
+        out.append('  - **cut short at its time limit: the tests it had not reached did not run.**')
     steps = session.get('steps')
     if steps:
         out.append(

@@ -59,4 +59,5 @@ def check(device: str) -> None:
 def _started() -> bool:
     from jax._src import xla_bridge  # no public way to ask whether the backends have started
 
-    return xla_bridge.backends_are_initialized()
+    started = getattr(xla_bridge, 'backends_are_initialized', None)  # jax 0.4.30 to 0.11 at least
+    return started() if started is not None else bool(getattr(xla_bridge, '_backends', None))

@@ -94,6 +94,10 @@ def test_junit_counts_of_a_real_pytest_run(tmp_path):
     assert suite['skip_reasons'] == {'no float64 here': 1} and any('test_bad' in f for f in suite['failures'])
     lines = '\n'.join(gpu_check_report._parity_lines({}, suite))
     assert '1 passed, 1 failed, 1 errors, 1 skipped' in lines and 'test_bad' in lines
+    cut = dict(steps=[dict(name='parity', timed_out=True, seconds=9.0)])
+    assert 'cut short' in gpu_check_report.section({}, suite, cut) and 'cut short' not in gpu_check_report.section(
+        {}, suite
+    )
     assert gpu_check_report.parity_suite(tmp_path / 'none.xml') is None
 
 

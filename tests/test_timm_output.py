@@ -53,3 +53,15 @@ def test_device_picks_the_platform_before_jax_starts(asked, expected):
     )
     assert done.returncode == 0 and done.stdout.startswith(expected), done.stdout + done.stderr[-2000:]
     assert done.stdout.rstrip().endswith('then cpu 2')  # a failed --device leaves JAX working on what it had
+
+
+def test_started_is_read_without_jax_private_helper(monkeypatch):
+    import jax
+    from jax._src import xla_bridge
+
+    from jax_ema import device
+
+    jax.devices()  # started in this process
+    assert device._started()  # pylint: disable=protected-access
+    monkeypatch.delattr(xla_bridge, 'backends_are_initialized')  # a jax that dropped it: its table of backends
+    assert device._started()  # pylint: disable=protected-access
