@@ -11,8 +11,9 @@ Steps, in order (each a subprocess; one that hangs is stopped at its limit and t
               folder put first on PYTHONPATH; without xdist the parity suite runs in one process
   gpu_check   benchmarks/gpu_check.py (its JSON is saved after every part, so a cut-short run keeps those)
   parity      pytest parity_tests, -n WORKERS processes sharing the GPU (XLA_PYTHON_CLIENT_PREALLOCATE=false:
-              no process takes 75 % of it), stopped with SIGINT at its limit so pytest still writes its
-              junit XML of the tests that ran
+              no process takes 75 % of it), --dist worksteal (the two largest modules take a fifth of the
+              suite's time each), stopped with SIGINT at its limit so pytest still writes its junit XML of
+              the tests that ran
   report      benchmarks/gpu_check_report.py: the docs section, rendered from the above
 
 The folder gets at most 7 files (the device tool brings back 8): session.json (steps, versions, nvidia-smi),
@@ -154,6 +155,8 @@ class Session:
     def finish(self):
         self.save()
         self.setup_log.close()
+        for tmp in self.out.glob('*.tmp'):  # a write cut short: the tool brings back 8 files at most
+            tmp.unlink()
 
 
 def capture(cmd: list[str], env: dict, timeout: float = 60) -> str:
@@ -203,7 +206,7 @@ def parity_command(args, xdist: bool) -> list[str]:
     cmd = [sys.executable, '-m', 'pytest', *chosen]
     cmd += ['-q', '-rfEs', '-p', 'no:cacheprovider', '--durations=25', f'--junitxml={args.out / "parity.xml"}']
     if xdist and args.workers > 1:
-        cmd += ['-n', str(args.workers), '--dist', 'loadfile']
+        cmd += ['-n', str(args.workers), '--dist', args.dist]
     return cmd
 
 
@@ -230,6 +233,11 @@ def parse(argv):
     p.add_argument('--parity-min-s', type=float, default=180, help='seconds gpu_check leaves to the parity suite')
     p.add_argument('--reserve-s', type=float, default=15, help='seconds kept for the report at the end')
     p.add_argument('--workers', type=int, default=8, help='pytest-xdist processes sharing the GPU (1: none)')
+    p.add_argument(
+        '--dist',
+        default='worksteal',
+        help="pytest-xdist's scheduling (worksteal: idle workers take pending tests; loadfile: a module per worker)",
+    )
     p.add_argument('--wheels', type=Path, default=WHEELS, help='folder of pytest and pytest-xdist wheels')
     p.add_argument('--skip', action='append', default=[], choices=('gpu_check', 'parity'), help='leave a step out')
     p.add_argument('--parity', help="pytest's arguments instead of 'parity_tests', one string (quick: a subset)")

@@ -6,6 +6,7 @@ The images are saved at the evaluation size with crop_pct 1.0, so both pipelines
 """
 
 import argparse
+import importlib.util
 import json
 
 import numpy as np
@@ -20,6 +21,8 @@ from PIL import Image
 from jax_ema.validate import main as validate_main
 
 pytestmark = pytest.mark.slow  # one resnet18 compile, timm's loader twice: ~40 s on 2 cores
+# our side reads the image folder through the input pipeline (tf.data): the GPU image has no TensorFlow
+needs_tf = pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None, reason='no TensorFlow: tf.data needs it')
 
 NAME, IMG, COUNTS = 'resnet18', 32, (3, 5, 4)  # images per class in the validation split: unequal on purpose
 
@@ -96,6 +99,7 @@ def _ours(folder, path, capsys, *flags):
     return json.loads(captured.out.split('--result\n')[1]), captured.err
 
 
+@needs_tf
 @pytest.mark.parametrize('use_ema', [False, True], ids=['state_dict', 'state_dict_ema'])
 def test_validate_scores_a_timm_checkpoint_as_timm(folder, checkpoint, timm_scores, capsys, use_ema):
     expected = timm_scores[use_ema]
@@ -114,6 +118,7 @@ def test_raw_and_ema_weights_score_differently(timm_scores):
     assert raw['top1'] == pytest.approx(100.0 * COUNTS[2] / sum(COUNTS))
 
 
+@needs_tf
 def test_model_and_classes_from_the_flags_when_the_file_does_not_say(folder, checkpoint, timm_scores, tmp_path, capsys):
     bare = tmp_path / 'weights.pth'
     torch.save(torch.load(checkpoint, weights_only=False)['state_dict_ema'], bare)  # a plain state_dict

@@ -65,7 +65,7 @@ def test_missing_modules_and_the_install_command():
 def test_parity_command_uses_workers_only_with_xdist(tmp_path):
     args = gpu_session.parse(['--out', str(tmp_path), '--workers', '6'])
     with_xdist, without = gpu_session.parity_command(args, True), gpu_session.parity_command(args, False)
-    assert with_xdist[with_xdist.index('-n') + 1] == '6' and '-n' not in without
+    assert with_xdist[with_xdist.index('-n') + 1] == '6' and '-n' not in without and '--dist' not in without
     assert 'parity_tests' in without and f'--junitxml={tmp_path / "parity.xml"}' in without
     quick = gpu_session.parse(['--quick', '--out', str(tmp_path), '--parity', 'parity_tests/test_convert.py -k x'])
     assert gpu_session.parity_command(quick, False)[3:6] == ['parity_tests/test_convert.py', '-k', 'x']
