@@ -166,7 +166,7 @@ def _machine_lines(report: dict, session: dict) -> list[str]:
 def _step_rows(parts: dict) -> list[str]:
     if 'step' not in parts and 'timm' not in parts:
         return []
-    rows = _head('images/s (ratio to no EMA)', 'no EMA', 'EMA on device', 'host EMA (every update)', 'sharded EMA')
+    rows = _head("images/s (step time / no EMA's)", 'no EMA', 'EMA on device', 'host EMA (every update)', 'sharded EMA')
     s = parts.get('step')
     if s:
         for dtype in DTYPES:

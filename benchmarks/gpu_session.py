@@ -40,6 +40,7 @@ import gpu_check_report  # noqa: E402
 
 NEEDED = ('pytest', 'xdist')  # the modules the parity suite's run needs (xdist: pytest-xdist)
 WHEELS = ROOT / 'benchmarks' / 'wheels'
+GRACE_S = 20  # from the interrupt at a step's limit to SIGKILL
 QUICK_PARITY = ['parity_tests/test_precision.py', 'parity_tests/test_schedule_parity.py']
 
 VERSIONS = r"""
@@ -109,7 +110,7 @@ class Session:
     def run(self, name: str, cmd: list[str], limit: float, env: dict, log=None, interrupt=False) -> dict:
         """Runs `cmd` for at most `limit` seconds (never past the deadline); output to `log` (a path; default
         setup.log). At the limit: SIGINT first where `interrupt` (pytest then writes its reports), SIGTERM
-        otherwise, and SIGKILL to its whole process group 30 s later."""
+        otherwise, and SIGKILL to its whole process group GRACE_S later."""
         limit = max(0.0, min(limit, self.left()))
         step = dict(name=name, cmd=cmd, limit_s=round(limit), timed_out=False)
         t0 = time.monotonic()
@@ -126,7 +127,7 @@ class Session:
             step['timed_out'] = True
             proc.send_signal(signal.SIGINT if interrupt else signal.SIGTERM)
             try:
-                step['rc'] = proc.wait(timeout=30)
+                step['rc'] = proc.wait(timeout=GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 step['rc'] = proc.wait()
