@@ -2,7 +2,7 @@
 step, and the trainer's own epoch loop. Needs jax, torch and timm; no TensorFlow, no tensorboardX.
 
     python benchmarks/gpu_check.py                # every part (docs/gpu.md: what each measures)
-    python benchmarks/gpu_check.py --only step    # rerun one part: parity | step | timm | loop
+    python benchmarks/gpu_check.py --only step    # rerun one part: parity | step | loop | timm (a full run's order)
     python benchmarks/gpu_check.py --quick        # tiny model and images, few steps: seconds on a CPU
 
 parity  the parity tests' own measurements with the precision pinned (torch_ref/precision.py): eval logits
@@ -56,7 +56,7 @@ from gpu_check_report import table  # noqa: E402
 from torch_ref import precision  # noqa: E402
 
 RESULTS = ROOT / 'benchmarks' / 'results'
-PARTS = ('parity', 'step', 'timm', 'loop')
+PARTS = ('parity', 'step', 'loop', 'timm')  # in this order: torch.compile's long first compile comes last
 NUM_CLASSES = 1000
 FULL = dict(
     model='resnet50',
