@@ -14,7 +14,8 @@
    ModelEmaV3 and with ModelEmaV3(device='cpu') (`--model-ema-force-cpu`); images/s ours vs timm's.
 
 Variants alternate in rounds (A B C A B C ...) and each figure is a median over rounds, so drift in the
-load of a shared machine hits all of them alike. Writes benchmarks/results/bench_ema_<backend>.json.
+load of a shared machine hits all of them alike (bench_timing.py). Writes
+benchmarks/results/bench_ema_<backend>.json. Part 1 is bench_ema_update.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 import timm
 import torch
-from timm.utils import ModelEmaV2, ModelEmaV3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_step  # noqa: E402  (the step variants, shared with bench_step.py)
+from bench_ema_update import bench_update  # noqa: E402
+from bench_timing import interleave, medians, step_runner  # noqa: E402
 
 from jax_ema import ema, offload, optim  # noqa: E402
 from jax_ema.models import create_model  # noqa: E402
@@ -56,98 +57,6 @@ QUICK = dict(
 )
 
 
-def interleave(fns: dict, rounds: int) -> dict:
-    """{name: [seconds per call of fns[name]() in each round]}, the variants alternating within each round."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(fn())
-    return times
-
-
-def medians(times: dict) -> dict:
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-# --- 1. the EMA update alone -------------------------------------------------------------------------
-
-
-def timed_jax(fn, carry, reps):
-    """A closure timing `reps` calls of carry = fn(carry) ending in one block_until_ready (per call)."""
-    box = [jax.block_until_ready(fn(carry))]  # compile and warm up
-
-    def run():
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            box[0] = fn(box[0])
-        jax.block_until_ready(box[0])
-        return (time.perf_counter() - t0) / reps
-
-    return run
-
-
-def timed_torch(fn, reps, device):
-    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-    fn(0)
-    sync()
-    count = [1]
-
-    def run():
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            count[0] += 1
-            fn(count[0])
-        sync()
-        return (time.perf_counter() - t0) / reps
-
-    return run
-
-
-def bench_update(variables, model_name, decay, reps, rounds):
-    """Ours vs timm's V2/V3 update vs a jitted copy, on one model's params + BatchNorm statistics."""
-    cfg = ema.EmaConfig(decay=decay)
-    params, stats = variables['params'], variables.get('batch_stats', {})
-    update = offload.ema_update(cfg, 'device')  # the trainer's jitted, donated update of the flat EMA
-    step = jnp.asarray(10, jnp.int32)
-    ema_pair = (ema.init(params), ema.init(stats))
-    n = ema_pair[0].flat.size + ema_pair[1].flat.size
-    flat_new = jnp.concatenate([ema_pair[0].flat, ema_pair[1].flat]) + 1.0
-    lerp = jax.jit(ema.lerp, donate_argnums=0)
-    size = jnp.float32(1 - decay)
-    # The streaming reference: one pass reading and writing the n floats in place (donated, as our update
-    # is, so neither pays for fresh pages); a negation, which XLA cannot simplify away as it would x + 0.
-    copy = jax.jit(jnp.negative, donate_argnums=0)
-    flat = jnp.array(flat_new, copy=True)
-
-    device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-    tmodel = torch_trainer.create_model(model_name, 1000).to(device)
-    n_torch = sum(v.numel() for v in tmodel.state_dict().values() if v.is_floating_point())
-    v2, v3 = ModelEmaV2(tmodel, decay=decay), ModelEmaV3(tmodel, decay=decay)
-    fns = {
-        'ours': timed_jax(lambda p: update(*p, params, stats, step, 1), ema_pair, reps),
-        'ours_flat_lerp': timed_jax(lambda e: lerp(e, flat_new, size), flat, reps),
-        'timm_v2': timed_torch(lambda k: v2.update(tmodel), reps, device),
-        'timm_v3': timed_torch(lambda k: v3.update(tmodel, step=k), reps, device),
-        'copy': timed_jax(copy, jnp.array(flat_new, copy=True), reps),
-    }
-    times = interleave(fns, rounds)
-    med = medians(times)
-    moved = {name: (8 if name == 'copy' else 12) * n for name in fns}
-    gb_s = {name: moved[name] / med[name] / 1e9 for name in fns}
-    return dict(
-        model=model_name,
-        n_floats=int(n),
-        n_floats_timm=int(n_torch),
-        torch_device=device,
-        bytes_moved=moved,
-        median_s=med,
-        gb_per_s=gb_s,
-        ratio_to_timm_v3={name: med[name] / med['timm_v3'] for name in fns if name != 'copy'},
-        fraction_of_copy_bandwidth={name: gb_s[name] / gb_s['copy'] for name in fns if name != 'copy'},
-        samples=times,
-    )
-
-
 # --- 2. our train step ---------------------------------------------------------------------------------
 
 
@@ -158,23 +67,6 @@ def sharded_variant(model, variables, batch, decay):
     state = offload.place_state(state, 'sharded')
     step = offload.build_step(functools.partial(train_step, smoothing=0.1), cfg, 'sharded')
     return (lambda st: step(st, batch, 1)[0]), state
-
-
-def step_runner(run, state, steps, warmup):
-    """A closure timing `steps` train steps ending in one block_until_ready (per step)."""
-    box = [state]
-    for _ in range(warmup):
-        box[0] = run(box[0])
-    jax.block_until_ready(box[0])
-
-    def timed():
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            box[0] = run(box[0])
-        jax.block_until_ready(box[0].params)
-        return (time.perf_counter() - t0) / steps
-
-    return timed
 
 
 def step_fns(model, variables, batch, decay, steps, warmup):

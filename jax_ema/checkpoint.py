@@ -10,9 +10,11 @@ Which checkpoints are kept is decided from the `score` in their metadata (the la
 so it survives a resume. With several processes every process calls `save` and `restore_tree` (orbax
 synchronises them; the folder must be shared).
 
-Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`.
-What a training run's checkpoint says about itself (`run_metadata`) and how many EMAs it holds
-(`saved_members`, `check_members`, `pick_index`) are read and written here too.
+Tools accept a run folder, its `checkpoints/` folder, one step folder, or `.../last` / `.../best`: finding
+and reading one is checkpoint_read.py (`resolve`, `read_metadata`, `restore_tree`, importable from here too);
+an OS failure under orbax in one line, orbax_errors.py. What a training run's checkpoint says about itself
+(`run_metadata`) and how many EMAs it holds (`saved_members`, `check_members`, `pick_index`) are read and
+written here too.
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import json
-import logging
 import os
-import re
 import shutil
-import sys
 from pathlib import Path
 
 import jax
@@ -32,13 +31,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jax_ema import data_config, ema, faults, parallel, pretrained_cfgs
+from jax_ema.checkpoint_read import (  # noqa: F401  (resolve, restore_tree: jax_ema.checkpoint's public API)
+    read_metadata,
+    resolve,
+    restore_tree,
+)
 from jax_ema.errors import UserError
 from jax_ema.guard import TrainingDiverged, is_finite_on_host
+from jax_ema.orbax_errors import os_reason, quiet_orbax_aftermath
 
 EMA_KEYS = ('ema_params', 'ema_batch_stats')
 TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's temporary step folders: <step>.orbax-checkpoint-tmp[-<time>]
-# What orbax / TensorStore say when a checkpoint's files are cut short or missing (kept apart from a tree mismatch)
-DAMAGED = ('OUT_OF_RANGE', 'DATA_LOSS', 'NOT_FOUND', 'does not exist', 'Unterminated', 'Expecting')
 
 
 def state_tree(state) -> dict:
@@ -164,48 +167,6 @@ def save_tree(manager: ocp.CheckpointManager, tree: dict, metadata: dict, score:
     return directory / str(step)
 
 
-def os_reason(error: BaseException) -> str | None:
-    """The OS error behind `error` in words ('No space left on device'), None when it is not an OS error.
-    orbax and TensorStore report them as ValueError('... [os_error_code=\'28\']') or chain the OSError."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno:
-            return os.strerror(error.errno)
-        code = re.search(r"os_error_code='?(\d+)", str(error))
-        if code:
-            return os.strerror(int(code.group(1)))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-class _DropOrbaxThreadEcho(logging.Filter):
-    """orbax logs each failed writer thread's exception (with its traceback) before re-raising it to the caller,
-    which reports it in one line: the echo is noise."""
-
-    def filter(self, record):
-        return '_SignalingThread.run() raised an exception' not in record.getMessage()
-
-
-logging.getLogger('absl').addFilter(_DropOrbaxThreadEcho())
-
-
-def quiet_orbax_aftermath() -> None:
-    """After a failed save or restore, TensorStore's writes still in flight complete into orbax's closed event
-    loop, each printing 'RuntimeError: Event loop is closed' with a traceback: drop those (and only those)."""
-    hook = sys.unraisablehook
-    if getattr(hook, 'drops_closed_loops', False):
-        return
-
-    def drop_closed_loops(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed':
-            return
-        hook(unraisable)
-
-    drop_closed_loops.drops_closed_loops = True
-    sys.unraisablehook = drop_closed_loops
-
-
 def update_metadata(step_dir, changes: dict) -> dict:
     """Rewrite a saved checkpoint's metadata with `changes` (a temporary file renamed over it: atomic)."""
     path = Path(step_dir) / 'metadata' / 'metadata'
@@ -227,106 +188,6 @@ def record_validation(manager: ocp.CheckpointManager, step_dir, metadata: dict, 
         multihost_utils.sync_global_devices('jax_ema.checkpoint.record_validation')
     manager.reload()
     return Path(step_dir)
-
-
-def _step_dirs(ckpt_dir: Path) -> list[Path]:
-    return sorted(
-        (p for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / 'metadata').exists()), key=lambda p: int(p.name)
-    )
-
-
-def resolve(path) -> Path:
-    """Run folder / checkpoints folder / step folder / `.../last` / `.../best` -> one step folder."""
-    path = Path(path)
-    name = 'last'
-    if path.name in ('last', 'best') and not path.exists():
-        name, path = path.name, path.parent
-    if (path / 'state').is_dir() and (path / 'metadata').exists():
-        return path
-    if path.is_file():
-        raise UserError(
-            f'checkpoint {str(path)!r} is a file; give a run folder, its checkpoints/ folder or one step folder'
-        )
-    ckpt_dir = path / 'checkpoints' if (path / 'checkpoints').is_dir() else path
-    if not ckpt_dir.is_dir():
-        raise UserError(
-            f'checkpoint {str(path)!r} does not exist; give a run folder, its checkpoints/ folder or one step folder'
-        )
-    steps = _step_dirs(ckpt_dir)
-    if not steps and _foreign(ckpt_dir):
-        raise UserError(
-            f"{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema's (a step "
-            'folder with state/ and metadata/); give a folder written by python -m jax_ema.train'
-        )
-    if not steps:
-        raise UserError(
-            f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved at least one epoch'
-        )
-    if name == 'last':
-        return steps[-1]
-    scored = [p for p in steps if read_metadata(p).get('score') is not None]
-    if not scored:
-        raise UserError(f'no end-of-epoch checkpoint in {str(ckpt_dir)!r} to call best; use last')
-    return max(scored, key=lambda p: (read_metadata(p)['score'], -int(p.name)))  # ties: the earliest, as timm
-
-
-def _foreign(folder: Path) -> bool:
-    """Whether `folder` is an orbax checkpoint (or a manager's folder of them) laid out as no jax_ema one is."""
-
-    def other_step(step: Path) -> bool:  # a manager's step folder without our `state` item
-        return (step / '_CHECKPOINT_METADATA').exists() and not (step / 'state').exists()
-
-    return (
-        (folder / '_METADATA').exists()
-        or other_step(folder)
-        or any(other_step(p) for p in folder.iterdir() if p.name.isdigit())
-    )
-
-
-def read_metadata(step_dir) -> dict:
-    step_dir = Path(step_dir)
-    files = (
-        [p for p in (step_dir / 'metadata').rglob('*') if p.is_file()]
-        if (step_dir / 'metadata').is_dir()
-        else [step_dir / 'metadata']
-    )
-    for f in files:
-        try:
-            metadata = json.loads(f.read_text())
-        except (ValueError, UnicodeDecodeError, OSError):
-            continue
-        if isinstance(metadata, dict):
-            return metadata
-    raise UserError(f'checkpoint {str(step_dir)!r} has no readable metadata; it is incomplete or not ours')
-
-
-def restore_tree(step_dir, target: dict | None = None) -> dict:
-    """The saved state tree (numpy). With `target` (a tree of arrays) the structure is taken from it."""
-    step_dir = Path(step_dir).absolute()
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            if target is None:
-                return ckptr.restore(step_dir / 'state')
-            abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, 'dtype', None) or np.asarray(x).dtype), target
-            )
-            return ckptr.restore(step_dir / 'state', abstract)
-        except (ValueError, KeyError, OSError) as e:
-            quiet_orbax_aftermath()
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if 'mismatch' in reason.lower() or isinstance(e, KeyError):
-                reason = (
-                    'its saved arrays do not fit this run (another --model, class count or --opt?); use '
-                    'the settings it was trained with, or --no-resume-opt for another optimizer'
-                )
-            elif any(sign in reason for sign in DAMAGED):
-                code, array = re.match(r'[A-Z_]+', reason), re.search(r'"([^"/]+)/', reason)
-                detail = f'{code.group(0)} reading {array.group(1)}' if code and array else reason[:80]
-                reason = (
-                    f'its files are incomplete or damaged ({detail}); use another checkpoint of the run '
-                    '(RUN/checkpoints/<step>)'
-                )
-            raise UserError(f'cannot restore {str(step_dir)!r}: {reason[:300]}') from None
 
 
 # ---------------------------------------------------------------- what a checkpoint says about its run

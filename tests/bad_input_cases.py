@@ -1,0 +1,202 @@
+"""Every bad-input case of tests/test_bad_input.py, in the order of docs/bad-input.md:
+(id, cli, argv builder, expected substring). The trainer's own are in bad_input_train_cases.py.
+"""
+
+from bad_input_train_cases import TRAIN_CASES, _run
+
+OTHER_CLI_CASES = [
+    (
+        'export: missing checkpoint',
+        'export',
+        lambda w: ['--checkpoint', str(w.root / 'no_run'), '--out', str(w.out / 'm.safetensors')],
+        'does not exist',
+    ),
+    (
+        'export: --out without .safetensors',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'm.pth')],
+        'must end in .safetensors',
+    ),
+    (
+        'export: --use-ema of a run without EMA',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--use-ema', '--out', str(w.out / 'm.safetensors')],
+        'without EMA',
+    ),
+    (
+        'export: --out is a folder',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.folder_out)],
+        'is a folder',
+    ),
+    (
+        'export: --out in a missing folder',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--out', str(w.out / 'no' / 'm.safetensors')],
+        'cannot write',
+    ),
+    (
+        'export: metadata not a JSON object',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_list_metadata), '--out', str(w.out / 'm.safetensors')],
+        'metadata',
+    ),
+    ('export: no --out', 'export', lambda w: ['--checkpoint', str(w.run)], 'required: --out'),
+    (
+        'export: --ema-index of a run without EMA',
+        'export',
+        lambda w: ['--checkpoint', str(w.run), '--ema-index', '0', '--out', str(w.out / 'm.safetensors')],
+        'without EMA',
+    ),
+    (
+        'export: --ema-index negative',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_2_emas), '--ema-index', '-1', '--out', str(w.out / 'm.safetensors')],
+        'out of range',
+    ),
+    (
+        'validate: --ema-index past the EMAs',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', '2'],
+        'indices 0..1',
+    ),
+    (
+        'validate: --interpolation unsupported',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--interpolation', 'nearest'],
+        "'nearest' is not supported",
+    ),
+    (
+        'validate: --ema-index not a number',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_2_emas), '--ema-index', 'best'],
+        'invalid int value',
+    ),
+    (
+        'posthoc: a run without snapshots',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'no EMA snapshots',
+    ),
+    (
+        'posthoc: missing run folder',
+        'posthoc',
+        lambda w: ['--run', str(w.root / 'no_run'), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'does not exist',
+    ),
+    (
+        'posthoc: --std outside (0, 0.2887]',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0', '--out', str(w.out / 'ph')],
+        'sigma_rel 0 is outside',
+    ),
+    (
+        'posthoc: --out not empty',
+        'posthoc',
+        lambda w: ['--run', str(w.run), '--std', '0.07', '--out', str(w.run)],
+        'not an empty folder',
+    ),
+    ('posthoc: no --std', 'posthoc', lambda w: ['--run', str(w.run), '--out', str(w.out / 'ph')], 'required: --std'),
+    (
+        'validate: missing checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.root / 'no_run')],
+        'does not exist',
+    ),
+    (
+        'validate: data of another class count',
+        'validate',
+        lambda w: ['--checkpoint', str(w.run)],
+        'has 10 classes but checkpoint',
+    ),
+    (
+        'validate: zero batch size',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '-b', '0'],
+        'batch size must be positive',
+    ),
+    (
+        'validate: unknown split of the digits',
+        'validate',
+        lambda w: ['--checkpoint', str(w.run), '--split', 'test'],
+        "has no split 'test'",
+    ),
+]
+
+# runs that survive real life (issue 13, docs/reliability.md)
+REAL_LIFE_CASES = [
+    (
+        '--resume: a run another trainer is writing',
+        'train',
+        _run('data', '--resume', lambda w: w.run_busy),
+        'is in use by another trainer (pid',
+    ),
+    (
+        '--resume: an older checkpoint, no --experiment',
+        'train',
+        _run('data', '--resume', lambda w: w.run_two_steps / 'checkpoints' / '5'),
+        'add --experiment NAME',
+    ),
+    (
+        '--resume: a read-only run folder',
+        'train',
+        _run('data', '--resume', lambda w: w.run_read_only),
+        'it is read-only here',
+    ),
+    (
+        '--resume: a truncated checkpoint',
+        'train',
+        _run('data', '--resume', lambda w: w.run_truncated),
+        'incomplete or damaged',
+    ),
+    (
+        'validate: a truncated checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run_truncated)],
+        'incomplete or damaged',
+    ),
+    (
+        'export: a truncated checkpoint',
+        'export',
+        lambda w: ['--checkpoint', str(w.run_truncated), '--out', str(w.out / 'm.safetensors')],
+        'incomplete or damaged',
+    ),
+    (
+        'export: an orbax checkpoint of another program',
+        'export',
+        lambda w: ['--checkpoint', str(w.foreign), '--out', str(w.out / 'm.safetensors')],
+        'of another program',
+    ),
+    (
+        'validate: an orbax checkpoint of another program',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.foreign)],
+        'of another program',
+    ),
+    (
+        'posthoc: a truncated snapshot',
+        'posthoc',
+        lambda w: ['--run', str(w.run_snapshot_cut), '--std', '0.07', '--out', str(w.out / 'ph')],
+        'truncated',
+    ),
+    (
+        'posthoc: --out in a read-only folder',
+        'posthoc',
+        lambda w: ['--run', str(w.run_snapshots), '--std', '0.07', '--out', str(w.root / 'read_only_out' / 'ph')],
+        'Read-only file system',
+    ),
+    (
+        'plot: a damaged summary.csv',
+        'plot',
+        lambda w: [str(w.run_summary_damaged), '--out', str(w.out / 'p.png')],
+        'holds a non-number',
+    ),
+    (
+        'plot: --out in a read-only folder',
+        'plot',
+        lambda w: [str(w.run_summary), '--out', str(w.root / 'read_only_out' / 'p.png')],
+        'Read-only',
+    ),
+]
+
+CASES = TRAIN_CASES + OTHER_CLI_CASES + REAL_LIFE_CASES

@@ -1,0 +1,262 @@
+"""The trainer's bad-input cases (tests/test_bad_input.py): (id, cli, argv builder, expected substring).
+
+Each argv builder is a function of the world (tests/bad_input_world.py) giving the command line.
+"""
+
+from test_train import IMG
+
+TINY = [
+    '--model',
+    'resnet18',
+    '--img-size',
+    str(IMG),
+    '-b',
+    '4',
+    '--epochs',
+    '1',
+    '--warmup-epochs',
+    '0',
+    '--lr',
+    '0.01',
+    '-j',
+    '1',
+]
+
+
+def _run(data, *extra):
+    """A trainer command line: DATA (a world attribute), the tiny-run flags, `extra`, --output OUT.
+
+    Items of `extra` may be functions of the world (paths inside it).
+    """
+    return lambda w: [
+        str(getattr(w, data)),
+        *TINY,
+        *(str(x(w)) if callable(x) else x for x in extra),
+        '--output',
+        str(w.out),
+    ]
+
+
+TRAIN_CASES = [
+    ('missing DATA', 'train', _run('missing'), 'does not exist'),
+    ('DATA is a file', 'train', _run('a_file'), 'is not a folder'),
+    ('DATA is an empty folder', 'train', _run('empty'), 'no .jpg/.jpeg/.png images found'),
+    ('no images, only other files', 'train', _run('no_images'), 'no .jpg/.jpeg/.png images found'),
+    ('an empty class folder', 'train', _run('empty_class'), 'bird holds no'),
+    ('class folders differ between splits', 'train', _run('classes_differ'), 'class folders differ'),
+    (
+        '--num-classes != class folders found',
+        'train',
+        _run('data', '--num-classes', '3'),
+        '--num-classes is 3 but 2 classes were found',
+    ),
+    ('a corrupt image, --verify-images', 'train', _run('corrupt', '--verify-images'), 'broken.png'),
+    ('a truncated JPEG, --verify-images', 'train', _run('truncated', '--verify-images'), 'cut.jpg'),
+    ('decay < 0', 'train', _run('data', '--model-ema', '--model-ema-decay', '-0.1'), 'outside [0, 1]'),
+    ('decay > 1', 'train', _run('data', '--model-ema', '--model-ema-decay', '1.5'), 'outside [0, 1]'),
+    ('--ema-decay not a number', 'train', _run('data', '--ema-decay', 'high'), 'is not a number'),
+    ('unknown model', 'train', _run('data', '--model', 'resnet7'), "unknown model 'resnet7'"),
+    ('--drop 1', 'train', _run('data', '--drop', '1'), '--drop must be in [0, 1)'),
+    ('--drop-path negative', 'train', _run('data', '--drop-path', '-0.1'), '--drop-path must be in [0, 1)'),
+    ('--bn-eps with a ResNet', 'train', _run('data', '--bn-eps', '1e-3'), 'resnet18 does not take --bn-eps'),
+    (
+        '--drop-block with an EfficientNet',
+        'train',
+        _run('data', '--model', 'efficientnet_b0', '--drop-block', '0.1'),
+        'efficientnet_b0 does not take --drop-block',
+    ),
+    ('unknown --gp', 'train', _run('data', '--gp', 'mean'), "--gp 'mean' is not a global pool"),
+    ('--in-chans 2', 'train', _run('data', '--in-chans', '2'), 'give --in-chans 1 or 3'),
+    ('--in-chans 1, RGB mean', 'train', _run('data', '--in-chans', '1'), '--in-chans 1 needs one --mean'),
+    ('unknown optimizer', 'train', _run('data', '--opt', 'sgdd'), "unknown optimizer 'sgdd'"),
+    ('unknown scheduler', 'train', _run('data', '--sched', 'cosin'), "unknown lr schedule 'cosin'"),
+    ('unknown --amp-dtype', 'train', _run('data', '--amp', '--amp-dtype', 'int8'), "invalid choice: 'int8'"),
+    ('unknown --model-dtype', 'train', _run('data', '--model-dtype', 'int8'), 'use one of float32, bfloat16'),
+    ('--model-dtype float16', 'train', _run('data', '--model-dtype', 'float16'), '--amp --amp-dtype float16'),
+    (
+        '--amp with --model-dtype bfloat16',
+        'train',
+        _run('data', '--amp', '--model-dtype', 'bfloat16'),
+        'give one of --amp and --model-dtype',
+    ),
+    (
+        '--model-ema-shard with --model-ema-force-cpu',
+        'train',
+        _run('data', '--model-ema', '--model-ema-shard', '--model-ema-force-cpu'),
+        'exclude each other',
+    ),
+    (
+        '--process-id outside --num-processes',
+        'train',
+        _run('data', '--num-processes', '2', '--process-id', '2'),
+        'is not in [0, --num-processes 2)',
+    ),
+    ('--lr-noise off before on', 'train', _run('data', '--lr-noise', '0.9', '0.42'), 'would never be on'),
+    ('--lr-noise with three values', 'train', _run('data', '--lr-noise', '0.1', '0.5', '0.9'), 'one or two fractions'),
+    (
+        '--lr-noise-pct 0',
+        'train',
+        _run('data', '--lr-noise', '0.5', '--lr-noise-pct', '0'),
+        '--lr-noise-pct must be > 0',
+    ),
+    ('--opt-eps negative', 'train', _run('data', '--opt', 'rmsproptf', '--opt-eps', '-1'), 'opt_eps must be >= 0'),
+    ('batch larger than the dataset', 'train', _run('data', '-b', '64'), 'does not fit the 20 training images'),
+    ('zero batch size', 'train', _run('data', '-b', '0'), '--batch-size must be positive'),
+    ('negative batch size', 'train', _run('data', '-b', '-4'), '--batch-size must be positive'),
+    ('zero image size', 'train', _run('data', '--img-size', '0'), '--img-size must be positive'),
+    ('image too small for the model', 'train', _run('data', '--img-size', '8', '-b', '1'), 'per channel'),
+    ('--resume: missing checkpoint', 'train', _run('data', '--resume', lambda w: w.root / 'no_run'), 'does not exist'),
+    (
+        '--resume: only an orbax tmp folder',
+        'train',
+        _run('data', '--resume', lambda w: w.run_tmp_only),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: step folder without metadata',
+        'train',
+        _run('data', '--resume', lambda w: w.run_no_metadata),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: that step folder itself',
+        'train',
+        _run('data', '--resume', lambda w: w.run_no_metadata / 'checkpoints' / w.step.name),
+        'no complete checkpoint',
+    ),
+    (
+        '--resume: step folder with an empty state/',
+        'train',
+        _run('data', '--resume', lambda w: w.run_empty_state),
+        'cannot restore',
+    ),
+    (
+        '--resume: another model',
+        'train',
+        _run('data', '--resume', lambda w: w.run_resnet34),
+        'holds resnet34 with 2 classes',
+    ),
+    (
+        '--resume: another class count',
+        'train',
+        _run('data', '--resume', lambda w: w.run_5_classes),
+        'holds resnet18 with 5 classes',
+    ),
+    ('--resume: a file', 'train', _run('data', '--resume', lambda w: w.a_file), 'is a file'),
+    (
+        '--resume: metadata not a JSON object',
+        'train',
+        _run('data', '--resume', lambda w: w.run_list_metadata),
+        'metadata',
+    ),
+    ('--resume with another --gp', 'train', _run('data', '--gp', 'max', '--resume', lambda w: w.run), '--gp max'),
+    ('--resume with another --opt', 'train', _run('data', '--opt', 'adam', '--resume', lambda w: w.run), '--opt'),
+    (
+        '--initial-checkpoint: missing file',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.root / 'none.safetensors'),
+        'does not exist',
+    ),
+    (
+        '--initial-checkpoint: not a torch file',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.weights_text),
+        'weights.pth',
+    ),
+    (
+        '--initial-checkpoint: a folder',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.folder_out),
+        'is a folder',
+    ),
+    (
+        '--initial-checkpoint: other class count',
+        'train',
+        _run('data', '--initial-checkpoint', lambda w: w.weights_5),
+        'another number of classes',
+    ),
+    (
+        '--initial-checkpoint: other architecture',
+        'train',
+        _run('data', '--model', 'resnet34', '--initial-checkpoint', lambda w: w.weights_r18),
+        "missing key 'layer1.2.",
+    ),
+    (
+        '--pretrained: weights not in the offline hub cache',
+        'train',
+        _run('data', '--pretrained'),
+        'is not in the Hugging Face cache',
+    ),
+    (
+        '--pretrained: unknown tag',
+        'train',
+        _run('data', '--model', 'resnet18.b9_in1k', '--pretrained'),
+        "resnet18 has no pretrained tag 'b9_in1k'",
+    ),
+    (
+        '--pretrained-path: missing file',
+        'train',
+        _run('data', '--pretrained-path', lambda w: w.root / 'none.safetensors'),
+        'does not exist',
+    ),
+    (
+        '--pretrained-path: other architecture',
+        'train',
+        _run('data', '--model', 'resnet34', '--pretrained-path', lambda w: w.weights_r18),
+        "missing key 'layer1.2.",
+    ),
+    ('--interpolation unsupported', 'train', _run('data', '--interpolation', 'nearest'), "'nearest' is not supported"),
+    ('--input-size not square', 'train', _run('data', '--input-size', '3', '32', '48'), 'square RGB images'),
+    ('--mean with two values', 'train', _run('data', '--mean', '0.5', '0.4'), 'takes 1 or 3 finite numbers'),
+    ('--std 0', 'train', _run('data', '--std', '0'), '--std must be > 0'),
+    ('--smoothing outside [0, 1)', 'train', _run('data', '--smoothing', '1.5'), 'smoothing must be in [0, 1), got 1.5'),
+    ('negative validation batch size', 'train', _run('data', '-vb', '-4'), 'must be positive, got -4'),
+    ('--output is a file', 'train', lambda w: [str(w.data), *TINY, '--output', str(w.a_file)], 'is a file'),
+    (
+        '--output beneath a file',
+        'train',
+        lambda w: [str(w.data), *TINY, '--output', str(w.a_file / 'sub')],
+        'cannot create the run folder',
+    ),
+    (
+        '--model-ema-decay repeats a decay',
+        'train',
+        _run('data', '--model-ema', '--model-ema-decay', '0.9', '0.9'),
+        'repeats a decay',
+    ),
+    (
+        '--model-ema-std outside (0, 0.2887]',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', '0.5'),
+        'sigma_rel 0.5 is outside',
+    ),
+    (
+        '--model-ema-std not a number',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', 'wide'),
+        "invalid float value: 'wide'",
+    ),
+    ('--model-ema-std without --model-ema', 'train', _run('data', '--model-ema-std', '0.05'), 'needs --model-ema'),
+    (
+        '--model-ema-snapshot-every without --model-ema-std',
+        'train',
+        _run('data', '--model-ema', '--model-ema-snapshot-every', '10'),
+        'add --model-ema',
+    ),
+    (
+        '--model-ema-snapshot-every negative',
+        'train',
+        _run('data', '--model-ema', '--model-ema-std', '0.05', '--model-ema-snapshot-every', '-1'),
+        'must be >= 0',
+    ),
+    ('unknown --snapshot-dtype', 'train', _run('data', '--snapshot-dtype', 'int8'), "invalid choice: 'int8'"),
+    (
+        '--resume with another number of EMAs',
+        'train',
+        _run('data', '--model-ema', '--resume', lambda w: w.run_2_emas),
+        'holds 2 EMA(s) but this run keeps 1',
+    ),
+    ('DATA and --data-dir differ', 'train', _run('data', '--data-dir', lambda w: w.empty), 'differ'),
+    ('bad --eval-metric', 'train', _run('data', '--eval-metric', 'top3'), "invalid choice: 'top3'"),
+    ('unknown flag', 'train', _run('data', '--model-emma'), 'unrecognized arguments: --model-emma'),
+]
