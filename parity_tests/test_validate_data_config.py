@@ -1,6 +1,7 @@
 """validate's data config against timm validate.py's `resolve_data_config(vars(args), model=model,
 use_test_size=not args.use_train_size)`: for a model's pretrained weights (or a timm file) from validate's
-flags, and for one of our runs from the flags it was trained with, for every model and tag."""
+flags, and for one of our runs from the flags it was trained with, for every model and tag; and the models
+`--model all` / a wildcard select against timm's `list_models`."""
 
 import functools
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from timm.data import resolve_data_config as timm_resolve_data_config
 from timm.models import get_pretrained_cfg
 
-from jax_ema import data_config, pretrained_cfgs
+from jax_ema import data_config, pretrained_cfgs, validate_bulk
 from jax_ema.config import parse_args
 from jax_ema.models import MODEL_NAMES
 from jax_ema.validate import build_parser
@@ -94,3 +95,15 @@ def test_runs_data_config_equals_timm_given_the_runs_flags(
         resolved = run_flags(Path('run/checkpoints/1'), metadata, {}, str(tmp_path), flags)
         ours = data_config.resolve_data_config(name, **resolved, use_test_size=not use_train_size)
         assert ours == _timm(name, timm_args, not use_train_size), name
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize('pattern', ['all', 'resnet18*', 'resnet1*.a*', '*mobilenetv3*', '*_in1k', 'efficientnet_b?'])
+def test_bulk_model_selection_equals_timms_list_models(pattern):
+    """--model all / a wildcard: timm validate.py's `list_models(...)` less the models we do not build."""
+    if pattern == 'all':
+        theirs = timm.list_models(pretrained=True, exclude_filters=list(validate_bulk.NON_IN1K_FILTERS))
+    else:
+        theirs = timm.list_models(pattern, pretrained=True)
+    built = [n for n in theirs if n.split('.')[0] in MODEL_NAMES]
+    assert built and validate_bulk.pretrained_models(pattern) == built
