@@ -54,7 +54,7 @@ DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not foun
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog='python -m jax_ema.validate',
-        description="Validate the raw or EMA weights of a checkpoint, as timm's validate.py.",
+        description="Validate a checkpoint's raw or EMA weights, or a model's pretrained ones, as timm's validate.py.",
     )
     p.add_argument('data', nargs='?', default=None, help="dataset folder, or TFDS's data_dir (omit for the digits)")
     p.add_argument('--data-dir', default=None, help='same as DATA')

@@ -19,6 +19,7 @@ from hub_cache import offline_hub, write_hub_cache
 from jax_ema import pretrained_cfgs, timm_io, validate_bulk
 from jax_ema.convert import to_timm
 from jax_ema.data_config import resolve_data_config
+from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.validate import main
 from jax_ema.validate_weights import run_flags
@@ -204,3 +205,38 @@ def test_a_run_is_evaluated_at_the_test_size_where_it_kept_the_models_size():
         'bicubic',
         (0.5,) * 3,
     )
+
+
+def test_sweep_keeps_going_past_failures_and_stops_at_ctrl_c(tmp_path, caplog):
+    """validate_bulk.sweep with a stand-in validate_one: a UserError and any other exception are logged and left
+    out, the results file is rewritten after each success, and Ctrl-C ends the sweep with the results so far."""
+
+    def validate_one(model, checkpoint):
+        if model == 'bad':
+            raise UserError('weights not found')
+        if model == 'crash':
+            raise RuntimeError('out of memory\nsecond line')
+        if model == 'stop':
+            raise KeyboardInterrupt
+        return dict(model=model, top1=float(model[1:]))
+
+    saved, out = [], tmp_path / 'r.csv'
+
+    def save(results):
+        saved.append([r['model'] for r in results])
+        validate_bulk.write_results(out, results)
+
+    caplog.set_level('INFO', logger='jax_ema.validate')
+    pairs = [(m, None) for m in ('m10', 'bad', 'm30', 'crash', 'm20', 'stop', 'm99')]
+    results = validate_bulk.sweep(pairs, validate_one, save)
+    assert [r['model'] for r in results] == ['m30', 'm20', 'm10']  # m99 never ran
+    assert saved == [['m10'], ['m30', 'm10'], ['m30', 'm20', 'm10']]
+    assert out.read_text().splitlines() == ['model,top1', 'm30,30.0', 'm20,20.0', 'm10,10.0']
+    errors = [r.getMessage() for r in caplog.records if r.levelname == 'ERROR']
+    assert errors == [
+        'bad failed to validate (weights not found).',
+        'crash failed to validate (RuntimeError: out of memory).',
+    ]
+    assert not list(tmp_path.glob('*.tmp'))
+    with pytest.raises(UserError, match='none of the 2 validated'):
+        validate_bulk.sweep([('bad', None), ('crash', None)], validate_one)
