@@ -324,6 +324,8 @@ def main(argv=None) -> int:
         if args.data and args.data_dir and args.data != args.data_dir:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
         targets = validate_bulk.targets(args.model, args.checkpoint)
+        if args.results_file:
+            validate_bulk.check_results_file(args.results_file)
 
         def validate_one(model, checkpoint):
             return validate(

@@ -15,7 +15,9 @@ best first, as timm's. If none validates, that is an error.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import fnmatch
 import json
 import logging
@@ -111,14 +113,15 @@ def sweep(pairs: list[tuple], validate_one, save=None) -> list[dict]:
         for (model, checkpoint), name in zip(pairs, names):
             try:
                 results.append(validate_one(model, checkpoint))
-                if save:
-                    save(sorted(results, key=lambda r: r['top1'], reverse=True))
-                continue
             except UserError as e:
                 why = str(e)
             except Exception as e:  # pylint: disable=broad-except  # one model's fault must not end the sweep
                 first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
                 why = f'{type(e).__name__}{": " + first if first else ""}'
+            else:
+                if save:
+                    save(sorted(results, key=lambda r: r['top1'], reverse=True))
+                continue
             log.error('%s failed to validate (%s).', name, why)
             failed.append(name)
     except KeyboardInterrupt:
@@ -128,6 +131,21 @@ def sweep(pairs: list[tuple], validate_one, save=None) -> list[dict]:
     if not results and failed:
         raise UserError(f'none of the {len(pairs)} validated; the ERROR lines above say why')
     return sorted(results, key=lambda r: r['top1'], reverse=True)
+
+
+def check_results_file(path) -> None:
+    """UserError, before anything is validated, where --results-file cannot be written (a probe file is made
+    beside it and removed)."""
+    probe = Path(f'{path}.tmp')
+    try:
+        if Path(path).is_dir():
+            raise IsADirectoryError(errno.EISDIR, 'a folder')
+        probe.open('w').close()
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable path in an existing folder'
+        ) from None
 
 
 def write_results(path, results, fmt: str = 'csv') -> None:
@@ -146,7 +164,8 @@ def write_results(path, results, fmt: str = 'csv') -> None:
                 writer.writerows(rows)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise UserError(
             f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable path in an existing folder'
         ) from None

@@ -448,6 +448,18 @@ CASES = [
         lambda w: [str(w.data), '--checkpoint', str(w.run), '--input-size', '32', '32'],
         'expected 3 arguments',
     ),
+    (
+        'validate: --results-file in a missing folder',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--results-file', str(w.missing / 'r.csv')],
+        'cannot write --results-file',
+    ),
+    (
+        'validate: --results-file in a read-only folder',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--results-file', str(w.root / 'read_only_out' / 'r.csv')],
+        'cannot write --results-file',
+    ),
     # runs that survive real life (issue 13, docs/reliability.md)
     (
         '--resume: a run another trainer is writing',
