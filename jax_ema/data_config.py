@@ -56,10 +56,16 @@ def resolve_data_config(
     mean=None,
     std=None,
     interpolation: str | None = None,
+    use_test_size: bool = False,
 ) -> dict:
-    """timm's data config dict (KEYS) for `model` with these overrides (None or '' = the model's value)."""
+    """timm's data config dict (KEYS) for `model` with these overrides (None or '' = the model's value);
+    `use_test_size`: the model's test_input_size / test_crop_pct where it has them (timm's validate.py)."""
     row = model_pretrained_cfg(model)
     base = _TIMM_DEFAULTS if row is None else dict(_TIMM_DEFAULTS, **{k: getattr(row, k) for k in KEYS[:-1]})
+    if use_test_size and row is not None:  # timm: the test size and the test crop_pct each where set
+        base.update(
+            input_size=row.test_input_size or base['input_size'], crop_pct=row.test_crop_pct or base['crop_pct']
+        )
     if input_size is not None:  # timm: --input-size wins over --img-size
         input_size = tuple(input_size)
         if len(input_size) != 3 or input_size[0] != 3 or input_size[1] != input_size[2] or input_size[1] < 1:

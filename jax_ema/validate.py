@@ -1,19 +1,23 @@
-"""Validate a checkpoint's raw or EMA weights on a dataset split, as timm's validate.py.
+"""Validate a checkpoint's raw or EMA weights, or a model's pretrained weights, on a dataset split, as timm's
+validate.py.
 
     python -m jax_ema.validate [DATA] --checkpoint RUN [--use-ema] [-b N] [--img-size N] [--crop-pct F]
-                               [--split NAME] [--results-file F]
+                               [--split NAME] [--use-train-size] [--results-file F]
+    python -m jax_ema.validate [DATA] --model NAME[.TAG] | all | 'PATTERN*' | NAMES.txt [--pretrained] ...
 
-RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`; the model,
-its number of classes and the image size come from the checkpoint. DATA follows the trainer's rules
-(split folders, or class folders split by the run's --val-split-fraction; omitted: the embedded
-digits), the run's args.yaml (beside checkpoints/) supplies the split names, fraction and evaluation
-batch size, and the checkpoint's metadata the data config (interpolation, mean, std, crop_pct, as the run
-resolved them), so the numbers equal the run's summary.csv.
+RUN is a run folder, its checkpoints/ folder, one step folder, or `.../last` / `.../best`; the model and
+its number of classes come from the checkpoint. DATA follows the trainer's rules (split folders, or class
+folders split by the run's --val-split-fraction; omitted: the embedded digits), the run's args.yaml (beside
+checkpoints/) supplies the split names, fraction and evaluation batch size, and the checkpoint's metadata
+the data config the run resolved (validate_weights.py: the model's test size where the run kept the model's
+size, as timm; with --use-train-size the numbers equal the run's summary.csv).
 
 RUN may also be a timm weights file or training checkpoint (`.pth.tar`, `.pth`, `.safetensors`, `.bin`),
 read as timm's validate.py reads one: `--use-ema` takes its `state_dict_ema`, `--model` names the model
 (default: the checkpoint's args.model), `--num-classes` is checked against its classifier, and the data
-config is the model's unless flags set it.
+config is the model's unless flags set it. Without --checkpoint the model's pretrained weights are validated
+(the hub's file, as --pretrained in training). Several checkpoints, a folder of timm files, `--model all`,
+a wildcard or a file of model names run a bulk validation (validate_bulk.py).
 
 Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
 prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
@@ -23,37 +27,34 @@ prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 ar
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import logging
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 
-from jax_ema import device, timm_io
-from jax_ema.checkpoint import resolve as resolve_checkpoint, saved_members
+from jax_ema import device, validate_bulk
+from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
-from jax_ema.config import DIGITS_DEFAULTS
 from jax_ema.data_config import resolve_data_config
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
+from jax_ema.pretrained_cfgs import split_model_name
 from jax_ema.step import eval_step, evaluate
+from jax_ema.validate_weights import load_weights, run_args, run_flags
 
 log = logging.getLogger('jax_ema.validate')
 
 DEFAULT_BATCH_SIZE = 256  # timm's -b, used when the run's args.yaml is not found
-LEGACY_CROP_PCT = 0.875  # crop_pct of DATA-folder runs that predate the recorded data config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog='python -m jax_ema.validate',
-        description="Validate the raw or EMA weights of a checkpoint, as timm's validate.py.",
+        description="Validate a checkpoint's raw or EMA weights, or a model's pretrained ones, as timm's validate.py.",
     )
     p.add_argument('data', nargs='?', default=None, help="dataset folder, or TFDS's data_dir (omit for the digits)")
     p.add_argument('--data-dir', default=None, help='same as DATA')
@@ -63,9 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset-download', action='store_true', help='let TFDS prepare the dataset')
     p.add_argument(
         '--checkpoint',
-        required=True,
+        nargs='+',
+        default=None,
+        metavar='C',
         help='run folder, its checkpoints/ folder, one step folder, or .../last, .../best; or a timm weights '
-        'file or training checkpoint (.pth.tar, .pth, .safetensors)',
+        'file or training checkpoint (.pth.tar, .pth, .safetensors); several, or a folder of timm files: '
+        "each (default: --model's pretrained weights)",
+    )
+    p.add_argument(
+        '--pretrained', action='store_true', help="validate --model's pretrained weights (implied without --checkpoint)"
     )
     p.add_argument(
         '--use-ema',
@@ -73,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the EMA weights instead of the raw ones (a timm checkpoint's state_dict_ema)",
     )
     p.add_argument(
-        '--model', '-m', default=None, help="a timm file's model (default: its args.model); ours name theirs"
+        '--model',
+        '-m',
+        default=None,
+        help="the model (NAME or NAME.TAG); a timm file's default: its args.model, ours name theirs; without "
+        "--checkpoint also 'all', a wildcard ('resnet*') or a file of names: each one's pretrained weights",
     )
     p.add_argument('--num-classes', type=int, default=None, help="default: the checkpoint's (checked when given)")
     p.add_argument(
@@ -96,8 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"default: the run's validation batch size, else {DEFAULT_BATCH_SIZE}",
     )
-    p.add_argument('--img-size', type=int, default=None, help="default: the checkpoint's image size")
-    p.add_argument('--crop-pct', type=float, default=None, help="default: the run's --crop-pct")
+    p.add_argument('--img-size', type=int, default=None, help="default: the model's test size, else the run's")
+    p.add_argument('--input-size', type=int, nargs=3, default=None, metavar='N', help='3 N N: as --img-size N')
+    p.add_argument('--crop-pct', type=float, default=None, help="default: the model's test crop_pct, else the run's")
+    p.add_argument(
+        '--use-train-size',
+        action='store_true',
+        help="the model's (or run's) train size and crop_pct even where the model has a test size, as timm",
+    )
     p.add_argument(
         '--interpolation', default=None, metavar='NAME', help="default: the run's (bilinear, bicubic, lanczos, box)"
     )
@@ -109,20 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     return p
-
-
-def run_args(step_dir: Path) -> dict:
-    """The training run's args.yaml (RUN/args.yaml beside RUN/checkpoints/), or {} where there is none."""
-    path = step_dir.parent.parent / 'args.yaml'
-    if step_dir.parent.name != 'checkpoints' or not path.is_file():
-        return {}
-    try:
-        args = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f'cannot read {str(path)!r} ({type(e).__name__}); fix or remove it') from None
-    if not isinstance(args, dict):
-        raise UserError(f'{str(path)!r} is not a mapping of training options; fix or remove it')
-    return args
 
 
 @functools.lru_cache(maxsize=8)
@@ -175,27 +178,6 @@ def load_split(
     return train if is_train else val
 
 
-def load_weights(checkpoint, use_ema=False, ema_index=None, model=None, num_classes=None):
-    """(path, metadata, {'params', 'batch_stats'}) of one of our checkpoints (a run, its checkpoints/ or a step
-    folder) or of a timm file (`model` / `num_classes` as timm's validate.py flags; metadata: model,
-    num_classes, weights)."""
-    if timm_io.is_timm_file(checkpoint) and not Path(checkpoint).is_dir():
-        if ema_index is not None:
-            raise UserError("--ema-index picks one of our runs' EMAs; a timm file has one: use --use-ema alone")
-        metadata, variables = timm_io.read_timm_checkpoint(checkpoint, model, num_classes, use_ema)
-        return Path(checkpoint), metadata, variables
-    step_dir = resolve_checkpoint(checkpoint)
-    metadata, variables = timm_io.variables_from_checkpoint(step_dir, use_ema=use_ema, ema_index=ema_index)
-    if not metadata.get('model') or not metadata.get('num_classes'):
-        raise UserError(
-            f'checkpoint {str(step_dir)!r} does not name its model and number of classes; it is not one of ours'
-        )
-    for flag, given, key in (('--model', model, 'model'), ('--num-classes', num_classes, 'num_classes')):
-        if given is not None and given != metadata[key]:
-            raise UserError(f'{flag} {given}: checkpoint {str(step_dir)!r} holds {metadata[key]}; leave {flag} out')
-    return step_dir, metadata, variables
-
-
 def validate(
     checkpoint,
     data=None,
@@ -216,40 +198,28 @@ def validate(
     model: str | None = None,
     num_classes: int | None = None,
     log_freq: int = 0,
+    use_train_size: bool = False,
+    input_size=None,
 ) -> dict:
-    """Evaluate a checkpoint's raw (or EMA) weights on DATA's split; returns timm-style results.
+    """Evaluate a checkpoint's raw (or EMA) weights (`checkpoint` None: `model`'s pretrained weights) on DATA's
+    split; returns timm-style results.
 
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
-    interpolation, weights ('raw' / 'ema'), checkpoint (the step folder), data, split, num_images (and dataset for
-    TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata), as in the CLI.
+    interpolation, weights ('raw' / 'ema'), checkpoint (the step folder or file), data, split, num_images (and
+    dataset for TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata) or the
+    model, as in the CLI; the model's test size unless `use_train_size` (validate_weights.py).
     """
     data = None if data is None else str(data)
     step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
     use_ema = metadata.get('weights', 'ema' if use_ema or ema_index is not None else 'raw') == 'ema'
     model_name, num_classes = metadata['model'], metadata['num_classes']
     args = run_args(step_dir) if step_dir.is_dir() else {}
-    if img_size is None and step_dir.is_dir():
-        img_size = metadata.get('img_size') or args.get('img_size')
-        if not img_size:
-            raise UserError(f'checkpoint {str(step_dir)!r} does not record its image size; pass --img-size')
-    trained = metadata.get('data_config') or {}  # the run's (older checkpoints: bilinear, ImageNet mean/std)
-    if step_dir.is_dir():
-        trained = dict(dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation='bilinear'), **trained)
-    if crop_pct is None:
-        crop_pct = (
-            trained.get('crop_pct')
-            or args.get('crop_pct')
-            or (DIGITS_DEFAULTS['crop_pct'] if data is None else LEGACY_CROP_PCT if step_dir.is_dir() else None)
-        )  # a timm file: the model's data config where no flag says otherwise, as timm's validate.py
-    resolved = resolve_data_config(
-        model_name,
-        img_size,
-        None,
-        crop_pct,
-        trained.get('mean') if mean is None else mean,
-        trained.get('std') if std is None else std,
-        interpolation or trained.get('interpolation'),
+    flags = dict(
+        img_size=img_size, input_size=input_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
     )
+    if step_dir.is_dir():
+        flags = run_flags(step_dir, metadata, args, data, flags)
+    resolved = resolve_data_config(model_name, **flags, use_test_size=not use_train_size)
     img_size, crop_pct = resolved['input_size'][-1], resolved['crop_pct']
     interpolation, mean, std = resolved['interpolation'], resolved['mean'], resolved['std']
     if batch_size is None:
@@ -300,7 +270,13 @@ def validate(
 
     variables = jax.device_put(variables)  # once, not at every batch
     metrics = evaluate(
-        _compiled_eval(model_name, int(num_classes), mean, std, tuple(metadata.get('model_kwargs', {}).items())),
+        _compiled_eval(
+            split_model_name(model_name)[0],
+            int(num_classes),
+            mean,
+            std,
+            tuple(metadata.get('model_kwargs', {}).items()),
+        ),
         variables['params'],
         variables['batch_stats'],
         dataset,
@@ -338,22 +314,6 @@ def validate(
     return results
 
 
-def write_results(path, results: dict, fmt: str = 'csv') -> None:
-    """timm's --results-file: one header and one row (csv) or the JSON object."""
-    try:
-        with open(path, 'w', newline='') as f:
-            if fmt == 'json':
-                json.dump(results, f, indent=4)
-            else:
-                writer = csv.DictWriter(f, fieldnames=list(results))
-                writer.writeheader()
-                writer.writerow(results)
-    except OSError as e:
-        raise UserError(
-            f'cannot write --results-file {str(path)!r} ({e.strerror or e}); give a writable path in an existing folder'
-        ) from None
-
-
 def main(argv=None) -> int:
     def run():
         args = build_parser().parse_args(argv)
@@ -363,29 +323,44 @@ def main(argv=None) -> int:
         device.check(args.device)
         if args.data and args.data_dir and args.data != args.data_dir:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
-        results = validate(
-            args.checkpoint,
-            data=args.data or args.data_dir,
-            use_ema=args.use_ema,
-            batch_size=args.batch_size,
-            img_size=args.img_size,
-            crop_pct=args.crop_pct,
-            split=args.split,
-            workers=args.workers,
-            ema_index=args.ema_index,
-            interpolation=args.interpolation,
-            mean=args.mean,
-            std=args.std,
-            dataset=args.dataset,
-            input_key=args.input_key,
-            target_key=args.target_key,
-            dataset_download=args.dataset_download,
-            model=args.model,
-            num_classes=args.num_classes,
-            log_freq=args.log_freq,
-        )
+        targets = validate_bulk.targets(args.model, args.checkpoint)
         if args.results_file:
-            write_results(args.results_file, results, args.results_format)
+            validate_bulk.check_results_file(args.results_file)
+
+        def validate_one(model, checkpoint):
+            return validate(
+                checkpoint,
+                data=args.data or args.data_dir,
+                use_ema=args.use_ema,
+                batch_size=args.batch_size,
+                img_size=args.img_size,
+                crop_pct=args.crop_pct,
+                split=args.split,
+                workers=args.workers,
+                ema_index=args.ema_index,
+                interpolation=args.interpolation,
+                mean=args.mean,
+                std=args.std,
+                dataset=args.dataset,
+                input_key=args.input_key,
+                target_key=args.target_key,
+                dataset_download=args.dataset_download,
+                model=model,
+                num_classes=args.num_classes,
+                log_freq=args.log_freq,
+                use_train_size=args.use_train_size,
+                input_size=args.input_size,
+            )
+
+        if targets is None:
+            results = validate_one(args.model, args.checkpoint[0] if args.checkpoint else None)
+        else:
+            save = args.results_file and (
+                lambda r: validate_bulk.write_results(args.results_file, r, args.results_format)
+            )
+            results = validate_bulk.sweep(targets, validate_one, save or None)
+        if args.results_file:
+            validate_bulk.write_results(args.results_file, results, args.results_format)
         print(f'--result\n{json.dumps(results, indent=4)}', flush=True)
         return 0
 

@@ -29,18 +29,21 @@ def _row_from_timm(name: str) -> str:
     norms = {v: k for k, v in vars(pretrained_cfgs).items() if k.isupper() and isinstance(v, tuple) and len(v) == 2}
     norm = norms.get((tuple(cfg['mean']), tuple(cfg['std'])), f'({tuple(cfg["mean"])}, {tuple(cfg["std"])})')
     size = cfg['input_size'][-1] if cfg['input_size'][1:] == (cfg['input_size'][-1],) * 2 else cfg['input_size']
+    test = cfg.get('test_input_size')
+    test = f', test=({test[-1]}, {cfg.get("test_crop_pct")})' if test else ''
     return (
         f'_row({name!r}, {size}, {cfg["interpolation"]!r}, {cfg["crop_pct"]}, {norm}, {cfg["num_classes"]}, '
-        f'{cfg["classifier"]!r}),'
+        f'{cfg["classifier"]!r}{test}),'
     )
 
 
 def _ours_as_row(name: str) -> str:
     row = pretrained_cfgs.PRETRAINED_CFGS[name]
     norms = {v: k for k, v in vars(pretrained_cfgs).items() if k.isupper() and isinstance(v, tuple) and len(v) == 2}
+    test = f', test=({row.test_input_size[-1]}, {row.test_crop_pct})' if row.test_input_size else ''
     return (
         f'_row({name!r}, {row.input_size[-1]}, {row.interpolation!r}, {row.crop_pct}, '
-        f'{norms[(row.mean, row.std)]}, {row.num_classes}, {row.classifier!r}),'
+        f'{norms[(row.mean, row.std)]}, {row.num_classes}, {row.classifier!r}{test}),'
     )
 
 
@@ -72,6 +75,8 @@ def test_every_row_matches_timm_registry():
             and row.std == tuple(cfg['std'])
             and row.num_classes == cfg['num_classes']
             and row.classifier == cfg['classifier']
+            and row.test_input_size == (tuple(cfg['test_input_size']) if cfg.get('test_input_size') else None)
+            and row.test_crop_pct == cfg.get('test_crop_pct')
             and cfg['crop_mode'] == pretrained_cfgs.CROP_MODE
             and not cfg.get('label_offset')
             and not cfg.get('custom_load')

@@ -121,6 +121,61 @@ OTHER_CLI_CASES = [
         lambda w: ['--checkpoint', str(w.run), '--split', 'test'],
         "has no split 'test'",
     ),
+    ('validate: no --checkpoint, no --model', 'validate', lambda w: [str(w.data)], 'give --checkpoint C, or --model'),
+    (
+        'validate: pretrained weights not in the offline cache',
+        'validate',
+        lambda w: [str(w.data), '--model', 'resnet18.tv_in1k'],
+        'is not in the Hugging Face cache',
+    ),
+    (
+        'validate: --use-ema with pretrained weights',
+        'validate',
+        lambda w: [str(w.data), '--model', 'resnet18', '--use-ema'],
+        'pretrained weights have no EMA',
+    ),
+    (
+        'validate: --model wildcard matching nothing',
+        'validate',
+        lambda w: [str(w.data), '--model', 'resnet9*'],
+        'matches no model with pretrained weights',
+    ),
+    (
+        'validate: --model all with --checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--model', 'all', '--checkpoint', str(w.run)],
+        'validates pretrained weights; give one model name',
+    ),
+    (
+        'validate: bulk validation where every model fails',
+        'validate',
+        lambda w: [str(w.data), '--model', str(w.a_file)],  # a file of model names: 'not a dataset'
+        'none of the 1 validated',
+    ),
+    (
+        'validate: --input-size not square',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--input-size', '3', '32', '48'],
+        'square RGB images',
+    ),
+    (
+        'validate: --input-size of two numbers',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--input-size', '32', '32'],
+        'expected 3 arguments',
+    ),
+    (
+        'validate: --results-file in a missing folder',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--results-file', str(w.missing / 'r.csv')],
+        'cannot write --results-file',
+    ),
+    (
+        'validate: --results-file in a read-only folder',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--results-file', str(w.root / 'read_only_out' / 'r.csv')],
+        'cannot write --results-file',
+    ),
 ]
 
 # runs that survive real life (issue 13, docs/reliability.md)

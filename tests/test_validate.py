@@ -232,3 +232,20 @@ def test_module_entry_point(root):
     )
     assert proc.returncode == 2
     assert missing in error_line(proc.stderr)
+
+
+def test_every_checkpoint_of_a_run(runs, data, tmp_path, capsys):
+    """`--checkpoint RUN/checkpoints/*/` (several values): each validated, sorted by top-1 as timm's bulk
+    validation, each equal to its epoch's summary.csv row; the results file holds them all."""
+    run, out = runs['ema'], tmp_path / 'all.csv'
+    steps = _step_dirs(run)
+    assert len(steps) == 2
+    argv = [str(data), '--checkpoint', *map(str, steps), '--use-ema', '--results-file', str(out)]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out.split('--result\n')[1])
+    assert sorted(r['checkpoint'] for r in results) == sorted(map(str, steps))
+    assert [r['top1'] for r in results] == sorted((r['top1'] for r in results), reverse=True)
+    for r in results:
+        _assert_matches_summary(r, _summary_row(run, Path(r['checkpoint'])), 'ema')
+    with out.open() as f:
+        assert [row['checkpoint'] for row in csv.DictReader(f)] == [r['checkpoint'] for r in results]
