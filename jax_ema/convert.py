@@ -33,7 +33,7 @@ def _timm_module(path: tuple[str, ...]) -> str:
 
 def _arch(arch: dict | None) -> tuple:
     """The shape-changing create_model kwargs as a hashable key."""
-    return tuple(sorted(arch_kwargs(arch).items()))
+    return tuple(sorted((k, v) for k, v in arch_kwargs(arch).items() if k != 'grad_checkpointing'))
 
 
 @functools.cache

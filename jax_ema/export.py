@@ -84,7 +84,8 @@ def timm_call(done: dict) -> str:
         overlay = ', pretrained_cfg_overlay=dict({})'.format(
             ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in done['data_config'].items())
         )
-    kwargs = ''.join(f', {k}={v!r}' for k, v in done.get('model_kwargs', {}).items())
+    recorded = done.get('model_kwargs', {}).items()  # --grad-checkpointing is timm's set_grad_checkpointing()
+    kwargs = ''.join(f', {k}={v!r}' for k, v in recorded if k != 'grad_checkpointing')
     return (
         f'timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}{kwargs}, '
         f'checkpoint_path={done["out"]!r}{overlay})'

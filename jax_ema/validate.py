@@ -41,7 +41,7 @@ from jax_ema.config import DIGITS_DEFAULTS
 from jax_ema.data_config import resolve_data_config
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
 from jax_ema.errors import UserError
-from jax_ema.models import create_model
+from jax_ema.models import arch_kwargs, create_model
 from jax_ema.step import eval_step, evaluate
 
 log = logging.getLogger('jax_ema.validate')
@@ -300,7 +300,9 @@ def validate(
 
     variables = jax.device_put(variables)  # once, not at every batch
     metrics = evaluate(
-        _compiled_eval(model_name, int(num_classes), mean, std, tuple(metadata.get('model_kwargs', {}).items())),
+        _compiled_eval(
+            model_name, int(num_classes), mean, std, tuple(arch_kwargs(metadata.get('model_kwargs')).items())
+        ),
         variables['params'],
         variables['batch_stats'],
         dataset,
