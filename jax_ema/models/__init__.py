@@ -126,10 +126,9 @@ def same_model(recorded: dict | None, kwargs: dict | None) -> bool:
 def describe_kwargs(kwargs: dict | None) -> str:
     """create_model kwargs as the flags that set them ('--gp max --in-chans 1 --model-kwargs act=relu';
     'no model options')."""
-    words = [
-        FLAGS[k] if k == 'grad_checkpointing' else f'{FLAGS[k]} {v}' for k, v in (kwargs or {}).items() if k in FLAGS
-    ]
-    extras = [f'{k}={v!r}' for k, v in (kwargs or {}).items() if k not in FLAGS]
+    kwargs = {k: _frozen(v) for k, v in (kwargs or {}).items()}
+    words = [FLAGS[k] if k == 'grad_checkpointing' else f'{FLAGS[k]} {v}' for k, v in kwargs.items() if k in FLAGS]
+    extras = [f'{k}={v!r}' for k, v in kwargs.items() if k not in FLAGS]
     return ' '.join(words + (['--model-kwargs', *extras] if extras else [])) or 'no model options'
 
 
