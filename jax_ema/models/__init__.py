@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jax_ema.errors import UserError
@@ -137,8 +138,6 @@ def step_compiler_options(kwargs: dict | None) -> dict | None:
     the optimization barriers that jax.checkpoint puts around each block's recomputation. XLA:CPU drops them
     early (cse_barrier_expander) and its CSE then merges the recomputation back into the stored activations,
     undoing it; GPU and TPU keep them until after scheduling. The numbers are the same either way."""
-    import jax
-
     if (kwargs or {}).get('grad_checkpointing') and jax.default_backend() == 'cpu':
         return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
     return None
