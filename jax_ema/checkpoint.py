@@ -205,7 +205,7 @@ def run_metadata(config, num_classes: int, ema_cfg, epoch: int, position: int, m
     return dict(
         model=config.model,
         num_classes=num_classes,
-        **({'model_kwargs': arch} if arch else {}),  # --gp / --in-chans / --bn-eps: what evaluation rebuilds
+        **({'model_kwargs': arch} if arch else {}),  # --gp, --in-chans, --model-kwargs ...: evaluation rebuilds it
         img_size=config.img_size,
         opt=config.opt,
         ema=dataclasses.asdict(ema_cfg) if ema_cfg else None,

@@ -33,7 +33,7 @@ def _timm_module(path: tuple[str, ...]) -> str:
 
 def _arch(arch: dict | None) -> tuple:
     """The shape-changing create_model kwargs as a hashable key."""
-    return tuple(sorted(arch_kwargs(arch).items()))
+    return tuple(sorted((k, v) for k, v in arch_kwargs(arch).items() if k != 'grad_checkpointing'))
 
 
 @functools.cache
@@ -142,7 +142,7 @@ def _num_classes_from_flax(model_name: str, variables: dict, arch: tuple) -> int
 
 def to_flax(model_name: str, state_dict: dict, arch: dict | None = None) -> dict:
     """timm state_dict (name -> numpy array) -> {'params': ..., 'batch_stats': ...} nested dicts of numpy.
-    `arch`: the create_model kwargs of the model (global_pool, in_chans; others are ignored)."""
+    `arch`: the create_model kwargs of the model (models.arch_kwargs: global_pool, in_chans, extras; others ignored)."""
     arch = _arch(arch)
     mapping = _mapping(model_name, _num_classes_from_timm(model_name, state_dict, arch), arch)
     unknown = [k for k in state_dict if k not in mapping]
@@ -173,7 +173,7 @@ def to_flax(model_name: str, state_dict: dict, arch: dict | None = None) -> dict
 
 def to_timm(model_name: str, variables, arch: dict | None = None) -> dict:
     """{'params': ..., 'batch_stats': ...} (numpy or jax leaves) -> timm state_dict of numpy arrays.
-    `arch`: the create_model kwargs of the model (global_pool, in_chans; others are ignored)."""
+    `arch`: the create_model kwargs of the model (models.arch_kwargs: global_pool, in_chans, extras; others ignored)."""
     variables = jax.tree_util.tree_map(np.asarray, dict(variables))
     arch = _arch(arch)
     mapping = _mapping(model_name, _num_classes_from_flax(model_name, variables, arch), arch)

@@ -23,6 +23,7 @@ from jax_ema import checkpoint
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.convert import to_timm
 from jax_ema.errors import UserError
+from jax_ema.models import arch_kwargs
 from jax_ema.timm_io import SAFETENSORS_SUFFIX, save_timm_safetensors, variables_from_checkpoint
 
 DATA_CONFIG_KEY = 'jax_ema.data_config'  # in the .safetensors header: the run's data config as JSON
@@ -73,7 +74,7 @@ def export(checkpoint_path, out, use_ema: bool = False, ema_index: int | None = 
         out=str(out),
         ema_index=metadata.get('ema_index'),
         data_config=data_config,
-        model_kwargs=metadata.get('model_kwargs') or {},
+        model_kwargs=arch_kwargs(metadata.get('model_kwargs')),  # JSON lists as the tuples given
     )
 
 
@@ -84,7 +85,8 @@ def timm_call(done: dict) -> str:
         overlay = ', pretrained_cfg_overlay=dict({})'.format(
             ', '.join(f'{k}={tuple(v) if isinstance(v, list) else v!r}' for k, v in done['data_config'].items())
         )
-    kwargs = ''.join(f', {k}={v!r}' for k, v in done.get('model_kwargs', {}).items())
+    recorded = done.get('model_kwargs', {}).items()  # --grad-checkpointing is timm's set_grad_checkpointing()
+    kwargs = ''.join(f', {k}={v!r}' for k, v in recorded if k != 'grad_checkpointing')
     return (
         f'timm.create_model({done["model"]!r}, num_classes={done["num_classes"]}{kwargs}, '
         f'checkpoint_path={done["out"]!r}{overlay})'

@@ -149,10 +149,10 @@ class Step:
         return state.replace(ema_params=ema_params, ema_batch_stats=ema_stats)
 
 
-def _beside_the_ema(train_step_without_ema):
+def _beside_the_ema(train_step_without_ema, compiler_options=None):
     """`train_step_without_ema` jitted and donated, called on the state without its EMA (which stays
     where it is: a host buffer is never donated into a device computation) and returning it with it."""
-    jitted = jax.jit(train_step_without_ema, donate_argnums=0)
+    jitted = jax.jit(train_step_without_ema, donate_argnums=0, compiler_options=compiler_options)
 
     def step(state, batch):
         ema_vars = state.ema_params, state.ema_batch_stats
@@ -164,13 +164,18 @@ def _beside_the_ema(train_step_without_ema):
 
 
 def build_step(
-    train_step_fn, ema_cfg: ema.EmaConfig | None, placement: str = 'device', last: int = 0
+    train_step_fn,
+    ema_cfg: ema.EmaConfig | None,
+    placement: str = 'device',
+    last: int = 0,
+    compiler_options: dict | None = None,
 ) -> Step | host_ema.HostStep:
     """The step the epoch loop calls, for the EMA settings and placement (the one place that decides it).
 
     `train_step_fn(state, batch, ema_cfg, ema_update=...)` is the pure step with the run's settings bound
     (`functools.partial(step.train_step, smoothing=..., accum_steps=..., seed=...)`). `last` is the
-    update count the EMA has folded in (the resumed step).
+    update count the EMA has folded in (the resumed step). `compiler_options`: XLA's, for the jitted
+    step (models.step_compiler_options: --grad-checkpointing on the CPU).
       EMA off                           train_step_fn jitted, state donated
       device / sharded, update_every 1  the EMA update fused into the jitted, donated step (sharded:
                                         `sharded_update`, no collective)
@@ -181,12 +186,13 @@ def build_step(
     """
     if placement not in PLACEMENTS:
         raise ValueError(f'unknown EMA placement {placement!r}; use one of {PLACEMENTS}')
+    jit = functools.partial(jax.jit, donate_argnums=0, compiler_options=compiler_options)
     if ema_cfg is None:
-        return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=None), donate_argnums=0))
+        return Step(jit(functools.partial(train_step_fn, ema_cfg=None)))
     if placement != 'host' and ema_cfg.update_every == 1:
         update = sharded_update if placement == 'sharded' else ema.update
-        return Step(jax.jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update), donate_argnums=0))
-    without_ema = _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None))
+        return Step(jit(functools.partial(train_step_fn, ema_cfg=ema_cfg, ema_update=update)))
+    without_ema = _beside_the_ema(functools.partial(train_step_fn, ema_cfg=None), compiler_options)
     if placement == 'host':
         return host_ema.HostStep(without_ema, ema_cfg, to_host, ema_cfg.update_every, last)
     return Step(

@@ -48,7 +48,15 @@ from jax_ema.config import Config, parse_args
 from jax_ema.errors import UserError
 from jax_ema.flags import compat
 from jax_ema.guard import Preemption
-from jax_ema.models import arch_kwargs, create_model, describe_kwargs, init_head, model_kwargs
+from jax_ema.models import (
+    arch_kwargs,
+    create_model,
+    describe_kwargs,
+    init_head,
+    model_kwargs,
+    same_model,
+    step_compiler_options,
+)
 from jax_ema.plateau import PlateauSchedule
 from jax_ema.records import (
     Records,
@@ -123,6 +131,7 @@ def train_and_evaluate(config: Config, run_dir=None) -> dict:
             run.ema_cfg,
             config.ema_placement,
             last=start,
+            compiler_options=step_compiler_options(model_kwargs(config)),
         )
         eval_step_fn = jax.jit(functools.partial(eval_step, apply_fn=run.model.apply, inputs=run.val_ds.device_input))
         stopped_epoch = unvalidated_epoch(resumed_meta)
@@ -243,7 +252,6 @@ def setup(config: Config) -> tuple[Run, TrainState]:
 def _note_no_effect(config: Config) -> None:
     """One line each for timm flags accepted here without effect (docs/usage.md says why)."""
     notes = [
-        (config.grad_checkpointing, '--grad-checkpointing has no effect: XLA plans activation memory itself'),
         (config.drop_connect is not None, '--drop-connect has no effect (timm no longer reads it): use --drop-path'),
         (
             config.train_num_samples is not None or config.val_num_samples is not None,
@@ -277,10 +285,10 @@ def resume(run: Run, state: TrainState) -> tuple[TrainState, Path]:
             '--model and data'
         )
     arch = arch_kwargs(model_kwargs(config))
-    if meta.get('model_kwargs', {}) != arch:
+    if not same_model(meta.get('model_kwargs'), arch):
         raise UserError(
             f'--resume {config.resume!r} was trained with {describe_kwargs(meta.get("model_kwargs"))}, this run '
-            f'asks for {describe_kwargs(arch)}; resume with the same --gp / --in-chans / --bn-eps'
+            f'asks for {describe_kwargs(arch)}; resume with the same --gp / --in-chans / --bn-eps / --model-kwargs'
         )
     if meta.get('opt', config.opt) != config.opt and not config.no_resume_opt:
         raise UserError(

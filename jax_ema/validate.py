@@ -41,7 +41,7 @@ from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
 from jax_ema.errors import UserError
-from jax_ema.models import create_model
+from jax_ema.models import arch_kwargs, create_model
 from jax_ema.pretrained_cfgs import split_model_name
 from jax_ema.step import eval_step, evaluate
 from jax_ema.validate_weights import load_weights, run_args, run_flags
@@ -275,7 +275,7 @@ def validate(
             int(num_classes),
             mean,
             std,
-            tuple(metadata.get('model_kwargs', {}).items()),
+            tuple(arch_kwargs(metadata.get('model_kwargs')).items()),
         ),
         variables['params'],
         variables['batch_stats'],

@@ -30,7 +30,6 @@ class CompatFlags:
     )
     torchcompile_mode: str | None = flag('compat', None, 'no effect: XLA compiles the step', metavar='MODE')
     fuser: str = flag('compat', '', 'no effect: XLA fuses the step')
-    grad_checkpointing: bool = flag('compat', False, f'no effect: XLA plans the memory ({_NO_RESULTS})')
     sync_bn: bool = flag(
         'compat', False, 'what happens here anyway: BatchNorm statistics are over the global batch (all devices)'
     )

@@ -107,7 +107,10 @@ class ModelFlags:
     head_init_scale: float | None = flag('model', None, "multiply the classifier's initial weight and bias by this")
     head_init_bias: float | None = flag('model', None, "set the classifier's initial bias to this value")
     grad_checkpointing: bool = flag(
-        'model', False, 'accepted for timm; no effect: XLA plans activation memory itself (results are the same)'
+        'model',
+        False,
+        "recompute each block's activations in the backward pass instead of storing them (timm's "
+        'set_grad_checkpointing): less memory, more compute, the same results',
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numbers
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jax_ema.errors import UserError
@@ -23,10 +24,9 @@ _BUILDERS = {**{n: efficientnet for n in EFFICIENTNETS}, **{n: mobilenetv3 for n
 MODEL_NAMES = tuple(RESNET_LAYOUTS) + tuple(_BUILDERS)
 
 
-# create_model's kwargs that change what a trained model computes at evaluation (and, for the first two, the
-# shapes of its variables): a checkpoint records them, and the converters and validate rebuild the model with them.
-ARCH_KEYS = ('global_pool', 'in_chans', 'bn_eps')
 _RATES = ('drop_rate', 'drop_path_rate', 'drop_block_rate')
+# Those that only act in training (timm's train.py sets them; evaluation and the converters need not know them).
+_TRAIN_ONLY = (*_RATES, 'bn_momentum')
 FLAGS = dict(
     drop_rate='--drop',
     drop_path_rate='--drop-path',
@@ -35,6 +35,7 @@ FLAGS = dict(
     bn_eps='--bn-eps',
     bn_momentum='--bn-momentum',
     in_chans='--in-chans',
+    grad_checkpointing='--grad-checkpointing',
 )
 
 
@@ -47,7 +48,8 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
     drop_rate (--drop, dropout before the classifier), drop_path_rate (--drop-path, stochastic depth),
     drop_block_rate (--drop-block, ResNets), global_pool (--gp: avg, max, avgmax, catavgmax), bn_eps and
     bn_momentum (--bn-eps, --bn-momentum, torch's momentum; EfficientNet / MobileNetV3 as in timm, whose ResNet
-    takes neither) and in_chans (--in-chans, the input channels).
+    takes neither), in_chans (--in-chans, the input channels) and grad_checkpointing (--grad-checkpointing,
+    timm's set_grad_checkpointing: each block's activations recomputed in the backward pass, the results the same).
     """
     full_name, name = name, split_model_name(name)[0]
     if name not in MODEL_NAMES:
@@ -84,7 +86,8 @@ def create_model(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp
 
 def model_kwargs(config) -> dict:
     """timm train.py's create_model kwargs from a `config.Config` (None left out, as timm does): --drop,
-    --drop-path, --drop-block, --gp, --bn-eps, --bn-momentum and --in-chans (--input-size takes 3 channels only)."""
+    --drop-path, --drop-block, --gp, --bn-eps, --bn-momentum, --in-chans (--input-size takes 3 channels only),
+    --grad-checkpointing (timm's model.set_grad_checkpointing) and the --model-kwargs extras."""
     kwargs = dict(
         drop_rate=config.drop or None,
         drop_path_rate=config.drop_path,
@@ -93,6 +96,7 @@ def model_kwargs(config) -> dict:
         bn_eps=config.bn_eps,
         bn_momentum=config.bn_momentum,
         in_chans=config.in_chans,
+        grad_checkpointing=config.grad_checkpointing or None,
     )
     from jax_ema.flags.model import extra_model_kwargs
 
@@ -100,13 +104,43 @@ def model_kwargs(config) -> dict:
 
 
 def arch_kwargs(kwargs: dict | None) -> dict:
-    """The ARCH_KEYS of create_model `kwargs` (what a checkpoint records and evaluation rebuilds)."""
-    return {k: v for k, v in (kwargs or {}).items() if k in ARCH_KEYS and v is not None}
+    """What a checkpoint records of create_model `kwargs` and evaluation rebuilds: all but the training-only
+    rates and --bn-momentum (--gp, --in-chans, --bn-eps, --grad-checkpointing, the --model-kwargs extras).
+    Lists (a JSON round trip of a tuple) become tuples again."""
+    return {k: _frozen(v) for k, v in (kwargs or {}).items() if k not in _TRAIN_ONLY and v is not None}
+
+
+def _frozen(value):
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def same_model(recorded: dict | None, kwargs: dict | None) -> bool:
+    """Whether a checkpoint's recorded model_kwargs and these create_model kwargs build the same variables and
+    results (--grad-checkpointing changes neither: a run resumes with or without it)."""
+
+    def key(kw):
+        return {k: v for k, v in arch_kwargs(kw).items() if k != 'grad_checkpointing'}
+
+    return key(recorded) == key(kwargs)
 
 
 def describe_kwargs(kwargs: dict | None) -> str:
-    """create_model kwargs as the flags that set them ('--gp max --in-chans 1'; 'no model options')."""
-    return ' '.join(f'{FLAGS[k]} {v}' for k, v in (kwargs or {}).items()) or 'no model options'
+    """create_model kwargs as the flags that set them ('--gp max --in-chans 1 --model-kwargs act=relu';
+    'no model options')."""
+    kwargs = {k: _frozen(v) for k, v in (kwargs or {}).items()}
+    words = [FLAGS[k] if k == 'grad_checkpointing' else f'{FLAGS[k]} {v}' for k, v in kwargs.items() if k in FLAGS]
+    extras = [f'{k}={v!r}' for k, v in kwargs.items() if k not in FLAGS]
+    return ' '.join(words + (['--model-kwargs', *extras] if extras else [])) or 'no model options'
+
+
+def step_compiler_options(kwargs: dict | None) -> dict | None:
+    """XLA options for the train step of a model built with `kwargs`. With grad_checkpointing on the CPU: keep
+    the optimization barriers that jax.checkpoint puts around each block's recomputation. XLA:CPU drops them
+    early (cse_barrier_expander) and its CSE then merges the recomputation back into the stored activations,
+    undoing it; GPU and TPU keep them until after scheduling. The numbers are the same either way."""
+    if (kwargs or {}).get('grad_checkpointing') and jax.default_backend() == 'cpu':
+        return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+    return None
 
 
 def in_chans(kwargs: dict | None) -> int:

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jax_ema.models.blocks import Block, BlockSpec, Style, batchnorm_act, conv2d, goog_dense_init, make_divisible
+from jax_ema.models.layers import checkpointed
 
 _ACTS = {'re': 'relu', 'r6': 'relu6', 'hs': 'hard_swish', 'sw': 'swish'}
 
@@ -106,15 +107,25 @@ def build_blocks(
     return tuple(out)
 
 
-def stem_and_blocks(x, stages, *, stem_chs: int, act: str, style: Style, train: bool):
-    """The shared trunk, called inside a model's compact __call__: conv_stem (3x3/2), bn1 + act, blocks_{s}_{b}."""
+def stem_and_blocks(model, x, style: Style, train: bool):
+    """The shared trunk of `model` (an EfficientNet or MobileNetV3, whose compact __call__ calls this): conv_stem
+    (3x3/2), bn1 + act, blocks_{s}_{b}; each block recomputed in the backward pass with model.grad_checkpointing
+    (timm's set_grad_checkpointing)."""
     x = conv2d(
-        x, stem_chs, 3, 2, pad_type=style.pad_type, dtype=style.dtype, param_dtype=style.param_dtype, name='conv_stem'
+        x.astype(model.dtype),
+        model.stem_chs(),
+        3,
+        2,
+        pad_type=style.pad_type,
+        dtype=style.dtype,
+        param_dtype=style.param_dtype,
+        name='conv_stem',
     )
-    x = batchnorm_act(x, style, train, act, 'bn1')
-    for s, stage in enumerate(stages):
+    x = batchnorm_act(x, style, train, model.act, 'bn1')
+    block = checkpointed(Block) if model.grad_checkpointing else Block
+    for s, stage in enumerate(model.block_specs()):
         for b, spec in enumerate(stage):
-            x = Block(spec, style, name=f'blocks_{s}_{b}')(x, train)
+            x = block(spec, style, name=f'blocks_{s}_{b}')(x, train)
     return x
 
 

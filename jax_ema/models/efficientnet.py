@@ -66,6 +66,7 @@ class EfficientNet(nn.Module):
     drop_path_rate: float = 0.0
     global_pool: str = 'avg'
     in_chans: int = 3
+    grad_checkpointing: bool = False  # each block recomputed in the backward pass (timm's set_grad_checkpointing)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -97,8 +98,7 @@ class EfficientNet(nn.Module):
     def __call__(self, x, train: bool = False):
         check_channels(x, self.in_chans)
         style = self.style()
-        stem, stages = self.stem_chs(), self.block_specs()
-        x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
+        x = stem_and_blocks(self, x, style, train)
         x = conv2d(
             x,
             make_divisible(self.num_features * self.channel_multiplier),

@@ -1,6 +1,7 @@
 """Layers with PyTorch / timm semantics: BatchNorm2d, symmetric-padded conv, -inf padded max pool, timm's
 global pools (SelectAdaptivePool2d), drop path (stochastic depth) and DropBlock."""
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,14 @@ from jax_ema.errors import UserError
 
 # timm ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu') -> std = sqrt(2 / (out * kh * kw)).
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+@functools.cache
+def checkpointed(block: type) -> type:
+    """`block` (a module called as block(x, train)) with its activations recomputed in the backward pass
+    instead of stored: timm's set_grad_checkpointing, whose checkpoint_seq wraps each block. Its batch_stats
+    updates and dropout draws are those of the plain block (`train` is static)."""
+    return nn.remat(block, static_argnums=(2,))
 
 
 class BatchNorm(nn.Module):

@@ -59,6 +59,7 @@ class MobileNetV3(nn.Module):
     drop_path_rate: float = 0.0
     global_pool: str = 'avg'
     in_chans: int = 3
+    grad_checkpointing: bool = False  # each block recomputed in the backward pass (timm's set_grad_checkpointing)
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -89,8 +90,7 @@ class MobileNetV3(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        stem, stages = self.stem_chs(), self.block_specs()
-        x = stem_and_blocks(x.astype(self.dtype), stages, stem_chs=stem, act=self.act, style=style, train=train)
+        x = stem_and_blocks(self, x, style, train)
         x = global_pool(x, self.global_pool, keepdims=True)
         x = conv2d(
             x, self.num_features, 1, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, name='conv_head'

@@ -10,7 +10,17 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jax_ema.models.layers import BatchNorm, DropBlock, DropPath, cast_init, check_channels, conv, global_pool, max_pool
+from jax_ema.models.layers import (
+    BatchNorm,
+    DropBlock,
+    DropPath,
+    cast_init,
+    check_channels,
+    checkpointed,
+    conv,
+    global_pool,
+    max_pool,
+)
 
 # timm's resnet.drop_blocks: (block_size, gamma_scale) of the DropBlock in each stage; none in the first two.
 DROP_BLOCK_STAGES = (None, None, (5, 0.25), (3, 1.0))
@@ -104,6 +114,7 @@ class ResNet(nn.Module):
     Submodule names are timm's state_dict names with '.' -> '_': conv1, bn1, layer{s}_{b}, fc.
     drop_path_rate: block i of n gets drop_path_rate * i / (n - 1) (timm's linear rule; block 0 none);
     drop_block_rate: DropBlock in every block of stages 3 and 4 (DROP_BLOCK_STAGES). All three are train-only.
+    grad_checkpointing: each block's activations recomputed in the backward pass (timm's set_grad_checkpointing).
     """
 
     block: type
@@ -116,6 +127,7 @@ class ResNet(nn.Module):
     drop_block_rate: float = 0.0
     global_pool: str = 'avg'
     in_chans: int = 3
+    grad_checkpointing: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -125,12 +137,13 @@ class ResNet(nn.Module):
         x = nn.relu(bn(name='bn1')(x, train))
         x = max_pool(x, 3, 2, 1)
         inplanes, index, count = 64, 0, sum(self.layers)
+        block = checkpointed(self.block) if self.grad_checkpointing else self.block
         for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), self.layers)):
             drop_block = DROP_BLOCK_STAGES[stage] if self.drop_block_rate else None
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
                 downsample = b == 0 and (stride != 1 or inplanes != planes * self.block.expansion)
-                x = self.block(
+                x = block(
                     planes,
                     stride,
                     downsample,
@@ -165,6 +178,9 @@ RESNET_LAYOUTS = {
 
 
 def resnet(name: str, num_classes: int, dtype=jnp.float32, param_dtype=jnp.float32, **kwargs) -> ResNet:
-    """kwargs: drop_rate, drop_path_rate, drop_block_rate, global_pool, in_chans (ResNet's fields)."""
+    """kwargs: ResNet's fields (drop_rate, ..., grad_checkpointing; layers as timm's create_model kwargs, which win
+    over the name's layout as in timm: --model-kwargs layers=(1,1,1,1))."""
     block, layers = RESNET_LAYOUTS[name]
-    return ResNet(block=block, layers=layers, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
+    return ResNet(
+        num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **{'block': block, 'layers': layers, **kwargs}
+    )
