@@ -84,8 +84,11 @@ def main(argv=None):
     p.add_argument('--data', default=None, help='a folder of JPEGs (the first one found is used)')
     p.add_argument('--repeats', type=int, default=200)
     args = p.parse_args(argv)
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:  # one thread, as each tf.data map call
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow ran already in this process (as in the tests): its thread pools stay
+        print('note: TensorFlow already initialised, its thread settings kept', file=sys.stderr)
     path = None
     if args.data:
         path = next(
