@@ -5,8 +5,8 @@ its range: brightness, contrast and saturation are PIL's ImageEnhance blends (im
 PIL's HSV hue), applied with probability `prob` (timm's --color-jitter-prob; always when None).
 `random_grayscale`: torchvision's RandomGrayscale (PIL's L, on all three channels). `random_gaussian_blur`:
 timm's RandomApply(GaussianBlur(23, sigma ~ U(0.1, 2))), torchvision's float32 convolution with reflected
-edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py); every draw is a
-TF stateless op of the image's key.
+edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py; the jitter without
+hue, compiled by XLA, takes uint8 too); every draw is a TF stateless op of the image's key.
 """
 
 import itertools
