@@ -66,10 +66,12 @@ def parse(argv):
     for name, value in FULL.items():
         p.add_argument('--' + name.replace('_', '-'), type=int, default=None, help=f'default {value}')
     p.add_argument('--out', default=os.path.join(RESULTS, 'bench_input_cpu.json'))
+    p.add_argument('--only', nargs='+', choices=list(PIPELINES), help='these pipelines only (default: all)')
     args = p.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    args.only = args.only or list(PIPELINES)
     return args
 
 
@@ -165,9 +167,9 @@ def timm_batches(args, name: str):
 
 
 def bench_pipelines(args) -> dict:
-    samples = {f'{side}_{name}': [] for name in PIPELINES for side in ('ours', 'timm')}
+    samples = {f'{side}_{name}': [] for name in args.only for side in ('ours', 'timm')}
     for round_ in range(args.rounds):
-        for name in PIPELINES:
+        for name in args.only:
             for side in ('ours', 'timm'):
                 if side == 'ours':
                     batches, size_of = ours(args, name, round_), lambda b: len(b['label'])
@@ -183,7 +185,7 @@ def bench_pipelines(args) -> dict:
         name: {
             m: medians[f'ours_{name}'][m] / medians[f'timm_{name}'][m] for m in ('images_per_core_s', 'images_per_s')
         }
-        for name in PIPELINES
+        for name in args.only
     }
     return {'samples': samples, 'medians': medians, 'ours_vs_timm': ratios}
 
@@ -279,7 +281,7 @@ def main(argv=None) -> dict:
             log(f'writing {args.images} JPEGs under {work}/data ...')
             args.data = make_folder(os.path.join(work, 'data'), args.images)
         report = dict(
-            settings={k: getattr(args, k) for k in FULL} | {'data': args.data, 'workers': 1},
+            settings={k: getattr(args, k) for k in FULL} | {'data': args.data, 'workers': 1, 'pipelines': args.only},
             machine=machine(),
             versions=versions(),
             commit=commit(),
@@ -292,14 +294,14 @@ def main(argv=None) -> dict:
             os.environ.pop(data.folder.CACHE_ENV)
         else:
             os.environ[data.folder.CACHE_ENV] = cache
-    per_core = {name: report['medians'][f'ours_{name}']['images_per_core_s'] for name in PIPELINES}
+    per_core = {name: report['medians'][f'ours_{name}']['images_per_core_s'] for name in args.only}
     report['estimate_16_cores'] = {
         name: {'images_per_s': 16 * rate, **{f'vs_h200_{k}': 16 * rate / v for k, v in H200_STEP_RATES.items()}}
         for name, rate in per_core.items()
     }
     report['targets'] = {
         f'{name} >= 1.0x timm per core-second': report['ours_vs_timm'][name]['images_per_core_s'] >= 1.0
-        for name in PIPELINES
+        for name in args.only
     } | {'start-up warm <= 2 CPU-s per 100k files': report['startup']['warm_cpu_s_per_100k_files'] <= 2.0}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
@@ -313,7 +315,7 @@ def print_report(r):
         f'{"pipeline":<14}{"ours img/core-s":>17}{"timm img/core-s":>17}{"ratio":>8}{"ours img/s":>12}'
         f'{"timm img/s":>12}'
     )
-    for name in PIPELINES:
+    for name in r['ours_vs_timm']:
         o, t = r['medians'][f'ours_{name}'], r['medians'][f'timm_{name}']
         print(
             f'{name:<14}{o["images_per_core_s"]:>17.0f}{t["images_per_core_s"]:>17.0f}'

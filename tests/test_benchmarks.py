@@ -127,6 +127,18 @@ def test_input_quick_defaults_yield_to_explicit_flags():
     args = bench_input.parse(['--quick', '--rounds', '3'])
     assert (args.rounds, args.batches) == (3, bench_input.QUICK['batches'])
     assert bench_input.parse([]).images == bench_input.FULL['images']
+    assert bench_input.parse([]).only == list(bench_input.PIPELINES)
+    assert bench_input.parse(['--only', 'train_default']).only == ['train_default']
+
+
+@pytest.mark.slow  # ~7 s (XLA compiles the jitter)
+def test_profile_default_aug_times_every_op(capsys):
+    import profile_default_aug
+
+    assert profile_default_aug.main(['--repeats', '1']) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.rsplit(None, 1)[0].strip() for line in lines] == [n.strip() for n in profile_default_aug.NAMES]
+    assert all(math.isfinite(float(line.rsplit(None, 1)[1])) for line in lines)
 
 
 # --------------------------------------------------------------------------- benchmarks/gpu_check.py

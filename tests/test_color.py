@@ -71,6 +71,45 @@ def test_jitter_matches_torchvision_for_fixed_draws(picture, order, factors):
     np.testing.assert_array_equal(ours.numpy().astype(np.int64), np.asarray(image, np.int64))
 
 
+@pytest.mark.parametrize(
+    'order, factors, ranges',
+    [
+        ((0, 1, 2, 3), (0.6, 1.4, 0.75), ((0, 2),) * 3),
+        ((3, 2, 1, 0), (1.31, 0.62, 1.2), ((0, 2),) * 3),
+        ((2, 3, 0, 1), (0.93, 1.07, 0.0), ((0, 2),) * 3),
+        ((1, 0, 3, 2), (1.4, 0.6, 1.39), ((0, 2),) * 3),
+        ((0, 2, 1, 3), (1.2, 1.0, 0.7), ((0, 2), None, (0, 2))),  # contrast off
+    ],
+)
+@pytest.mark.parametrize('dtype', ['uint8', 'float32'])
+def test_jitter_without_hue_matches_torchvision(picture, order, factors, ranges, dtype):
+    """timm's default (no hue) runs compiled by XLA, uint8 or float32 in and out: bit-exact with torchvision."""
+    image = Image.fromarray(picture)
+    for op in order:
+        if op < 3 and ranges[op] is not None:
+            image = ADJUST[op](image, factors[op])
+    ours = color.jitter(tf.constant(picture, dtype), tf.constant(order), factors + (0.0,), ranges + (None,))
+    assert ours.dtype == dtype
+    np.testing.assert_array_equal(ours.numpy().astype(np.int64), np.asarray(image, np.int64))
+
+
+# Factors at which XLA's fused multiply-add (one rounding) moved Image.blend's result for some pairs of levels
+# (found by search: ~1 factor in 500 does; 1.1351351 for 127 of the 65,536 pairs).
+FMA_SENSITIVE = (1.1351350545883179, 0.3796297013759613, 1.2515723705291748, 1.3152174949645996, 0.34090912342071533)
+
+
+def test_compiled_blend_rounds_as_pils_for_every_pair_of_levels():
+    """Image.blend of every (degenerate, image) pair of levels, at factors where a fused multiply-add differs
+    and 60 random ones: exact, because color._apart keeps XLA from fusing the product into the sum."""
+    degenerate, image = (v.astype(np.uint8) for v in np.meshgrid(np.arange(256), np.arange(256)))
+    blend = tf.function(color.blend, jit_compile=True, autograph=False)
+    args = [tf.constant(v, tf.float32) for v in (degenerate, image)]
+    factors = np.concatenate([FMA_SENSITIVE, np.random.default_rng(2).uniform(0.0, 2.0, 60)]).astype(np.float32)
+    for factor in factors:
+        theirs = np.asarray(Image.blend(Image.fromarray(degenerate), Image.fromarray(image), float(factor)))
+        np.testing.assert_array_equal(blend(*args, tf.constant(factor), tf.constant(0)).numpy(), theirs)
+
+
 @pytest.mark.parametrize('value', [(0.4,), (0.1, 0.0, 1.3), (0.4, 0.4, 0.4, 0.1), (0.0,)])
 def test_jitter_ranges_are_torchvisions(value):
     """timm: a scalar means brightness = contrast = saturation, no hue; torchvision's ColorJitter ranges."""
@@ -209,6 +248,33 @@ def test_random_interpolation_is_bilinear_or_bicubic_evenly(photos):
             assert min(gaps) <= 1
             picks.append(gaps[1] < gaps[0])
     assert 0.35 < np.mean(picks) < 0.65  # 100 draws
+
+
+@pytest.mark.parametrize('mode', ['rkrc', 'rkrr'])
+def test_random_interpolation_in_keep_ratio_crop_modes_is_timms(photos, mode):
+    """--train-crop-mode rkrc / rkrr with 'random': timm's ResizeKeepRatio picks bilinear or bicubic per image
+    (random.choice, as RandomResizedCropAndInterpolation): each of ours is one of timm's crops (any placement
+    RandomCropOrPad can draw, for rkrr) at one of the two filters, about half each."""
+    from timm.data.transforms import ResizeKeepRatio, crop_or_pad
+
+    fixed = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the resized size is then drawn-free: 24 x 29
+    cfg = data.DataConfig(
+        data_dir=photos, img_size=SIZE, train_crop_mode=mode, train_interpolation='random', hflip=0.0, **fixed
+    )
+    path, ours = next(iter(_our_draws(cfg, 40).items()))
+    picks = []
+    for filter_ in ('bilinear', 'bicubic'):
+        resized = ResizeKeepRatio(SIZE, interpolation=filter_)(Image.open(path).convert('RGB'))
+        lefts = range(resized.width - SIZE + 1) if mode == 'rkrr' else [round((resized.width - SIZE) / 2)]
+        picks.append([np.asarray(crop_or_pad(resized, 0, left, SIZE, SIZE), np.int64) for left in lefts])
+    assert resized.size == (29, 24)
+    assert min(np.abs(a - b).max() for a in picks[0] for b in picks[1]) > 1  # the filters tell apart
+    bicubic = []
+    for image in ours:
+        gaps = [min(np.abs(image - c).max() for c in candidates) for candidates in picks]
+        assert min(gaps) <= 1
+        bicubic.append(gaps[1] < gaps[0])
+    assert 0.25 < np.mean(bicubic) < 0.75  # 40 draws
 
 
 def test_no_aug_is_timms_noaug_train(photos):

@@ -91,22 +91,34 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     scale = tf.cast(out_size, tf.float32) / tf.cast(in_size, tf.float32)
     offset, start = tf.cast(offset, tf.float32), tf.cast(start, tf.float32)
     translation = offset * scale - start
-
-    def resample(image, out_size, scale, translation):
-        resized = tf.raw_ops.ScaleAndTranslate(
-            images=image[None], size=out_size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
-        )[0]
-        return tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8)
-
     if kernel in ('triangle', 'box'):
         resized = tf.raw_ops.ScaleAndTranslate(
             images=window[None], size=size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
         )[0]
         return round_to_uint8(resized)
-    rows = resample(
-        window, tf.stack([tf.shape(window)[0], size[1]]), tf.stack([1.0, scale[1]]), tf.stack([0.0, translation[1]])
+    size = tf.cast(size, tf.int32)
+    columns = tf.transpose(window, [1, 0, 2])  # PIL resamples along the rows first
+    rows = tf.transpose(_resample_first_axis(columns, size[1], scale[1], translation[1], kernel), [1, 0, 2])
+    return _resample_first_axis(rows, size[0], scale[0], translation[0], kernel)
+
+
+def _resample_first_axis(image, length, scale, translation, kernel):
+    """PIL's 1-D resampling of axis 0 of an [N, M, C] image to `length`, rounded and clipped to uint8.
+
+    ScaleAndTranslate always resamples both axes, the second one scalar per channel: on the [H, W, 3] image a
+    pass that changes nothing (scale 1) cost as much as the real one. As a [1, N, 1, M * C] image the second
+    axis has one pixel (a copy) and the first is one vectorised pass over whole rows: the same sums, ~3x less
+    time for bicubic (the transposes included)."""
+    width = tf.shape(image)[1]
+    resized = tf.raw_ops.ScaleAndTranslate(
+        images=tf.reshape(image, [1, tf.shape(image)[0], 1, -1]),
+        size=tf.stack([length, 1]),
+        scale=tf.stack([scale, 1.0]),
+        translation=tf.stack([translation, 0.0]),
+        kernel_type=kernel,
+        antialias=True,
     )
-    return resample(rows, tf.cast(size, tf.int32), tf.stack([scale[0], 1.0]), tf.stack([translation[0], 0.0]))
+    return tf.reshape(tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8), [length, width, -1])
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
