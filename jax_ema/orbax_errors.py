@@ -33,9 +33,21 @@ class _DropOrbaxThreadEcho(logging.Filter):
 logging.getLogger('absl').addFilter(_DropOrbaxThreadEcho())
 
 
+class _DropUnretrievedFutures(logging.Filter):
+    """A failed restore raises the first array's error; the other arrays' reads that failed too are futures
+    nobody awaits, and asyncio logs each ('Future exception was never retrieved') whenever it is collected."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith(('Future exception was never retrieved', 'Task exception was'))
+
+
 def quiet_orbax_aftermath() -> None:
     """After a failed save or restore, TensorStore's writes still in flight complete into orbax's closed event
-    loop, each printing 'RuntimeError: Event loop is closed' with a traceback: drop those (and only those)."""
+    loop, each printing 'RuntimeError: Event loop is closed' with a traceback, and asyncio logs the failed reads
+    nobody awaited: drop those (and only those)."""
+    asyncio_log = logging.getLogger('asyncio')
+    if not any(isinstance(f, _DropUnretrievedFutures) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropUnretrievedFutures())
     hook = sys.unraisablehook
     if getattr(hook, 'drops_closed_loops', False):
         return

@@ -19,7 +19,7 @@ from timm.scheduler import create_scheduler_v2
 
 from jax_ema import schedule as schedule_lib
 from jax_ema.plateau import PlateauSchedule
-from test_optim_parity import RTOL, timm_lrs
+from test_scheduler_v2_parity import RTOL, timm_lrs
 
 BASE = dict(lr=0.4, epochs=7, upe=3, warmup_lr=1e-3, min_lr=2e-4, decay_epochs=2, decay_rate=0.5, cooldown_epochs=0)
 CYCLES = {  # (lr_cycle_mul, lr_cycle_decay, lr_cycle_limit)
