@@ -16,8 +16,10 @@ RUN may also be a timm weights file or training checkpoint (`.pth.tar`, `.pth`, 
 read as timm's validate.py reads one: `--use-ema` takes its `state_dict_ema`, `--model` names the model
 (default: the checkpoint's args.model), `--num-classes` is checked against its classifier, and the data
 config is the model's unless flags set it. Without --checkpoint the model's pretrained weights are validated
-(the hub's file, as --pretrained in training). Several checkpoints, a folder of timm files, `--model all`,
-a wildcard or a file of model names run a bulk validation (validate_bulk.py).
+(the hub's file, as --pretrained in training); --pretrained with --checkpoint is an error (in timm the
+checkpoint replaces every pretrained weight: the flag has no effect). Several checkpoints, a folder of timm
+files, `--model all`, a wildcard or a file of model names run a bulk validation (validate_bulk.py), which
+builds the dataset once per data config and compiles the eval step once per model.
 
 Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
 prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
@@ -72,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "each (default: --model's pretrained weights)",
     )
     p.add_argument(
-        '--pretrained', action='store_true', help="validate --model's pretrained weights (implied without --checkpoint)"
+        '--pretrained',
+        action='store_true',
+        help="validate --model's pretrained weights (implied without --checkpoint; an error with it)",
     )
     p.add_argument(
         '--use-ema',
@@ -147,8 +151,10 @@ def load_split(
     interpolation: str = 'bilinear',
     mean=IMAGENET_DEFAULT_MEAN,
     std=IMAGENET_DEFAULT_STD,
+    datasets: dict | None = None,
 ):
-    """One split of DATA built by data.load_datasets with the run's split settings and this data config."""
+    """One split of DATA built by data.load_datasets with the run's split settings and this data config;
+    `datasets` (a dict kept across calls): the splits already built, by their DataConfig, reused."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
 
     tfds = data_lib.tfds.dataset_name(args.get('dataset')) is not None
@@ -174,8 +180,10 @@ def load_split(
         num_classes=args.get('num_classes') if tfds else None,
         class_map=args.get('class_map') or '',  # the run's --class-map labels the folders as in training
     )
-    train, val = data_lib.load_datasets(cfg)
-    return train if is_train else val
+    datasets = {} if datasets is None else datasets
+    if cfg not in datasets:  # listing the folders, tracing the decode pipeline: once per data config
+        datasets[cfg] = data_lib.load_datasets(cfg)
+    return datasets[cfg][0 if is_train else 1]
 
 
 def validate(
@@ -200,6 +208,7 @@ def validate(
     log_freq: int = 0,
     use_train_size: bool = False,
     input_size=None,
+    datasets: dict | None = None,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights (`checkpoint` None: `model`'s pretrained weights) on DATA's
     split; returns timm-style results.
@@ -207,7 +216,8 @@ def validate(
     Keys: model, top1, top1_err, top5, top5_err, loss, param_count (millions), img_size, crop_pct,
     interpolation, weights ('raw' / 'ema'), checkpoint (the step folder or file), data, split, num_images (and
     dataset for TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata) or the
-    model, as in the CLI; the model's test size unless `use_train_size` (validate_weights.py).
+    model, as in the CLI; the model's test size unless `use_train_size` (validate_weights.py). `datasets`: a
+    dict shared by the calls of a sweep, so that checkpoints evaluated with one data config share one dataset.
     """
     data = None if data is None else str(data)
     step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
@@ -235,7 +245,7 @@ def validate(
     if args.get('dataset') and data is None:
         data = args.get('data')  # the run's TFDS data_dir
 
-    dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std)
+    dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets)
     if dataset.num_classes != num_classes:
         where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
         hint = (
@@ -323,9 +333,16 @@ def main(argv=None) -> int:
         device.check(args.device)
         if args.data and args.data_dir and args.data != args.data_dir:
             raise UserError(f'DATA {args.data!r} and --data-dir {args.data_dir!r} differ; give one of them')
+        if args.pretrained and args.checkpoint:  # timm: pretrained weights loaded, then all replaced (strict load)
+            raise UserError(
+                "--pretrained with --checkpoint: the checkpoint's weights replace every pretrained one (timm loads "
+                'them strictly over the pretrained ones); leave out --pretrained, or --checkpoint to validate '
+                'the pretrained weights'
+            )
         targets = validate_bulk.targets(args.model, args.checkpoint)
         if args.results_file:
             validate_bulk.check_results_file(args.results_file)
+        datasets = {}  # built once per data config for the whole sweep (the compiled eval: _compiled_eval)
 
         def validate_one(model, checkpoint):
             return validate(
@@ -350,6 +367,7 @@ def main(argv=None) -> int:
                 log_freq=args.log_freq,
                 use_train_size=args.use_train_size,
                 input_size=args.input_size,
+                datasets=datasets,
             )
 
         if targets is None:

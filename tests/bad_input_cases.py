@@ -147,6 +147,12 @@ OTHER_CLI_CASES = [
         'validates pretrained weights; give one model name',
     ),
     (
+        'validate: --pretrained with --checkpoint',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--pretrained'],
+        'leave out --pretrained',
+    ),
+    (
         'validate: bulk validation where every model fails',
         'validate',
         lambda w: [str(w.data), '--model', str(w.a_file)],  # a file of model names: 'not a dataset'

@@ -2,6 +2,7 @@
 --checkpoint, the run's split settings, and bad input answered with one line and exit code 2."""
 
 import csv
+import functools
 import json
 import shutil
 import subprocess
@@ -15,9 +16,11 @@ import pytest
 from PIL import Image
 
 from cli_output import error_line
-from jax_ema import checkpoint, reporting, train
+from jax_ema import checkpoint, data as data_lib, pretrained_cfgs, reporting, train
 from jax_ema.models import create_model
 from jax_ema.validate import main, validate
+
+validate_module = sys.modules['jax_ema.validate']
 
 pytestmark = pytest.mark.slow  # the module trains three runs to validate
 
@@ -234,14 +237,29 @@ def test_module_entry_point(root):
     assert missing in error_line(proc.stderr)
 
 
-def test_every_checkpoint_of_a_run(runs, data, tmp_path, capsys):
+def test_every_checkpoint_of_a_run(runs, data, tmp_path, capsys, monkeypatch):
     """`--checkpoint RUN/checkpoints/*/` (several values): each validated, sorted by top-1 as timm's bulk
-    validation, each equal to its epoch's summary.csv row; the results file holds them all."""
+    validation, each equal to its epoch's summary.csv row; the results file holds them all. The sweep lists the
+    folders and builds the dataset once, traces its decode pipeline once and compiles the eval step once
+    (validate() calls without a shared `datasets` dict build one each)."""
+    built, compiled = [], []
+    load_datasets, make_eval = data_lib.load_datasets, validate_module._compiled_eval.__wrapped__
+    monkeypatch.setattr(data_lib, 'load_datasets', lambda cfg: built.append(load_datasets(cfg)) or built[-1])
+    monkeypatch.setattr(
+        validate_module,
+        '_compiled_eval',
+        functools.lru_cache(lambda *a: compiled.append(make_eval(*a)) or compiled[-1]),  # a fresh cache
+    )
     run, out = runs['ema'], tmp_path / 'all.csv'
     steps = _step_dirs(run)
     assert len(steps) == 2
     argv = [str(data), '--checkpoint', *map(str, steps), '--use-ema', '--results-file', str(out)]
     assert main(argv) == 0
+    assert len(built) == 1 and built[0][1]._eval_fn.experimental_get_tracing_count() == 1
+    assert len(compiled) == 1 and compiled[0]._cache_size() == 1  # one jit, one compile for both checkpoints
+    for step_dir in steps:
+        validate(step_dir, data, use_ema=True)
+    assert len(built) == 1 + len(steps) and len(compiled) == 1  # each call alone: its own dataset
     results = json.loads(capsys.readouterr().out.split('--result\n')[1])
     assert sorted(r['checkpoint'] for r in results) == sorted(map(str, steps))
     assert [r['top1'] for r in results] == sorted((r['top1'] for r in results), reverse=True)
@@ -249,3 +267,32 @@ def test_every_checkpoint_of_a_run(runs, data, tmp_path, capsys):
         _assert_matches_summary(r, _summary_row(run, Path(r['checkpoint'])), 'ema')
     with out.open() as f:
         assert [row['checkpoint'] for row in csv.DictReader(f)] == [r['checkpoint'] for r in results]
+
+
+def test_a_run_at_its_models_size_is_validated_at_the_test_size(root, data, capsys):
+    """A run left at its model's size (resnet18.a3_in1k: trained at 160 px, one update) is evaluated at the
+    model's test size (224), as timm's validate.py given the run's flags; with --use-train-size at 160, and then
+    its raw and EMA numbers equal the run's summary.csv."""
+    cfg = pretrained_cfgs.PRETRAINED_CFGS['resnet18.a3_in1k']
+    assert cfg.input_size != cfg.test_input_size
+    flags = ['-b', '2', '--epochs', '1', '--train-batches-per-epoch', '1', '--warmup-epochs', '0', '-j', '1']
+    ema = ['--model-ema', '--model-ema-decay', '0.5']
+    argv = [str(data), '--model', cfg.name, *flags, *ema, '--output', str(root / 'out'), '--experiment', 'own_size']
+    assert train.main(argv) == 0
+    run = root / 'out' / 'own_size'
+    (step_dir,) = _step_dirs(run)
+    row = _summary_row(run, step_dir)
+    capsys.readouterr()
+    for weights in ('raw', 'ema'):
+        use_ema = ['--use-ema'] if weights == 'ema' else []
+        results = {}
+        for size, extra in (('test', []), ('train', ['--use-train-size'])):
+            assert main([str(data), '--checkpoint', str(run), '-j', '1', *use_ema, *extra]) == 0
+            results[size] = json.loads(capsys.readouterr().out.split('--result\n')[1])
+        assert (results['test']['img_size'], results['test']['crop_pct']) == (
+            cfg.test_input_size[-1],
+            cfg.test_crop_pct,
+        )
+        assert (results['train']['img_size'], results['train']['crop_pct']) == (cfg.input_size[-1], cfg.crop_pct)
+        _assert_matches_summary(results['train'], row, weights)
+        assert results['test']['loss'] != pytest.approx(float(row[f'{weights}_eval_loss']), abs=1e-6)
