@@ -93,6 +93,13 @@ def prepend_path(env: dict, folder: Path) -> dict:
     return dict(env, PYTHONPATH=os.pathsep.join(parts))
 
 
+def _sigint_default():
+    """In the child before its exec: SIGINT back to its default. A parent that ignores it (a shell's background
+    job, a pytest-xdist worker) passes SIG_IGN on, and Python then never raises KeyboardInterrupt: pytest would
+    not write its reports at the limit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Session:
     """The steps run so far, their limits taken from one deadline; session.json rewritten after each."""
 
@@ -120,7 +127,15 @@ class Session:
         sink = open(log, 'a') if log else self.setup_log  # noqa: SIM115
         sink.write(f'\n=== {name}: {" ".join(cmd)}\n')
         sink.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_sigint_default,
+        )
         try:
             step['rc'] = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,8 @@ import logging
 
 from jax_ema import orbax_errors
 
+DROP = orbax_errors._DropUnretrievedFutures
+
 
 def _unretrieved_failed_future():
     """What a failed restore leaves behind: a read that failed too, which nobody awaits."""
@@ -17,15 +19,17 @@ def _unretrieved_failed_future():
     gc.collect()
 
 
-def test_unretrieved_failed_reads_are_dropped_after_a_failed_restore(caplog):
+def test_unretrieved_failed_reads_are_dropped_after_a_failed_restore(caplog, monkeypatch):
+    asyncio_log = logging.getLogger('asyncio')
+    # as in a fresh process: no failed restore yet (an earlier test in this one may have installed the filter)
+    monkeypatch.setattr(asyncio_log, 'filters', [f for f in asyncio_log.filters if not isinstance(f, DROP)])
     caplog.set_level(logging.ERROR, logger='asyncio')
     _unretrieved_failed_future()  # asyncio logs it (the test sees the noise it has to drop)
     assert any('Future exception was never retrieved' in r.getMessage() for r in caplog.records)
     caplog.clear()
     orbax_errors.quiet_orbax_aftermath()
     orbax_errors.quiet_orbax_aftermath()  # idempotent: one filter
-    asyncio_log = logging.getLogger('asyncio')
-    assert sum(isinstance(f, orbax_errors._DropUnretrievedFutures) for f in asyncio_log.filters) == 1
+    assert sum(isinstance(f, DROP) for f in asyncio_log.filters) == 1
     _unretrieved_failed_future()
     asyncio_log.error('another asyncio error')  # kept
     assert [r.getMessage() for r in caplog.records] == ['another asyncio error']
