@@ -219,6 +219,7 @@ def test_changed_data_goes_on_from_the_next_epoch_sliced_anew(data, tmp_path, mo
     assert [r['epoch'] for r in reporting.read_summary(tmp_path / 'run')] == ['0', '2']
 
 
+@pytest.mark.slow  # ~5-10 s: the fast loop stays under 3 minutes
 def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv(faults.FAULT, 'save:write@5:ENOSPC')  # epoch 0's save, half written
     with log_lines() as logged:
@@ -235,6 +236,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     assert not (tmp_path / 'run' / 'summary.csv').exists()  # no row without its checkpoint
 
 
+@pytest.mark.slow  # ~5-10 s: the fast loop stays under 3 minutes
 def test_huge_lr_stops_with_a_clear_message_and_saves_nothing_non_finite(data, tmp_path, capsys):
     code = main(
         [str(data), *RUN, '--lr', '1e12', '--warmup-epochs', '0', '--output', str(tmp_path), '--experiment', 'run']

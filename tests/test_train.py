@@ -155,6 +155,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow  # ~6-8 s each: the fast loop stays under 3 minutes
 @pytest.mark.parametrize('force_cpu', [False, True])
 def test_cli_end_to_end_run_folder(tmp_path, capsys, force_cpu):
     data = _image_folder(tmp_path / 'ds')
