@@ -135,6 +135,7 @@ def schedule_vs_timm(case):
 @pytest.mark.parametrize('case', SCHEDULE_CASES, ids=lambda c: '-'.join(f'{k}={v}' for k, v in c.items()))
 def test_schedule_matches_timm_stepped_like_train_py(case):
     if gap := timm_gaps.schedule(case['sched']):
+        # only where the installed timm lacks the feature (timm_gaps.py says which, measured); never on timm 1.0.31
         pytest.skip(gap)
     ours, expected, num_epochs, timm_epochs = schedule_vs_timm(case)
     assert ours.dtype == jnp.float64
@@ -203,6 +204,7 @@ def our_lrs(case, count, x64=True):
 def test_step_schedule_and_lr_noise_match_timm(name):
     case = {**RECIPE, **NOISE_CASES[name]}
     if gap := timm_gaps.schedule(case['sched']) or (case['lr_noise_std'] != 1.0 and timm_gaps.noise_std()):
+        # only where the installed timm lacks the feature (timm_gaps.py says which, measured); never on timm 1.0.31
         pytest.skip(gap)
     expected, timm_epochs = timm_lrs(**case)
     ours, num_epochs = our_lrs(case, len(expected))
@@ -218,6 +220,7 @@ def test_noise_draws_match_timm_calculate_noise_including_long_redraws(pct):
     # pct 0.05: about half the t keep one of their first 16 draws; 0.002: ~1 draw in 600 is kept, so each
     # t runs through several Mersenne Twister regenerations.
     if gap := timm_gaps.noise_std():
+        # only where the installed timm lacks the feature (timm_gaps.py says which, measured); never on timm 1.0.31
         pytest.skip(gap)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler, _ = create_scheduler_v2(  # any scheduler: the draws are the base class's
