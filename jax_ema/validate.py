@@ -37,7 +37,7 @@ import sys
 import jax
 import numpy as np
 
-from jax_ema import device, validate_bulk
+from jax_ema import device, test_time_pool, validate_bulk, validate_options, validate_retry
 from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
@@ -129,16 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='', metavar='DEVICE', help='cpu, cuda (or gpu), tpu (default: JAX picks)')
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
+    validate_options.add_arguments(p)  # --crop-mode, --crop-border-pixels, --test-pool, --retry
     return p
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch: tuple = ()):
+def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch: tuple = (), pool=None):
     """The trainer's jitted eval step for this model, normalising with `mean`/`std` on the device (kept, so
-    repeated calls in a notebook compile once)."""
+    repeated calls in a notebook compile once); `pool`: timm's test-time pooling with that window."""
     model = create_model(model_name, num_classes, **dict(arch))  # arch: the run's --gp / --in-chans / --bn-eps
     inputs = DeviceInput(mean=mean, std=std, in_chans=model.in_chans)
-    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=inputs))
+    apply_fn = test_time_pool.pooled_apply(model, pool) if pool else model.apply
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, inputs=inputs))
 
 
 def load_split(
@@ -152,9 +154,11 @@ def load_split(
     mean=IMAGENET_DEFAULT_MEAN,
     std=IMAGENET_DEFAULT_STD,
     datasets: dict | None = None,
+    crop: tuple = ('center', 0),
 ):
-    """One split of DATA built by data.load_datasets with the run's split settings and this data config;
-    `datasets` (a dict kept across calls): the splits already built, by their DataConfig, reused."""
+    """One split of DATA built by data.load_datasets with the run's split settings and this data config (`crop`:
+    the eval crop mode and border pixels); `datasets` (a dict kept across calls): the splits already built, by their
+    DataConfig, reused."""
     from jax_ema import data as data_lib  # the only module that imports tensorflow
 
     tfds = data_lib.tfds.dataset_name(args.get('dataset')) is not None
@@ -179,6 +183,8 @@ def load_split(
         download=bool(args.get('dataset_download')),
         num_classes=args.get('num_classes') if tfds else None,
         class_map=args.get('class_map') or '',  # the run's --class-map labels the folders as in training
+        crop_mode=crop[0],
+        crop_border_pixels=crop[1],
     )
     datasets = {} if datasets is None else datasets
     if cfg not in datasets:  # listing the folders, tracing the decode pipeline: once per data config
@@ -209,6 +215,10 @@ def validate(
     use_train_size: bool = False,
     input_size=None,
     datasets: dict | None = None,
+    crop_mode: str | None = None,
+    crop_border_pixels: int | None = None,
+    test_pool: bool = False,
+    retry: bool = False,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights (`checkpoint` None: `model`'s pretrained weights) on DATA's
     split; returns timm-style results.
@@ -218,8 +228,10 @@ def validate(
     dataset for TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata) or the
     model, as in the CLI; the model's test size unless `use_train_size` (validate_weights.py). `datasets`: a
     dict shared by the calls of a sweep, so that checkpoints evaluated with one data config share one dataset.
+    crop_mode, crop_border_pixels, test_pool, retry: timm's --crop-mode, --crop-border-pixels, --test-pool
+    (test_time_pool.py) and --retry (on out-of-memory, smaller batches: validate_retry.py).
     """
-    data = None if data is None else str(data)
+    data, crop = None if data is None else str(data), validate_options.crop(crop_mode, crop_border_pixels)
     step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
     use_ema = metadata.get('weights', 'ema' if use_ema or ema_index is not None else 'raw') == 'ema'
     model_name, num_classes = metadata['model'], metadata['num_classes']
@@ -231,6 +243,8 @@ def validate(
         flags = run_flags(step_dir, metadata, args, data, flags)
     resolved = resolve_data_config(model_name, **flags, use_test_size=not use_train_size)
     img_size, crop_pct = resolved['input_size'][-1], resolved['crop_pct']
+    pool = test_time_pool.pool_size(model_name, resolved['input_size']) if test_pool else None
+    crop_pct = 1.0 if pool else crop_pct  # timm's validate.py with test-time pooling
     interpolation, mean, std = resolved['interpolation'], resolved['mean'], resolved['std']
     if batch_size is None:
         run_batch = args.get('batch_size') and args['batch_size'] * jax.device_count()
@@ -245,7 +259,7 @@ def validate(
     if args.get('dataset') and data is None:
         data = args.get('data')  # the run's TFDS data_dir
 
-    dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets)
+    dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets, crop)
     if dataset.num_classes != num_classes:
         where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
         hint = (
@@ -279,21 +293,11 @@ def validate(
     )
 
     variables = jax.device_put(variables)  # once, not at every batch
-    metrics = evaluate(
-        _compiled_eval(
-            split_model_name(model_name)[0],
-            int(num_classes),
-            mean,
-            std,
-            tuple(arch_kwargs(metadata.get('model_kwargs')).items()),
-        ),
-        variables['params'],
-        variables['batch_stats'],
-        dataset,
-        batch_size,
-        'Test' if log_freq else None,
-        log_freq,
-        cli=True,
+    arch = tuple(arch_kwargs(metadata.get('model_kwargs')).items())
+    eval_fn = _compiled_eval(split_model_name(model_name)[0], int(num_classes), mean, std, arch, pool)
+    params, batch_stats, log_name = variables['params'], variables['batch_stats'], 'Test' if log_freq else None
+    metrics = validate_retry.run(  # retry: at smaller batch sizes while out of memory
+        lambda b: evaluate(eval_fn, params, batch_stats, dataset, b, log_name, log_freq, cli=True), batch_size, retry
     )
     results = dict(
         model=model_name,
@@ -368,6 +372,10 @@ def main(argv=None) -> int:
                 use_train_size=args.use_train_size,
                 input_size=args.input_size,
                 datasets=datasets,
+                crop_mode=args.crop_mode,
+                crop_border_pixels=args.crop_border_pixels,
+                test_pool=args.test_pool,
+                retry=args.retry or targets is not None,  # timm retries each model of a bulk validation
             )
 
         if targets is None:

@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 _compat.hide_gpus_from(tf)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax_ema.data import rand_augment, sampler, tfds  # noqa: E402
+from jax_ema.data import eval_crops, rand_augment, sampler, tfds  # noqa: E402
 from jax_ema.data.config import DataConfig, channel_stats, check_config, data_config  # noqa: E402,F401
 from jax_ema.data.folder import (  # noqa: E402,F401
     EVAL_SPLIT_SYNONYMS,
@@ -119,7 +119,7 @@ class Dataset:
 
         def eval_fn(inputs, label):
             image, label = read(inputs, label)
-            return eval_transform(image, cfg, decoded), label
+            return eval_crops.eval_image(image, cfg, decoded), label  # eval_transform unless --crop-mode / border
 
         # Traced once per Dataset, not once per epoch's pipeline (RandAugment's graph is large).
         label_spec = tf.TensorSpec([], tf.int32)

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from jax_ema.data import color, rand_augment
+from jax_ema.data import color, eval_crops, rand_augment
 from jax_ema.data.transforms import KERNELS
 from jax_ema.device_input import ERASING_MODES, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from jax_ema.errors import UserError
@@ -57,6 +57,8 @@ class DataConfig:
     epoch_repeats: float = 0.0  # --epoch-repeats: passes over the training set per epoch
     updates_per_epoch: int | None = None  # --train-batches-per-epoch / --grad-accum-steps
     train_crop_mode: str = 'rrc'  # --train-crop-mode: rrc (RandomResizedCrop), rkrc, rkrr (crop_modes.py)
+    crop_mode: str = 'center'  # validate --crop-mode (evaluation only): center, squash, border (eval_crops.py)
+    crop_border_pixels: int = 0  # validate --crop-border-pixels: trimmed off each edge first (evaluation only)
 
 
 def channel_stats(values, channels: int) -> tuple:
@@ -92,6 +94,7 @@ def check_config(cfg: DataConfig) -> None:
             f'--mean and --std need 3 values each, std > 0; got {cfg.mean} and {cfg.std}',
         ),
     ]
+    checks += eval_crops.config_checks(cfg)  # --crop-mode, --crop-border-pixels
     checks += color.config_checks(cfg, KERNELS)  # timm's default-augmentation options
     for ok, message in checks:
         if not ok:
