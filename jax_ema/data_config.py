@@ -4,7 +4,7 @@ The model's pretrained config (pretrained_cfgs.py; `--model NAME.TAG` picks a ta
 default one) gives input size, interpolation, mean, std and crop_pct, unless `--input-size` / `--img-size`,
 `--interpolation`, `--mean`, `--std`, `--crop-pct` set them; a model without a config gets timm's
 defaults (224 px, bicubic, ImageNet mean/std, 0.875). This holds whether or not `--pretrained` is given,
-as in timm. Only square RGB inputs and the centre crop are supported.
+as in timm. Only square RGB inputs; the centre crop (validate's --crop-mode also takes squash and border).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # timm.data.constants
 INCEPTION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # IMAGENET_INCEPTION_*
 UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # no normalisation (the MIIL ImageNet-21k weights)
 HUB_FILE = 'model.safetensors'  # what timm downloads first for these repos (no hf_hub_filename override)
-CROP_MODE = 'center'  # every row's crop_mode; the only one the input pipeline implements
+CROP_MODE = 'center'  # every row's crop_mode (validate --crop-mode picks squash or border: data/eval_crops.py)
 
 
 class PretrainedCfg(NamedTuple):

@@ -2,6 +2,8 @@
 (float32, pinned precision; float64 to roundoff), apply_test_time_pool's decision and timm's pool_size for every
 pretrained config we carry, and the models timm's head cannot take."""
 
+import importlib.util
+import json
 import logging
 
 import jax
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm import layers as timm_layers
 
 from jax_ema import test_time_pool
@@ -17,9 +20,13 @@ from jax_ema.convert import to_flax
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.pretrained_cfgs import PRETRAINED_CFGS
+from jax_ema.validate import main as validate_main
 from test_forward import _max_rel_err, _randomise_batchnorms, _state_dict, _torch_forward
 
 NUM_CLASSES, SIZE, POOL = 5, 96, (2, 2)  # a 3x3 feature map, a 2x2 window: four positions to avg-max pool
+POOL_MODEL, POOL_IMG = 'resnet18.a3_in1k', 168
+# our validate reads the image folder through the input pipeline (tf.data): the GPU image has no TensorFlow
+needs_tf = pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None, reason='no TensorFlow: tf.data needs it')
 
 
 def _pair(name, dtype=torch.float32):
@@ -104,3 +111,64 @@ def test_heads_timm_cannot_pool_are_refused(name, kwargs):
         timm_layers.TestTimePoolHead(timm.create_model(name, num_classes=NUM_CLASSES, **kwargs), original_pool=POOL)
     with pytest.raises(UserError, match='--test-pool'):
         test_time_pool.pooled_apply(create_model(name, NUM_CLASSES, **kwargs), POOL)
+
+
+@pytest.fixture(scope='module')
+def pool_world(tmp_path_factory):
+    """A resnet18.a3_in1k-shaped timm file (3 classes, random BN) and 168 px images: above a3's
+    160 px default, so timm's validate.py --test-pool pools (its 5 x 5 window over a 6 x 6 map)."""
+    root = tmp_path_factory.mktemp('test_pool')
+    rng = np.random.default_rng(0)
+    for split in ('train', 'validation'):
+        for c in range(3):
+            (root / split / f'class{c}').mkdir(parents=True)
+            for i in range(2):
+                pixels = rng.integers(0, 90, size=(POOL_IMG, POOL_IMG, 3)) + 80 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / f'class{c}' / f'{i}.png')
+    torch.manual_seed(0)
+    model = _randomise_batchnorms(timm.create_model(POOL_MODEL, num_classes=3), seed=2)
+    path = root / 'weights.pth'
+    torch.save(model.state_dict(), path)
+    return root, path
+
+
+def _timm_validate(folder, path, test_pool):
+    """timm validate.py's steps for these weights at POOL_IMG: its data config (the model's), apply_test_time_pool
+    with --test-pool, then crop_pct 1.0; its loader and loss, top-1."""
+    model = timm.create_model(POOL_MODEL, num_classes=3)
+    timm.models.load_checkpoint(model, str(path))
+    config = timm.data.resolve_data_config({'img_size': POOL_IMG}, model=model, use_test_size=True)
+    pooled = False
+    if test_pool:
+        model, pooled = timm_layers.apply_test_time_pool(model, config)
+    model.eval()
+    loader = timm.data.create_loader(
+        timm.data.create_dataset('', root=str(folder / 'validation')), input_size=config['input_size'], batch_size=6,
+        use_prefetcher=False, crop_pct=1.0 if pooled else config['crop_pct'], interpolation=config['interpolation'],
+        mean=config['mean'], std=config['std'], num_workers=0,
+    )  # fmt: skip
+    with torch.no_grad():
+        images, target = next(iter(loader))
+        logits = model(images)
+    top1 = timm.utils.accuracy(logits, target, topk=(1,))[0].item()
+    return {'loss': torch.nn.functional.cross_entropy(logits, target).item(), 'top1': top1, 'pooled': pooled}
+
+
+@pytest.mark.slow  # resnet18 compiled at 168 px, timm's loader
+@needs_tf
+def test_validate_test_pool_scores_as_timms_validate(pool_world, capsys):
+    """`python -m jax_ema.validate --test-pool` on a timm file, one checkpoint and a bulk validation (the file
+    twice): timm's loss and top-1 with test-time pooling, not those without."""
+    folder, path = pool_world
+    theirs, plain = _timm_validate(folder, path, True), _timm_validate(folder, path, False)
+    assert theirs['pooled'] and abs(theirs['loss'] - plain['loss']) > 1e-3 * abs(plain['loss'])
+    flags = [str(folder), '--model', POOL_MODEL, '--img-size', str(POOL_IMG), '--test-pool', '-b', '4', '-j', '1']
+    for checkpoints in ([path], [path, path]):
+        assert validate_main([*flags, '--checkpoint', *map(str, checkpoints)]) == 0
+        captured = capsys.readouterr()
+        results = json.loads(captured.out.split('--result\n')[1])
+        for ours in results if isinstance(results, list) else [results]:
+            assert ours['crop_pct'] == 1.0
+            assert ours['top1'] == pytest.approx(theirs['top1'], abs=1e-4)  # timm's accuracy is float32
+            assert ours['loss'] == pytest.approx(theirs['loss'], rel=1e-4)
+        assert 'Target input size (168, 168) > pretrained default (160, 160), using test time pooling' in captured.err

@@ -182,6 +182,18 @@ OTHER_CLI_CASES = [
         lambda w: [str(w.data), '--checkpoint', str(w.run), '--results-file', str(w.root / 'read_only_out' / 'r.csv')],
         'cannot write --results-file',
     ),
+    (
+        'validate: unknown --crop-mode',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--crop-mode', 'centre'],
+        'is not one of center, squash, border',
+    ),
+    (
+        'validate: negative --crop-border-pixels',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--crop-border-pixels', '-1'],
+        '--crop-border-pixels must be an integer >= 0',
+    ),
 ]
 
 # runs that survive real life (issue 13, docs/reliability.md)
