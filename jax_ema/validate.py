@@ -23,7 +23,8 @@ builds the dataset once per data config and compiles the eval step once per mode
 
 Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
 prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
-`--use-ema` on a run without EMA is an error rather than a silent fall-back to the raw weights.
+`--use-ema` on a run without EMA is an error rather than a silent fall-back to the raw weights. timm's
+--crop-mode, --crop-border-pixels, --test-pool and --retry: validate_options.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ What is validated, in timm's order of precedence:
 - `--model FILE`: the model names in FILE, one a line.
 The last three validate pretrained weights, so they take no --checkpoint. A model or checkpoint that fails is
 logged as timm's `ERROR: <name> failed to validate (<why>).` and left out; the others are sorted by top-1,
-best first, as timm's. If none validates, that is an error.
+best first, as timm's. If none validates, that is an error. Out of memory, each model is retried at smaller batch
+sizes from -b, as timm's bulk validation always does (validate_retry.py).
 """
 
 from __future__ import annotations
