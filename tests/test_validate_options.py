@@ -3,7 +3,11 @@ a bulk validation) and the Python API, with the evaluation replaced by a stand-i
 at the larger batch sizes (timm's batch-size decay and log lines), the pixels each crop mode hands the model
 (timm's eval transform), and bad values answered with one line."""
 
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -160,3 +164,34 @@ def test_test_pool_only_above_the_pretrained_size(data, weights, monkeypatch, ca
 def test_bad_values_are_one_line_exit_2(data, weights, capsys, flags, message):
     assert main(_flags(data, weights, *flags)) == 2
     assert message in error_line(capsys.readouterr().err)
+
+
+REAL_OOM = """
+import json, resource, sys
+import jax, jax.numpy as jnp
+from jax_ema import validate_retry
+
+make = jax.jit(lambda n: jnp.full((n, 2**24), 1.0, jnp.float32), static_argnums=0)  # n x 64 MiB
+make(1).block_until_ready()  # the CPU client and its threads up before the limit
+vm = int(next(line for line in open('/proc/self/status') if line.startswith('VmSize')).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, resource.RLIM_INFINITY))  # 1 GiB more address space
+sizes = []
+
+def at(n):
+    sizes.append(n)
+    return float(make(n).block_until_ready()[0, 0])
+
+print(json.dumps([validate_retry.run(at, 64, retry=True), sizes]))
+"""
+
+
+@pytest.mark.slow  # a subprocess importing jax
+def test_a_real_xla_out_of_memory_is_retried(tmp_path):
+    """XLA's own RESOURCE_EXHAUSTED (an address-space limit on a CPU process: 1 GiB more than it holds) is caught
+    and retried down timm's sequence until the buffer fits; 64 x 64 MiB cannot."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_PLATFORMS='cpu')
+    done = subprocess.run([sys.executable, '-c', REAL_OOM], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    value, sizes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert value == 1.0 and 1 <= sizes[-1] <= 16 and sizes == _timm_decays(64, sizes[-1])
+    assert f'Reducing batch size to {sizes[-1]} for retry.' in done.stderr
