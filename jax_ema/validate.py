@@ -24,6 +24,7 @@ builds the dataset once per data config and compiles the eval step once per mode
 Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
 prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
 `--use-ema` on a run without EMA is an error rather than a silent fall-back to the raw weights.
+--valid-labels, --real-labels and --metrics-avg: as timm's, in validate_metrics.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import sys
 import jax
 import numpy as np
 
-from jax_ema import device, validate_bulk
+from jax_ema import device, validate_bulk, validate_metrics
 from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
@@ -129,16 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='', metavar='DEVICE', help='cpu, cuda (or gpu), tpu (default: JAX picks)')
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
+    validate_metrics.add_flags(p)
     return p
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch: tuple = ()):
+def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch=(), valid=(), preds=False):
     """The trainer's jitted eval step for this model, normalising with `mean`/`std` on the device (kept, so
-    repeated calls in a notebook compile once)."""
+    repeated calls in a notebook compile once); `valid`, `preds`: validate_metrics.restricted, eval_step's."""
     model = create_model(model_name, num_classes, **dict(arch))  # arch: the run's --gp / --in-chans / --bn-eps
     inputs = DeviceInput(mean=mean, std=std, in_chans=model.in_chans)
-    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, inputs=inputs))
+    apply_fn = validate_metrics.restricted(model.apply, valid)
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, inputs=inputs, preds=preds))
 
 
 def load_split(
@@ -209,6 +212,9 @@ def validate(
     use_train_size: bool = False,
     input_size=None,
     datasets: dict | None = None,
+    real_labels=None,
+    valid_labels=None,
+    metrics_avg: str | None = None,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights (`checkpoint` None: `model`'s pretrained weights) on DATA's
     split; returns timm-style results.
@@ -218,11 +224,13 @@ def validate(
     dataset for TFDS). None for a default means: from the run (args.yaml and the checkpoint's metadata) or the
     model, as in the CLI; the model's test size unless `use_train_size` (validate_weights.py). `datasets`: a
     dict shared by the calls of a sweep, so that checkpoints evaluated with one data config share one dataset.
+    `real_labels`, `valid_labels` (files or lists), `metrics_avg`: timm's flags (validate_metrics.py).
     """
     data = None if data is None else str(data)
     step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
     use_ema = metadata.get('weights', 'ema' if use_ema or ema_index is not None else 'raw') == 'ema'
     model_name, num_classes = metadata['model'], metadata['num_classes']
+    valid, real = validate_metrics.prepare(valid_labels, real_labels, metrics_avg, num_classes)
     args = run_args(step_dir) if step_dir.is_dir() else {}
     flags = dict(
         img_size=img_size, input_size=input_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
@@ -246,17 +254,7 @@ def validate(
         data = args.get('data')  # the run's TFDS data_dir
 
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets)
-    if dataset.num_classes != num_classes:
-        where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
-        hint = (
-            f' (the run trained on {args["data"] or "the built-in digits data"})'
-            if 'data' in args and args['data'] != data
-            else ''
-        )
-        raise UserError(
-            f'{where} has {dataset.num_classes} classes but checkpoint {str(step_dir)!r} was '
-            f'trained for {num_classes}; give DATA with the same classes{hint}'
-        )
+    real = validate_metrics.check_dataset(dataset, num_classes, valid, real, step_dir, args, data)
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
     log.info(
         'Model %s (%d classes) created, param count: %d; %s weights of %s',
@@ -279,14 +277,19 @@ def validate(
     )
 
     variables = jax.device_put(variables)  # once, not at every batch
-    metrics = evaluate(
+    predictions = validate_metrics.Predictions(  # keeps each image's predictions where real or metrics_avg
         _compiled_eval(
             split_model_name(model_name)[0],
             int(num_classes),
             mean,
             std,
             tuple(arch_kwargs(metadata.get('model_kwargs')).items()),
-        ),
+            valid or (),
+            real is not None or bool(metrics_avg),
+        )
+    )
+    metrics = evaluate(
+        predictions,
         variables['params'],
         variables['batch_stats'],
         dataset,
@@ -295,12 +298,14 @@ def validate(
         log_freq,
         cli=True,
     )
+    metrics, extra = validate_metrics.scores(predictions, metrics, real, metrics_avg)
     results = dict(
         model=model_name,
         top1=metrics['top1'],
         top1_err=100.0 - metrics['top1'],
         top5=metrics['top5'],
         top5_err=100.0 - metrics['top5'],
+        **extra,
         loss=metrics['loss'],
         param_count=round(param_count / 1e6, 2),
         img_size=int(img_size),
@@ -316,11 +321,7 @@ def validate(
         results['dataset'] = args['dataset']
     if use_ema and saved_members(metadata) > 1:
         results['ema_index'] = metadata['ema_index']  # which of the run's EMAs
-    log.info(
-        ' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
-            results['top1'], results['top1_err'], results['top5'], results['top5_err']
-        )
-    )
+    log.info(validate_metrics.summary_line(results, metrics_avg))
     return results
 
 
@@ -340,6 +341,7 @@ def main(argv=None) -> int:
                 'the pretrained weights'
             )
         targets = validate_bulk.targets(args.model, args.checkpoint)
+        valid, real = validate_metrics.prepare(args.valid_labels, args.real_labels)  # read once, up front
         if args.results_file:
             validate_bulk.check_results_file(args.results_file)
         datasets = {}  # built once per data config for the whole sweep (the compiled eval: _compiled_eval)
@@ -368,6 +370,9 @@ def main(argv=None) -> int:
                 use_train_size=args.use_train_size,
                 input_size=args.input_size,
                 datasets=datasets,
+                real_labels=real,
+                valid_labels=valid,
+                metrics_avg=args.metrics_avg,
             )
 
         if targets is None:
