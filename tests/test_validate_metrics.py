@@ -203,7 +203,7 @@ def test_bad_files(tmp_path):
         (lambda: validate_metrics.real_labels(write('r4.json', '[]')), 'not a non-empty list of lists'),
     ]
     for call, words in cases:
-        with pytest.raises(UserError, match=None) as caught:
+        with pytest.raises(UserError) as caught:
             call()
         assert words in str(caught.value), (words, str(caught.value))
     assert validate_metrics.valid_labels(write('v4.txt', ' 4\n\n0 \n')) == (4, 0)  # blank lines, spaces: allowed
