@@ -246,7 +246,7 @@ def validate(
     if batch_size < 1:
         raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
     split = split or args.get('val_split', 'validation')
-    args = dict(args, num_classes=num_classes, dataset_download=dataset_download)
+    args = dict(args, num_classes=len(valid) if valid else num_classes, dataset_download=dataset_download)
     for key, value in (('dataset', dataset), ('input_key', input_key), ('target_key', target_key)):
         if value is not None:  # else the run's
             args[key] = value

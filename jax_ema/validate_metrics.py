@@ -6,7 +6,8 @@ evaluates a 1000-class model on the 200 classes of ImageNet-A or -R). The datase
 
 --real-labels FILE: ImageNet's "ReaL" labels (`Are we done with ImageNet?`, Beyer et al. 2020), timm's
 real.json: a JSON list whose entry i lists the labels of ILSVRC2012_val_{i+1:08d}.JPEG. Each image is matched
-by its file name; one with no real label is left out. Top-1/top-5 become the share of the remaining images
+by its file name (a TFDS record by its `file_name` feature, as tfds/imagenet2012's); one with no real label is
+left out. Top-1/top-5 become the share of the remaining images
 with a real label among their top-1/top-5 predictions, replacing the ordinary ones in the results and the
 ` * Acc@1` line, as timm's RealLabelsImagenet (the `Test:` lines and the loss keep the dataset's labels).
 
@@ -19,12 +20,15 @@ found among the targets or the predictions), under timm's keys `<avg>_precision`
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
 import numpy as np
 
 from jax_ema.errors import UserError
+
+log = logging.getLogger('jax_ema.validate')
 
 METRICS_AVG = ('micro', 'macro', 'weighted')
 REAL_NAME = 'ILSVRC2012_val_{:08d}.JPEG'  # entry i of real.json: image i + 1 of ImageNet's validation split
@@ -120,20 +124,24 @@ def check_dataset(dataset, num_classes: int, valid, real, checkpoint, args: dict
 
 
 def real_labels_of(dataset, labels: list[list[int]], num_outputs: int) -> list[list[int]]:
-    """The real labels of each example of `dataset` in order, matched by file name as timm's."""
-    if dataset.paths is None:
+    """The real labels of each example of `dataset` in order, matched by file name as timm's (an image file's, or a
+    TFDS record's `file_name` feature)."""
+    records = getattr(dataset, 'records', None)
+    if dataset.paths is None and not (records is not None and records.has_file_names):
         raise UserError(
-            '--real-labels matches images by file name; this split has none (TFDS or the built-in digits): '
-            'give DATA as a folder of ImageNet validation images'
+            '--real-labels matches images by file name; this split has none (the built-in digits, or a TFDS '
+            "dataset without a 'file_name' feature): give ImageNet's validation images (a folder or tfds/imagenet2012)"
         )
     if len(labels) != dataset.num_examples:
         raise UserError(
             f'--real-labels has labels for {len(labels)} images but the split has {dataset.num_examples}; '
             "it is for ImageNet's validation split (50,000 images): give that split, or the file made for this one"
         )
+    if dataset.paths is None:
+        log.info('Reading the file names of the %d records for --real-labels', dataset.num_examples)
     index = {REAL_NAME.format(i + 1): i for i in range(len(labels))}
     out = []
-    for path in dataset.paths:
+    for path in dataset.paths if dataset.paths is not None else records.file_names():
         name = os.path.basename(os.fsdecode(path))
         if name not in index:
             raise UserError(

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.numpy import load_file
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 import data_world
@@ -24,6 +25,7 @@ from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, De
 from jax_ema.errors import UserError
 from jax_ema.models import create_model
 from jax_ema.validate import main, validate
+from tfds_world import write_tiny_tfds
 
 listing_cache = data_world.listing_cache
 
@@ -65,15 +67,17 @@ def world(tmp_path_factory):
     return root, files, real
 
 
-def _logits(path, dataset):
-    """(logits [N, classes], labels, the ImageNet number of each image) of the readable images, in order."""
+def _logits(path, dataset, names=None):
+    """(logits [N, classes], labels, the ImageNet number of each image) of the readable images, in order (names:
+    the examples' file names, default: their paths')."""
     info, variables = timm_io.read_timm_checkpoint(path, 'resnet18')
     model = create_model('resnet18', info['num_classes'])
     inputs = DeviceInput(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     forward = jax.jit(lambda x: model.apply(variables, eval_images(x, inputs), train=False))
     batches = data_world.concat(list(dataset.eval_batches(4)))
     mask = batches['mask'].astype(bool)
-    numbers = np.array([int(str(p)[-13:-5]) for p in dataset.paths] + [0] * (len(mask) - len(dataset.paths)))
+    names = [str(p) for p in dataset.paths] if names is None else names
+    numbers = np.array([int(p[-13:-5]) for p in names] + [0] * (len(mask) - len(names)))
     logits = np.asarray(forward(batches['image']), np.float64)
     return logits[mask], batches['label'][mask], numbers[mask]
 
@@ -154,6 +158,38 @@ def test_real_labels_replace_top1_and_top5(world, expected):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('file_format', ['array_record', 'tfrecord'])
+def test_real_labels_of_a_tfds_split_by_its_file_name_feature(world, tmp_path, file_format):
+    root, files, _ = world
+    numbers = np.random.default_rng(1).permutation(6) + 1
+    names = [f'ILSVRC2012_val_{n:08d}.JPEG' for n in numbers]
+    write_tiny_tfds(
+        tmp_path, 'tiny_named', train=2, validation=6, file_format=file_format, file_names=lambda split, i: names[i]
+    )
+    cfg = data_lib.DataConfig(data_dir=str(tmp_path), dataset='tfds/tiny_named', img_size=IMG, crop_pct=1.0)
+    logits, _, numbers = _logits(files['five_a'], data_lib.load_datasets(cfg)[1], names)
+    cut = logits[:, [2, 3]]  # --valid-labels 2 3; class 3's bias moved so that each class wins 3 of the 6 images
+    shift = float(np.median(cut[:, 0] - cut[:, 1]))
+    cut[:, 1] += shift
+    assert sorted(cut.argmax(1).tolist()) == [0, 0, 0, 1, 1, 1]
+    state_dict = {k: np.array(v) for k, v in load_file(files['five_a']).items()}
+    state_dict['fc.bias'][3] += shift
+    weights = timm_io.save_timm_safetensors(state_dict, tmp_path / 'centred.safetensors')
+    real = [[] for _ in names]  # by image number: the image's own prediction (one: none, one: both classes)
+    for n, pred in zip(numbers, cut.argmax(1)):
+        real[n - 1] = [int(pred)]
+    real[numbers[0] - 1], real[numbers[1] - 1] = [], [0, 1]
+    (tmp_path / 'real.json').write_text(json.dumps(real))
+    given = dict(dataset='tfds/tiny_named', valid_labels=[2, 3], real_labels=tmp_path / 'real.json')
+    results = validate(weights, tmp_path, model='resnet18', batch_size=4, workers=1, **FLAGS, **given)
+    for k in (1, 5):
+        assert results[f'top{k}'] == pytest.approx(_real_accuracy(cut, numbers, real, k), abs=1e-9)
+    write_tiny_tfds(tmp_path, 'tiny_unnamed', train=2, validation=6, file_format=file_format)
+    with pytest.raises(UserError, match="TFDS dataset without a 'file_name' feature"):
+        validate(weights, tmp_path, **dict(given, dataset='tfds/tiny_unnamed'), model='resnet18', **FLAGS)
+
+
+@pytest.mark.slow
 def test_cli_single_and_bulk_with_all_three(world, expected, tmp_path, capsys):
     root, files, real = world
     flags = ['--model', 'resnet18', '--valid-labels', str(root / 'valid.txt'), '--metrics-avg', 'weighted']
@@ -228,7 +264,7 @@ def test_real_labels_must_fit_the_split(tmp_path):
     Other = type('Other', (Split,), {'paths': [str(tmp_path / 'x.JPEG'), str(tmp_path / 'y.JPEG')]})
     with pytest.raises(UserError, match="image 'x.JPEG' is not named as an ImageNet validation image"):
         check([[0], [1]], split=Other)
-    with pytest.raises(UserError, match='TFDS or the built-in digits'):
+    with pytest.raises(UserError, match="the built-in digits, or a TFDS dataset without a 'file_name' feature"):
         check([[0], [1]], split=type('Digits', (Split,), {'paths': None}))
     with pytest.raises(UserError, match='DATA has 2 classes but --valid-labels lists 3'):
         check(None, valid=(0, 1, 2), num_classes=4)
