@@ -158,14 +158,11 @@ def test_real_labels_replace_top1_and_top5(world, expected):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('file_format', ['array_record', 'tfrecord'])
-def test_real_labels_of_a_tfds_split_by_its_file_name_feature(world, tmp_path, file_format):
+def test_real_labels_of_a_tfds_split_by_its_file_name_feature(world, tmp_path):
     root, files, _ = world
     numbers = np.random.default_rng(1).permutation(6) + 1
     names = [f'ILSVRC2012_val_{n:08d}.JPEG' for n in numbers]
-    write_tiny_tfds(
-        tmp_path, 'tiny_named', train=2, validation=6, file_format=file_format, file_names=lambda split, i: names[i]
-    )
+    write_tiny_tfds(tmp_path, 'tiny_named', train=2, validation=6, file_names=lambda split, i: names[i])
     cfg = data_lib.DataConfig(data_dir=str(tmp_path), dataset='tfds/tiny_named', img_size=IMG, crop_pct=1.0)
     logits, _, numbers = _logits(files['five_a'], data_lib.load_datasets(cfg)[1], names)
     cut = logits[:, [2, 3]]  # --valid-labels 2 3; class 3's bias moved so that each class wins 3 of the 6 images
@@ -184,7 +181,7 @@ def test_real_labels_of_a_tfds_split_by_its_file_name_feature(world, tmp_path, f
     results = validate(weights, tmp_path, model='resnet18', batch_size=4, workers=1, **FLAGS, **given)
     for k in (1, 5):
         assert results[f'top{k}'] == pytest.approx(_real_accuracy(cut, numbers, real, k), abs=1e-9)
-    write_tiny_tfds(tmp_path, 'tiny_unnamed', train=2, validation=6, file_format=file_format)
+    write_tiny_tfds(tmp_path, 'tiny_unnamed', train=2, validation=6)
     with pytest.raises(UserError, match="TFDS dataset without a 'file_name' feature"):
         validate(weights, tmp_path, **dict(given, dataset='tfds/tiny_unnamed'), model='resnet18', **FLAGS)
 
