@@ -7,9 +7,10 @@ evaluates a 1000-class model on the 200 classes of ImageNet-A or -R). The datase
 --real-labels FILE: ImageNet's "ReaL" labels (`Are we done with ImageNet?`, Beyer et al. 2020), timm's
 real.json: a JSON list whose entry i lists the labels of ILSVRC2012_val_{i+1:08d}.JPEG. Each image is matched
 by its file name (a TFDS record by its `file_name` feature, as tfds/imagenet2012's); one with no real label is
-left out. Top-1/top-5 become the share of the remaining images
-with a real label among their top-1/top-5 predictions, replacing the ordinary ones in the results and the
-` * Acc@1` line, as timm's RealLabelsImagenet (the `Test:` lines and the loss keep the dataset's labels).
+left out. Top-1/top-5 become the share of the remaining images with a real label among their top-1/top-5
+predictions, replacing the ordinary ones in the results and the ` * Acc@1` line, as timm's RealLabelsImagenet
+(the `Test:` lines and the loss keep the dataset's labels). Images masked out as unreadable are left out here
+and in the metrics below (timm's loader would put the next image in their place).
 
 --metrics-avg micro|macro|weighted: precision, recall and F1-score of the top-1 predictions in percent, as timm
 computes them (scikit-learn's precision_score, recall_score and f1_score with zero_division=0, over the classes
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 
 import jax
@@ -56,7 +58,7 @@ def valid_labels(value) -> tuple[int, ...] | None:
     labels = []
     for line in lines:
         try:
-            labels.append(int(line))
+            labels.append(int(line) if isinstance(line, str) else operator.index(line))  # not 2.7 as 2
         except (TypeError, ValueError):
             raise UserError(
                 f'{where}: {line!r} is not a class index; write one class index (0, 1, ...) a line'
@@ -149,6 +151,8 @@ def real_labels_of(dataset, labels: list[list[int]], num_outputs: int) -> list[l
                 f'{REAL_NAME.format(len(labels))}); --real-labels needs the ImageNet validation files'
             )
         out.append(labels[index[name]])
+    if not any(out):
+        raise UserError('--real-labels gives no real label to any image of the split; check the file')
     beyond = [i for entry in out for i in entry if i >= num_outputs]
     if beyond:
         raise UserError(

@@ -228,6 +228,7 @@ def test_bad_files(tmp_path):
         (lambda: validate_metrics.valid_labels(write('v3.txt', '2\n0\n2\n')), 'lists class 2 twice'),
         (lambda: validate_metrics.prepare([0, 5], None, None, 5), 'class index 5 is out of range'),
         (lambda: validate_metrics.prepare([-1], None, None, 5), 'class index -1 is out of range'),
+        (lambda: validate_metrics.prepare([1, 2.5], None), '2.5 is not a class index'),
         (lambda: validate_metrics.prepare(None, None, 'median'), "--metrics-avg 'median' is not one of"),
         (lambda: validate_metrics.real_labels(tmp_path / 'missing.json'), 'cannot read --real-labels'),
         (lambda: validate_metrics.real_labels(write('r1.json', '[[1], [2')), 'is not JSON'),
@@ -254,7 +255,11 @@ def test_real_labels_must_fit_the_split(tmp_path):
         return validate_metrics.check_dataset(split, num_classes, valid, real, 'ckpt', {}, 'DATA')
 
     assert check([[0], [1, 0]]) == [[1, 0], [0]]  # matched by name, not by position
-    for real, words in (([[0]], 'labels for 1 images but the split has 2'), ([[0], [2]], 'names class 2')):
+    for real, words in (
+        ([[0]], 'labels for 1 images but the split has 2'),
+        ([[0], [2]], 'names class 2'),
+        ([[], []], 'no real label to any image'),
+    ):
         with pytest.raises(UserError, match='--real-labels') as caught:
             check(real)
         assert words in str(caught.value)
