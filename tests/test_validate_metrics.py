@@ -5,6 +5,7 @@ images; and their bad input.
 The data: 13 validation images named as ImageNet's (ILSVRC2012_val_NNNNNNNN.JPEG, numbers shuffled over 3 class
 folders; one of them unreadable, so masked out), 32x32; the weights: random resnet18s as timm files, one with the
 data's 3 classes and two with 5 (for --valid-labels). The real.json and the --valid-labels file are written here.
+A tiny TFDS split (tfds_world.py) with a `file_name` feature covers --real-labels on TFDS.
 """
 
 import csv
