@@ -213,8 +213,11 @@ def train_step(
     return state, {'loss': loss}
 
 
-def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.DeviceInput | None = None):
-    """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count."""
+def eval_step(
+    params, batch_stats, batch, *, apply_fn, inputs: device_input.DeviceInput | None = None, preds: bool = False
+):
+    """Sums over the real (mask=True) rows: cross-entropy loss, top-1 and top-5 hits, count (`preds`: also each
+    row's top-5 class indices, 'pred', for validate_metrics)."""
     params, batch_stats = ema.tree(params), ema.tree(batch_stats)  # the EMA is held flat
     images = device_input.eval_images(batch['image'], inputs)  # uint8 -> normalised, on the device
     logits = apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=False)
@@ -226,12 +229,13 @@ def eval_step(params, batch_stats, batch, *, apply_fn, inputs: device_input.Devi
     topk = jax.lax.top_k(logits, k)[1]
     hit5 = jnp.any(topk == labels[:, None], axis=-1)
     hit1 = topk[:, 0] == labels
-    return {
+    sums = {
         'loss': jnp.sum(loss * mask),
         'top1': jnp.sum(hit1 * mask),
         'top5': jnp.sum(hit5 * mask),
         'count': jnp.sum(mask),
     }
+    return dict(sums, pred=topk) if preds else sums
 
 
 def evaluate(

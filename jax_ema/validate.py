@@ -24,7 +24,8 @@ builds the dataset once per data config and compiles the eval step once per mode
 Logs timm's `Test: [ i/N] ...` lines every --log-freq batches and its ` * Acc@1 ...` line on stderr, then
 prints `--result` and the results as JSON on stdout. Unlike timm, top-1/top-5 are not rounded, and
 `--use-ema` on a run without EMA is an error rather than a silent fall-back to the raw weights. timm's
---crop-mode, --crop-border-pixels, --test-pool and --retry: validate_options.py.
+--crop-mode, --crop-border-pixels, --test-pool and --retry: validate_options.py; --valid-labels, --real-labels
+and --metrics-avg: validate_metrics.py.
 """
 
 from __future__ import annotations
@@ -38,15 +39,16 @@ import sys
 import jax
 import numpy as np
 
-from jax_ema import device, test_time_pool, validate_bulk, validate_options, validate_retry
+from jax_ema import device, test_time_pool, validate_bulk, validate_metrics, validate_options, validate_retry
 from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
-from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, DeviceInput
+from jax_ema.device_input import DeviceInput
 from jax_ema.errors import UserError
 from jax_ema.models import arch_kwargs, create_model
 from jax_ema.pretrained_cfgs import split_model_name
 from jax_ema.step import eval_step, evaluate
+from jax_ema.validate_data import load_split
 from jax_ema.validate_weights import load_weights, run_args, run_flags
 
 log = logging.getLogger('jax_ema.validate')
@@ -131,66 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--results-file', default='', help='also write the results to this file')
     p.add_argument('--results-format', default='csv', choices=('csv', 'json'))
     validate_options.add_arguments(p)  # --crop-mode, --crop-border-pixels, --test-pool, --retry
+    validate_metrics.add_flags(p)  # --valid-labels, --real-labels, --metrics-avg
     return p
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled_eval(model_name: str, num_classes: int, mean: tuple, std: tuple, arch: tuple = (), pool=None):
+def _compiled_eval(
+    model_name: str, num_classes: int, mean: tuple, std: tuple, arch=(), pool=None, valid=(), preds=False
+):
     """The trainer's jitted eval step for this model, normalising with `mean`/`std` on the device (kept, so
-    repeated calls in a notebook compile once); `pool`: timm's test-time pooling with that window."""
+    repeated calls in a notebook compile once); `pool`: timm's test-time pooling with that window; `valid`,
+    `preds`: validate_metrics.restricted, eval_step's."""
     model = create_model(model_name, num_classes, **dict(arch))  # arch: the run's --gp / --in-chans / --bn-eps
     inputs = DeviceInput(mean=mean, std=std, in_chans=model.in_chans)
-    apply_fn = test_time_pool.pooled_apply(model, pool) if pool else model.apply
-    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, inputs=inputs))
-
-
-def load_split(
-    data,
-    split: str,
-    args: dict,
-    img_size: int,
-    crop_pct: float,
-    workers: int | None,
-    interpolation: str = 'bilinear',
-    mean=IMAGENET_DEFAULT_MEAN,
-    std=IMAGENET_DEFAULT_STD,
-    datasets: dict | None = None,
-    crop: tuple = ('center', 0),
-):
-    """One split of DATA built by data.load_datasets with the run's split settings and this data config (`crop`:
-    the eval crop mode and border pixels); `datasets` (a dict kept across calls): the splits already built, by their
-    DataConfig, reused."""
-    from jax_ema import data as data_lib  # the only module that imports tensorflow
-
-    tfds = data_lib.tfds.dataset_name(args.get('dataset')) is not None
-    is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS and not tfds  # a TFDS split is read as it is named
-    if data is None and not tfds and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
-        raise UserError(f'the built-in digits data has no split {split!r}; use --split validation or train')
-    cfg = data_lib.DataConfig(
-        data_dir=data,
-        train_split=split if is_train else args.get('train_split', 'train'),
-        val_split=args.get('val_split', 'validation') if is_train else split,
-        val_split_fraction=args.get('val_split_fraction', 0.2),
-        img_size=img_size,
-        seed=args.get('seed', 42),
-        crop_pct=crop_pct,
-        num_workers=workers,
-        interpolation=interpolation,
-        mean=tuple(mean),
-        std=tuple(std),
-        dataset=args.get('dataset') or '',
-        input_key=args.get('input_key') or 'image',
-        target_key=args.get('target_key') or 'label',
-        download=bool(args.get('dataset_download')),
-        num_classes=args.get('num_classes') if tfds else None,
-        class_map=args.get('class_map') or '',  # the run's --class-map labels the folders as in training
-        crop_mode=crop[0],
-        crop_border_pixels=crop[1],
-    )
-    datasets = {} if datasets is None else datasets
-    if cfg not in datasets:  # listing the folders, tracing the decode pipeline: once per data config
-        datasets[cfg] = data_lib.load_datasets(cfg)
-    return datasets[cfg][0 if is_train else 1]
+    apply_fn = validate_metrics.restricted(test_time_pool.pooled_apply(model, pool) if pool else model.apply, valid)
+    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, inputs=inputs, preds=preds))
 
 
 def validate(
@@ -220,6 +177,9 @@ def validate(
     crop_border_pixels: int | None = None,
     test_pool: bool = False,
     retry: bool = False,
+    real_labels=None,
+    valid_labels=None,
+    metrics_avg: str | None = None,
 ) -> dict:
     """Evaluate a checkpoint's raw (or EMA) weights (`checkpoint` None: `model`'s pretrained weights) on DATA's
     split; returns timm-style results.
@@ -231,11 +191,13 @@ def validate(
     dict shared by the calls of a sweep, so that checkpoints evaluated with one data config share one dataset.
     crop_mode, crop_border_pixels, test_pool, retry: timm's --crop-mode, --crop-border-pixels, --test-pool
     (test_time_pool.py) and --retry (on out-of-memory, smaller batches: validate_retry.py).
+    `real_labels`, `valid_labels` (files or lists), `metrics_avg`: timm's flags (validate_metrics.py).
     """
     data, crop = None if data is None else str(data), validate_options.crop(crop_mode, crop_border_pixels)
     step_dir, metadata, variables = load_weights(checkpoint, use_ema, ema_index, model, num_classes)
     use_ema = metadata.get('weights', 'ema' if use_ema or ema_index is not None else 'raw') == 'ema'
     model_name, num_classes = metadata['model'], metadata['num_classes']
+    valid, real = validate_metrics.prepare(valid_labels, real_labels, metrics_avg, num_classes)
     args = run_args(step_dir) if step_dir.is_dir() else {}
     flags = dict(
         img_size=img_size, input_size=input_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std
@@ -253,7 +215,7 @@ def validate(
     if batch_size < 1:
         raise UserError(f'batch size must be positive, got {batch_size}; pass -b N with N >= 1')
     split = split or args.get('val_split', 'validation')
-    args = dict(args, num_classes=num_classes, dataset_download=dataset_download)
+    args = dict(args, num_classes=len(valid) if valid else num_classes, dataset_download=dataset_download)
     for key, value in (('dataset', dataset), ('input_key', input_key), ('target_key', target_key)):
         if value is not None:  # else the run's
             args[key] = value
@@ -261,17 +223,7 @@ def validate(
         data = args.get('data')  # the run's TFDS data_dir
 
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets, crop)
-    if dataset.num_classes != num_classes:
-        where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
-        hint = (
-            f' (the run trained on {args["data"] or "the built-in digits data"})'
-            if 'data' in args and args['data'] != data
-            else ''
-        )
-        raise UserError(
-            f'{where} has {dataset.num_classes} classes but checkpoint {str(step_dir)!r} was '
-            f'trained for {num_classes}; give DATA with the same classes{hint}'
-        )
+    real = validate_metrics.check_dataset(dataset, num_classes, valid, real, step_dir, args, data)
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
     log.info(
         'Model %s (%d classes) created, param count: %d; %s weights of %s',
@@ -295,17 +247,25 @@ def validate(
 
     variables = jax.device_put(variables)  # once, not at every batch
     arch = tuple(arch_kwargs(metadata.get('model_kwargs')).items())
-    eval_fn = _compiled_eval(split_model_name(model_name)[0], int(num_classes), mean, std, arch, pool)
-    params, batch_stats, log_name = variables['params'], variables['batch_stats'], 'Test' if log_freq else None
-    metrics = validate_retry.run(  # retry: at smaller batch sizes while out of memory
-        lambda b: evaluate(eval_fn, params, batch_stats, dataset, b, log_name, log_freq, cli=True), batch_size, retry
+    keep = real is not None or bool(metrics_avg)  # each image's predictions, for real labels or metrics_avg
+    eval_fn = _compiled_eval(
+        split_model_name(model_name)[0], int(num_classes), mean, std, arch, pool, valid or (), keep
     )
+    predictions, log_name = validate_metrics.Predictions(eval_fn), 'Test' if log_freq else None
+    params, batch_stats = variables['params'], variables['batch_stats']
+    metrics = validate_retry.run(  # retry: at smaller batch sizes while out of memory, each attempt afresh
+        lambda b: evaluate(predictions.restart(), params, batch_stats, dataset, b, log_name, log_freq, cli=True),
+        batch_size,
+        retry,
+    )
+    metrics, extra = validate_metrics.scores(predictions, metrics, real, metrics_avg)
     results = dict(
         model=model_name,
         top1=metrics['top1'],
         top1_err=100.0 - metrics['top1'],
         top5=metrics['top5'],
         top5_err=100.0 - metrics['top5'],
+        **extra,
         loss=metrics['loss'],
         param_count=round(param_count / 1e6, 2),
         img_size=int(img_size),
@@ -321,11 +281,7 @@ def validate(
         results['dataset'] = args['dataset']
     if use_ema and saved_members(metadata) > 1:
         results['ema_index'] = metadata['ema_index']  # which of the run's EMAs
-    log.info(
-        ' * Acc@1 {:.3f} ({:.3f}) Acc@5 {:.3f} ({:.3f})'.format(
-            results['top1'], results['top1_err'], results['top5'], results['top5_err']
-        )
-    )
+    log.info(validate_metrics.summary_line(results, metrics_avg))
     return results
 
 
@@ -345,6 +301,7 @@ def main(argv=None) -> int:
                 'the pretrained weights'
             )
         targets = validate_bulk.targets(args.model, args.checkpoint)
+        valid, real = validate_metrics.prepare(args.valid_labels, args.real_labels)  # read once, up front
         if args.results_file:
             validate_bulk.check_results_file(args.results_file)
         datasets = {}  # built once per data config for the whole sweep (the compiled eval: _compiled_eval)
@@ -377,6 +334,9 @@ def main(argv=None) -> int:
                 crop_border_pixels=args.crop_border_pixels,
                 test_pool=args.test_pool,
                 retry=args.retry or targets is not None,  # timm retries each model of a bulk validation
+                real_labels=real,
+                valid_labels=valid,
+                metrics_avg=args.metrics_avg,
             )
 
         if targets is None:

@@ -4,6 +4,17 @@
 
 from bad_input_train_cases import TRAIN_CASES, _run
 
+
+def _file(name: str, text: str):
+    """A case's input file, written under the world's root when its argv is built (before the case runs)."""
+
+    def write(w) -> str:
+        (w.root / name).write_text(text)
+        return str(w.root / name)
+
+    return write
+
+
 OTHER_CLI_CASES = [
     (
         'export: missing checkpoint',
@@ -193,6 +204,66 @@ OTHER_CLI_CASES = [
         'validate',
         lambda w: [str(w.data), '--checkpoint', str(w.run), '--crop-border-pixels', '-1'],
         '--crop-border-pixels must be an integer >= 0',
+    ),
+    (
+        'validate: --valid-labels file missing',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--valid-labels', str(w.missing / 'valid.txt')],
+        'cannot read --valid-labels',
+    ),
+    (
+        'validate: --valid-labels not class indices',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--valid-labels', _file('names.txt', 'cat\ndog\n')(w)],
+        'is not a class index',
+    ),
+    (
+        'validate: --valid-labels index out of range',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--valid-labels', _file('valid_5.txt', '0\n5\n')(w)],
+        'class index 5 is out of range for a model of 2 classes',
+    ),
+    (
+        "validate: --valid-labels of another number of classes than DATA's",
+        'validate',
+        lambda w: [
+            str(w.data),
+            '--checkpoint',
+            str(w.run_5_classes),
+            '--valid-labels',
+            _file('v3.txt', '0\n1\n4\n')(w),
+        ],
+        'but --valid-labels lists 3',
+    ),
+    (
+        'validate: --real-labels file missing',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--real-labels', str(w.missing / 'real.json')],
+        'cannot read --real-labels',
+    ),
+    (
+        'validate: --real-labels not JSON',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--real-labels', _file('real_cut.json', '[[0], [1')(w)],
+        'is not JSON',
+    ),
+    (
+        'validate: --real-labels of another length than the split',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--real-labels', _file('real_3.json', '[[0], [1], []]')(w)],
+        'has labels for 3 images but the split has 20',
+    ),
+    (
+        "validate: --real-labels on images not named as ImageNet's",
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--real-labels', _file('real_20.json', str([[1]] * 20))(w)],
+        'is not named as an ImageNet validation image',
+    ),
+    (
+        'validate: --metrics-avg unknown',
+        'validate',
+        lambda w: [str(w.data), '--checkpoint', str(w.run), '--metrics-avg', 'median'],
+        "invalid choice: 'median'",
     ),
 ]
 

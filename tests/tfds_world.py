@@ -28,10 +28,12 @@ def write_tiny_tfds(
     bad=(),
     decoded=False,
     constant=False,
+    file_names=None,
 ):
     """Prepares TFDS dataset `name` (version 1.0.0, classes 'dark' and 'light') in `data_dir` from tiny_images:
     `train` and `validation` examples in index order. Train examples whose index is in `bad` hold bytes that
-    are no image. `decoded`: the image feature is a plain uint8 array, not an encoded Image."""
+    are no image. `decoded`: the image feature is a plain uint8 array, not an encoded Image. `file_names`: a
+    function (split, index) -> name, ImageNet's `file_name` Text feature of each example."""
     import tensorflow_datasets as tfds  # after jax_ema.data (triton, then tensorflow)
 
     size = (20, 16)
@@ -40,18 +42,23 @@ def write_tiny_tfds(
         if decoded
         else tfds.features.Image(shape=(None, None, 3), encoding_format='png')
     )
-    features = tfds.features.FeaturesDict({'image': image, 'label': tfds.features.ClassLabel(names=['dark', 'light'])})
+    spec = {'image': image, 'label': tfds.features.ClassLabel(names=['dark', 'light'])}
+    features = tfds.features.FeaturesDict(dict(spec, file_name=tfds.features.Text()) if file_names else spec)
 
-    def examples(count, corrupt, seed):
+    def examples(count, corrupt, seed, split):
         images, labels = tiny_images(count, size, constant, seed)
         for i, (pixels, label) in enumerate(zip(images, labels)):
-            yield i, {'image': io.BytesIO(b'no image here') if i in corrupt else pixels, 'label': int(label)}
+            example = {'image': io.BytesIO(b'no image here') if i in corrupt else pixels, 'label': int(label)}
+            yield i, dict(example, file_name=file_names(split, i)) if file_names else example
 
     return tfds.dataset_builders.store_as_tfds_dataset(
         name=name,
         version='1.0.0',
         features=features,
-        split_datasets={'train': list(examples(train, bad, 0)), 'validation': list(examples(validation, (), 1))},
+        split_datasets={
+            'train': list(examples(train, bad, 0, 'train')),
+            'validation': list(examples(validation, (), 1, 'validation')),
+        },
         data_dir=str(data_dir),
         file_format=file_format,
         disable_shuffling=True,

@@ -96,6 +96,7 @@ class Records:
             )
         self.class_names = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else None
         self._image, self._label, self._keys = image, label, (input_key, target_key)
+        self.has_file_names = 'file_name' in features  # ImageNet's: what validate's --real-labels matches
         self._parser = tfds.core.example_parser.ExampleParser(features.get_serialized_info())
         if self.file_format == 'array_record':
             self._source = found.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -119,6 +120,14 @@ class Records:
             image = tf.cond(tf.shape(image)[2] == 1, lambda: tf.tile(image, (1, 1, 3)), lambda: image[:, :, :3])
         label = tf.cast(self._label.decode_example(parsed[target_key]), tf.int32)
         return image, tf.reshape(label, [])
+
+    def file_names(self) -> list[str]:
+        """Each example's `file_name` feature, in index order (every record read once; `has_file_names`)."""
+        names = []
+        for index in range(self.num_examples):
+            feature = tf.train.Example.FromString(self.fetch(index)).features.feature['file_name']
+            names.append(feature.bytes_list.value[0].decode('utf-8', 'backslashreplace'))
+        return names
 
     def describe(self, index: int) -> str:
         return f'record {index} of {self.name}'
