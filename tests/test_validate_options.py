@@ -3,6 +3,7 @@ a bulk validation) and the Python API, with the evaluation replaced by a stand-i
 at the larger batch sizes (timm's batch-size decay and log lines), the pixels each crop mode hands the model
 (timm's eval transform), and bad values answered with one line."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -146,10 +147,10 @@ def test_test_pool_only_above_the_pretrained_size(data, weights, monkeypatch, ca
     assert main(_flags(data, weights, '--test-pool', '--crop-pct', '0.9')) == 0
     captured = capsys.readouterr()
     assert 'test time pooling' not in captured.err and '"crop_pct": 0.9' in captured.out
-    compiled = []
-    monkeypatch.setattr(validate_module, '_compiled_eval', lambda *a: compiled.append(a))
+    compiled, signature = [], inspect.signature(validate_module._compiled_eval)
+    monkeypatch.setattr(validate_module, '_compiled_eval', lambda *a: compiled.append(signature.bind(*a).arguments))
     results = validate(weights, data, model='resnet18.a3_in1k', img_size=161, crop_pct=0.9, test_pool=True)
-    assert results['crop_pct'] == 1.0 and compiled[-1][-1] == (5, 5)  # a3: 160 px, timm's pool_size 5 x 5
+    assert results['crop_pct'] == 1.0 and compiled[-1]['pool'] == (5, 5)  # a3: 160 px, timm's pool_size 5 x 5
     line = 'Target input size (161, 161) > pretrained default (160, 160), using test time pooling'
     assert line in capsys.readouterr().err  # the CLI above set the logging up
 
@@ -195,3 +196,22 @@ def test_a_real_xla_out_of_memory_is_retried(tmp_path):
     value, sizes = json.loads(done.stdout.strip().splitlines()[-1])
     assert value == 1.0 and 1 <= sizes[-1] <= 16 and sizes == _timm_decays(64, sizes[-1])
     assert f'Reducing batch size to {sizes[-1]} for retry.' in done.stderr
+
+
+def test_a_retry_starts_the_kept_predictions_afresh(data, weights, monkeypatch):
+    """--retry with --metrics-avg: an attempt that ran out of memory after some batches leaves none of their
+    predictions behind, so the scores equal an evaluation at the batch size that fits."""
+    whole = validate_module.evaluate
+
+    def out_of_memory_after_a_batch(eval_fn, params, batch_stats, dataset, batch_size, *args, **kwargs):
+        if batch_size > 2:
+            eval_fn(params, batch_stats, next(dataset.eval_batches(batch_size)))
+            raise jax.errors.JaxRuntimeError(OOM)
+        return whole(eval_fn, params, batch_stats, dataset, batch_size, *args, **kwargs)
+
+    keys = ('top1', 'top5', 'loss', 'macro_precision', 'macro_recall', 'macro_f1_score')
+    flags = dict(model='resnet18', img_size=IMG, metrics_avg='macro')
+    direct = validate(weights, data, batch_size=2, **flags)
+    monkeypatch.setattr(validate_module, 'evaluate', out_of_memory_after_a_batch)
+    retried = validate(weights, data, batch_size=4, retry=True, **flags)
+    assert [retried[k] for k in keys] == [direct[k] for k in keys]
