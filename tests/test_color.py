@@ -337,6 +337,16 @@ def test_vflip_grayscale_blur_follow_their_probabilities(photos):
         assert 0.2 < changed.mean() < 0.8  # 30 draws per image
 
 
+def test_hue_jitter_in_the_pipeline_keeps_each_pixels_value(photos):
+    """--color-jitter 0 0 0 0.5 through the train transform (uint8, compiled): the hue moves, HSV's value
+    (the largest channel) stays, pixel for pixel."""
+    kw = dict(data_dir=photos, img_size=SIZE, train_interpolation='bilinear', **FIXED_CROP)
+    plain = _our_draws(data.DataConfig(**kw), 1)
+    for path, shifted in _our_draws(data.DataConfig(color_jitter=(0.0, 0.0, 0.0, 0.5), **kw), 6).items():
+        np.testing.assert_array_equal(shifted.max(-1), np.broadcast_to(plain[path].max(-1), shifted.shape[:-1]))
+        assert (shifted != plain[path]).any(axis=(1, 2, 3)).mean() > 0.6
+
+
 def test_jitter_is_dropped_under_auto_augment_as_timm():
     theirs = transforms_imagenet_train(SIZE, auto_augment='rand-m9-mstd0.5')
     assert not any(isinstance(t, tv_transforms.ColorJitter) for t in theirs.transforms)

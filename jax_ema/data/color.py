@@ -110,7 +110,7 @@ def hue_shift(factor):
 
 
 def _shift_hue(image, shift, zero):
-    r, g, b = tf.unstack(image, axis=-1)
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
     h, s, v = _rgb_to_hsv(r, g, b, zero)
     h = h + shift  # in -127..382: wrapped once (floormod would call libm per pixel)
     h = tf.where(h < 0.0, h + 256.0, tf.where(h >= 256.0, h - 256.0, h))
@@ -195,7 +195,8 @@ def _jitter_hue_compiled(image, order, factors, shift, zero):
     def position(i, x):
         return i + 1, tf.switch_case(tf.gather(order, i), [lambda op=op: op(x) for op in ops])
 
-    _, pixels = tf.while_loop(lambda i, x: i < 4, position, (tf.constant(0), tf.cast(image, tf.float32)))
+    pixels = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
+    _, pixels = tf.while_loop(lambda i, x: i < 4, position, (tf.constant(0), pixels))
     return tf.cast(pixels, image.dtype)
 
 
