@@ -5,8 +5,8 @@ its range: brightness, contrast and saturation are PIL's ImageEnhance blends (im
 PIL's HSV hue), applied with probability `prob` (timm's --color-jitter-prob; always when None).
 `random_grayscale`: torchvision's RandomGrayscale (PIL's L, on all three channels). `random_gaussian_blur`:
 timm's RandomApply(GaussianBlur(23, sigma ~ U(0.1, 2))), torchvision's float32 convolution with reflected
-edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py; the jitter without
-hue, compiled by XLA, takes uint8 too); every draw is a TF stateless op of the image's key.
+edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py; the jitter,
+compiled by XLA, takes uint8 too); every draw is a TF stateless op of the image's key.
 """
 
 import itertools
@@ -150,7 +150,8 @@ def jitter(image, order, factors, ranges):
 
 
 def jitter_kernels(image, order, factors, ranges):
-    """`jitter` with TensorFlow's kernels op by op, on float32 whole numbers (the path before XLA)."""
+    """`jitter` with TensorFlow's kernels op by op, on float32 whole numbers: the same arithmetic, not
+    compiled (`COMPILED` off; ~1.5x slower, benchmarks/bench_input.py train_hue_kernels)."""
     ops = (image_ops.brightness, image_ops.contrast, image_ops.color, hue)
     branches = [
         (lambda image, i=i, op=op: op(image, factors[i])) if ranges[i] is not None else (lambda image: image)
@@ -189,7 +190,7 @@ def _jitter_compiled(image, permutation, factors, zero):
 def _jitter_hue_compiled(image, order, factors, shift, zero):
     """The four ops in `order`, the hue shifted by `shift` (`hue`): an XLA loop over the positions, each a
     switch among the ops, so that each op is compiled once (a switch among the 24 orders, or the runs before
-    and after the hue, took 5-25 s to compile)."""
+    and after the hue, took 4-27 s to compile; this ~2 s)."""
     ops = _blend_ops(factors, zero) + (lambda x: _shift_hue(x, shift, zero),)
 
     def position(i, x):
