@@ -205,7 +205,7 @@ def _blend_ops(factors, zero):
     """PIL's ImageEnhance brightness, contrast, saturation at `factors`, as image_ops.py, for XLA."""
 
     def contrast(x):  # image_ops.contrast: the greyscale's mean (an exact float64 sum), rounded
-        count = tf.cast(tf.size(x) // 3, tf.float64)
+        count = _runtime(tf.cast(tf.size(x) // 3, tf.float64), zero, tf.float64)  # a constant: 1/count, rounded
         mean = tf.floor(tf.reduce_sum(tf.cast(image_ops.grayscale(x), tf.float64)) / count + 0.5)
         return blend(tf.cast(mean, tf.float32), x, factors[1], zero)
 
