@@ -14,6 +14,9 @@ unless said:
     train_ra    + RandAugment rand-m9-mstd0.5 (random erasing, --reprob 0.25, runs on the device on both
                 sides, after the hand-over: not part of this CPU cost)
     train_default  timm train.py's default: the crop at a random bilinear/bicubic filter, flip, ColorJitter 0.4
+    train_hue   train_default with ColorJitter(0.4, 0.4, 0.4, 0.1): hue too (timm's transforms_imagenet_train)
+    train_hue_kernels  train_hue, ours with the jitter in TensorFlow's kernels op by op (color.COMPILED off),
+                the path before the compiled one
     eval        resize to 256 + centre crop 224 (crop_pct 0.875)
 
 Each is timed in steady state (after `--warmup` batches) over `--batches` batches; images/s and images
@@ -45,6 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from jax_ema import data  # noqa: E402  (imports tensorflow, after triton)
+from jax_ema.data import color  # noqa: E402
 
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results')
 PIPELINES = {
@@ -52,8 +56,11 @@ PIPELINES = {
     'train_ra': {'auto_augment': 'rand-m9-mstd0.5'},
     'train_default': {'color_jitter': (0.4,), 'train_interpolation': 'random'},  # timm's train.py default
     'eval': {},
+    'train_hue': {'color_jitter': (0.4, 0.4, 0.4, 0.1), 'train_interpolation': 'random'},
+    'train_hue_kernels': {'color_jitter': (0.4, 0.4, 0.4, 0.1), 'train_interpolation': 'random'},
 }
 TIMM_KWARGS = {'train_default': dict(color_jitter=0.4, interpolation='random')}  # the same on timm's side
+TIMM_KWARGS |= {k: dict(color_jitter=(0.4, 0.4, 0.4, 0.1), interpolation='random') for k in PIPELINES if 'hue' in k}
 H200_STEP_RATES = {'float32': 3350, 'bfloat16': 5600}  # ResNet-50, batch 128, 224 px (issue 14)
 FULL = dict(images=2000, rounds=5, batches=20, warmup=3, batch_size=32, img_size=224, listing_files=50_000)
 QUICK = dict(images=40, rounds=1, batches=1, warmup=1, batch_size=8, img_size=64, listing_files=2000)
@@ -138,6 +145,7 @@ def steady(batches, size_of, warmup: int, count: int) -> dict:
 
 
 def ours(args, name: str, epoch: int):
+    color.COMPILED = not name.endswith('_kernels')  # read when the pipeline is traced, below
     cfg = data.DataConfig(data_dir=args.data, img_size=args.img_size, num_workers=1, **PIPELINES[name])
     train, val = data.load_datasets(cfg)
     if name == 'eval':

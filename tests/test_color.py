@@ -2,6 +2,7 @@
 --gaussian-blur-prob, --no-aug), against torchvision's and timm's own transforms."""
 
 import dataclasses
+import itertools
 import os
 
 import numpy as np
@@ -34,41 +35,76 @@ def _ours(fn, picture, *args):
     return fn(tf.constant(picture, tf.float32), *args).numpy().astype(np.int64)
 
 
-@pytest.mark.parametrize('factor', [-0.5, -0.31, -0.1, -0.002, 0.004, 0.05, 0.2, 0.37, 0.5])
-def test_hue_matches_torchvision(picture, factor):
-    """adjust_hue through Pillow's HSV: bit-exact (both conversions are exact over all 2^24 colours)."""
+HUE_FACTORS = [-0.5, -0.31, -0.1, -0.002, 0.004, 0.05, 0.2, 0.37, 0.5]
+compiled_hue = tf.function(color.hue, jit_compile=True, autograph=False)
+
+
+@pytest.mark.parametrize('factor', HUE_FACTORS)
+@pytest.mark.parametrize('hue', [color.hue, compiled_hue], ids=['kernels', 'xla'])
+def test_hue_matches_torchvision(picture, factor, hue):
+    """adjust_hue through Pillow's HSV, with TensorFlow's kernels and compiled by XLA: bit-exact."""
     theirs = np.asarray(tv_functional.adjust_hue(Image.fromarray(picture), factor), np.int64)
-    np.testing.assert_array_equal(_ours(color.hue, picture, factor), theirs)
+    np.testing.assert_array_equal(_ours(hue, picture, tf.constant(factor, tf.float64)), theirs)
 
 
-def test_hsv_round_trip_of_every_colour_matches_pillow():
-    """Pillow's RGB -> HSV -> RGB over a sample of 2^18 colours (the full 2^24 check: see docs/input.md)."""
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    hsv = np.asarray(Image.fromarray(rgb).convert('HSV')).astype(np.float64)
-    ours = color._rgb_to_hsv(tf.constant(rgb, tf.float32))
-    np.testing.assert_array_equal(np.stack([c.numpy() for c in ours], -1), hsv)
-    back = color._hsv_to_rgb(*[tf.constant(hsv[..., i]) for i in range(3)]).numpy()
-    np.testing.assert_array_equal(back, np.asarray(Image.fromarray(hsv.astype(np.uint8), 'HSV').convert('RGB')))
+def _hsv_round_trip(rgb, compiled):
+    """Ours and Pillow's RGB -> HSV of `rgb` and HSV -> RGB of the same bytes read as HSV."""
+    zero = tf.constant(0)
+    to_hsv = lambda x: tf.stack(color._rgb_to_hsv(*tf.unstack(tf.cast(x, tf.float32), axis=-1), zero), -1)  # noqa: E731
+    to_rgb = lambda x: tf.stack(color._hsv_to_rgb(*tf.unstack(tf.cast(x, tf.float32), axis=-1), zero), -1)  # noqa: E731
+    if compiled:
+        to_hsv, to_rgb = (tf.function(f, jit_compile=True, autograph=False) for f in (to_hsv, to_rgb))
+    for rows in np.array_split(rgb, max(1, len(rgb) // 1024)):
+        np.testing.assert_array_equal(
+            to_hsv(tf.constant(rows)).numpy(), np.asarray(Image.fromarray(rows).convert('HSV'))
+        )
+        theirs = np.asarray(Image.fromarray(rows, 'HSV').convert('RGB'))
+        np.testing.assert_array_equal(to_rgb(tf.constant(rows)).numpy(), theirs)
 
 
-@pytest.mark.parametrize(
-    'order, factors',
-    [
-        ((0, 1, 2, 3), (0.6, 1.4, 0.75, 0.1)),
-        ((3, 2, 1, 0), (1.31, 0.62, 1.2, -0.25)),
-        ((2, 0, 3, 1), (0.93, 1.07, 0.0, 0.45)),
-        ((1, 3, 0, 2), (1.4, 0.6, 1.39, -0.05)),
-    ],
-)
-def test_jitter_matches_torchvision_for_fixed_draws(picture, order, factors):
-    """ColorJitter.forward's loop (adjust_* on a PIL image, in the drawn order): bit-exact."""
-    image = Image.fromarray(picture)
-    for op in order:
-        image = (ADJUST + (tv_functional.adjust_hue,))[op](image, factors[op])
+@pytest.mark.parametrize('compiled', [False, True], ids=['kernels', 'xla'])
+def test_hsv_round_trip_of_sampled_colours_matches_pillow(compiled):
+    """Pillow's RGB -> HSV and HSV -> RGB over a sample of 2^18 triples (all 2^24: the slow test below)."""
+    _hsv_round_trip(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8), compiled)
+
+
+def _every_colour():
+    """All 2^24 triples as a 4096x4096 image."""
+    index = np.arange(1 << 24, dtype=np.uint32)
+    return np.stack([index >> 16, index >> 8, index], -1).astype(np.uint8).reshape(4096, 4096, 3)
+
+
+@pytest.mark.slow  # ~10 s
+def test_compiled_hue_of_every_colour_matches_pillow_and_torchvision():
+    """Under XLA: Pillow's RGB -> HSV of all 2^24 colours, its HSV -> RGB of all 2^24 triples, and
+    torchvision's adjust_hue of every colour at two factors, bit for bit."""
+    rgb = _every_colour()
+    _hsv_round_trip(rgb, compiled=True)
+    for factor in (-0.37, 0.21):
+        theirs = np.asarray(tv_functional.adjust_hue(Image.fromarray(rgb), factor))
+        for rows, expected in zip(np.split(rgb, 4), np.split(theirs, 4)):
+            ours = compiled_hue(tf.constant(rows, tf.float32), factor).numpy()
+            np.testing.assert_array_equal(ours, expected)
+
+
+ORDERS = list(itertools.permutations(range(4)))
+HUE_DRAWS = np.random.default_rng(4).uniform([0.6, 0.6, 0.0, -0.5], [1.4, 1.4, 1.5, 0.5], (len(ORDERS), 4))
+
+
+@pytest.mark.parametrize('path', ['xla', 'kernels'])
+@pytest.mark.parametrize('dtype', ['uint8', 'float32'])
+def test_jitter_with_hue_matches_torchvision_in_every_order(picture, path, dtype, monkeypatch):
+    """ColorJitter.forward's loop (adjust_* on a PIL image) in each of the 24 orders: bit-exact, compiled by
+    XLA (uint8 or float32 in and out) and with TensorFlow's kernels (color.COMPILED off, the benchmark's)."""
+    monkeypatch.setattr(color, 'COMPILED', path == 'xla')
     ranges = ((0, 2),) * 3 + ((-0.5, 0.5),)
-    ours = color.jitter(tf.constant(picture, tf.float32), tf.constant(order), factors, ranges)
-    np.testing.assert_array_equal(ours.numpy().astype(np.int64), np.asarray(image, np.int64))
+    for order, factors in zip(ORDERS, HUE_DRAWS.tolist()):
+        image = Image.fromarray(picture)
+        for op in order:
+            image = (ADJUST + (tv_functional.adjust_hue,))[op](image, factors[op])
+        ours = color.jitter(tf.constant(picture, dtype), tf.constant(order), factors, ranges)
+        assert ours.dtype == dtype
+        np.testing.assert_array_equal(ours.numpy().astype(np.int64), np.asarray(image, np.int64), err_msg=str(order))
 
 
 @pytest.mark.parametrize(
@@ -108,6 +144,22 @@ def test_compiled_blend_rounds_as_pils_for_every_pair_of_levels():
     for factor in factors:
         theirs = np.asarray(Image.blend(Image.fromarray(degenerate), Image.fromarray(image), float(factor)))
         np.testing.assert_array_equal(blend(*args, tf.constant(factor), tf.constant(0)).numpy(), theirs)
+
+
+@pytest.mark.parametrize('hue', [None, (-0.5, 0.5)], ids=['no-hue', 'hue'])
+def test_compiled_contrast_rounds_a_mean_of_exactly_half_up_as_pil(hue):
+    """Grey images whose mean level is k + 1/2 exactly: PIL's int(mean + 0.5) rounds up. XLA turned the
+    division by the (constant) pixel count into a product by its rounded reciprocal, which fell just below
+    for about half of such 224 x 224 images, until the count became a runtime value (color._runtime)."""
+    rng = np.random.default_rng(5)
+    for _ in range(8):  # 224 x 224: of the sizes tried, the one where the product fell short (11 of 20)
+        levels = np.full(224 * 224, rng.integers(1, 250))
+        levels[rng.choice(levels.size, levels.size // 2, replace=False)] += 1
+        rgb = np.repeat(levels.reshape(224, 224).astype(np.uint8)[..., None], 3, -1)
+        theirs = np.asarray(tv_functional.adjust_contrast(Image.fromarray(rgb), 1.3))
+        ranges = (None, (0, 2), None, hue)
+        ours = color.jitter(tf.constant(rgb), tf.constant([1, 0, 2, 3]), (1.0, 1.3, 1.0, 0.0), ranges)
+        np.testing.assert_array_equal(ours.numpy(), theirs)
 
 
 @pytest.mark.parametrize('value', [(0.4,), (0.1, 0.0, 1.3), (0.4, 0.4, 0.4, 0.1), (0.0,)])
@@ -299,6 +351,16 @@ def test_vflip_grayscale_blur_follow_their_probabilities(photos):
     for path, blurred in _our_draws(data.DataConfig(gaussian_blur_prob=0.5, **kw), 30).items():
         changed = (blurred != plain[path]).any(axis=(1, 2, 3))
         assert 0.2 < changed.mean() < 0.8  # 30 draws per image
+
+
+def test_hue_jitter_in_the_pipeline_keeps_each_pixels_value(photos):
+    """--color-jitter 0 0 0 0.5 through the train transform (uint8, compiled): the hue moves, HSV's value
+    (the largest channel) stays, pixel for pixel."""
+    kw = dict(data_dir=photos, img_size=SIZE, train_interpolation='bilinear', **FIXED_CROP)
+    plain = _our_draws(data.DataConfig(**kw), 1)
+    for path, shifted in _our_draws(data.DataConfig(color_jitter=(0.0, 0.0, 0.0, 0.5), **kw), 6).items():
+        np.testing.assert_array_equal(shifted.max(-1), np.broadcast_to(plain[path].max(-1), shifted.shape[:-1]))
+        assert (shifted != plain[path]).any(axis=(1, 2, 3)).mean() > 0.6
 
 
 def test_jitter_is_dropped_under_auto_augment_as_timm():

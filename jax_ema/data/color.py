@@ -5,8 +5,8 @@ its range: brightness, contrast and saturation are PIL's ImageEnhance blends (im
 PIL's HSV hue), applied with probability `prob` (timm's --color-jitter-prob; always when None).
 `random_grayscale`: torchvision's RandomGrayscale (PIL's L, on all three channels). `random_gaussian_blur`:
 timm's RandomApply(GaussianBlur(23, sigma ~ U(0.1, 2))), torchvision's float32 convolution with reflected
-edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py; the jitter without
-hue, compiled by XLA, takes uint8 too); every draw is a TF stateless op of the image's key.
+edges, rounded. Images are float32 [H, W, 3] holding whole numbers 0..255 (as image_ops.py; the jitter,
+compiled by XLA, takes uint8 too); every draw is a TF stateless op of the image's key.
 """
 
 import itertools
@@ -29,72 +29,129 @@ def jitter_ranges(color_jitter) -> tuple:
     return tuple(ranges) + (None if hue == 0 else (-hue, hue),)
 
 
-def _rgb_to_hsv(image):
-    """Pillow's RGB -> HSV (convert.c rgb2hsv): float32 ratios, hue and saturation truncated to 0..255."""
-    r, g, b = tf.unstack(image, axis=-1)
-    maxc = tf.reduce_max(image, axis=-1)
-    minc = tf.reduce_min(image, axis=-1)
-    grey = maxc == minc
-    span = tf.where(grey, 1.0, maxc - minc)
-    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
-    # Pillow's C: float ratios; `4.0 + gc - rc` in double, kept in a float h; fmod(h / 6.0 + 1.0, 1.0) in
-    # double, kept in a float again. (Bit-exact over all 2^24 colours, both ways; docs/input.md.)
-    rc, gc, bc = (tf.cast(c, tf.float64) for c in (rc, gc, bc))
-    h = tf.where(r == maxc, bc - gc, tf.where(g == maxc, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = tf.cast(tf.cast(h, tf.float32), tf.float64)
-    h = tf.math.floormod(h / 6.0 + 1.0, 1.0)
-    h = tf.cast(tf.cast(h, tf.float32), tf.float64)
-    s = tf.cast(span / tf.where(grey, 1.0, maxc), tf.float64)
-    hue = tf.where(grey, 0.0, tf.minimum(tf.floor(h * 255.0), 255.0))
-    sat = tf.where(grey, 0.0, tf.minimum(tf.floor(s * 255.0), 255.0))
-    return hue, sat, tf.cast(maxc, tf.float64)
+def _rgb_to_hsv(r, g, b, zero):
+    """Pillow's RGB -> HSV (convert.c rgb2hsv) of float32 whole numbers: (h, s, v), float32 whole numbers.
+    Its arithmetic, float where its C has float and double where double, regrouped: of the three quotients
+    (max - channel) / (max - min) one is 0, one 1, so its hue sum is base +- the third, D, rounded to float."""
+    maxc = tf.maximum(r, tf.maximum(g, b))
+    minc = tf.minimum(r, tf.minimum(g, b))
+    span = maxc - minc
+    grey = span == 0.0
+    mid = r + g + b - maxc - minc
+    d = (maxc - mid) / tf.where(grey, 1.0, span)  # a float quotient
+    # Pillow's branches: r max: bc - gc; else g max: 2 + rc - bc; else 4 + gc - rc
+    r_max, g_max = r == maxc, g == maxc
+    h = tf.where(
+        r_max,
+        tf.where(g == minc, d - 1.0, 1.0 - d),
+        tf.where(g_max, tf.where(r == minc, 3.0 - d, 1.0 + d), tf.where(r == minc, 3.0 + d, 5.0 - d)),
+    )
+    # fmod(h / 6.0 + 1.0, 1.0) in double (of a positive number: x - floor(x), exact), kept in a float
+    h = tf.cast(h, tf.float64) / _runtime(6.0, zero, tf.float64) + 1.0
+    h = tf.cast(h - tf.floor(h), tf.float32)
+    s = span / tf.where(grey, 1.0, maxc)
+    # (int)(x * 255.0) of floats x in double: exact products (24 x 8 bits), truncated
+    hue, sat = (tf.cast(tf.floor(tf.cast(x, tf.float64) * 255.0), tf.float32) for x in (h, s))
+    return tf.where(grey, 0.0, hue), tf.where(grey, 0.0, sat), maxc
+
+
+def _hsv_to_rgb(h, s, v, zero):
+    """Pillow's HSV -> RGB (convert.c hsv2rgb) of float32 whole numbers: (r, g, b)."""
+    return _sector_channels(v, *_hsv_to_rgb_parts(h, s, v, zero))
+
+
+def _hsv_to_rgb_parts(h, s, v, zero):
+    """hsv2rgb's sector (0..6) and the two channels it computes besides v: p and (q or t, the sector's),
+    as float32 whole numbers. Its double quotients h * 6 / 255 and s / 255, rounded to float, equal the float
+    quotients (no such quotient lies near a rounding boundary of float); its double products, rounded by
+    round() (half away from zero), in double, kept apart from any sum (`_apart`). s = 0 needs no branch:
+    p = q = t = v."""
+    sector = tf.floor(h * 6.0 / _runtime(255.0, zero))
+    f = (h * 6.0 - sector * 255.0) / _runtime(255.0, zero)  # whole numbers, exact until the quotient
+    fs = s / _runtime(255.0, zero)
+    fs64, f64, v64 = (tf.cast(x, tf.float64) for x in (fs, f, v))
+    odd = (sector == 1.0) | (sector == 3.0) | (sector == 5.0)  # (floormod would call libm per pixel)
+    q = 1.0 - tf.cast(_apart(fs * f, zero), tf.float64)  # a float product, as Pillow's
+    t = 1.0 - _apart(fs64 * (1.0 - f64), zero)
+    p, qt = (_round_half_away(_apart(v64 * x, zero)) for x in (1.0 - fs64, tf.where(odd, q, t)))
+    return sector, p, qt
+
+
+def _sector_channels(v, sector, p, qt):
+    """hsv2rgb's channels by sector (6: h = 255, its i % 6 = 0): (v, t, p) (q, v, p) (p, v, t) (p, q, v)
+    (t, p, v) (v, p, q)."""
+    red = tf.where((sector == 0.0) | (sector >= 5.0), v, tf.where((sector == 1.0) | (sector == 4.0), qt, p))
+    green = tf.where((sector == 1.0) | (sector == 2.0), v, tf.where((sector == 4.0) | (sector >= 5.0), p, qt))
+    blue = tf.where((sector == 3.0) | (sector == 4.0), v, tf.where((sector == 2.0) | (sector == 5.0), qt, p))
+    return red, green, blue
 
 
 def _round_half_away(x):
-    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
+    """C's round() of x >= 0: floor, and up from a fraction of one half (the fraction is exact)."""
+    whole = tf.floor(x)
+    return tf.cast(whole + tf.cast(x - whole >= 0.5, tf.float64), tf.float32)
 
 
-def _hsv_to_rgb(h, s, v):
-    """Pillow's HSV -> RGB (convert.c hsv2rgb), float64 where its C uses double, float32 where float."""
-    sector = tf.floor(h * 6.0 / 255.0)
-    f = tf.cast(tf.cast(h * 6.0 / 255.0 - sector, tf.float32), tf.float64)
-    fs32 = tf.cast(s / 255.0, tf.float32)
-    fs = tf.cast(fs32, tf.float64)
-    p = _round_half_away(v * (1.0 - fs))
-    q = _round_half_away(v * (1.0 - tf.cast(fs32 * tf.cast(f, tf.float32), tf.float64)))
-    t = _round_half_away(v * (1.0 - fs * (1.0 - f)))
-    sector = tf.cast(sector, tf.int32) % 6
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    rgb = [tf.zeros_like(v)] * 3
-    for i, channels in enumerate(choices):
-        rgb = [tf.where(sector == i, c, acc) for c, acc in zip(channels, rgb)]
-    rgb = tf.stack(rgb, axis=-1)
-    return tf.cast(tf.where((s == 0)[..., None], v[..., None], tf.clip_by_value(rgb, 0.0, 255.0)), tf.float32)
+def _runtime(constant, zero, dtype=tf.float32):
+    """`constant` as a number XLA cannot fold: it would turn a division by it into a product by its
+    reciprocal, rounded differently."""
+    return constant + tf.cast(zero, dtype)
 
 
-def hue(image, factor):
-    """torchvision's adjust_hue on a PIL image: to HSV, hue += int(factor * 255) (wrapping in 8 bits), back."""
-    h, s, v = _rgb_to_hsv(image)
-    shift = tf.cast(tf.cast(tf.cast(factor, tf.float64) * 255.0, tf.int32), tf.float64)  # truncated toward 0
-    return _hsv_to_rgb(tf.math.floormod(h + shift, 256.0), s, v)
+def hue(image, factor, zero=0):
+    """torchvision's adjust_hue on a PIL image (float32 whole numbers): to HSV, hue += int(factor * 255)
+    (wrapping in 8 bits), back. `zero`: a runtime 0 (`_apart`, `_runtime`)."""
+    return _shift_hue(image, hue_shift(factor), zero)
+
+
+def hue_shift(factor):
+    """adjust_hue's shift of the hue, int(factor * 255) (toward 0), as a float32."""
+    return tf.cast(tf.cast(tf.cast(factor, tf.float64) * 255.0, tf.int32), tf.float32)
+
+
+def _shift_hue(image, shift, zero):
+    r, g, b = image[..., 0], image[..., 1], image[..., 2]
+    h, s, v = _rgb_to_hsv(r, g, b, zero)
+    h = h + shift  # in -127..382: wrapped once (floormod would call libm per pixel)
+    h = tf.where(h < 0.0, h + 256.0, tf.where(h >= 256.0, h - 256.0, h))
+    sector, p, qt = _hsv_to_rgb_parts(h, s, v, zero)
+    # Packed into one number, computed once: XLA would fuse the whole computation into each output channel.
+    code = _computed_once(p + 256.0 * qt + 65536.0 * sector, zero)
+    sector = tf.floor(code / 65536.0)
+    qt = tf.floor(code / 256.0) - 256.0 * sector
+    p = code - 256.0 * tf.floor(code / 256.0)
+    return tf.stack(_sector_channels(tf.maximum(r, tf.maximum(g, b)), sector, p, qt), axis=-1)
+
+
+def _computed_once(x, zero):
+    """`x`, materialised: XLA does not fuse across a conditional (it drops optimisation barriers on CPU)."""
+    return tf.cond(tf.equal(zero, 0), lambda: x, lambda: -x)
+
+
+COMPILED = True  # False: `jitter` runs TensorFlow's kernels op by op (benchmarks/bench_input.py *_kernels)
 
 
 def jitter(image, order, factors, ranges):
     """torchvision ColorJitter.forward: the ops in `order` (ids 0..3: brightness, contrast, saturation,
-    hue) at `factors`; ops whose range is None are skipped. Without hue (timm's default): one XLA-compiled
-    call (`_jitter_compiled`); the image comes back in its dtype (uint8 or float32 whole numbers)."""
+    hue) at `factors`; ops whose range is None are skipped. One XLA-compiled call (`_jitter_compiled`, with
+    hue `_jitter_hue_compiled`); the image comes back in its dtype (uint8 or float32 whole numbers)."""
     if all(r is None for r in ranges):
         return image
-    if ranges[3] is None:
-        factors = tf.stack([tf.cast(f if r is not None else 1.0, tf.float32) for f, r in zip(factors[:3], ranges)])
-        kept = tf.boolean_mask(order, order < 3)  # the order of brightness, contrast, saturation
-        permutation = kept[0] * 2 + tf.cast(kept[1] > kept[2], kept.dtype)  # its rank among the 6: PERMUTATIONS
-        return _jitter_compiled(image, tf.cast(permutation, tf.int32), factors, tf.zeros([], tf.int32))
-    return jitter_kernels(image, order, factors, ranges)
+    if not COMPILED:
+        pixels = jitter_kernels(tf.cast(image, tf.float32), order, factors, ranges)
+        return tf.cast(pixels, image.dtype)
+    blends = tf.stack([tf.cast(f if r is not None else 1.0, tf.float32) for f, r in zip(factors[:3], ranges)])
+    zero = tf.zeros([], tf.int32)
+    if ranges[3] is not None:
+        return _jitter_hue_compiled(image, tf.cast(order, tf.int32), blends, hue_shift(factors[3]), zero)
+    kept = tf.boolean_mask(order, order < 3)  # the order of brightness, contrast, saturation
+    permutation = kept[0] * 2 + tf.cast(kept[1] > kept[2], kept.dtype)  # its rank among the 6: PERMUTATIONS
+    return _jitter_compiled(image, tf.cast(permutation, tf.int32), blends, zero)
 
 
 def jitter_kernels(image, order, factors, ranges):
-    """`jitter` with TensorFlow's kernels (hue included), on float32 whole numbers."""
+    """`jitter` with TensorFlow's kernels op by op, on float32 whole numbers: the same arithmetic, not
+    compiled (`COMPILED` off; ~1.5x slower, benchmarks/bench_input.py train_hue_kernels)."""
     ops = (image_ops.brightness, image_ops.contrast, image_ops.color, hue)
     branches = [
         (lambda image, i=i, op=op: op(image, factors[i])) if ranges[i] is not None else (lambda image: image)
@@ -111,20 +168,11 @@ PERMUTATIONS = tuple(itertools.permutations(range(3)))  # in lexicographic order
 @tf.function(jit_compile=True, autograph=False)
 def _jitter_compiled(image, permutation, factors, zero):
     """Brightness (0), contrast (1) and saturation (2) at `factors` in the order PERMUTATIONS[permutation], as
-    PIL's ImageEnhance: exactly the float32 arithmetic of image_ops.py, fused by XLA into ~2 passes (~2x cheaper
-    than TensorFlow's kernels). `zero` (a runtime 0) keeps each product apart from the sum after it (`_apart`)."""
+    PIL's ImageEnhance: exactly the float32 arithmetic of image_ops.py, fused by XLA into ~2 passes (~2x
+    cheaper than TensorFlow's kernels). `zero` (a runtime 0) keeps each product apart from the sum after it
+    (`_apart`)."""
     pixels = tf.cast(image, tf.float32)
-    count = tf.cast(tf.size(pixels) // 3, tf.float64)
-
-    def contrast(x):  # image_ops.contrast: the greyscale's mean (an exact float64 sum), rounded
-        mean = tf.floor(tf.reduce_sum(tf.cast(image_ops.grayscale(x), tf.float64)) / count + 0.5)
-        return blend(tf.cast(mean, tf.float32), x, factors[1], zero)
-
-    ops = (
-        lambda x: tf.minimum(tf.floor(factors[0] * x), 255.0),  # blend with black: 0 + factor * x, factor >= 0
-        contrast,
-        lambda x: blend(image_ops.grayscale(x), x, factors[2], zero),
-    )
+    ops = _blend_ops(factors, zero)
 
     def branch(permutation):
         def run():
@@ -138,6 +186,36 @@ def _jitter_compiled(image, permutation, factors, zero):
     return tf.switch_case(permutation, [branch(p) for p in PERMUTATIONS])
 
 
+@tf.function(jit_compile=True, autograph=False)
+def _jitter_hue_compiled(image, order, factors, shift, zero):
+    """The four ops in `order`, the hue shifted by `shift` (`hue`): an XLA loop over the positions, each a
+    switch among the ops, so that each op is compiled once (a switch among the 24 orders, or the runs before
+    and after the hue, took 4-27 s to compile; this ~2 s)."""
+    ops = _blend_ops(factors, zero) + (lambda x: _shift_hue(x, shift, zero),)
+
+    def position(i, x):
+        return i + 1, tf.switch_case(tf.gather(order, i), [lambda op=op: op(x) for op in ops])
+
+    pixels = tf.ensure_shape(tf.cast(image, tf.float32), [None, None, 3])
+    _, pixels = tf.while_loop(lambda i, x: i < 4, position, (tf.constant(0), pixels))
+    return tf.cast(pixels, image.dtype)
+
+
+def _blend_ops(factors, zero):
+    """PIL's ImageEnhance brightness, contrast, saturation at `factors`, as image_ops.py, for XLA."""
+
+    def contrast(x):  # image_ops.contrast: the greyscale's mean (an exact float64 sum), rounded
+        count = _runtime(tf.cast(tf.size(x) // 3, tf.float64), zero, tf.float64)  # a constant: 1/count, rounded
+        mean = tf.floor(tf.reduce_sum(tf.cast(image_ops.grayscale(x), tf.float64)) / count + 0.5)
+        return blend(tf.cast(mean, tf.float32), x, factors[1], zero)
+
+    return (
+        lambda x: tf.minimum(tf.floor(factors[0] * x), 255.0),  # blend with black: 0 + factor * x, factor >= 0
+        contrast,
+        lambda x: blend(image_ops.grayscale(x), x, factors[2], zero),
+    )
+
+
 def blend(degenerate, image, factor, zero):
     """image_ops.blend (PIL's Image.blend) for XLA: the product kept apart from the sum (`_apart`)."""
     product = _apart(factor * (image - degenerate), zero)
@@ -148,7 +226,8 @@ def _apart(product, zero):
     """`product` unchanged (its bits xor a runtime 0). XLA lets LLVM fuse a multiply and the add after it into
     one FMA, rounded once, where PIL rounds the product to float32 first: for ~1 factor in 500 that moved up to
     127 of the 65,536 pairs of levels by 1 (tests/test_color.py). Through integer ops it cannot be fused."""
-    return tf.bitcast(tf.bitwise.bitwise_xor(tf.bitcast(product, tf.int32), zero), tf.float32)
+    bits = tf.int32 if product.dtype == tf.float32 else tf.int64
+    return tf.bitcast(tf.bitwise.bitwise_xor(tf.bitcast(product, bits), tf.cast(zero, bits)), product.dtype)
 
 
 def draw_jitter(key, ranges):
@@ -222,14 +301,11 @@ def train_colors(image, key, cfg):
     if not (jitter_on or cfg.grayscale_prob or cfg.gaussian_blur_prob):
         return image
     jitter_key, grey_key, blur_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
-    if jitter_on and ranges[3] is None:  # the compiled jitter takes and gives uint8
+    if jitter_on:  # the compiled jitter takes and gives uint8
         image = color_jitter(image, jitter_key, ranges, cfg.color_jitter_prob)
-        jitter_on = False
-    if not (jitter_on or cfg.grayscale_prob or cfg.gaussian_blur_prob):
+    if not (cfg.grayscale_prob or cfg.gaussian_blur_prob):
         return image
     pixels = tf.cast(image, tf.float32)
-    if jitter_on:
-        pixels = color_jitter(pixels, jitter_key, ranges, cfg.color_jitter_prob)
     if cfg.grayscale_prob:
         pixels = random_grayscale(pixels, grey_key, cfg.grayscale_prob)
     if cfg.gaussian_blur_prob:
