@@ -307,7 +307,7 @@ def _decode(path: str):
     data = tf.io.read_file(os.fsencode(path))
     if tf.io.is_jpeg(data):
         return tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
-    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
 def error_reason(err) -> str:
