@@ -1,11 +1,16 @@
-"""Images found in the field: files PIL reads for timm under a .png/.jpg name that are not PNG or JPEG."""
+"""Images found in the field: files PIL reads for timm under a .png/.jpg name that are not PNG or JPEG; a
+truncated JPEG across a resume."""
+
+import io
+import types
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import data_world
 from data_world import class_folders, concat
-from jax_ema import data
+from jax_ema import data, data_fingerprint, records
 
 listing_cache = data_world.listing_cache  # fixture
 
@@ -30,3 +35,35 @@ def test_bmp_webp_and_animated_gif_under_an_image_name_read_as_pil_reads_them(tm
     for path, image in zip(val.paths, batch['image']):
         if path.endswith(('bmp.jpg', 'webp.png', 'anim.png')):
             np.testing.assert_array_equal(image, np.asarray(Image.open(path).convert('RGB')), err_msg=path)
+
+
+def _truncated_jpeg_folder(root):
+    """train/a holds a JPEG cut at 80 %: a crop window in its top part decodes, one reaching the cut fails."""
+    class_folders(root, ['a', 'b'], per_class=4)
+    encoded = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 160, 3), np.uint8)).save(encoded, 'JPEG')
+    (root / 'train' / 'a' / 'cut.jpg').write_bytes(encoded.getvalue()[: len(encoded.getvalue()) * 4 // 5])
+    return data.DataConfig(data_dir=str(root), img_size=32, scale=(0.08, 1.0))
+
+
+@pytest.mark.slow
+def test_a_resume_skips_the_truncated_jpegs_found_before_it_so_its_batches_are_the_uninterrupted_ones(tmp_path):
+    """Once a truncated JPEG's window fails, the file is skipped from then on. A fresh process (a resume) used to
+    forget that, and used the file again in the epochs where its window missed the cut: other batches than the
+    uninterrupted run's. The checkpoint keeps where each file was found (records.metadata); a resume skips those
+    found before its batch, and finds the later ones again at the same batch (the same window)."""
+    cfg = _truncated_jpeg_folder(tmp_path)
+    whole, val = data.load_datasets(cfg)
+    epochs = [concat(list(whole.train_batches(3, epoch))) for epoch in range(5)]
+    found = [[i, e, s] for i, (e, s) in whole.found.items()]
+    assert found == [[4, 0, 1]]  # found at epoch 0, step 1; in epoch 4 its window misses the cut
+    meta = dict(data=data_fingerprint.of_datasets(whole, val), global_batch_size=3, updates_per_epoch=5)
+    meta['unreadable_found'] = found
+    for epoch, start in [(4, 0), (0, 2), (0, 1)]:
+        resumed = data.load_datasets(cfg)[0]
+        run = types.SimpleNamespace(train_ds=resumed, batch_size=3, updates_per_epoch=5)
+        records.resume_position(run, types.SimpleNamespace(step=5 * epoch + start), meta, meta['data'], 'CKPT')
+        got = concat(list(resumed.train_batches(3, epoch, start_step=start)))
+        np.testing.assert_array_equal(got['image'], epochs[epoch]['image'][3 * start :], err_msg=f'{epoch} {start}')
+    forgot = data.load_datasets(cfg)[0]  # what a resume did before
+    assert not np.array_equal(concat(list(forgot.train_batches(3, 4)))['image'], epochs[4]['image'])
