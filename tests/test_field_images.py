@@ -11,6 +11,7 @@ from PIL import Image
 import data_world
 from data_world import class_folders, concat
 from jax_ema import data, data_fingerprint, records
+from jax_ema.errors import UserError
 
 listing_cache = data_world.listing_cache  # fixture
 
@@ -67,3 +68,13 @@ def test_a_resume_skips_the_truncated_jpegs_found_before_it_so_its_batches_are_t
         np.testing.assert_array_equal(got['image'], epochs[epoch]['image'][3 * start :], err_msg=f'{epoch} {start}')
     forgot = data.load_datasets(cfg)[0]  # what a resume did before
     assert not np.array_equal(concat(list(forgot.train_batches(3, 4)))['image'], epochs[4]['image'])
+
+
+def test_a_class_folder_with_its_images_in_a_sub_folder_says_so(tmp_path):
+    """A class folder with its images in a sub-folder (as Tiny-ImageNet's train/<class>/images/*.JPEG; timm takes
+    the leaf folder 'images' as the class): sub-folders are not searched, and the line now says so."""
+    class_folders(tmp_path, ['a', 'b'], per_class=1)
+    (tmp_path / 'train' / 'c' / 'images').mkdir(parents=True)
+    (tmp_path / 'train' / 'c' / 'images' / '0.JPEG').write_bytes((tmp_path / 'train' / 'a' / '0.png').read_bytes())
+    with pytest.raises(UserError, match=r"train/c holds no .*images; sub-folders such as 'images' are not searched"):
+        data.load_datasets(data.DataConfig(data_dir=str(tmp_path)))

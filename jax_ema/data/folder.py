@@ -235,10 +235,12 @@ def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
         )
     for name, images in classes.items():
         if not images:
-            raise UserError(
-                f'class folder {printable(os.path.join(root, name))} holds no '
-                f'{"/".join(IMAGE_EXTENSIONS)} images; add images or remove the folder'
-            )
+            nested = [e.name for e in _scandir(os.path.join(root, name)) if e.is_dir() and not e.name.startswith('.')]
+            what = 'add images or remove the folder'
+            if nested:  # e.g. Tiny-ImageNet's train/<class>/images/ (timm would take 'images' as the class)
+                what = f'sub-folders such as {printable(nested[0])!r} are not searched: move its images up into it'
+            where = printable(os.path.join(root, name))
+            raise UserError(f'class folder {where} holds no {"/".join(IMAGE_EXTENSIONS)} images; {what}')
     return classes, skipped
 
 
