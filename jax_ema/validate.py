@@ -37,7 +37,7 @@ import sys
 import jax
 import numpy as np
 
-from jax_ema import device, validate_bulk
+from jax_ema import data_fingerprint, device, validate_bulk
 from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
@@ -246,6 +246,8 @@ def validate(
         data = args.get('data')  # the run's TFDS data_dir
 
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets)
+    if note := data_fingerprint.resplit_warning(metadata.get('data'), dataset, split, args):
+        log.warning(note)
     if dataset.num_classes != num_classes:
         where = args.get('dataset') or data or 'the built-in digits data (no DATA given)'
         hint = (

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import data_world
-from data_world import class_folders, concat
+from data_world import class_folders, concat, make_classes, save_image
 from jax_ema import data, data_fingerprint, records
 from jax_ema.errors import UserError
 
@@ -78,3 +78,19 @@ def test_a_class_folder_with_its_images_in_a_sub_folder_says_so(tmp_path):
     (tmp_path / 'train' / 'c' / 'images' / '0.JPEG').write_bytes((tmp_path / 'train' / 'a' / '0.png').read_bytes())
     with pytest.raises(UserError, match=r"train/c holds no .*images; sub-folders such as 'images' are not searched"):
         data.load_datasets(data.DataConfig(data_dir=str(tmp_path)))
+
+
+def test_validate_warns_when_the_held_out_split_is_drawn_anew_from_changed_class_folders(tmp_path):
+    """Class folders split by --val-split-fraction: after an image is added, validate's split is drawn anew and
+    may hold training images (a silent leak before). Unchanged folders, or train/validation folders: no line."""
+    make_classes(str(tmp_path / 'ds'), ['a', 'b'], per_class=5)
+    cfg = data.DataConfig(data_dir=str(tmp_path / 'ds'), img_size=32, val_split_fraction=0.4)
+    saved = data_fingerprint.of_datasets(*data.load_datasets(cfg))  # what the run's checkpoints record
+    args = {'val_split': 'validation', 'train_split': 'train'}
+    assert data_fingerprint.resplit_warning(saved, data.load_datasets(cfg)[1], 'validation', args) is None
+    save_image(str(tmp_path / 'ds' / 'a' / '9.png'), seed=9)
+    line = data_fingerprint.resplit_warning(saved, data.load_datasets(cfg)[1], 'validation', args)
+    assert line.startswith('DATA changed since the run (validation split: ') and 'images the run trained on' in line
+    class_folders(tmp_path / 'splits', ['a', 'b'])
+    split_cfg = data.DataConfig(data_dir=str(tmp_path / 'splits'), img_size=32)
+    assert data_fingerprint.resplit_warning(saved, data.load_datasets(split_cfg)[1], 'validation', args) is None
