@@ -94,3 +94,16 @@ def test_validate_warns_when_the_held_out_split_is_drawn_anew_from_changed_class
     class_folders(tmp_path / 'splits', ['a', 'b'])
     split_cfg = data.DataConfig(data_dir=str(tmp_path / 'splits'), img_size=32)
     assert data_fingerprint.resplit_warning(saved, data.load_datasets(split_cfg)[1], 'validation', args) is None
+
+
+def test_folders_a_disk_or_an_archiver_makes_are_not_classes(tmp_path):
+    """DATA on its own volume holds lost+found (empty, or unreadable to a user), a zip made on a Mac __MACOSX/
+    (AppleDouble ._ files): each stopped the run as an empty or unreadable class folder. Now skipped, as hidden
+    entries are, and counted in the skipped-entries line."""
+    class_folders(tmp_path, ['a', 'b'], splits=('',))
+    (tmp_path / 'lost+found').mkdir()
+    (tmp_path / '__MACOSX' / 'a').mkdir(parents=True)
+    (tmp_path / '__MACOSX' / 'a' / '._0.png').write_bytes(b'\0\5\26\7' + bytes(80))
+    (tmp_path / '__MACOSX' / '0.png').write_bytes(b'\0\5\26\7' + bytes(80))
+    train, val = data.load_datasets(data.DataConfig(data_dir=str(tmp_path), img_size=32, val_split_fraction=0.34))
+    assert train.class_names == ('a', 'b') and train.num_examples + val.num_examples == 6

@@ -27,9 +27,11 @@ from jax_ema.errors import UserError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # timm's IMG_EXTENSIONS, matched in any letter case
 TRAIN_SPLIT_SYNONYMS = ('train', 'training')  # timm.data.dataset_factory, in its search order
 EVAL_SPLIT_SYNONYMS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+# Folders a file system or an archiver makes, never classes: a disk's root (DATA on its own volume), a macOS zip
+SYSTEM_FOLDERS = ('lost+found', '__MACOSX', '$RECYCLE.BIN', 'System Volume Information')
 SPLIT_SEED = 0  # the train/validation split of 'folders' and 'digits' never depends on --seed
 CACHE_ENV = 'JAX_EMA_CACHE'
-_LISTING_VERSION = b'jax_ema listing 1'
+_LISTING_VERSION = b'jax_ema listing 2'  # 2: SYSTEM_FOLDERS skipped
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +217,10 @@ def _mtime(entry) -> int:
 
 def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
     """(class folder name -> its image files, entries skipped). Hidden entries (.DS_Store,
-    .ipynb_checkpoints, ...) are skipped too; nested folders are not searched."""
+    .ipynb_checkpoints, ...) and SYSTEM_FOLDERS are skipped too; nested folders are not searched."""
     classes, skipped = {}, []
     for entry in entries:
-        if entry.name.startswith('.') or not entry.is_dir():
+        if entry.name.startswith('.') or entry.name in SYSTEM_FOLDERS or not entry.is_dir():
             skipped.append(entry.path)
             continue
         images = []
