@@ -49,6 +49,12 @@ def resolve(path) -> Path:
             f"{str(path)!r} holds an orbax checkpoint of another program, not one of jax_ema's (a step "
             'folder with state/ and metadata/); give a folder written by python -m jax_ema.train'
         )
+    if not steps and (ckpt_dir.parent / 'args.yaml').exists():  # a run killed (or still) before its first save
+        raise UserError(
+            f'no complete checkpoint in {str(ckpt_dir)!r} yet: its run stopped (or is still) before its first save, '
+            'at the end of epoch 0 (or after --recovery-interval updates); nothing to go on from, so start it again '
+            'without --resume'
+        )
     if not steps:
         raise UserError(
             f'no complete checkpoint in {str(ckpt_dir)!r}; give a run folder that has saved at least one epoch'

@@ -84,6 +84,21 @@ def changes(saved: dict | None, current: dict, split: str) -> list[str]:
     return found
 
 
+def resplit_warning(saved: dict | None, dataset, split: str, run_args: dict) -> str | None:
+    """validate: a line when `dataset`, the run's `split` of class folders split by --val-split-fraction (its
+    args.yaml: `run_args`), is not what the run recorded: drawn anew from changed folders, it may mix the splits."""
+    name = {run_args.get('val_split', 'validation'): 'validation', run_args.get('train_split', 'train'): 'train'}
+    if getattr(dataset, 'source', None) != 'folders' or split not in name:
+        return None
+    found = changes(saved, fingerprint(dataset.class_names, {name[split]: _split(dataset)}), name[split])
+    if not found:
+        return None
+    return (
+        f'DATA changed since the run ({name[split]} split: {", ".join(found)}); its validation split is drawn anew '
+        'from the class folders (--val-split-fraction), so it may now hold images the run trained on'
+    )
+
+
 def next_epoch_start(metadata: dict, updates_per_epoch: int) -> tuple[int, int]:
     """(epoch, update count at its start under `updates_per_epoch`) of the first epoch a checkpoint had not
     begun: a run whose data or batch changed goes on from there, as timm's would after its own restart."""

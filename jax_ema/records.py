@@ -96,6 +96,7 @@ class Records:
         """checkpoint.run_metadata plus the records: the data's fingerprint and the summary rows so far."""
         meta = checkpoint.run_metadata(run.config, run.num_classes, run.ema_cfg, epoch, position, metrics)
         meta.update(self.fingerprint, summary=list(self.rows))
+        meta['unreadable_found'] = [[i, e, s] for i, (e, s) in sorted(run.train_ds.found.items())]  # for a resume
         if isinstance(run.schedule, PlateauSchedule):  # its state as of the epoch the checkpoint goes on with
             meta['lr_plateau'] = run.schedule.state_dict()
         return meta
@@ -173,7 +174,8 @@ def resume_position(run, state, meta: dict, data_fp: dict, step_dir):
                 ', '.join(val_changed),
                 step_dir,
             )
-        position = int(jax.device_get(state.step)) % run.updates_per_epoch
+        epoch, position = divmod(int(jax.device_get(state.step)), run.updates_per_epoch)
+        run.train_ds.restore_unreadable(meta.get('unreadable_found', []), epoch, position)
         return state, meta.get('train_loss_partial') if position else None
     epoch, start = data_fingerprint.next_epoch_start(meta, run.updates_per_epoch)
     what = ' and '.join(changed)

@@ -58,15 +58,16 @@ def make_run_dir(output: str, experiment: str, model: str, img_size: int) -> Pat
         [datetime.datetime.now().strftime('%Y%m%d-%H%M%S'), model.replace('/', '_'), str(img_size)]
     )
     run_dir, count = root / name, 1
-    while run_dir.exists():
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir
+        except OSError as e:  # FileExistsError: there before, or made meanwhile by a trainer started at once
+            if not (isinstance(e, FileExistsError) and os.path.lexists(run_dir)):  # not a parent in the way
+                raise UserError(
+                    f'cannot create the run folder {str(run_dir)!r} ({e.strerror}); choose a writable --output'
+                ) from None
         run_dir, count = root / f'{name}-{count}', count + 1
-    try:
-        run_dir.mkdir(parents=True)
-    except OSError as e:
-        raise UserError(
-            f'cannot create the run folder {str(run_dir)!r} ({e.strerror}); choose a writable --output'
-        ) from None
-    return run_dir
 
 
 def _writes() -> bool:

@@ -39,7 +39,15 @@ import sys
 import jax
 import numpy as np
 
-from jax_ema import device, test_time_pool, validate_bulk, validate_metrics, validate_options, validate_retry
+from jax_ema import (
+    data_fingerprint,
+    device,
+    test_time_pool,
+    validate_bulk,
+    validate_metrics,
+    validate_options,
+    validate_retry,
+)
 from jax_ema.checkpoint import saved_members
 from jax_ema.cli import ArgumentParser, run_cli
 from jax_ema.data_config import resolve_data_config
@@ -223,6 +231,8 @@ def validate(
         data = args.get('data')  # the run's TFDS data_dir
 
     dataset = load_split(data, split, args, img_size, crop_pct, workers, interpolation, mean, std, datasets, crop)
+    if note := data_fingerprint.resplit_warning(metadata.get('data'), dataset, split, args):
+        log.warning(note)
     real = validate_metrics.check_dataset(dataset, num_classes, valid, real, step_dir, args, data)
     param_count = sum(int(np.size(x)) for x in jax.tree.leaves(variables['params']))
     log.info(

@@ -142,7 +142,8 @@ def test_the_data_fingerprint_sees_files_sizes_and_classes_not_where_the_folder_
 
 
 def _run(batch_size, updates_per_epoch):
-    return types.SimpleNamespace(batch_size=batch_size, updates_per_epoch=updates_per_epoch)
+    train_ds = types.SimpleNamespace(restore_unreadable=lambda found, epoch, step: None)  # no unreadable images
+    return types.SimpleNamespace(batch_size=batch_size, updates_per_epoch=updates_per_epoch, train_ds=train_ds)
 
 
 def test_another_global_batch_realigns_the_resume_to_the_next_epoch(caplog):

@@ -100,6 +100,7 @@ class Dataset:
             in_chans=cfg.in_chans,
         )
         self.unreadable = np.zeros(self.num_examples, bool)  # found so far; skipped from then on
+        self.found = {}  # index -> (epoch, step) of the training batch that found it unreadable (for a resume)
         self.skipped = {}  # epoch -> training slots whose image was replaced ('eval': rows masked out)
         policy = rand_augment.parse(cfg.auto_augment) if cfg.auto_augment else None
         decoded = source == 'digits' or (records is not None and records.decoded)
@@ -185,7 +186,7 @@ class Dataset:
             image, label = self._train_fn(inputs, label, tf.random.experimental.stateless_fold_in(epoch_key, i))
             return {'image': image, 'label': label}
 
-        return self._batches(plan, local, columns, load, epoch)
+        return self._batches(plan, local, columns, load, epoch, start_step)
 
     def eval_batches(self, batch_size: int, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
         """All examples in order, centre-cropped: uint8 {'image', 'label', 'mask'}.
@@ -216,6 +217,14 @@ class Dataset:
     def skipped_images(self, epoch) -> int:
         """Slots of training epoch `epoch` (or rows of the evaluations: 'eval') given up so far."""
         return self.skipped.get(epoch, 0)
+
+    def restore_unreadable(self, found, epoch: int, step: int) -> None:
+        """A resume at (epoch, step): the images an earlier session found unreadable before that batch are skipped
+        again. A truncated JPEG fails only where its crop window reaches past the cut, so a fresh process would
+        use it until its window failed again, and the batches would depend on where the run had been resumed."""
+        for index, found_epoch, found_step in found:
+            if (found_epoch, found_step) < (epoch, step) and index < self.num_examples:
+                self.unreadable[index], self.found[index] = True, (found_epoch, found_step)
 
     def _replacements(self, index: np.ndarray) -> np.ndarray:
         """`index` with each unreadable example replaced by the next readable one (cyclically)."""
@@ -249,7 +258,7 @@ class Dataset:
             options.threading.private_threadpool_size = workers
         return ds.with_options(options).as_numpy_iterator()
 
-    def _batches(self, plan, local_batch_size, columns, load, epoch):
+    def _batches(self, plan, local_batch_size, columns, load, epoch, first_step=0):
         """The batches of `plan` (one row per slot). A batch that fails to load is retried with its
         unreadable images found and skipped, from that batch on (nothing before it is redone)."""
         done, skipped = 0, 0
@@ -264,7 +273,8 @@ class Dataset:
                     done += 1
                     yield batch
             except tf.errors.OpError as err:
-                if not self._find_unreadable([column[rows] for column in inputs], source[rows], load, epoch):
+                batch = (epoch, first_step + done)
+                if not self._find_unreadable([column[rows] for column in inputs], source[rows], load, batch):
                     raise UserError(
                         f'reading a batch of images failed ({error_reason(err)}); check the data folder and the disk'
                     ) from None
@@ -279,8 +289,9 @@ class Dataset:
                 '%d unreadable images %s (%d files unreadable so far)', skipped, what, int(self.unreadable.sum())
             )
 
-    def _find_unreadable(self, columns, source, load, epoch) -> bool:
-        """Loads each example of one batch alone; marks those that fail. Whether any did."""
+    def _find_unreadable(self, columns, source, load, batch) -> bool:
+        """Loads each example of one batch ((epoch or 'eval', step)) alone; marks those that fail. Whether any did."""
+        epoch = batch[0]
         found = 0
         for row, index in enumerate(source):
             try:
@@ -289,6 +300,8 @@ class Dataset:
                 if self.unreadable[index]:
                     continue
                 self.unreadable[index] = True
+                if epoch != 'eval':
+                    self.found[int(index)] = batch
                 found += 1
                 log.warning(
                     'cannot read image %s (%s); skipping it: %s',

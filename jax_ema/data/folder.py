@@ -27,9 +27,11 @@ from jax_ema.errors import UserError
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # timm's IMG_EXTENSIONS, matched in any letter case
 TRAIN_SPLIT_SYNONYMS = ('train', 'training')  # timm.data.dataset_factory, in its search order
 EVAL_SPLIT_SYNONYMS = ('val', 'valid', 'validation', 'eval', 'evaluation')
+# Folders a file system or an archiver makes, never classes: a disk's root (DATA on its own volume), a macOS zip
+SYSTEM_FOLDERS = ('lost+found', '__MACOSX', '$RECYCLE.BIN', 'System Volume Information')
 SPLIT_SEED = 0  # the train/validation split of 'folders' and 'digits' never depends on --seed
 CACHE_ENV = 'JAX_EMA_CACHE'
-_LISTING_VERSION = b'jax_ema listing 1'
+_LISTING_VERSION = b'jax_ema listing 2'  # 2: SYSTEM_FOLDERS skipped
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +217,10 @@ def _mtime(entry) -> int:
 
 def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
     """(class folder name -> its image files, entries skipped). Hidden entries (.DS_Store,
-    .ipynb_checkpoints, ...) are skipped too; nested folders are not searched."""
+    .ipynb_checkpoints, ...) and SYSTEM_FOLDERS are skipped too; nested folders are not searched."""
     classes, skipped = {}, []
     for entry in entries:
-        if entry.name.startswith('.') or not entry.is_dir():
+        if entry.name.startswith('.') or entry.name in SYSTEM_FOLDERS or not entry.is_dir():
             skipped.append(entry.path)
             continue
         images = []
@@ -235,10 +237,12 @@ def _scan(root: str, entries) -> tuple[dict[str, list[str]], list[str]]:
         )
     for name, images in classes.items():
         if not images:
-            raise UserError(
-                f'class folder {printable(os.path.join(root, name))} holds no '
-                f'{"/".join(IMAGE_EXTENSIONS)} images; add images or remove the folder'
-            )
+            nested = [e.name for e in _scandir(os.path.join(root, name)) if e.is_dir() and not e.name.startswith('.')]
+            what = 'add images or remove the folder'
+            if nested:  # e.g. Tiny-ImageNet's train/<class>/images/ (timm would take 'images' as the class)
+                what = f'sub-folders such as {printable(nested[0])!r} are not searched: move its images up into it'
+            where = printable(os.path.join(root, name))
+            raise UserError(f'class folder {where} holds no {"/".join(IMAGE_EXTENSIONS)} images; {what}')
     return classes, skipped
 
 
@@ -307,7 +311,7 @@ def _decode(path: str):
     data = tf.io.read_file(os.fsencode(path))
     if tf.io.is_jpeg(data):
         return tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE')
-    return tf.io.decode_png(data, channels=3, dtype=tf.uint8)
+    return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
 def error_reason(err) -> str:

@@ -47,8 +47,9 @@ def decode_window(data, window_fn):
         )
         return wide[top - top0 : top - top0 + h, left - left0 : left - left0 + w], tf.stack([top, left]), shape[:2]
 
-    def other():
-        return crop_window(tf.io.decode_png(data, channels=3, dtype=tf.uint8), window_fn)
+    def other():  # PNG, and what PIL also reads under a .png/.jpg name: BMP, WebP, GIF (its first frame)
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        return crop_window(tf.ensure_shape(image, [None, None, 3]), window_fn)
 
     return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
