@@ -163,3 +163,85 @@ def test_each_example_gets_its_own_augmentation(tmp_path):
     train, _ = load(tmp_path, val_split_fraction=0.25)
     images = first(train.train_batches(6, epoch=0))['image']
     assert len({image.tobytes() for image in images}) == 6
+
+
+def resize_cases():
+    """(window, offset, in_size, out_size, start, size) for resize_region: odd sizes, 1-pixel windows and
+    outputs, shrinking, enlarging and both at once, regions of a larger resize (as eval's window), grey."""
+    rng = np.random.default_rng(14)
+    cases = [  # (window h, w, channels, offset, in_size, out_size, start, size)
+        (1, 1, 3, (0, 0), (1, 1), (7, 5), (0, 0), (7, 5)),
+        (1, 9, 3, (0, 0), (1, 9), (1, 4), (0, 0), (1, 4)),
+        (13, 1, 1, (0, 0), (13, 1), (3, 6), (0, 0), (3, 6)),
+        (61, 47, 3, (0, 0), (61, 47), (1, 1), (0, 0), (1, 1)),
+        (300, 260, 3, (0, 0), (300, 260), (224, 224), (0, 0), (224, 224)),  # the train crop
+        (33, 80, 3, (0, 0), (33, 80), (64, 29), (0, 0), (64, 29)),  # taller and narrower
+        (90, 120, 3, (30, 41), (150, 200), (73, 97), (11, 18), (41, 50)),  # eval: a window, a region
+        (70, 60, 3, (5, 2), (90, 64), (31, 70), (3, 9), (20, 41)),  # another, PIL's height first
+    ]
+    for _ in range(9):
+        h, w = rng.integers(2, 160, 2)
+        oh, ow = rng.integers(2, 160, 2)
+        cases.append((h, w, 3, (0, 0), (h, w), (oh, ow), (0, 0), (oh, ow)))
+    return [
+        (rng.integers(0, 256, (h, w, c), dtype=np.uint8),) + tuple(tuple(int(v) for v in t) for t in rest)
+        for h, w, c, *rest in cases
+    ]
+
+
+def scale_and_translate(image, size, scale, translation, kernel):
+    """One call of TensorFlow's 2-D op on [H, W, C], float32 out."""
+    return tf.raw_ops.ScaleAndTranslate(
+        images=image[None], size=size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
+    )[0].numpy()
+
+
+def two_2d_calls(window, size, scale, translation, kernel, height_first):
+    """PIL's two passes made of the 2-D op, each with the other axis at scale 1 (which bicubic leaves as it is),
+    rounded and clipped between and after, in either order."""
+    rows = ((scale[0], 1), (translation[0], 0))  # the height alone
+    columns = ((1, scale[1]), (0, translation[1]))  # the width alone
+    first, second = (rows, columns) if height_first else (columns, rows)
+    size_first = (size[0], window.shape[1]) if height_first else (window.shape[0], size[1])
+    between = np.clip(np.floor(scale_and_translate(window, size_first, *first, kernel) + 0.5), 0, 255)
+    return np.clip(np.floor(scale_and_translate(between.astype(np.uint8), size, *second, kernel) + 0.5), 0, 255)
+
+
+@pytest.mark.parametrize('interpolation', ['bilinear', 'box', 'bicubic'])
+def test_resize_passes_give_the_pixels_of_the_2d_op(interpolation):
+    """The 1-D passes (transposes, reshapes, translations) are TensorFlow's 2-D resampling bit for bit:
+    bilinear and box its one 2-D pass rounded once; bicubic its passes in either of PIL's orders."""
+    kernel = data.transforms.KERNELS[interpolation][0]
+    for window, offset, in_size, out_size, start, size in resize_cases():
+        scale = np.array(out_size, np.float32) / np.array(in_size, np.float32)  # as resize_region, in float32
+        translation = np.array(offset, np.float32) * scale - np.array(start, np.float32)
+        message = str((window.shape, out_size, size))
+        if interpolation != 'bicubic':
+            ours = data.transforms.resize_region(window, offset, in_size, out_size, start, size, interpolation)
+            expected = np.floor(scale_and_translate(window, size, scale, translation, kernel) + 0.5)
+            np.testing.assert_array_equal(ours.numpy(), expected.astype(np.uint8), err_msg=message)
+            continue
+        for height_first in (False, True):
+            ours = data.transforms._two_passes(window, size, scale, translation, kernel, height_first).numpy()
+            expected = two_2d_calls(window, size, scale, translation, kernel, height_first)
+            np.testing.assert_array_equal(ours, expected.astype(np.uint8), err_msg=message + str(height_first))
+
+
+@pytest.mark.parametrize('interpolation, mismatched', [('bilinear', 0.2), ('bicubic', 0.002), ('lanczos', 0.005)])
+def test_resize_matches_pil(interpolation, mismatched):
+    """Whole images against the installed PIL's resize (timm's), at sizes whose passes it takes in either order
+    (Pillow >= 13: the height first where it shrinks by over twice the width's pixels): within one level
+    everywhere, off by one on few pixels (bilinear: PIL rounds between its passes, we once). Box is the eval
+    test's alone: TensorFlow's box weighs a pixel on the filter's edge 1/2 where PIL takes it whole on one side,
+    which odd ratios hit."""
+    gaps, orders = [], set()
+    for window, *_ in resize_cases():
+        for out_h, out_w in ((window.shape[0] * 2 + 1, window.shape[1] // 3 + 1), (37, 64), (9, 6)):
+            image = Image.fromarray(window.squeeze(-1) if window.shape[-1] == 1 else window)
+            expected = np.asarray(image.resize((out_w, out_h), getattr(Image, interpolation.upper())), int)
+            ours = data.resize(window, (out_h, out_w), interpolation).numpy().reshape(expected.shape)
+            gaps.append(np.abs(ours - expected).ravel())
+            orders.add(bool(data.transforms.pillow_height_first(window.shape[:2], (out_h, out_w))))
+    gaps = np.concatenate(gaps)
+    assert orders == {False, True}
+    assert gaps.max() <= 1 and np.mean(gaps > 0) < mismatched, np.mean(gaps > 0)

@@ -7,6 +7,7 @@ prefetcher. Resizing is PIL's (antialiased when shrinking), which torchvision ca
 """
 
 import dataclasses
+import importlib.metadata
 import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
@@ -28,6 +29,19 @@ KERNELS = {
     'lanczos': ('lanczos3', 3.0),
     'box': ('box', 0.5),
 }
+
+
+def _pillow_major() -> int:
+    """The installed Pillow's major version (timm's resize is its): 13 (the newest behaviour) if none."""
+    try:
+        return int(importlib.metadata.version('pillow').split('.')[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return 13
+
+
+# Pillow >= 13 resamples the height first where it shrinks by more than twice as many pixels as the width
+# (python-pillow/Pillow#9549), before that always the width first (measured: tests/test_data_transforms.py).
+HEIGHT_FIRST_WHEN_SHRUNK_MORE = _pillow_major() >= 13
 _MARGIN = 1  # decode_and_crop_jpeg upsamples chroma differently at the window's edges: decode 1 px more
 
 
@@ -84,42 +98,68 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     """Rows start[0]..+size[0] and columns start[1]..+size[1] of PIL's resize of an `in_size` image to
     `out_size`, computed from `window`, that image's pixels from `offset` on (see `resize_support`).
 
-    PIL resamples rows, rounds to uint8 (clipping), then resamples columns, each with its filter widened
-    by the shrink factor (antialiasing). For filters without negative lobes (bilinear, box) one 2-D pass
-    in float32 rounded once lands within one level of that; bicubic and lanczos overshoot, so they take
-    PIL's two passes and its clipping between them."""
+    PIL resamples one axis, rounds to uint8 (clipping), then the other (`pillow_height_first`), each with its filter
+    widened by the shrink factor (antialiasing). For filters without negative lobes (bilinear, box) the float32
+    2-D resampling of TensorFlow's ScaleAndTranslate (the height first), rounded once, lands within one level of
+    that; bicubic and lanczos overshoot, so they take PIL's two passes in PIL's order and its clipping between
+    them. Each pass is one 1-D call (`_resample_rows`), the other axis moved outwards by a transpose."""
     kernel, _ = KERNELS[interpolation]
     scale = tf.cast(out_size, tf.float32) / tf.cast(in_size, tf.float32)
     offset, start = tf.cast(offset, tf.float32), tf.cast(start, tf.float32)
     translation = offset * scale - start
-    if kernel in ('triangle', 'box'):
-        resized = tf.raw_ops.ScaleAndTranslate(
-            images=window[None], size=size, scale=scale, translation=translation, kernel_type=kernel, antialias=True
-        )[0]
-        return round_to_uint8(resized)
     size = tf.cast(size, tf.int32)
-    columns = tf.transpose(window, [1, 0, 2])  # PIL resamples along the rows first
-    rows = tf.transpose(_resample_first_axis(columns, size[1], scale[1], translation[1], kernel), [1, 0, 2])
-    return _resample_first_axis(rows, size[0], scale[0], translation[0], kernel)
+    if kernel in ('triangle', 'box'):  # the 2-D op's arithmetic: the same floats, so the same pixels
+        tall = _resample_rows(window, size[0], scale[0], translation[0], kernel)  # [out H, W, C]
+        wide = _resample_rows(tf.transpose(tall, [1, 2, 0]), size[1], scale[1], translation[1], kernel)
+        return tf.transpose(round_to_uint8(wide), [2, 0, 1])  # [out W, C, out H] -> [out H, out W, C]
+    passes = lambda first: _two_passes(window, size, scale, translation, kernel, first)  # noqa: E731
+    if not HEIGHT_FIRST_WHEN_SHRUNK_MORE:
+        return passes(height_first=False)
+    return tf.cond(pillow_height_first(in_size, out_size), lambda: passes(True), lambda: passes(False))
 
 
-def _resample_first_axis(image, length, scale, translation, kernel):
-    """PIL's 1-D resampling of axis 0 of an [N, M, C] image to `length`, rounded and clipped to uint8.
+def pillow_height_first(in_size, out_size):
+    """Whether Pillow (>= 13) resamples the height first: where it shrinks by more than twice as many pixels
+    as the width (the width may grow)."""
+    in_size, out_size = tf.cast(in_size, tf.int32), tf.cast(out_size, tf.int32)
+    shrunk = in_size - out_size
+    return (shrunk[0] > 0) & (shrunk[0] > 2 * shrunk[1])
 
-    ScaleAndTranslate always resamples both axes, the second one scalar per channel: on the [H, W, 3] image a
-    pass that changes nothing (scale 1) cost as much as the real one. As a [1, N, 1, M * C] image the second
-    axis has one pixel (a copy) and the first is one vectorised pass over whole rows: the same sums, ~3x less
-    time for bicubic (the transposes included)."""
-    width = tf.shape(image)[1]
+
+def _two_passes(window, size, scale, translation, kernel, height_first):
+    """PIL's two passes, each rounded and clipped to uint8: the width then the height, or the reverse."""
+    if height_first:
+        tall = _clip_to_uint8(_resample_rows(window, size[0], scale[0], translation[0], kernel))  # [out H, W, C]
+        wide = _clip_to_uint8(_resample_rows(tf.transpose(tall, [1, 2, 0]), size[1], scale[1], translation[1], kernel))
+        return tf.transpose(wide, [2, 0, 1])
+    wide = _clip_to_uint8(_resample_rows(tf.transpose(window, [1, 2, 0]), size[1], scale[1], translation[1], kernel))
+    return _clip_to_uint8(_resample_rows(tf.transpose(wide, [2, 0, 1]), size[0], scale[0], translation[0], kernel))
+
+
+def _clip_to_uint8(resized):
+    """PIL's rounding between and after its passes: to the nearest whole number, clipped to 0..255. Clipping
+    x + 0.5 to [0, 255.5] and truncating is floor(x + 0.5) clipped, with one pass over the image fewer."""
+    return tf.cast(tf.clip_by_value(resized + 0.5, 0.0, 255.5), tf.uint8)
+
+
+def _resample_rows(image, length, scale, translation, kernel):
+    """ScaleAndTranslate's resampling of axis 0 of an [N, ...] image to `length`, float32 [length, ...].
+
+    The op resamples both axes of an [H, W, C] image, the width scalar per channel: that pass alone was ~2/3 of
+    a bilinear resize, and cost as much as a real one where it changes nothing (scale 1). As a
+    [1, N, 1, everything else] image the width is one pixel (a copy) and the height one vectorised pass over
+    whole rows: the same sums in the same order, so the same floats. For the width, the caller transposes
+    [H, W, C] -> [W, C, H] (channels moved too: TensorFlow's transpose costs ~1/3 of [W, H, C]'s in float32)."""
+    shape = tf.shape(image)
     resized = tf.raw_ops.ScaleAndTranslate(
-        images=tf.reshape(image, [1, tf.shape(image)[0], 1, -1]),
+        images=tf.reshape(image, [1, shape[0], 1, -1]),
         size=tf.stack([length, 1]),
         scale=tf.stack([scale, 1.0]),
         translation=tf.stack([translation, 0.0]),
         kernel_type=kernel,
         antialias=True,
     )
-    return tf.reshape(tf.saturate_cast(tf.floor(resized + 0.5), tf.uint8), [length, width, -1])
+    return tf.reshape(resized, tf.concat([[length], shape[1:]], 0))
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
