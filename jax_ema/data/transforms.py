@@ -7,7 +7,6 @@ prefetcher. Resizing is PIL's (antialiased when shrinking), which torchvision ca
 """
 
 import dataclasses
-import importlib.metadata
 import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
@@ -34,8 +33,10 @@ KERNELS = {
 def _pillow_major() -> int:
     """The installed Pillow's major version (timm's resize is its): 13 (the newest behaviour) if none."""
     try:
-        return int(importlib.metadata.version('pillow').split('.')[0])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
+        import PIL  # pylint: disable=g-import-not-at-top
+
+        return int(PIL.__version__.split('.')[0])
+    except (ImportError, ValueError):
         return 13
 
 
