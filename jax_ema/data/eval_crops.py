@@ -54,30 +54,14 @@ def eval_image(source, cfg, decoded=False):
         new_size = tf.cast(tf.round(sides / ratio), tf.int32)  # round half to even, as Python's
         start = tf.cast(tf.round(tf.cast(tf.maximum(new_size - target, 0), tf.float64) / 2.0), tf.int32)
     size = tf.minimum(new_size, target)  # border mode: a side shorter than img_size is padded
-    image = _resize(image, shape, new_size, cfg.interpolation)[
+    image = transforms.resize(
+        image, new_size, cfg.interpolation
+    )[  # whole, in Pillow's pass order
         start[0] : start[0] + size[0], start[1] : start[1] + size[1]
     ]
     if mode == 'border':
         image = _pad_to(image, target, size, [round(255 * m) for m in cfg.mean], getattr(cfg, 'channels', 3))
     return tf.ensure_shape(image, (target, target, getattr(cfg, 'channels', 3)))
-
-
-def _resize(image, shape, new_size, interpolation):
-    """PIL's resize of `image` (of `shape`) to `new_size`, whole.
-
-    Pillow (>= 13) resamples the columns first where the height shrinks by more than twice as many pixels as the
-    width (else the rows first), rounding to uint8 in between; with a squash that can be the case for any image.
-    transforms.resize resamples the rows first, so that order takes two calls here, each changing one side."""
-    if transforms.KERNELS[interpolation][0] in ('triangle', 'box'):  # one 2-D pass (no clipping between passes)
-        return transforms.resize(image, new_size, interpolation)
-    shrink = shape - new_size
-    return tf.cond(
-        (shrink[0] > 0) & (shrink[0] > 2 * shrink[1]),
-        lambda: transforms.resize(
-            transforms.resize(image, [new_size[0], shape[1]], interpolation), new_size, interpolation
-        ),
-        lambda: transforms.resize(image, new_size, interpolation),
-    )
 
 
 def _pad_to(image, target, size, fill, channels):
