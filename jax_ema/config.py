@@ -101,6 +101,7 @@ class Config(
             object.__setattr__(self, key, value)
         for key, value in _resolve_data_config(self).items():
             object.__setattr__(self, key, value)
+        object.__setattr__(self, 'class_map', data.class_map_path(self.class_map))  # args.yaml: from anywhere
         for check in _CHECKS:
             check(self)
 

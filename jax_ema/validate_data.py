@@ -4,6 +4,8 @@ checkpoints of a sweep that use one data config."""
 
 from __future__ import annotations
 
+import os
+
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from jax_ema.errors import UserError
 
@@ -30,6 +32,14 @@ def load_split(
     is_train = split in data_lib.TRAIN_SPLIT_SYNONYMS and not tfds  # a TFDS split is read as it is named
     if data is None and not tfds and not is_train and split not in data_lib.EVAL_SPLIT_SYNONYMS:
         raise UserError(f'the built-in digits data has no split {split!r}; use --split validation or train')
+    class_map = args.get('class_map') or ''  # the run's: absolute where the trainer found it from its directory
+    places = (class_map, os.path.join(os.path.expanduser(data or ''), class_map))  # as given, else under DATA
+    if class_map and not tfds and not any(os.path.isfile(p) for p in places):
+        where = '' if os.path.isabs(class_map) else ' (looked for from here and under DATA)'
+        raise UserError(
+            f"the run's --class-map {class_map!r}{where} is not found; put the file back, or set class_map in the "
+            "run's args.yaml to where it is now"
+        )
     cfg = data_lib.DataConfig(
         data_dir=data,
         train_split=split if is_train else args.get('train_split', 'train'),
@@ -47,7 +57,7 @@ def load_split(
         target_key=args.get('target_key') or 'label',
         download=bool(args.get('dataset_download')),
         num_classes=args.get('num_classes') if tfds else None,
-        class_map=args.get('class_map') or '',  # the run's --class-map labels the folders as in training
+        class_map=class_map,  # the run's --class-map labels the folders as in training
         crop_mode=crop[0],
         crop_border_pixels=crop[1],
     )

@@ -81,6 +81,48 @@ def test_resume_mid_epoch_split_slices_and_bad_records_skipped_in_place(data_dir
     assert data_fingerprint.changes(fingerprints[0], fingerprints[2], 'validation') == []
 
 
+class _Killed(BaseException):
+    """A process killed where it stands."""
+
+
+def test_two_processes_caching_one_tfrecord_table_at_once_never_leave_a_torn_one(data_dirs, tmp_path, monkeypatch):
+    """Two processes scan one TFRecord file at once: the second is killed just after opening its temporary file,
+    between the first's write and rename. The first's table is still the one published, whole; and a reader that
+    meets an empty, torn or implausible table scans the file again and rewrites it."""
+    monkeypatch.setenv(data.folder.CACHE_ENV, str(tmp_path / 'first'))
+    train, _ = _load(data_dirs['tfrecord'])
+    path = train.records.instructions[0].filename
+    want = data.tfds.record_offsets(path)
+    assert want.size == 12 and want[0] == 0
+    monkeypatch.setenv(data.folder.CACHE_ENV, str(tmp_path / 'race'))  # a cache with no table yet
+    save, calls = np.save, []
+
+    def interleaved(file, table, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:  # the second process, killed as soon as np.save opened (truncated) its file
+            if isinstance(file, str):
+                open(file, 'wb').close()
+            raise _Killed
+        save(file, table, *args, **kwargs)
+        if len(calls) == 1:  # the first wrote its table; the second writes before the first renames it
+            with pytest.raises(_Killed):
+                data.tfds.record_offsets(path)
+
+    monkeypatch.setattr(np, 'save', interleaved)
+    np.testing.assert_array_equal(data.tfds.record_offsets(path), want)
+    monkeypatch.setattr(np, 'save', save)
+    (cached,) = (tmp_path / 'race' / 'listings').glob('*.npy')
+    np.testing.assert_array_equal(np.load(cached), want)  # whole, not the killed writer's empty file
+    whole = cached.read_bytes()
+    for damaged in (b'', whole[:100], whole[:-8], np.array([0, 40, 20], np.int64)):
+        if isinstance(damaged, bytes):
+            cached.write_bytes(damaged)
+        else:
+            np.save(cached, damaged)
+        np.testing.assert_array_equal(data.tfds.record_offsets(path), want)
+        assert cached.read_bytes() == whole  # scanned again and rewritten
+
+
 def test_each_process_reads_its_own_rows_together_every_example_once(tmp_path):
     """4 processes, global batch 8 over 34 examples: each reads 2 rows of each of the 4 batches, no example
     twice, all of them those of the epoch's order (the 2 left over dropped, as timm's drop_last)."""

@@ -116,16 +116,18 @@ def test_no_effect_flags_are_accepted_and_unbuilt_ones_refused():
 
 
 @pytest.mark.slow
-def test_cli_with_the_options(tmp_path, capsys):
+def test_cli_with_the_options(tmp_path, capsys, monkeypatch):
+    """Trained from one directory with a relative --class-map; validated, resumed (-c RUN/args.yaml) from another."""
     from jax_ema.train import main
 
     root = class_folders(tmp_path / 'ds', ['ant', 'bee', 'cat'], per_class=4)
     (tmp_path / 'map.txt').write_text('bee\nant\n')
+    monkeypatch.chdir(tmp_path)
     argv = [
         str(root),
         *('--model', 'resnet18', '--img-size', str(IMG), '-b', '2', '--epochs', '1', '--warmup-epochs', '0'),
         *('--lr', '0.01', '--log-interval', '2', '--output', str(tmp_path / 'out'), '--experiment', 'x'),
-        *('--class-map', str(tmp_path / 'map.txt'), '--train-batches-per-epoch', '5', '--save-images'),
+        *('--class-map', 'map.txt', '--train-batches-per-epoch', '5', '--save-images'),
         *('--head-init-scale', '0.5', '--head-init-bias', '0', '--opt-kwargs', 'eps=1e-6', '--grad-checkpointing'),
     ]
     assert main(argv) == 0
@@ -142,17 +144,22 @@ def test_cli_with_the_options(tmp_path, capsys):
     meta = checkpoint.read_metadata(checkpoint.resolve(run))
     assert meta['num_classes'] == 2 and meta['updates_per_epoch'] == 5  # 5 updates: the epoch of 8 images wrapped
     assert meta['model_kwargs'] == dict(grad_checkpointing=True)  # validated and resumed below
-    from jax_ema.validate import validate
+    from jax_ema.validate import main as validate_main, validate
 
-    checked = validate(run, root)  # the run's --class-map labels the folders again
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    checked = validate(run, root)  # the run's --class-map (recorded absolute) labels the folders again
     assert checked['num_images'] == 8 and checked['top1'] == results['final']['raw']['top1']
     # a resume with another epoch length goes on from the next epoch's start under the new length
-    resumed = [*argv, '--epochs', '2', '--train-batches-per-epoch', '3', '--resume', str(run)]  # the last wins
+    resumed = ['-c', str(run / 'args.yaml'), '--epochs', '2', '--train-batches-per-epoch', '3', '--resume', str(run)]
     assert main(resumed) == 0
     out = capsys.readouterr()
     assert 'updates per epoch (5 -> 3)' in out.out + out.err
     meta = checkpoint.read_metadata(checkpoint.resolve(run))
     assert meta['epoch'] == 1 and meta['updates_per_epoch'] == 3
+    (tmp_path / 'map.txt').unlink()
+    assert validate_main([str(root), '--checkpoint', str(run)]) == 2
+    assert f"the run's --class-map {str(tmp_path / 'map.txt')!r} is not found" in error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,16 @@ def test_class_map_refusals(tmp_path):
         parse_args(['--dataset', 'tfds/x', '--class-map', 'm.txt'])
 
 
+def test_a_class_map_found_from_the_working_directory_is_recorded_absolute(tmp_path, monkeypatch):
+    """So the run's args.yaml finds it from any directory; a name found only under DATA is kept (timm's rule)."""
+    root = class_folders(tmp_path / 'ds', ['ant', 'bee'])
+    (tmp_path / 'map.txt').write_text('ant\nbee\n')
+    (root / 'in-data.txt').write_text('bee\nant\n')
+    monkeypatch.chdir(tmp_path)
+    assert parse_args([str(root), '--class-map', 'map.txt']).class_map == str(tmp_path / 'map.txt')
+    assert parse_args([str(root), '--class-map', 'in-data.txt']).class_map == 'in-data.txt'
+
+
 # --- --input-img-mode --------------------------------------------------------------------------------------
 
 

@@ -13,10 +13,12 @@ array already decoded) is taken as it is. The label is the `--target-key` featur
 class names and, without --num-classes, their number).
 """
 
+import contextlib
 import hashlib
 import logging
 import os
 import struct
+import tempfile
 
 import numpy as np
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
@@ -187,8 +189,10 @@ def record_offsets(path: str) -> np.ndarray:
     key = hashlib.sha256(f'tfrecord offsets 1\0{path}\0{stat.length}\0{stat.mtime_nsec}'.encode()).hexdigest()
     cached = os.path.join(cache_dir(), key + '.npy')
     try:
-        return np.load(cached, allow_pickle=False)
-    except (OSError, ValueError):
+        table = np.load(cached, allow_pickle=False)
+        if _plausible(table, stat.length):
+            return table
+    except (OSError, ValueError, EOFError):  # none yet, or damaged (a killed writer): scanned again below
         pass
     offsets, position = [], 0
     with tf.io.gfile.GFile(path, 'rb') as f:
@@ -200,13 +204,34 @@ def record_offsets(path: str) -> np.ndarray:
             offsets.append(position)
             position += _HEADER + struct.unpack('<Q', header)[0] + 4
     offsets = np.array(offsets, np.int64)
+    _write_table(cached, offsets)
+    return offsets
+
+
+def _write_table(cached: str, offsets: np.ndarray) -> None:
+    """Best effort, atomic: written under a temporary name of its own (processes scanning one file at once never
+    write into one another's), then renamed into place."""
+    tmp = None
     try:
         os.makedirs(cache_dir(), exist_ok=True)
-        np.save(cached + '.tmp.npy', offsets)
-        os.replace(cached + '.tmp.npy', cached)
+        with tempfile.NamedTemporaryFile(dir=cache_dir(), suffix='.tmp', delete=False) as f:
+            tmp = f.name
+            np.save(f, offsets)
+        os.replace(tmp, cached)
     except OSError as err:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         log.debug('TFRecord offsets not cached (%s)', err)
-    return offsets
+
+
+def _plausible(table: np.ndarray, length: int) -> bool:
+    """A table of offsets as the scan writes it: int64, from 0, increasing, each inside the file."""
+    if table.dtype != np.int64 or table.ndim != 1:
+        return False
+    if table.size == 0:
+        return length == 0
+    return table[0] == 0 and table[-1] < length and bool((np.diff(table) > 0).all())
 
 
 def load(cfg) -> tuple[tuple[str, ...], Records, Records]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from jax_ema.errors import UserError
 from jax_ema.flags import flag, non_negative
@@ -76,6 +77,14 @@ def check(c) -> None:
     input_channels(c)
     if c.class_map and tfds_name(c.dataset):
         raise UserError('--class-map applies to image folders; TFDS datasets keep their own labels here')
+
+
+def class_map_path(class_map: str) -> str:
+    """--class-map as an absolute path where it names a file from the working directory (timm looks there first),
+    so that the run's args.yaml finds it from any directory (validate, a resume); else as given (under DATA)."""
+    if class_map and not os.path.isabs(class_map) and os.path.isfile(class_map):
+        return os.path.abspath(class_map)
+    return class_map
 
 
 IMG_MODES = {'RGB': 3, 'L': 1}  # PIL mode -> channels
