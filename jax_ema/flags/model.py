@@ -128,11 +128,6 @@ def check(c) -> None:
             f'--in-chans 1 needs one --mean and one --std value (got {list(c.mean)} and {list(c.std)}, per RGB '
             'channel); e.g. --mean 0.5 --std 0.5 (timm fails without them too)'
         )
-    if c.in_chans == 1 and c.pretrained:
-        raise UserError(
-            "--in-chans 1 with --pretrained: the pretrained stem is RGB and is not adapted here (timm's "
-            'adapt_input_conv is not built); train from scratch or keep 3 channels'
-        )
     if c.gp is not None:
         pool_type(c.gp)
     extra_model_kwargs(c)
