@@ -52,7 +52,12 @@ class ModelFlags:
         "classifier's input; default: the model's, avg)",
         metavar='POOL',
     )
-    in_chans: int | None = flag('model', None, 'image input channels: 3, or 1 for greyscale (default: 3)', metavar='N')
+    in_chans: int | None = flag(
+        'model',
+        None,
+        'image input channels: 3, or 1 for greyscale (--pretrained: the RGB first conv summed, as timm) (default: 3)',
+        metavar='N',
+    )
     bn_eps: float | None = flag(
         'model', None, "BatchNorm epsilon override (EfficientNet / MobileNetV3 as in timm; default: the model's)"
     )
