@@ -101,6 +101,13 @@ def classifier(model_name: str, num_classes: int, arch: dict | None = None) -> d
     }
 
 
+def timm_entry(model_name: str, timm_key: str, arch: dict | None = None) -> tuple[tuple, tuple]:
+    """(flax path, timm shape) of the variable timm names `timm_key` (one that does not depend on num_classes,
+    e.g. the first conv's 'conv1.weight')."""
+    path, _, timm_shape, _ = _mapping(model_name, 1, _arch(arch))[timm_key]
+    return path, timm_shape
+
+
 def num_classes(model_name: str, state_dict: dict, arch: tuple = ()) -> int:
     """The number of classes of a timm state_dict's classifier (UserError where it is missing or malformed)."""
     return _num_classes_from_timm(model_name, state_dict, arch)

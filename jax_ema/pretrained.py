@@ -5,19 +5,24 @@ converted by `convert.to_flax`, with the classifier handled as timm's `load_pret
 is `hf_hub_download(hub_id, 'model.safetensors')`, so the hub's cache and settings apply (HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN). When the file's classifier does not fit the run's classes (or the
 file has none) the classifier keeps its fresh initialisation and one log line says so; when it fits it
-is loaded. The EMA then starts from these weights, as timm's ModelEmaV3 copies the model it is given.
+is loaded. With `--in-chans N` (N != 3) the file's 3-channel first conv (timm's pretrained_cfg 'first_conv')
+is adapted as timm's `adapt_input_conv` does it: summed over RGB for 1 channel, else the RGB filters repeated,
+cut to N and scaled by 3/N. The EMA then starts from these weights, as timm's ModelEmaV3 copies the model it is
+given.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
 
 from jax_ema import convert, data_config, timm_io
 from jax_ema.errors import UserError
-from jax_ema.pretrained_cfgs import PretrainedCfg, split_model_name
+from jax_ema.models import in_chans as model_in_chans
+from jax_ema.pretrained_cfgs import PretrainedCfg, first_conv, lookup, split_model_name
 
 log = logging.getLogger('jax_ema.pretrained')
 
@@ -82,11 +87,68 @@ def read_weights(model: str, pretrained_path=None) -> dict:
     return timm_io.load_timm_state_dict(pretrained_path)  # logs the file
 
 
-def load_pretrained(model: str, num_classes: int, init_variables, state_dict: dict, arch: dict | None = None) -> dict:
-    """float32 {'params', 'batch_stats'} (numpy) for create_model(model, num_classes): the timm `state_dict`,
-    with the classifier of `init_variables` (the model's initialisation; read only then) when the
-    state_dict's does not fit `num_classes`."""
+def adapt_input_conv(in_chans: int, weight: np.ndarray, base_chans: int = 3) -> np.ndarray:
+    """A first conv's OIHW `weight` (`base_chans` input channels) for `in_chans` input channels, as timm's
+    adapt_input_conv: 1 channel sums the filters over the input channels; more repeat them ceil(in_chans /
+    base_chans) times, cut to in_chans, scaled by base_chans / in_chans. Computed in float32 and returned in
+    the weight's dtype (timm: `.float()`, then `.to(conv_type)`)."""
+    if in_chans == base_chans:
+        return weight
+    weight32 = np.asarray(weight).astype(np.float32)
+    if in_chans == 1:
+        adapted = weight32.sum(axis=1, keepdims=True)
+    else:
+        repeats = math.ceil(in_chans / base_chans)
+        adapted = np.tile(weight32, (1, repeats, 1, 1))[:, :in_chans] * np.float32(base_chans / in_chans)
+    return adapted.astype(weight.dtype)
+
+
+def adapt_first_conv(model: str, state_dict: dict, arch: dict | None = None) -> tuple[dict, dict]:
+    """(state_dict, fresh): the first conv of `state_dict` made to fit the model's in_chans (`arch`), where and as
+    timm's load_pretrained adapts it; `fresh` {timm key: (flax path, timm shape)} names a first conv timm cannot
+    adapt (not 4-D), which then keeps the model's initialisation. A 4-D first conv without the pretrained
+    config's input channels (timm's input_size[0], 3) that does not fit the model is refused in one line."""
     architecture = split_model_name(model)[0]
+    name, in_chans = first_conv(architecture), model_in_chans(arch)
+    cfg = lookup(model)
+    base_chans = cfg.input_size[0] if cfg else 3
+    key = f'{name}.weight'
+    if key not in state_dict:  # to_flax names the missing key
+        return state_dict, {}
+    weight = np.asarray(state_dict[key])
+    path, shape = convert.timm_entry(architecture, key, arch)
+    if weight.shape == shape:
+        if in_chans != base_chans:
+            log.warning(
+                'Pretrained %s weights already match the model (%d input channels), not the %d of its pretrained '
+                'config: loaded unchanged',
+                name,
+                in_chans,
+                base_chans,
+            )
+        return state_dict, {}
+    if weight.ndim == 4 and weight.shape[1] != base_chans:  # timm's consistency check (our stems: groups 1)
+        raise UserError(
+            f'the pretrained {key} has shape {weight.shape}: {weight.shape[1]} input channels, not the '
+            f'{base_chans} of {architecture} pretrained weights, and the model takes {in_chans} (--in-chans); '
+            f'give weights with {base_chans} or {in_chans} input channels'
+        )
+    if in_chans == base_chans:  # another shape: to_flax names the mismatch
+        return state_dict, {}
+    if weight.ndim != 4:  # timm: NotImplementedError, the layer keeps its initialisation
+        log.warning('Unable to convert pretrained %s weights, using random init for this layer', name)
+        return dict(state_dict, **{key: np.zeros(shape, np.float32)}), {key: (path, shape)}
+    log.info('Converted input conv %s pretrained weights from %d to %d channel(s)', name, base_chans, in_chans)
+    return dict(state_dict, **{key: adapt_input_conv(in_chans, weight, base_chans)}), {}
+
+
+def load_pretrained(model: str, num_classes: int, init_variables, state_dict: dict, arch: dict | None = None) -> dict:
+    """float32 {'params', 'batch_stats'} (numpy) for create_model(model, num_classes, **arch): the timm
+    `state_dict`, its first conv adapted to --in-chans (adapt_first_conv), with the classifier of
+    `init_variables` (the model's initialisation; read only then) when the state_dict's does not fit
+    `num_classes`."""
+    architecture = split_model_name(model)[0]
+    state_dict, fresh = adapt_first_conv(model, state_dict, arch)
     head = convert.classifier(architecture, num_classes, arch)
     fits = all(key in state_dict and np.shape(state_dict[key]) == shape for key, (_, shape) in head.items())
     if fits:
@@ -98,13 +160,13 @@ def load_pretrained(model: str, num_classes: int, init_variables, state_dict: di
             num_classes,
         )
         state_dict = dict(state_dict, **{key: np.zeros(shape, np.float32) for key, (_, shape) in head.items()})
+        fresh.update(head)
     variables = convert.to_flax(architecture, state_dict, arch)
-    if not fits:
-        for flax_path, _ in head.values():
-            fresh, node = init_variables, variables
-            for part in flax_path[:-1]:
-                fresh, node = fresh[part], node[part]
-            node[flax_path[-1]] = np.array(fresh[flax_path[-1]], np.float32)
+    for flax_path, _ in fresh.values():
+        init, node = init_variables, variables
+        for part in flax_path[:-1]:
+            init, node = init[part], node[part]
+        node[flax_path[-1]] = np.array(init[flax_path[-1]], np.float32)
     return _float32(variables)
 
 

@@ -143,6 +143,11 @@ for _cfg in _ROWS:
     DEFAULT_TAGS.setdefault(_cfg.architecture, _cfg.tag)
 
 
+def first_conv(architecture: str) -> str:
+    """timm's pretrained_cfg 'first_conv' of `architecture`: the module whose weight --in-chans adapts."""
+    return 'conv1' if architecture.startswith('resnet') else 'conv_stem'
+
+
 def split_model_name(name: str) -> tuple[str, str]:
     """'resnet50.a1_in1k' -> ('resnet50', 'a1_in1k'); 'resnet50' -> ('resnet50', ''), as timm's
     split_model_name_tag."""

@@ -15,7 +15,7 @@ import yaml
 
 from cli_output import error_line
 from hub_cache import offline_hub, write_hub_cache
-from jax_ema import checkpoint, pretrained, pretrained_cfgs, reporting
+from jax_ema import checkpoint, pretrained, pretrained_cfgs, reporting, timm_io
 from jax_ema.config import DIGITS_DEFAULTS, parse_args
 from jax_ema.convert import to_flax, to_timm
 from jax_ema.data_config import resolve_data_config
@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAD = {('params', 'fc', 'kernel'), ('params', 'fc', 'bias')}  # resnet18's classifier
 
 
-def _init(model_name, num_classes, seed):
-    model = create_model(model_name, num_classes)
-    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, IMG, IMG, 3)), train=False))
+def _init(model_name, num_classes, seed, in_chans=3):
+    model = create_model(model_name, num_classes, in_chans=in_chans)
+    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, IMG, IMG, in_chans)), train=False))
     return jax.device_get(init(jax.random.PRNGKey(seed)))
 
 
@@ -81,6 +81,76 @@ def test_classifier_starts_afresh_when_the_classes_differ(hub_weights, caplog, d
 def test_weights_of_another_architecture_are_one_line(hub_weights):
     with pytest.raises(UserError, match="missing key 'layer1.2.*resnet34"):
         pretrained.load_pretrained('resnet34', 5, _init('resnet34', 5, seed=0), hub_weights)
+
+
+# --- --in-chans: the first conv adapted, as timm's adapt_input_conv -----------------------------------
+
+
+def _logits(variables, x, in_chans):
+    model = create_model('resnet18', 1000, in_chans=in_chans)
+    with jax.default_matmul_precision('highest'):
+        return np.asarray(model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize('in_chans', [1, 6])
+def test_in_chans_adapts_the_first_conv_so_replicated_rgb_gives_the_rgb_logits(hub_weights, caplog, in_chans):
+    """1 channel: the filters summed over RGB, so a grey image g gives the RGB model's logits on (g, g, g);
+    6 channels: RGB repeated and halved, so (R, G, B, R, G, B) gives the logits of (R, G, B). Every other
+    weight is the file's; one log line says what was converted."""
+    caplog.set_level('INFO', logger='jax_ema.pretrained')
+    rgb = pretrained.load_pretrained('resnet18', 1000, None, hub_weights)
+    got = pretrained.load_pretrained('resnet18', 1000, None, hub_weights, dict(in_chans=in_chans))
+    assert got['params']['conv1']['kernel'].shape == (7, 7, in_chans, 64)
+    assert got['params']['conv1']['kernel'].dtype == np.float32
+    same, theirs = _flat(got), _flat(rgb)
+    assert same.keys() == theirs.keys()
+    for path, value in same.items():
+        if path != ('params', 'conv1', 'kernel'):
+            np.testing.assert_array_equal(value, theirs[path], err_msg=str(path))
+    x = np.random.RandomState(0).rand(2, IMG, IMG, 3).astype(np.float32)
+    if in_chans == 1:
+        x, wide = x[..., :1], np.repeat(x[..., :1], 3, axis=-1)
+    else:
+        x, wide = np.concatenate([x, x], axis=-1), x
+    expected = _logits(rgb, wide, 3)
+    np.testing.assert_allclose(_logits(got, x, in_chans), expected, atol=1e-5 * np.abs(expected).max())
+    assert f'Converted input conv conv1 pretrained weights from 3 to {in_chans} channel(s)' in caplog.text
+
+
+def test_first_conv_that_already_fits_in_chans_is_loaded_unchanged(caplog):
+    """A file whose first conv has the model's channels already (e.g. exported from a --in-chans 1 run) is
+    loaded as it is, with timm's warning that the pretrained config declares 3."""
+    grey = to_timm('resnet18', _init('resnet18', 1000, seed=2, in_chans=1), dict(in_chans=1))
+    caplog.set_level('INFO', logger='jax_ema.pretrained')
+    got = pretrained.load_pretrained('resnet18', 1000, None, grey, dict(in_chans=1))
+    np.testing.assert_array_equal(got['params']['conv1']['kernel'], grey['conv1.weight'].transpose(2, 3, 1, 0))
+    assert 'Pretrained conv1 weights already match the model (1 input channels), not the 3 of its' in caplog.text
+    assert 'Converted input conv' not in caplog.text
+
+
+@pytest.mark.parametrize('file_chans,in_chans', [(1, 3), (2, 1)])
+def test_first_conv_of_other_channels_is_one_line(hub_weights, file_chans, in_chans):
+    """A first conv with neither the pretrained config's 3 channels nor the model's: refused (timm raises too)."""
+    weights = dict(hub_weights, **{'conv1.weight': hub_weights['conv1.weight'][:, :file_chans]})
+    with pytest.raises(UserError) as e:
+        pretrained.load_pretrained('resnet18', 1000, None, weights, dict(in_chans=in_chans))
+    assert str(e.value) == (
+        f'the pretrained conv1.weight has shape (64, {file_chans}, 7, 7): {file_chans} input channels, not the 3 '
+        f'of resnet18 pretrained weights, and the model takes {in_chans} (--in-chans); give weights with 3 or '
+        f'{in_chans} input channels'
+    )
+
+
+def test_first_conv_timm_cannot_adapt_keeps_the_initialisation(hub_weights, caplog):
+    """A first conv that is not 4-D: timm's adapt_input_conv cannot adapt it, so the layer keeps its random
+    initialisation (timm's warning) and the rest is the file's."""
+    caplog.set_level('INFO', logger='jax_ema.pretrained')
+    weights = dict(hub_weights, **{'conv1.weight': hub_weights['conv1.weight'].reshape(64, -1)})
+    init = _init('resnet18', 1000, seed=0, in_chans=1)
+    got = _flat(pretrained.load_pretrained('resnet18', 1000, init, weights, dict(in_chans=1)))
+    np.testing.assert_array_equal(got[('params', 'conv1', 'kernel')], _flat(init)[('params', 'conv1', 'kernel')])
+    np.testing.assert_array_equal(got[('params', 'fc', 'kernel')], hub_weights['fc.weight'].T)
+    assert 'Unable to convert pretrained conv1 weights, using random init for this layer' in caplog.text
 
 
 # --- tags and the hub ------------------------------------------------------------------------------
@@ -265,6 +335,46 @@ def test_cli_pretrained_from_an_offline_hub_cache(tmp_path, hub_weights):
     assert got['top1'] == pytest.approx(float(row['ema_eval_top1']))
     results = json.loads((run / 'results.json').read_text())
     assert results['final']['ema']['loss'] == pytest.approx(got['loss'], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_cli_pretrained_greyscale_trains_validates_and_exports(tmp_path, hub_weights, capsys):
+    """--pretrained --in-chans 1 from an offline hub cache (lr 1e-30: the weights cannot move): the run starts
+    from the RGB stem summed over its channels, its checkpoint records in_chans 1, validate rebuilds the
+    1-channel model and gets the run's EMA numbers, export writes a 1-channel conv1 and prints in_chans=1."""
+    from jax_ema.export import main as export_main
+    from jax_ema.train import main as train_main
+
+    data = _image_folder(tmp_path / 'ds')
+    write_hub_cache(tmp_path / 'hub', 'timm/resnet18.a1_in1k', hub_weights)
+    argv = [str(data), '--model', 'resnet18', '--pretrained', '--in-chans', '1', '--mean', '0.5', '--std', '0.5']
+    argv += ['--img-size', str(IMG), '-b', '4', '--epochs', '1', '--warmup-epochs', '0', '--lr', '1e-30', '-j', '1']
+    argv += ['--model-ema', '--model-ema-decay', '0.9', '--output', str(tmp_path / 'out'), '--experiment', 'grey']
+    with offline_hub(tmp_path / 'hub'):
+        assert train_main(argv) == 0
+    run = tmp_path / 'out' / 'grey'
+    step_dir = checkpoint.resolve(run)
+    tree, meta = checkpoint.restore_tree(step_dir), checkpoint.read_metadata(step_dir)
+    summed = hub_weights['conv1.weight'].sum(axis=1, keepdims=True).transpose(2, 3, 1, 0)
+    for weights in ('params', 'ema_params'):
+        np.testing.assert_allclose(tree[weights]['conv1']['kernel'], summed, rtol=1e-6, atol=1e-20)
+    assert meta['model_kwargs'] == dict(in_chans=1)
+    assert meta['pretrained'] == 'timm/resnet18.a1_in1k'
+    assert meta['data_config']['input_size'] == [1, IMG, IMG]
+
+    row = reporting.read_summary(run)[-1]
+    got = validate(run, data=data, use_ema=True, workers=1)
+    # rel 1e-4, not 1e-5: the run's evaluation decodes the images as 'L' on the host, validate decodes RGB and
+    # greys on the device (the same with or without --pretrained; a grey level's rounding after the resize)
+    assert got['loss'] == pytest.approx(float(row['ema_eval_loss']), rel=1e-4)
+    assert got['top1'] == pytest.approx(float(row['ema_eval_top1']))
+
+    out = tmp_path / 'grey.safetensors'
+    capsys.readouterr()
+    assert export_main(['--checkpoint', str(run), '--use-ema', '--out', str(out)]) == 0
+    assert 'in_chans=1' in capsys.readouterr().out
+    exported = timm_io.load_timm_state_dict(out)
+    np.testing.assert_allclose(exported['conv1.weight'], hub_weights['conv1.weight'].sum(1, keepdims=True), rtol=1e-6)
 
 
 def test_pth_without_torch_is_one_line(tmp_path):

@@ -52,7 +52,12 @@ class ModelFlags:
         "classifier's input; default: the model's, avg)",
         metavar='POOL',
     )
-    in_chans: int | None = flag('model', None, 'image input channels: 3, or 1 for greyscale (default: 3)', metavar='N')
+    in_chans: int | None = flag(
+        'model',
+        None,
+        'image input channels: 3, or 1 for greyscale (--pretrained: the RGB first conv summed, as timm) (default: 3)',
+        metavar='N',
+    )
     bn_eps: float | None = flag(
         'model', None, "BatchNorm epsilon override (EfficientNet / MobileNetV3 as in timm; default: the model's)"
     )
@@ -127,11 +132,6 @@ def check(c) -> None:
         raise UserError(
             f'--in-chans 1 needs one --mean and one --std value (got {list(c.mean)} and {list(c.std)}, per RGB '
             'channel); e.g. --mean 0.5 --std 0.5 (timm fails without them too)'
-        )
-    if c.in_chans == 1 and c.pretrained:
-        raise UserError(
-            "--in-chans 1 with --pretrained: the pretrained stem is RGB and is not adapted here (timm's "
-            'adapt_input_conv is not built); train from scratch or keep 3 channels'
         )
     if c.gp is not None:
         pool_type(c.gp)
