@@ -259,7 +259,14 @@ def validate(
     arch = tuple(arch_kwargs(metadata.get('model_kwargs')).items())
     keep = real is not None or bool(metrics_avg)  # each image's predictions, for real labels or metrics_avg
     eval_fn = _compiled_eval(
-        split_model_name(model_name)[0], int(num_classes), mean, std, arch, pool, valid or (), keep
+        split_model_name(model_name)[0],
+        int(num_classes),
+        dataset.device_input.mean,  # mean, std as the split's channels take them (one value for greyscale)
+        dataset.device_input.std,
+        arch,
+        pool,
+        valid or (),
+        keep,
     )
     predictions, log_name = validate_metrics.Predictions(eval_fn), 'Test' if log_freq else None
     params, batch_stats = variables['params'], variables['batch_stats']

@@ -5,9 +5,11 @@ checkpoints of a sweep that use one data config."""
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from jax_ema.errors import UserError
+from jax_ema.flags.data import input_channels
 
 
 def load_split(
@@ -58,6 +60,10 @@ def load_split(
         download=bool(args.get('dataset_download')),
         num_classes=args.get('num_classes') if tfds else None,
         class_map=class_map,  # the run's --class-map labels the folders as in training
+        in_chans=args.get('in_chans') or 3,  # a run's --in-chans / --input-img-mode: its images decoded as it did
+        channels=input_channels(
+            SimpleNamespace(in_chans=args.get('in_chans'), input_img_mode=args.get('input_img_mode'))
+        ),
         crop_mode=crop[0],
         crop_border_pixels=crop[1],
     )
