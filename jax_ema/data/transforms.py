@@ -104,12 +104,14 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     2-D resampling of TensorFlow's ScaleAndTranslate (the height first), rounded once, lands within one level of
     that; bicubic and lanczos overshoot, so they take PIL's two passes in PIL's order and its clipping between
     them. Each pass is one 1-D call (`_resample_rows`), the other axis moved outwards by a transpose."""
+    if interpolation == 'box':
+        return _box_resize(window, offset, in_size, out_size, start, size)
     kernel, _ = KERNELS[interpolation]
     scale = tf.cast(out_size, tf.float32) / tf.cast(in_size, tf.float32)
     offset, start = tf.cast(offset, tf.float32), tf.cast(start, tf.float32)
     translation = offset * scale - start
     size = tf.cast(size, tf.int32)
-    if kernel in ('triangle', 'box'):  # the 2-D op's arithmetic: the same floats, so the same pixels
+    if kernel == 'triangle':  # the 2-D op's arithmetic: the same floats, so the same pixels
         tall = _resample_rows(window, size[0], scale[0], translation[0], kernel)  # [out H, W, C]
         wide = _resample_rows(tf.transpose(tall, [1, 2, 0]), size[1], scale[1], translation[1], kernel)
         return tf.transpose(round_to_uint8(wide), [2, 0, 1])  # [out W, C, out H] -> [out H, out W, C]
@@ -161,6 +163,66 @@ def _resample_rows(image, length, scale, translation, kernel):
         antialias=True,
     )
     return tf.reshape(resized, tf.concat([[length], shape[1:]], 0))
+
+
+def _box_resize(window, offset, in_size, out_size, start, size):
+    """resize_region for 'box': PIL's pixels exactly. PIL averages, per output, the input pixels whose centres
+    lie in its half-open span (`_box_taps`) in 22-bit fixed point, one axis then the other (`pillow_height_first`),
+    rounding to uint8 between; TensorFlow's box kernel gives a centre on the span's edge half weight instead.
+    Each pass runs on rows of a 2-D uint8 image, the other axis moved out by 2-D transposes (cheap in uint8)."""
+    in_size, out_size, offset, start, size = (tf.cast(v, tf.int32) for v in (in_size, out_size, offset, start, size))
+    height, width, channels = tf.unstack(tf.shape(window))
+
+    def along(rows, axis):
+        return _box_rows(rows, in_size[axis], out_size[axis], offset[axis], start[axis], size[axis])
+
+    def height_first():
+        tall = along(tf.reshape(window, [height, -1]), 0)  # [out H, W * C]
+        wide = along(tf.reshape(tf.transpose(tall), [width, -1]), 1)  # [W, C * out H] -> [out W, C * out H]
+        return tf.transpose(tf.reshape(wide, [-1, size[0]]))  # [out H, out W * C]
+
+    def width_first():
+        wide = along(tf.reshape(tf.transpose(tf.reshape(window, [height, -1])), [width, -1]), 1)  # [out W, C * H]
+        return along(tf.transpose(tf.reshape(wide, [-1, height])), 0)  # [H, out W * C] -> [out H, out W * C]
+
+    if HEIGHT_FIRST_WHEN_SHRUNK_MORE:
+        resized = tf.cond(pillow_height_first(in_size, out_size), height_first, width_first)
+    else:
+        resized = width_first()
+    return tf.reshape(resized, [size[0], size[1], channels])
+
+
+def _box_taps(in_size, out_size, offset, start, size):
+    """(first, count, weight) per output start..start+size-1 of PIL's box resize along one axis (Resample.c's
+    precompute_coeffs, in its float64 steps): the input pixels first..first+count-1 (from `offset`) and their
+    weight, 1/count in 22-bit fixed point. PIL scans floor-ish bounds around the span's centre and keeps the
+    pixels whose centres lie in (-1/2, 1/2] spans; those are consecutive, so a count describes them."""
+    scale = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
+    filter_scale = tf.maximum(scale, 1.0)  # widened when shrinking
+    support = 0.5 * filter_scale
+    centers = (tf.cast(start + tf.range(size), tf.float64) + 0.5) * scale
+    low = tf.maximum(tf.cast(centers - support + 0.5, tf.int32), 0)  # C's (int): truncation
+    high = tf.minimum(tf.cast(centers + support + 0.5, tf.int32), in_size)
+    steps = tf.range(tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1)
+    x = (tf.cast(low[:, None] + steps, tf.float64) - centers[:, None] + 0.5) * (1.0 / filter_scale)
+    inside = (steps < (high - low)[:, None]) & (x > -0.5) & (x <= 0.5)
+    count = tf.reduce_sum(tf.cast(inside, tf.int32), 1)
+    first = low + tf.argmax(tf.cast(inside, tf.int32), 1, output_type=tf.int32) - offset
+    weight = tf.where(count > 0, tf.floor(0.5 + 4194304.0 / tf.cast(tf.maximum(count, 1), tf.float64)), 0.0)
+    return first, count, weight
+
+
+def _box_rows(rows, in_size, out_size, offset, start, size):
+    """PIL's box pass along axis 0 of a uint8 [N, M] image: [size, M] uint8. The sums are exact in float32;
+    PIL's (sum * weight + 2^21) >> 22 is exact in float64 (as is the rest: it is the 8-bit path's integers)."""
+    first, count, weight = _box_taps(in_size, out_size, offset, start, size)
+    steps = tf.range(tf.reduce_max(count))[:, None]
+    blank = tf.shape(rows)[0]  # a row of zeros appended: the taps past an output's count
+    taps = tf.where(steps < count, first + steps, blank)  # [most taps, size]
+    padded = tf.concat([rows, tf.zeros_like(rows[:1])], 0)
+    sums = tf.reduce_sum(tf.cast(tf.gather(padded, taps), tf.float32), 0)
+    averaged = tf.cast(sums, tf.float64) * (weight / 4194304.0)[:, None] + 0.5
+    return tf.cast(tf.minimum(averaged, 255.5), tf.uint8)
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
