@@ -271,3 +271,14 @@ def test_box_resize_is_pils_exactly():
         window = whole[top:bottom, left:right]
         ours = data.transforms.resize_region(window, (top, left), in_size, out_size, start, size, 'box')
         np.testing.assert_array_equal(ours.numpy(), expected, err_msg=str((in_size, out_size, start, size)))
+
+
+@pytest.mark.parametrize('pixels', [153, 160, 161])  # 161: past what float32 rounds as PIL's fixed point
+def test_box_averages_every_sum_as_pil(pixels):
+    """A row of `pixels` shrunk to one pixel, for every sum of its values 0..255 * pixels: PIL's fixed-point
+    rounding of each average (the width alone: PIL skips the height, which is unchanged)."""
+    sums = np.arange(255 * pixels + 1)
+    rows = np.minimum(np.maximum(sums[:, None] - 255 * np.arange(pixels), 0), 255).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(rows).resize((1, len(rows)), Image.BOX))
+    ours = data.resize(rows[..., None], (len(rows), 1), 'box').numpy()[..., 0]
+    np.testing.assert_array_equal(ours, expected)

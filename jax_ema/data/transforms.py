@@ -193,10 +193,10 @@ def _box_resize(window, offset, in_size, out_size, start, size):
 
 
 def _box_taps(in_size, out_size, offset, start, size):
-    """(first, count, weight) per output start..start+size-1 of PIL's box resize along one axis (Resample.c's
-    precompute_coeffs, in its float64 steps): the input pixels first..first+count-1 (from `offset`) and their
-    weight, 1/count in 22-bit fixed point. PIL scans floor-ish bounds around the span's centre and keeps the
-    pixels whose centres lie in (-1/2, 1/2] spans; those are consecutive, so a count describes them."""
+    """(first, count, weight) per output start..start+size-1 of PIL's box resize along one axis, in the float64
+    steps of Resample.c's precompute_coeffs: input pixels first..+count-1 (from `offset`), each weighing 1/count
+    in 22-bit fixed point. Of the pixels within PIL's rounded bounds it keeps those whose centres lie in the
+    filter's (-1/2, 1/2]: consecutive ones, so a count describes them."""
     scale = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
     filter_scale = tf.maximum(scale, 1.0)  # widened when shrinking
     support = 0.5 * filter_scale
@@ -213,16 +213,21 @@ def _box_taps(in_size, out_size, offset, start, size):
 
 
 def _box_rows(rows, in_size, out_size, offset, start, size):
-    """PIL's box pass along axis 0 of a uint8 [N, M] image: [size, M] uint8. The sums are exact in float32;
-    PIL's (sum * weight + 2^21) >> 22 is exact in float64 (as is the rest: it is the 8-bit path's integers)."""
+    """PIL's box pass along axis 0 of a uint8 [N, M] image: [size, M] uint8. The sums of up to 65793 pixels are
+    exact in float32, and so is PIL's (sum * weight + 2^21) >> 22 as sum * (weight / 2^22) + 1/2 truncated, for
+    up to 160 pixels per output (checked for every sum); more (shrinking over 160 times) take float64, exact."""
     first, count, weight = _box_taps(in_size, out_size, offset, start, size)
-    steps = tf.range(tf.reduce_max(count))[:, None]
-    blank = tf.shape(rows)[0]  # a row of zeros appended: the taps past an output's count
-    taps = tf.where(steps < count, first + steps, blank)  # [most taps, size]
+    most = tf.reduce_max(count)
+    steps = tf.range(most)[:, None]
+    taps = tf.where(steps < count, first + steps, tf.shape(rows)[0])  # [most, size]; past a count: the zero row
     padded = tf.concat([rows, tf.zeros_like(rows[:1])], 0)
     sums = tf.reduce_sum(tf.cast(tf.gather(padded, taps), tf.float32), 0)
-    averaged = tf.cast(sums, tf.float64) * (weight / 4194304.0)[:, None] + 0.5
-    return tf.cast(tf.minimum(averaged, 255.5), tf.uint8)
+    share = (weight / 4194304.0)[:, None]  # whole multiples of 2^-22 below 2: exact in float32 too
+
+    def rounded(dtype):
+        return tf.cast(tf.minimum(tf.cast(sums, dtype) * tf.cast(share, dtype) + 0.5, 255.5), tf.uint8)
+
+    return tf.cond(most <= 160, lambda: rounded(tf.float32), lambda: rounded(tf.float64))
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
