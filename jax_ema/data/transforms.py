@@ -21,7 +21,7 @@ def augment_fill(mean) -> tuple:
 
 
 AUGMENT_FILL = augment_fill(IMAGENET_DEFAULT_MEAN)  # that of the ImageNet mean
-# timm's interpolation names -> (ScaleAndTranslate's kernel, its radius = PIL's filter support).
+# timm's interpolation names -> (ScaleAndTranslate's kernel, its radius = PIL's filter support; box: PIL's own).
 KERNELS = {
     'bilinear': ('triangle', 1.0),
     'bicubic': ('keyscubic', 2.0),
@@ -100,10 +100,10 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     `out_size`, computed from `window`, that image's pixels from `offset` on (see `resize_support`).
 
     PIL resamples one axis, rounds to uint8 (clipping), then the other (`pillow_height_first`), each with its filter
-    widened by the shrink factor (antialiasing). For filters without negative lobes (bilinear, box) the float32
-    2-D resampling of TensorFlow's ScaleAndTranslate (the height first), rounded once, lands within one level of
-    that; bicubic and lanczos overshoot, so they take PIL's two passes in PIL's order and its clipping between
-    them. Each pass is one 1-D call (`_resample_rows`), the other axis moved outwards by a transpose."""
+    widened by the shrink factor (antialiasing). For bilinear (no negative lobes) the float32 2-D resampling of
+    TensorFlow's ScaleAndTranslate (the height first), rounded once, lands within one level of that; bicubic and
+    lanczos overshoot, so they take PIL's two passes in PIL's order and its clipping between them. Each pass is one
+    1-D call (`_resample_rows`), the other axis moved outwards by a transpose. Box is PIL's own (`_box_resize`)."""
     if interpolation == 'box':
         return _box_resize(window, offset, in_size, out_size, start, size)
     kernel, _ = KERNELS[interpolation]
@@ -166,10 +166,9 @@ def _resample_rows(image, length, scale, translation, kernel):
 
 
 def _box_resize(window, offset, in_size, out_size, start, size):
-    """resize_region for 'box': PIL's pixels exactly. PIL averages, per output, the input pixels whose centres
-    lie in its half-open span (`_box_taps`) in 22-bit fixed point, one axis then the other (`pillow_height_first`),
-    rounding to uint8 between; TensorFlow's box kernel gives a centre on the span's edge half weight instead.
-    Each pass runs on rows of a 2-D uint8 image, the other axis moved out by 2-D transposes (cheap in uint8)."""
+    """resize_region for 'box', PIL's pixels exactly: per output the mean of the input pixels whose centres lie in
+    its half-open span (`_box_taps`), in 22-bit fixed point, one axis then the other (`pillow_height_first`), uint8
+    between. Each pass runs on the rows of a 2-D uint8 image; 2-D transposes (cheap in uint8) move the width."""
     in_size, out_size, offset, start, size = (tf.cast(v, tf.int32) for v in (in_size, out_size, offset, start, size))
     height, width, channels = tf.unstack(tf.shape(window))
 
