@@ -207,10 +207,10 @@ def two_2d_calls(window, size, scale, translation, kernel, height_first):
     return np.clip(np.floor(scale_and_translate(between.astype(np.uint8), size, *second, kernel) + 0.5), 0, 255)
 
 
-@pytest.mark.parametrize('interpolation', ['bilinear', 'box', 'bicubic'])
+@pytest.mark.parametrize('interpolation', ['bilinear', 'bicubic'])
 def test_resize_passes_give_the_pixels_of_the_2d_op(interpolation):
     """The 1-D passes (transposes, reshapes, translations) are TensorFlow's 2-D resampling bit for bit:
-    bilinear and box its one 2-D pass rounded once; bicubic its passes in either of PIL's orders."""
+    bilinear its one 2-D pass rounded once; bicubic its passes in either of PIL's orders. (Box is PIL's own.)"""
     kernel = data.transforms.KERNELS[interpolation][0]
     for window, offset, in_size, out_size, start, size in resize_cases():
         scale = np.array(out_size, np.float32) / np.array(in_size, np.float32)  # as resize_region, in float32
@@ -231,9 +231,7 @@ def test_resize_passes_give_the_pixels_of_the_2d_op(interpolation):
 def test_resize_matches_pil(interpolation, mismatched):
     """Whole images against the installed PIL's resize (timm's), at sizes whose passes it takes in either order
     (Pillow >= 13: the height first where it shrinks by over twice the width's pixels): within one level
-    everywhere, off by one on few pixels (bilinear: PIL rounds between its passes, we once). Box is the eval
-    test's alone: TensorFlow's box weighs a pixel on the filter's edge 1/2 where PIL takes it whole on one side,
-    which odd ratios hit."""
+    everywhere, off by one on few pixels (bilinear: PIL rounds between its passes, we once). Box: the next test."""
     gaps, orders = [], set()
     for window, *_ in resize_cases():
         for out_h, out_w in ((window.shape[0] * 2 + 1, window.shape[1] // 3 + 1), (37, 64), (9, 6)):
@@ -245,3 +243,42 @@ def test_resize_matches_pil(interpolation, mismatched):
     gaps = np.concatenate(gaps)
     assert orders == {False, True}
     assert gaps.max() <= 1 and np.mean(gaps > 0) < mismatched, np.mean(gaps > 0)
+
+
+def test_box_resize_is_pils_exactly():
+    """Box is PIL's pixels bit for bit: whole images shrunk and enlarged (odd sizes, 1 pixel, grey, either pass
+    order, ratios that put pixel centres on the filter's edges: 3 -> 2, 32 -> 60, where TensorFlow's box kernel was
+    127 levels off), and eval's regions (a window placed where it lies) against PIL's whole resize, cropped."""
+    rng = np.random.default_rng(3)
+    sizes = [((3, 3), (2, 2)), ((32, 32), (60, 60)), ((1, 1), (5, 7)), ((9, 1), (1, 4)), ((7, 5), (1, 1))]
+    sizes += [((1000, 12), (3, 2)), ((300, 260), (224, 224)), ((45, 30), (30, 20))]
+    sizes += [(tuple(rng.integers(1, 80, 2)), tuple(rng.integers(1, 160, 2))) for _ in range(30)]
+    orders = set()
+    for (h, w), (out_h, out_w) in sizes:
+        grey = rng.random() < 0.2
+        image = rng.integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+        expected = np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BOX))
+        ours = data.resize(image.reshape(h, w, -1), (out_h, out_w), 'box').numpy().reshape(expected.shape)
+        np.testing.assert_array_equal(ours, expected, err_msg=str(((h, w), (out_h, out_w))))
+        orders.add(bool(data.transforms.pillow_height_first((h, w), (out_h, out_w))))
+    assert orders == {False, True}
+    for _, _, in_size, out_size, start, size in resize_cases():  # eval's way: the window under the region
+        whole = rng.integers(0, 256, in_size + (3,), dtype=np.uint8)
+        bounds = [data.transforms.resize_support(in_size[a], out_size[a], start[a], size[a], 'box') for a in (0, 1)]
+        (top, bottom), (left, right) = [(int(first), int(end)) for first, end in bounds]
+        expected = np.asarray(Image.fromarray(whole).resize(out_size[::-1], Image.BOX))
+        expected = expected[start[0] : start[0] + size[0], start[1] : start[1] + size[1]]
+        window = whole[top:bottom, left:right]
+        ours = data.transforms.resize_region(window, (top, left), in_size, out_size, start, size, 'box')
+        np.testing.assert_array_equal(ours.numpy(), expected, err_msg=str((in_size, out_size, start, size)))
+
+
+@pytest.mark.parametrize('pixels', [153, 160, 161])  # 161: past what float32 rounds as PIL's fixed point
+def test_box_averages_every_sum_as_pil(pixels):
+    """A row of `pixels` shrunk to one pixel, for every sum of its values 0..255 * pixels: PIL's fixed-point
+    rounding of each average (the width alone: PIL skips the height, which is unchanged)."""
+    sums = np.arange(255 * pixels + 1)
+    rows = np.minimum(np.maximum(sums[:, None] - 255 * np.arange(pixels), 0), 255).astype(np.uint8)
+    expected = np.asarray(Image.fromarray(rows).resize((1, len(rows)), Image.BOX))
+    ours = data.resize(rows[..., None], (len(rows), 1), 'box').numpy()[..., 0]
+    np.testing.assert_array_equal(ours, expected)
