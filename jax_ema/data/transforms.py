@@ -11,7 +11,7 @@ import math
 
 import tensorflow as tf  # already imported, after triton, by jax_ema.data
 
-from jax_ema.data import color, crop_modes, rand_augment as rand_augment_lib
+from jax_ema.data import box_resize, color, crop_modes, rand_augment as rand_augment_lib
 from jax_ema.device_input import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: F401  (re-exported)
 
 
@@ -103,9 +103,10 @@ def resize_region(window, offset, in_size, out_size, start, size, interpolation)
     widened by the shrink factor (antialiasing). For bilinear (no negative lobes) the float32 2-D resampling of
     TensorFlow's ScaleAndTranslate (the height first), rounded once, lands within one level of that; bicubic and
     lanczos overshoot, so they take PIL's two passes in PIL's order and its clipping between them. Each pass is one
-    1-D call (`_resample_rows`), the other axis moved outwards by a transpose. Box is PIL's own (`_box_resize`)."""
+    1-D call (`_resample_rows`), the other axis moved outwards by a transpose. Box is PIL's own (box_resize.py)."""
     if interpolation == 'box':
-        return _box_resize(window, offset, in_size, out_size, start, size)
+        height_first = pillow_height_first(in_size, out_size) if HEIGHT_FIRST_WHEN_SHRUNK_MORE else False
+        return box_resize.resize_region(window, offset, in_size, out_size, start, size, height_first)
     kernel, _ = KERNELS[interpolation]
     scale = tf.cast(out_size, tf.float32) / tf.cast(in_size, tf.float32)
     offset, start = tf.cast(offset, tf.float32), tf.cast(start, tf.float32)
@@ -163,70 +164,6 @@ def _resample_rows(image, length, scale, translation, kernel):
         antialias=True,
     )
     return tf.reshape(resized, tf.concat([[length], shape[1:]], 0))
-
-
-def _box_resize(window, offset, in_size, out_size, start, size):
-    """resize_region for 'box', PIL's pixels exactly: per output the mean of the input pixels whose centres lie in
-    its half-open span (`_box_taps`), in 22-bit fixed point, one axis then the other (`pillow_height_first`), uint8
-    between. Each pass runs on the rows of a 2-D uint8 image; 2-D transposes (cheap in uint8) move the width."""
-    in_size, out_size, offset, start, size = (tf.cast(v, tf.int32) for v in (in_size, out_size, offset, start, size))
-    height, width, channels = tf.unstack(tf.shape(window))
-
-    def along(rows, axis):
-        return _box_rows(rows, in_size[axis], out_size[axis], offset[axis], start[axis], size[axis])
-
-    def height_first():
-        tall = along(tf.reshape(window, [height, -1]), 0)  # [out H, W * C]
-        wide = along(tf.reshape(tf.transpose(tall), [width, -1]), 1)  # [W, C * out H] -> [out W, C * out H]
-        return tf.transpose(tf.reshape(wide, [-1, size[0]]))  # [out H, out W * C]
-
-    def width_first():
-        wide = along(tf.reshape(tf.transpose(tf.reshape(window, [height, -1])), [width, -1]), 1)  # [out W, C * H]
-        return along(tf.transpose(tf.reshape(wide, [-1, height])), 0)  # [H, out W * C] -> [out H, out W * C]
-
-    if HEIGHT_FIRST_WHEN_SHRUNK_MORE:
-        resized = tf.cond(pillow_height_first(in_size, out_size), height_first, width_first)
-    else:
-        resized = width_first()
-    return tf.reshape(resized, [size[0], size[1], channels])
-
-
-def _box_taps(in_size, out_size, offset, start, size):
-    """(first, count, weight) per output start..start+size-1 of PIL's box resize along one axis, in the float64
-    steps of Resample.c's precompute_coeffs: input pixels first..+count-1 (from `offset`), each weighing 1/count
-    in 22-bit fixed point. Of the pixels within PIL's rounded bounds it keeps those whose centres lie in the
-    filter's (-1/2, 1/2]: consecutive ones, so a count describes them."""
-    scale = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
-    filter_scale = tf.maximum(scale, 1.0)  # widened when shrinking
-    support = 0.5 * filter_scale
-    centers = (tf.cast(start + tf.range(size), tf.float64) + 0.5) * scale
-    low = tf.maximum(tf.cast(centers - support + 0.5, tf.int32), 0)  # C's (int): truncation
-    high = tf.minimum(tf.cast(centers + support + 0.5, tf.int32), in_size)
-    steps = tf.range(tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1)
-    x = (tf.cast(low[:, None] + steps, tf.float64) - centers[:, None] + 0.5) * (1.0 / filter_scale)
-    inside = (steps < (high - low)[:, None]) & (x > -0.5) & (x <= 0.5)
-    count = tf.reduce_sum(tf.cast(inside, tf.int32), 1)
-    first = low + tf.argmax(tf.cast(inside, tf.int32), 1, output_type=tf.int32) - offset
-    weight = tf.where(count > 0, tf.floor(0.5 + 4194304.0 / tf.cast(tf.maximum(count, 1), tf.float64)), 0.0)
-    return first, count, weight
-
-
-def _box_rows(rows, in_size, out_size, offset, start, size):
-    """PIL's box pass along axis 0 of a uint8 [N, M] image: [size, M] uint8. The sums of up to 65793 pixels are
-    exact in float32, and so is PIL's (sum * weight + 2^21) >> 22 as sum * (weight / 2^22) + 1/2 truncated, for
-    up to 160 pixels per output (checked for every sum); more (shrinking over 160 times) take float64, exact."""
-    first, count, weight = _box_taps(in_size, out_size, offset, start, size)
-    most = tf.reduce_max(count)
-    steps = tf.range(most)[:, None]
-    taps = tf.where(steps < count, first + steps, tf.shape(rows)[0])  # [most, size]; past a count: the zero row
-    padded = tf.concat([rows, tf.zeros_like(rows[:1])], 0)
-    sums = tf.reduce_sum(tf.cast(tf.gather(padded, taps), tf.float32), 0)
-    share = (weight / 4194304.0)[:, None]  # whole multiples of 2^-22 below 2: exact in float32 too
-
-    def rounded(dtype):
-        return tf.cast(tf.minimum(tf.cast(sums, dtype) * tf.cast(share, dtype) + 0.5, 255.5), tf.uint8)
-
-    return tf.cond(most <= 160, lambda: rounded(tf.float32), lambda: rounded(tf.float64))
 
 
 def resize_support(in_size, out_size, start, size, interpolation):
