@@ -156,7 +156,7 @@ NO_TF_MODULES = [
 ] + sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'parity_tests', 'test_*.py')))
 WITHOUT_TENSORFLOW = """
 import importlib, json, sys
-BLOCKED = ('tensorflow', 'tensorflow_datasets', 'tensorboardX', 'tensorboard')
+BLOCKED = ('tensorflow', 'tensorflow_datasets', 'tensorboardX', 'tensorboard', 'sklearn')  # none on the GPU image
 for name in BLOCKED:
     sys.modules[name] = None  # as if not installed: `import` raises ImportError, find_spec gives None
 sys.path[:0] = [{root!r}, {parity!r}, {benchmarks!r}]
